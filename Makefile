@@ -1,0 +1,31 @@
+# pg-lifeboat: every entry point a developer or CI needs.
+SHELL := /bin/bash
+PYTHON312 := $(shell scripts/find-python)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint unit demo layers package bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 is required"; exit 1; }
+	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv lint
+	$(VENV)/bin/pytest -q -ra
+
+demo: venv
+	$(PY) -m devstack.demo
+
+clean:
+	rm -rf $(VENV) .cache out layers/dist .demo
