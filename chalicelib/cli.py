@@ -1,0 +1,213 @@
+"""`lifeboat`: the operator's command line. It calls the same code as the Lambda handlers.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from chalicelib.errors import BadRequestError, ConfigError, LifeboatError, NotFoundError
+
+
+def _progress(stream: TextIO, label: str) -> Callable[[int], None] | None:
+    """A one-line bytes/rate display, only when a person is watching."""
+    if not stream.isatty():
+        return None
+    start = time.monotonic()
+    last = [0.0]
+
+    def show(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2:
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-6)
+        stream.write(f"\r{label}: {_human(done)} streamed, {_human(rate)}/s   ")
+        stream.flush()
+
+    return show
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+
+    cfg = runtime.load_config()
+    out.write(f"configuration OK: {len(cfg.targets)} target(s), bucket {cfg.settings.bucket}\n")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+    from chalicelib.dumps import run_logical_backup
+
+    svc = runtime.backup_services()
+    outcome = run_logical_backup(svc, args.target, trigger="on-demand",
+                                 on_progress=_progress(sys.stderr, f"backup {args.target}"))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    m = outcome.manifest
+    if args.json:
+        out.write(json.dumps({"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason,
+                              "manifest": m.model_dump(mode="json") if m else None}) + "\n")
+    elif m:
+        out.write(f"{outcome.backup_id}  {_human(m.size)}  sha256 {m.object('dump').sha256[:16]}…  "
+                  f"{m.duration_seconds:.1f}s  {m.retention_class}\n")
+    else:
+        out.write(f"{outcome.backup_id}  {outcome.status}: {outcome.reason}\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+
+    cfg = runtime.load_config()
+    catalog = runtime.catalog(cfg)
+    names = [args.target] if args.target else [t.name for t in cfg.targets]
+    for name in names:
+        cfg.target(name)
+    rows = [m for name in names for m in catalog.list(name, limit=args.limit)]
+    rows.sort(key=lambda m: m.slot, reverse=True)
+    if args.json:
+        out.write(json.dumps([m.model_dump(mode="json") for m in rows], indent=2) + "\n")
+        return 0
+    out.write(f"{'BACKUP ID':<46} {'KIND':<8} {'TIME':<20} {'SIZE':>10} {'STATUS':<10} {'RETENTION':<9} SERVER\n")
+    for m in rows:
+        out.write(f"{m.backup_id:<46} {m.kind:<8} {m.slot:%Y-%m-%d %H:%M:%S} {_human(m.size):>10} "
+                  f"{m.status:<10} {m.retention_class:<9} {m.server_version}\n")
+    if not rows:
+        out.write("(no complete backups)\n")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+    from chalicelib.catalog import BackupId
+    from chalicelib.database import CredentialResolver
+    from chalicelib.pgtools import Toolbox
+    from chalicelib.restores import RestoreOptions, restore_logical
+
+    cfg = runtime.load_config()
+    bid = BackupId.parse(args.backup_id)
+    into = cfg.target(args.into_target or bid.target)
+    login = CredentialResolver(secrets_client=runtime.client("secretsmanager")).login(into.connection)
+    catalog = runtime.catalog(cfg)
+    result = restore_logical(catalog.store, catalog, Toolbox.from_env(), str(bid), login, args.database,
+                             RestoreOptions(schemas=tuple(args.schema), tables=tuple(args.table),
+                                            no_owner=args.no_owner),
+                             on_progress=_progress(sys.stderr, f"restore {bid}"))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    v = result.verification
+    if args.json:
+        out.write(json.dumps(result.__dict__, default=str) + "\n")
+    else:
+        checked = f"{v.get('tables_checked', 0)} tables, {v.get('rows_checked', 0)} rows match" if v.get("match") \
+            else v.get("reason", "row counts not verified")
+        out.write(f"restored {result.backup_id} into {into.connection.host}/{result.database}: "
+                  f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore {result.pg_restore_version};"
+                  f" verified: {checked}\n")
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+    from chalicelib.catalog import Layout
+    from chalicelib.retention import lifecycle_rules
+
+    cfg = runtime.load_config()
+    rules = lifecycle_rules(cfg.settings, Layout(cfg.settings.prefix).failed_prefix)
+    if args.apply:
+        runtime.client("s3").put_bucket_lifecycle_configuration(
+            Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": rules})
+        out.write(f"applied {len(rules)} lifecycle rules to {cfg.settings.bucket}\n")
+    else:
+        out.write(json.dumps({"Rules": rules}, indent=2) + "\n")
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib.handlers import dispatch_tick
+
+    result = dispatch_tick(args.at or datetime.now(UTC).isoformat())
+    out.write(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifeboat", description="PostgreSQL backups and restores on AWS.")
+    p.add_argument("--config", help="configuration file or ssm:/path (default: $LIFEBOAT_CONFIG)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the structured log lines")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="check the configuration").set_defaults(func=cmd_validate)
+    b = sub.add_parser("backup", help="take a logical backup of a target now")
+    b.add_argument("target")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backup)
+    ls = sub.add_parser("list", help="list complete backups, newest first")
+    ls.add_argument("target", nargs="?")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+    r = sub.add_parser("restore", help="restore a logical backup into a new database")
+    r.add_argument("backup_id")
+    r.add_argument("--database", required=True, help="name of the new database (must not exist)")
+    r.add_argument("--into-target", help="server to restore on (default: the backup's own target)")
+    r.add_argument("--schema", action="append", default=[])
+    r.add_argument("--table", action="append", default=[])
+    r.add_argument("--no-owner", action="store_true")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_restore)
+    lc = sub.add_parser("lifecycle", help="print (or --apply) the bucket's retention lifecycle rules")
+    lc.add_argument("--apply", action="store_true")
+    lc.set_defaults(func=cmd_lifecycle)
+    d = sub.add_parser("dispatch", help="run one dispatcher tick (queue due backups)")
+    d.add_argument("--at", help="tick time, ISO 8601 (default: now)")
+    d.set_defaults(func=cmd_dispatch)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.config:
+        os.environ["LIFEBOAT_CONFIG"] = args.config
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    from chalicelib.observability import logger
+
+    logger.setLevel("INFO" if args.verbose else "ERROR")
+    try:
+        func: Callable[[argparse.Namespace, TextIO], int] = args.func
+        return func(args, out)
+    except (ConfigError, BadRequestError, NotFoundError) as exc:
+        sys.stderr.write(f"lifeboat: {exc}\n")
+        return 2
+    except LifeboatError as exc:
+        sys.stderr.write(f"lifeboat: {exc.code}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("lifeboat: interrupted; nothing was left half-done\n")
+        return 130
+
+
+def _json_default(value: Any) -> str:
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Logging in to PostgreSQL: credentials from Secrets Manager or RDS IAM, and a psycopg session that
+exports the snapshot a dump is taken from (and counts rows in that same snapshot)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.errors import DatabaseConnectionError, SecretError
+from chalicelib.pgtools import explain, scrub
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from chalicelib.config import Connection, Logical
+
+DEFAULT_CA_BUNDLE = "/opt/pg/certs/rds-global-bundle.pem"
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+@dataclass(frozen=True)
+class Login:
+    """Everything needed to connect; the password never appears in repr or logs."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    sslmode: str
+    sslrootcert: str | None = None
+    connect_timeout: int = 10
+    password: str | None = field(default=None, repr=False)
+    application_name: str = "pg-lifeboat"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,) if self.password else ()
+
+    @property
+    def context(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "user": self.user, "sslmode": self.sslmode,
+                "database": self.database}
+
+    def with_database(self, database: str) -> Login:
+        return replace(self, database=database)
+
+    def env(self) -> dict[str, str]:
+        """libpq environment for a child process (pg_dump, pg_restore, ...)."""
+        env = {
+            "PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": self.database, "PGUSER": self.user,
+            "PGSSLMODE": self.sslmode, "PGCONNECT_TIMEOUT": str(self.connect_timeout),
+            "PGAPPNAME": self.application_name,
+        }
+        if self.sslrootcert:
+            env["PGSSLROOTCERT"] = self.sslrootcert
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def psycopg_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
+            "sslmode": self.sslmode, "connect_timeout": self.connect_timeout,
+            "application_name": self.application_name,
+        }
+        if self.sslrootcert:
+            kwargs["sslrootcert"] = self.sslrootcert
+        if self.password:
+            kwargs["password"] = self.password
+        return kwargs
+
+
+class CredentialResolver:
+    """Turns a configured Connection into a Login. Clients are injected; secrets are cached briefly."""
+
+    def __init__(self, secrets_client: Any = None, rds_client: Any = None, ca_bundle: str | None = None,
+                 max_age: int = 300) -> None:
+        self.secrets_client = secrets_client
+        self.rds_client = rds_client
+        self.ca_bundle = ca_bundle or os.environ.get("LIFEBOAT_CA_BUNDLE") or DEFAULT_CA_BUNDLE
+        self.max_age = max_age
+        self._provider: Any = None
+
+    def login(self, conn: Connection) -> Login:
+        password: str | None = None
+        if conn.password_secret:
+            password = self._secret_password(conn.password_secret)
+        elif conn.iam_auth:
+            password = self._iam_token(conn)
+        rootcert = conn.sslrootcert
+        if rootcert is None and conn.sslmode in ("verify-ca", "verify-full") and os.path.exists(self.ca_bundle):
+            rootcert = self.ca_bundle
+        return Login(conn.host, conn.port, conn.database, conn.user, conn.sslmode, rootcert,
+                     conn.connect_timeout, password)
+
+    def _secret_password(self, secret_id: str) -> str:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+        if self._provider is None:
+            self._provider = SecretsProvider(boto3_client=self.secrets_client)
+        try:
+            raw = self._provider.get(secret_id, max_age=self.max_age)
+        except GetParameterError as exc:
+            text = str(exc)
+            if "ResourceNotFound" in text:
+                raise SecretError(f"secret {secret_id!r} does not exist: create it or fix password_secret") from None
+            if "AccessDenied" in text:
+                raise SecretError(f"no access to secret {secret_id!r}: grant secretsmanager:GetSecretValue"
+                                  " (and kms:Decrypt on its key) to the function's role") from None
+            raise SecretError(f"cannot read secret {secret_id!r}: {text}") from None
+        value = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if value.lstrip().startswith("{"):
+            try:
+                doc = json.loads(value)
+            except ValueError:
+                raise SecretError(f"secret {secret_id!r} looks like JSON but does not parse") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("password"), str):
+                raise SecretError(f"secret {secret_id!r} is JSON without a 'password' string"
+                                  " (RDS-managed secrets have one)")
+            return str(doc["password"])
+        if not value:
+            raise SecretError(f"secret {secret_id!r} is empty")
+        return value
+
+    def _iam_token(self, conn: Connection) -> str:
+        if self.rds_client is None:
+            import boto3
+
+            self.rds_client = boto3.client("rds")
+        try:
+            return str(self.rds_client.generate_db_auth_token(DBHostname=conn.host, Port=conn.port,
+                                                              DBUsername=conn.user))
+        except Exception as exc:
+            raise SecretError(f"cannot create an RDS IAM token for {conn.user}@{conn.host}: {exc}") from None
+
+
+def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
+    import psycopg
+
+    try:
+        return psycopg.connect(**login.psycopg_kwargs(), autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise connection_error(exc, login) from None
+
+
+def connection_error(exc: Exception, login: Login) -> DatabaseConnectionError:
+    text = scrub(str(exc).strip(), login.secrets)
+    advice, _ = explain(text, login.context)
+    first = text.splitlines()[-1] if text else type(exc).__name__
+    return DatabaseConnectionError(f"{advice} ({first})" if advice else f"cannot connect to {login.host}:"
+                                   f"{login.port}/{login.database} as {login.user}: {first}")
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    server_version_num: int
+    server_version: str
+    database_size: int
+    snapshot_id: str | None
+    row_counts: dict[str, int] | None
+
+    @property
+    def major(self) -> int:
+        return self.server_version_num // 10000
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """pg_dump's -n/-t patterns (unquoted: case-folded, * and ? wildcards) as a regex."""
+    if pattern.startswith('"') and pattern.endswith('"'):
+        return re.compile(re.escape(pattern[1:-1]) + r"\Z")
+    return re.compile(fnmatch.translate(pattern.lower()))
+
+
+def _selected(schema: str, table: str, opts: Logical) -> bool:
+    def any_match(patterns: list[str], value: str) -> bool:
+        return any(_pattern_regex(p).match(value) for p in patterns)
+
+    qualified = f"{schema}.{table}"
+    if opts.schemas and not any_match(opts.schemas, schema):
+        return False
+    if any_match(opts.exclude_schemas, schema):
+        return False
+    if opts.tables and not any(_pattern_regex(p).match(qualified if "." in p else table) for p in opts.tables):
+        return False
+    return not any(_pattern_regex(p).match(qualified if "." in p else table) for p in opts.exclude_tables)
+
+
+def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str], bool] | None = None) -> dict[str, int]:
+    """Exact row counts of every ordinary table, keyed "schema.table"."""
+    from psycopg import sql
+
+    tables = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
+        " ORDER BY 1, 2").fetchall()
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        if keep is None or keep(schema, table):
+            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            row = conn.execute(query).fetchone()
+            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+@contextmanager
+def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFacts]:
+    """Open a repeatable-read transaction, export its snapshot and, if asked, count rows in it.
+
+    The transaction stays open for the duration of the block so pg_dump can attach with --snapshot:
+    the counts then describe exactly the data in the dump.
+    """
+    import psycopg
+
+    conn = connect(login, autocommit=False)
+    try:
+        with conn:
+            try:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting("
+                                   "'server_version'), pg_database_size(current_database())").fetchone()
+                assert row is not None
+                try:
+                    snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                    snapshot_id = str(snap[0]) if snap else None
+                except psycopg.Error:  # e.g. a hot standby that cannot export: dump without --snapshot
+                    conn.rollback()
+                    snapshot_id = None
+                counts = None
+                if opts is not None and opts.row_counts and snapshot_id:
+                    counts = count_rows(conn, lambda s, t: _selected(s, t, opts))
+            except psycopg.Error as exc:
+                raise connection_error(exc, login) from None
+            yield SourceFacts(int(row[0]), str(row[1]), int(row[2]), snapshot_id, counts)
+    finally:
+        conn.close()

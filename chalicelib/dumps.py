@@ -1,0 +1,251 @@
+"""Logical backups: pg_dump (and pg_dumpall --globals-only) streamed into the backup store.
+
+Order of work, which is what makes a backup trustworthy:
+1. skip the slot if its manifest exists or another attempt holds its claim;
+2. export a snapshot in a repeatable-read transaction and count rows in it;
+3. stream pg_dump --snapshot into a multipart upload that completes only if pg_dump exited 0;
+4. write the manifest last. On any failure: no manifest, no open upload, objects of the attempt
+   deleted, a FAILED record under failed/, a failure metric, and an error that says what to fix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
+from chalicelib.config import Config, Logical, Target
+from chalicelib.database import CredentialResolver, Login, exported_snapshot
+from chalicelib.errors import DeadlineError, LifeboatError, StorageError
+from chalicelib.observability import logger, record
+from chalicelib.pgtools import ChildProcess, PgTool, Toolbox, effective_compression, minimal_env, scrub
+from chalicelib.retention import POLICY_TAG, RETENTION_TAG, classify
+from chalicelib.storage import BackupStore, PutResult
+
+if TYPE_CHECKING:
+    from chalicelib.jobs import JobStore
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Time left in this invocation (a Lambda context's get_remaining_time_in_millis), minus a margin."""
+
+    remaining_ms: Callable[[], int]
+    margin_seconds: float = 60
+
+    def seconds_left(self) -> float:
+        return self.remaining_ms() / 1000 - self.margin_seconds
+
+
+@dataclass
+class BackupServices:
+    """What a backup needs, injected: tests and the CLI build it the same way the handlers do."""
+
+    config: Config
+    store: BackupStore
+    catalog: Catalog
+    credentials: CredentialResolver
+    toolbox: Toolbox
+    claims: JobStore | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    status: str  # SUCCEEDED | SKIPPED
+    backup_id: str
+    manifest: Manifest | None = None
+    reason: str = ""
+
+
+def compression_args(compression: str, pg_dump_major: int) -> list[str]:
+    """--compress in the syntax of the pg_dump that runs (method:level from 16 on, gzip level before)."""
+    method, _, level = compression.partition(":")
+    if pg_dump_major >= 16 or method not in ("gzip", "none"):
+        return [f"--compress={compression}"]
+    if method == "none":
+        return ["--compress=0"]
+    return [f"--compress={level or 6}"]
+
+
+def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compression: str | None = None
+                 ) -> list[str]:
+    args = ["--format=custom", "--no-password", f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
+            *compression_args(compression or opts.compression, pg_dump.major)]
+    if snapshot_id:
+        args.append(f"--snapshot={snapshot_id}")
+    for flag, patterns in (("--schema", opts.schemas), ("--exclude-schema", opts.exclude_schemas),
+                           ("--table", opts.tables), ("--exclude-table", opts.exclude_tables)):
+        args.extend(f"{flag}={p}" for p in patterns)
+    return args
+
+
+@contextmanager
+def _watchdog(child: ChildProcess, deadline: Deadline | None) -> Iterator[threading.Event]:
+    """Kill the child when the deadline comes, leaving the margin to abort and record the failure."""
+    fired = threading.Event()
+    if deadline is None:
+        yield fired
+        return
+
+    def stop() -> None:
+        fired.set()
+        child.stop("the invocation's time limit is near")
+
+    timer = threading.Timer(max(0.0, deadline.seconds_left()), stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
+def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
+                 tags: dict[str, str], deadline: Deadline | None,
+                 on_progress: Callable[[int], None] | None) -> PutResult:
+    child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
+    with child, _watchdog(child, deadline) as fired:
+        try:
+            result = svc.store.put_stream(key, child.stdout, tags=tags, before_complete=child.check,
+                                          on_progress=on_progress)
+        except LifeboatError:
+            if fired.is_set():
+                raise DeadlineError(
+                    f"stopped {deadline.margin_seconds if deadline else 0:.0f} s before the time limit with the dump"
+                    " unfinished: run this target on the long-running worker (see 'When you outgrow Lambda')"
+                ) from None
+            raise
+        except BaseException:
+            child.stop("the upload failed")
+            raise
+    stored = svc.store.head(key)
+    if stored is None or stored.size != result.size:
+        raise StorageError(f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
+                           f" uploading {result.size}")
+    return result
+
+
+def run_logical_backup(
+    svc: BackupServices,
+    target_name: str,
+    slot: datetime | None = None,
+    *,
+    trigger: str = "schedule",
+    deadline: Deadline | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> BackupOutcome:
+    target = svc.config.target(target_name)
+    opts = target.logical or Logical()
+    slot = (slot or svc.clock()).astimezone(UTC).replace(microsecond=0)
+    bid = BackupId(target.name, slot)
+    log = logger
+    log.append_keys(target=target.name, backup_id=str(bid))
+    try:
+        if svc.store.head(svc.catalog.layout.manifest_key(bid)) is not None:
+            log.info("backup already complete; nothing to do")
+            return BackupOutcome("SKIPPED", str(bid), reason="already complete")
+        claim_key = f"backup#{bid}"
+        lease = timedelta(seconds=(deadline.remaining_ms() / 1000 if deadline else 3600) + 60)
+        if svc.claims and not svc.claims.claim(claim_key, lease, detail={"trigger": trigger}):
+            log.info("another attempt holds or finished this slot; skipping")
+            return BackupOutcome("SKIPPED", str(bid), reason="claimed by another attempt")
+        return _backup(svc, target, opts, bid, trigger, deadline, on_progress, claim_key)
+    finally:
+        log.remove_keys(["target", "backup_id"])
+
+
+def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
+            deadline: Deadline | None, on_progress: Callable[[int], None] | None, claim_key: str) -> BackupOutcome:
+    started = svc.clock()
+    t0 = time.monotonic()
+    written: list[str] = []
+    login: Login | None = None
+    facts_for_record: dict[str, object] = {}
+    try:
+        login = svc.credentials.login(target.connection)
+        policy = svc.config.policy_for(target)
+        with exported_snapshot(login, opts) as facts:
+            facts_for_record.update(server_version=facts.server_version, server_version_num=facts.server_version_num)
+            pg_dump = svc.toolbox.pick("pg_dump", facts.major, purpose=f"a PostgreSQL {facts.server_version} server")
+            compression = effective_compression(opts.compression, pg_dump.major)
+            if compression != opts.compression:
+                logger.warning("compression not available in this pg_dump; using gzip",
+                               extra={"configured": opts.compression, "pg_dump": pg_dump.major})
+            previous = svc.catalog.previous_success(target.name, bid.stamp)
+            retention_class = classify(bid.stamp, previous, policy)
+            tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
+            log_extra = {"pg_dump": pg_dump.major, "server": facts.server_version, "retention": retention_class.value,
+                         "database_size": facts.database_size}
+            logger.info("dump starting", extra=log_extra)
+            dump_key = svc.catalog.layout.dump_key(bid)
+            written.append(dump_key)
+            dump = _stream_tool(svc, pg_dump, pg_dump_args(opts, pg_dump, facts.snapshot_id, compression), login,
+                                dump_key,
+                                tags, deadline, on_progress)
+            objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
+        if opts.globals:
+            pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
+            globals_key = svc.catalog.layout.globals_key(bid)
+            written.append(globals_key)
+            # --no-role-passwords: RDS does not let anyone read pg_authid.
+            g = _stream_tool(svc, pg_dumpall, ["--globals-only", "--no-role-passwords", "--no-password",
+                                               f"--database={login.database}"], login, globals_key, tags, deadline,
+                             None)
+            objects.append(ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256))
+        finished = svc.clock()
+        manifest = Manifest(
+            backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
+            database=login.database, server_version=facts.server_version,
+            server_version_num=facts.server_version_num, pg_dump_version=pg_dump.major, format=opts.format,
+            compression=compression, objects=objects, size=sum(o.size for o in objects),
+            started_at=started, finished_at=finished, retention_class=retention_class.value,
+            retention_policy=target.retention, snapshot_id=facts.snapshot_id, row_counts=facts.row_counts,
+        )
+        svc.catalog.write_manifest(manifest, tags)  # last: from here on the backup exists
+    except BaseException as exc:
+        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key)
+        raise
+    seconds = time.monotonic() - t0
+    if svc.claims:
+        svc.claims.finish(claim_key, "SUCCEEDED", {"size": str(manifest.size)})
+    logger.info("backup complete", extra={"bytes": manifest.size, "seconds": round(seconds, 3),
+                                          "sha256": dump.sha256})
+    record("BackupSucceeded", 1, "Count", target.name)
+    record("BackupBytes", manifest.size, "Bytes", target.name)
+    record("BackupDuration", seconds, "Seconds", target.name)
+    return BackupOutcome("SUCCEEDED", str(bid), manifest)
+
+
+def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger: str, started: datetime,
+                    written: list[str], exc: BaseException, login: Login | None, facts: dict[str, object],
+                    claim_key: str) -> None:
+    secrets = login.secrets if login else ()
+    message = scrub(str(exc) if isinstance(exc, LifeboatError) else f"{type(exc).__name__}: {exc}", secrets)
+    logger.error("backup failed", extra={"error": message, "error_code": getattr(exc, "code", "internal_error")})
+    record("BackupFailed", 1, "Count", target.name)
+    cleanups: list[Callable[[], None]] = []
+    if written:
+        cleanups.append(lambda: svc.store.delete(written))
+    failure = Manifest(
+        backup_id=str(bid), status="FAILED", target=target.name, slot=bid.stamp, trigger=trigger,
+        host=target.connection.host, database=target.connection.database,
+        server_version=str(facts.get("server_version", "")),
+        server_version_num=int(str(facts.get("server_version_num", 0))), pg_dump_version=0,
+        format="custom", compression=(target.logical or Logical()).compression, started_at=started,
+        finished_at=svc.clock(), retention_class="", retention_policy=target.retention, error=message,
+    )
+    cleanups.append(lambda: svc.catalog.write_failure(failure))
+    if svc.claims:
+        claims = svc.claims
+        cleanups.append(lambda: claims.finish(claim_key, "FAILED", {"error": message[:1000]}))
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception as cleanup_exc:  # the original error matters more; say what could not be tidied
+            logger.warning("cleanup after failure incomplete", extra={"error": scrub(str(cleanup_exc), secrets)})

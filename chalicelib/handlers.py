@@ -1,0 +1,49 @@
+"""The bodies of the Lambda handlers: parse the event, call a capability, report the outcome.
+
+app.py decorates these with Chalice; they take plain values so the CLI, tests and benchmarks call the
+same code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from chalicelib import runtime
+from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
+from chalicelib.observability import logger, record
+
+
+def dispatch_tick(event_time: str | None) -> dict[str, Any]:
+    from chalicelib.dispatch import run_dispatch
+
+    tick = datetime.fromisoformat(event_time.replace("Z", "+00:00")) if event_time else datetime.now(UTC)
+    cfg = runtime.load_config()
+    due = run_dispatch(cfg, tick, runtime.backup_queue(), runtime.dispatch_cursor())
+    logger.info("dispatched", extra={"tick": tick.isoformat(), "due": len(due), "targets": len(cfg.targets)})
+    record("BackupsDispatched", len(due), "Count")
+    return {"tick": tick.isoformat(), "dispatched": [d.message() for d in due]}
+
+
+def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
+    """One due backup from the queue. Malformed messages and unknown targets are dropped (retrying
+    cannot fix them); every other failure is raised so SQS retries it and, in the end, dead-letters it."""
+    from chalicelib.dispatch import DueBackup
+    from chalicelib.dumps import Deadline, run_logical_backup
+
+    try:
+        due = DueBackup.from_message(body)
+        svc = runtime.backup_services()
+        svc.config.target(due.target)
+    except (BadRequestError, NotFoundError) as exc:
+        logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
+        record("BackupMessageRejected", 1, "Count")
+        return {"status": "REJECTED", "error": str(exc)}
+    deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
+    outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline)
+    return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
+
+
+def error_body(exc: LifeboatError) -> dict[str, str]:
+    return {"error": exc.code, "message": str(exc)}

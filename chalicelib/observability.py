@@ -1,0 +1,41 @@
+"""Powertools Logger, Metrics and Tracer, created once and cheaply.
+
+The Logger's service is "lifeboat", not the Chalice app name: a Logger named like the app prints every
+line twice. The Tracer patches botocore when created (~0.4 s), so it is built on first use only.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Tracer
+
+SERVICE = "lifeboat"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "PgLifeboat")
+
+logger = Logger(service=SERVICE)
+
+
+@cache
+def tracer() -> Tracer:
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service=SERVICE)
+
+
+def record(name: str, value: float, unit: str, target: str | None = None) -> None:
+    """One EMF metric, with the target as its dimension when given (flushed at once)."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if is_metrics_disabled():
+        return
+    with single_metric(name=name, unit=MetricUnit(unit), value=value, namespace=NAMESPACE) as metric:
+        metric.add_dimension(name="service", value=SERVICE)
+        if target:
+            metric.add_dimension(name="target", value=target)

@@ -1,0 +1,242 @@
+"""PostgreSQL client programs: finding the right binary, running it, and explaining its failures.
+
+The one way this project runs a subprocess. Binaries are looked up under roots laid out as
+`<root>/<major>/bin/<tool>` (the Lambda layer's /opt/pg, Debian's /usr/lib/postgresql). Passwords go
+to the child through PGPASSWORD in a minimal environment, never on the command line, and every line of
+stderr that leaves this module is scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from chalicelib.errors import DatabaseConnectionError, PgToolError
+
+DEFAULT_ROOTS = ("/opt/pg", "/usr/lib/postgresql")
+# lz4 and zstd archives need pg_dump 16 or newer.
+COMPRESSION_MIN_MAJOR = {"lz4": 16, "zstd": 16, "gzip": 0, "none": 0}
+_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+@dataclass(frozen=True)
+class PgTool:
+    name: str
+    major: int
+    path: Path
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove passwords and tokens from text that may reach a log, an error or a manifest."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _PASSWORD_IN_TEXT.sub(r"\1***", text)
+    return _URI_PASSWORD.sub(r"\1***\3", text)
+
+
+@dataclass
+class Toolbox:
+    """The PostgreSQL client binaries available on this machine, by major version."""
+
+    roots: Sequence[Path]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Toolbox:
+        env = os.environ if environ is None else environ
+        raw = env.get("LIFEBOAT_PG_ROOTS")
+        roots = raw.split(os.pathsep) if raw else list(DEFAULT_ROOTS)
+        return cls([Path(r) for r in roots if r])
+
+    def majors(self, tool: str) -> dict[int, PgTool]:
+        found: dict[int, PgTool] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for entry in root.iterdir():
+                path = entry / "bin" / tool
+                if entry.name.isdigit() and os.access(path, os.X_OK):
+                    found.setdefault(int(entry.name), PgTool(tool, int(entry.name), path))
+        return dict(sorted(found.items()))
+
+    def pick(self, tool: str, server_major: int, purpose: str = "") -> PgTool:
+        """The binary of the server's own major if bundled, else the oldest newer one; never an older one.
+
+        Older is impossible (pg_dump refuses newer servers; an older pg_restore rejects newer archives).
+        Newer works but is a last resort: a pg_dump 17 archive restored by pg_restore 17 into a
+        PostgreSQL 15 server fails on `SET transaction_timeout`, so the matching major is preferred.
+        """
+        available = self.majors(tool)
+        if server_major in available:
+            return available[server_major]
+        for major, found in available.items():
+            if major > server_major:
+                return found
+        if not available:
+            raise PgToolError(f"no {tool} found under {', '.join(map(str, self.roots))}: attach the pg-clients"
+                              " layer (or set LIFEBOAT_PG_ROOTS)")
+        have = ", ".join(str(m) for m in available)
+        raise PgToolError(f"{purpose or 'this server'} needs {tool} {server_major} or newer but the newest bundled is"
+                          f" {max(available)} (majors available: {have}): rebuild the layer with that major")
+
+
+def effective_compression(configured: str, pg_dump_major: int) -> str:
+    """lz4 and zstd exist from pg_dump 16 on; older majors write gzip instead (recorded in the manifest)."""
+    method = configured.split(":", 1)[0]
+    if pg_dump_major < COMPRESSION_MIN_MAJOR.get(method, 0):
+        return "gzip:6"
+    return configured
+
+
+def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The child's whole environment: nothing of ours (AWS credentials included) leaks into it."""
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "TZ", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+    base.setdefault("PATH", "/usr/bin:/bin")
+    return {**base, **extra}
+
+
+# libpq and server messages, in order of precedence, with what the operator should do about them.
+_EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"password authentication failed|authentication failed for user|PAM authentication failed",
+                re.I), "the server refused the credentials for user {user}: check the password in the secret"
+                       " (or the IAM grant rds_iam for iam_auth)"),
+    (re.compile(r"could not translate host name|Name or service not known|nodename nor servname", re.I),
+     "unknown host {host}: check connection.host"),
+    (re.compile(r"Connection refused", re.I),
+     "nothing accepts connections at {host}:{port}: check host, port and that the server is running"),
+    (re.compile(r"timeout expired|timed out", re.I),
+     "connecting to {host}:{port} timed out: check security groups and the route from the function's VPC"),
+    (re.compile(r"no pg_hba\.conf entry", re.I),
+     "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode}): allow it or change sslmode"),
+    (re.compile(r"certificate verify failed|certificate.*(not|doesn't) match|root certificate file", re.I),
+     "TLS verification of {host} failed: check sslrootcert and that the host name matches the certificate"),
+    (re.compile(r"server does not support SSL|SSL off", re.I),
+     "the server does not offer TLS but sslmode is {sslmode}: enable ssl on the server or relax sslmode"),
+    (re.compile(r'database "[^"]+" does not exist', re.I),
+     "database {database} does not exist on {host}: check connection.database"),
+    (re.compile(r'role "[^"]+" does not exist', re.I), "role {user} does not exist on {host}: check connection.user"),
+    (re.compile(r"could not obtain lock|lock timeout|canceling statement due to lock timeout", re.I),
+     "a table stayed locked longer than lock_wait_timeout_seconds: another session holds a conflicting"
+     " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout"),
+    (re.compile(r"aborting because of server version mismatch", re.I),
+     "pg_dump is older than the server: add the server's major to the layer"),
+    (re.compile(r"terminating connection|server closed the connection unexpectedly|connection to server .* lost",
+                re.I), "the server closed the connection during the run (restart, failover or admin kill)"),
+]
+
+CONNECTION_PATTERNS = 9  # the first entries above describe failures to connect at all
+
+
+def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
+    """(advice, is_connection_problem) for a libpq/server message; advice is '' when unknown."""
+    for index, (pattern, advice) in enumerate(_EXPLANATIONS):
+        if pattern.search(message):
+            safe = {k: context.get(k, "?") for k in ("user", "host", "port", "sslmode", "database")}
+            return advice.format(**safe), index < CONNECTION_PATTERNS
+    return "", False
+
+
+def _meaningful_line(lines: Sequence[str]) -> str:
+    for line in reversed(lines):
+        if "error" in line.lower() or "fatal" in line.lower() or "failed" in line.lower():
+            return line.strip()
+    return lines[-1].strip() if lines else ""
+
+
+@dataclass
+class ChildProcess:
+    """A running PostgreSQL client program, presented as a readable stream plus an exit check."""
+
+    tool: PgTool
+    args: list[str]
+    env: dict[str, str]
+    secrets: tuple[str, ...] = ()
+    context: Mapping[str, object] = field(default_factory=dict)
+    stdin: IO[bytes] | int | None = None
+    capture_stdout: bool = True
+    _proc: subprocess.Popen[bytes] | None = None
+    _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    _stderr_thread: threading.Thread | None = None
+    stop_reason: str | None = None
+
+    def start(self) -> ChildProcess:
+        self._proc = subprocess.Popen(
+            [str(self.tool.path), *self.args],
+            stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if self.capture_stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            bufsize=1024 * 1024 if self.capture_stdout else -1,
+        )
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        return self
+
+    def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            self._stderr.append(scrub(raw.decode("utf-8", "replace").rstrip(), self.secrets))
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self._proc is not None and self._proc.stdout is not None
+        return self._proc.stdout
+
+    @property
+    def stdin_pipe(self) -> IO[bytes]:
+        assert self._proc is not None and self._proc.stdin is not None
+        return self._proc.stdin
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)
+
+    def stop(self, reason: str) -> None:
+        """Kill the child (deadline, upload failure); `check` then reports `reason`."""
+        if self._proc is not None and self._proc.poll() is None:
+            self.stop_reason = reason
+            self._proc.kill()
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        code = self._proc.wait()
+        if self._stderr_thread:
+            self._stderr_thread.join(timeout=5)
+        return code
+
+    def check(self) -> None:
+        """Wait for the exit; raise a PgToolError (or DatabaseConnectionError) that says what to fix."""
+        code = self.wait()
+        if code == 0 and self.stop_reason is None:
+            return
+        tail = self.stderr_tail()
+        detail = _meaningful_line(tail)
+        if self.stop_reason:
+            raise PgToolError(f"{self.tool.name} was stopped: {self.stop_reason}")
+        advice, is_connection = explain("\n".join(tail), self.context)
+        cause = f"{self.tool.name} {self.tool.major} exited with {'signal ' + str(-code) if code < 0 else code}"
+        message = f"{advice} ({cause}: {detail})" if advice else f"{cause}: {detail or 'no error output'}"
+        raise (DatabaseConnectionError if is_connection else PgToolError)(scrub(message, self.secrets))
+
+    def __enter__(self) -> ChildProcess:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr) if self._proc else ():
+            if stream:
+                stream.close()

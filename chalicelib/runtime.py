@@ -1,0 +1,93 @@
+"""Building the services from the process environment, once per container and only when first needed.
+
+The one place that reads os.environ and creates boto3 clients; everything below receives them.
+Environment:
+  LIFEBOAT_CONFIG        path to a JSON/TOML file, or ssm:/parameter/path
+  LIFEBOAT_JOBS_TABLE    DynamoDB table for run claims and the dispatch cursor (optional locally)
+  LIFEBOAT_BACKUP_QUEUE_URL  SQS queue the dispatcher fills (dispatcher only)
+  LIFEBOAT_PG_ROOTS      where <major>/bin/pg_dump live (default /opt/pg:/usr/lib/postgresql)
+  AWS_ENDPOINT_URL       honoured by boto3 (local emulators)
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from chalicelib import config as config_module
+
+if TYPE_CHECKING:
+    from chalicelib.catalog import Catalog
+    from chalicelib.config import Config
+    from chalicelib.dispatch import BackupQueue, DispatchCursor
+    from chalicelib.dumps import BackupServices
+    from chalicelib.jobs import JobStore
+    from chalicelib.storage import S3Store
+
+
+@cache
+def client(service: str) -> Any:
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    # Standard retry mode: throttles and 5xx are retried with backoff, 3 attempts in all.
+    return boto3.client(service, config=BotoConfig(retries={"mode": "standard", "max_attempts": 3},
+                                                   max_pool_connections=32))
+
+
+def load_config() -> Config:
+    return config_module.load(os.environ.get("LIFEBOAT_CONFIG", ""), ssm_client=None)
+
+
+def store(cfg: Config) -> S3Store:
+    from chalicelib.storage import MiB, PartPlan, S3Store
+
+    s = cfg.settings
+    return S3Store(client("s3"), s.bucket, kms_key_id=s.kms_key_id, plan=PartPlan(base=s.part_size_mib * MiB),
+                   concurrency=s.upload_concurrency, memory_budget=s.upload_memory_mib * MiB)
+
+
+def catalog(cfg: Config) -> Catalog:
+    from chalicelib.catalog import Catalog, Layout
+
+    return Catalog(store(cfg), Layout(cfg.settings.prefix))
+
+
+def jobs() -> JobStore | None:
+    from chalicelib.jobs import JobStore
+
+    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
+    return JobStore(client("dynamodb"), table) if table else None
+
+
+def backup_services(cfg: Config | None = None) -> BackupServices:
+    from chalicelib.catalog import Catalog, Layout
+    from chalicelib.database import CredentialResolver
+    from chalicelib.dumps import BackupServices
+    from chalicelib.pgtools import Toolbox
+
+    cfg = cfg or load_config()
+    s3 = store(cfg)
+    return BackupServices(
+        config=cfg, store=s3, catalog=Catalog(s3, Layout(cfg.settings.prefix)),
+        credentials=CredentialResolver(secrets_client=client("secretsmanager")),
+        toolbox=Toolbox.from_env(), claims=jobs(),
+    )
+
+
+def backup_queue() -> BackupQueue:
+    from chalicelib.dispatch import BackupQueue
+    from chalicelib.errors import ConfigError
+
+    url = os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL")
+    if not url:
+        raise ConfigError("LIFEBOAT_BACKUP_QUEUE_URL is not set: the dispatcher needs the backup queue's URL")
+    return BackupQueue(client("sqs"), url)
+
+
+def dispatch_cursor() -> DispatchCursor | None:
+    from chalicelib.dispatch import DispatchCursor
+
+    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
+    return DispatchCursor(client("dynamodb"), table) if table else None

@@ -1,0 +1,336 @@
+"""The backup store: the one place that talks to S3.
+
+Contract (every backend keeps it):
+- `put_stream` reads a stream to its end and stores it as one object, computing SHA-256 and size on the
+  way. The object becomes visible only if the stream ended *and* `before_complete` returned without
+  raising; on any failure the multipart upload is aborted, so no partial object and no open upload
+  remain. Memory stays bounded whatever the stream's length.
+- Keys are opaque here: naming belongs to the catalog.
+- Errors are StorageError with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from chalicelib.errors import StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
+S3_MAX_PARTS = 10_000
+S3_MAX_OBJECT = 5 * 1024 * GiB
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """Part sizes that grow as an upload of unknown length goes on.
+
+    A fixed 8 MiB part caps a stream at 10,000 x 8 MiB (~78 GiB). Doubling the part size every
+    `parts_per_step` parts keeps small dumps cheap in memory and still reaches S3's 5 TiB object limit
+    within 10,000 parts.
+    """
+
+    base: int = 8 * MiB
+    parts_per_step: int = 1000
+
+    def size(self, part_number: int) -> int:
+        """Size of 1-based part `part_number`."""
+        return min(S3_MAX_PART, self.base << ((part_number - 1) // self.parts_per_step))
+
+    def capacity(self) -> int:
+        """Largest stream the plan can store within S3's part limit."""
+        steps, rest = divmod(S3_MAX_PARTS, self.parts_per_step)
+        total = sum(min(S3_MAX_PART, self.base << s) * self.parts_per_step for s in range(steps))
+        return total + rest * min(S3_MAX_PART, self.base << steps)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    key: str
+    size: int
+    sha256: str
+    parts: int
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime | None = None
+
+
+class BackupStore(Protocol):
+    bucket: str
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        tags: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+        before_complete: Callable[[], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> PutResult: ...
+
+    def put_bytes(self, key: str, data: bytes, *, tags: Mapping[str, str] | None = None,
+                  content_type: str = "application/octet-stream") -> PutResult: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def open_stream(self, key: str) -> tuple[BinaryIO, int]: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def tags(self, key: str) -> dict[str, str]: ...
+
+    def delete(self, keys: list[str]) -> None: ...
+
+    def open_uploads(self, prefix: str) -> list[str]: ...
+
+
+def _explain(exc: Exception, bucket: str, key: str | None = None) -> StorageError:
+    """A botocore error as a StorageError saying what to fix."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix settings.bucket")
+        if code in ("AccessDenied", "403", "Forbidden") or status == 403:
+            return StorageError(f"access denied to {where}: the role needs s3 access to this bucket"
+                                " (and kms:GenerateDataKey/Decrypt on its key)")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"{where} does not exist")
+        if code.startswith("KMS") or "KMS" in code:
+            return StorageError(f"KMS refused the key for {where} ({code}): check settings.kms_key_id and the key policy")
+        return StorageError(f"S3 error on {where}: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"cannot reach S3 for {where}: {exc}")
+    return StorageError(f"S3 transfer to {where} failed: {exc}")
+
+
+class S3Store:
+    """BackupStore on Amazon S3 (or anything speaking its API)."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        kms_key_id: str | None = None,
+        plan: PartPlan | None = None,
+        concurrency: int = 4,
+        memory_budget: int = 64 * MiB,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.kms_key_id = kms_key_id
+        self.plan = plan or PartPlan()
+        self.concurrency = concurrency
+        self.memory_budget = memory_budget
+
+    def _encryption(self) -> dict[str, str]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    def put_bytes(self, key: str, data: bytes, *, tags: Mapping[str, str] | None = None,
+                  content_type: str = "application/octet-stream") -> PutResult:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                   Tagging=urllib.parse.urlencode(dict(tags or {})), **self._encryption())  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _explain(exc, self.bucket, key) from exc
+        return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1)
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        tags: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+        before_complete: Callable[[], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> PutResult:
+        sha = hashlib.sha256()
+        first = stream.read(self.plan.size(1))
+        sha.update(first)
+        if len(first) < self.plan.size(1):
+            # The whole stream fits one part: a single PUT, after the producer said it succeeded.
+            if before_complete:
+                before_complete()
+            result = self.put_bytes(key, first, tags=tags, content_type=content_type)
+            if on_progress:
+                on_progress(len(first))
+            return result
+        return _MultipartUpload(self, key, tags or {}, content_type).run(first, stream, sha, before_complete,
+                                                                         on_progress)
+
+    def get_bytes(self, key: str) -> bytes:
+        body, _ = self.open_stream(key)
+        with body:
+            return body.read()
+
+    def open_stream(self, key: str) -> tuple[BinaryIO, int]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise _explain(exc, self.bucket, key) from exc
+        return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("LastModified"))
+        except Exception as exc:
+            raise _explain(exc, self.bucket, prefix) from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _explain(exc, self.bucket, key) from exc
+        except Exception as exc:
+            raise _explain(exc, self.bucket, key) from exc
+        return ObjectInfo(key, int(resp["ContentLength"]), resp.get("LastModified"))
+
+    def tags(self, key: str) -> dict[str, str]:
+        try:
+            resp = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise _explain(exc, self.bucket, key) from exc
+        return {t["Key"]: t["Value"] for t in resp["TagSet"]}
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            try:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except Exception as exc:
+                raise _explain(exc, self.bucket, batch[0]) from exc
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise StorageError(f"could not delete s3://{self.bucket}/{err.get('Key')}: {err.get('Message')}")
+
+    def open_uploads(self, prefix: str) -> list[str]:
+        try:
+            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        except Exception as exc:
+            raise _explain(exc, self.bucket, prefix) from exc
+        return [u["Key"] for u in resp.get("Uploads", [])]
+
+
+class _MultipartUpload:
+    """One multipart upload: parts read in order on the caller's thread, sent by a bounded pool.
+
+    In-flight part bytes never exceed the store's memory budget (at least one part is always allowed),
+    so peak memory is about budget + the part being read, whatever the stream's length.
+    """
+
+    def __init__(self, store: S3Store, key: str, tags: Mapping[str, str], content_type: str) -> None:
+        self.store, self.key, self.tags, self.content_type = store, key, tags, content_type
+        self.client = store.client
+        self.in_flight = 0
+        self.cond = threading.Condition()
+        self.failure: BaseException | None = None
+
+    def run(self, first: bytes, stream: BinaryIO, sha: Any, before_complete: Callable[[], None] | None,
+            on_progress: Callable[[int], None] | None) -> PutResult:
+        store = self.store
+        try:
+            upload_id = self.client.create_multipart_upload(
+                Bucket=store.bucket, Key=self.key, ContentType=self.content_type,
+                Tagging=urllib.parse.urlencode(dict(self.tags)), **store._encryption(),  # type: ignore[arg-type]
+            )["UploadId"]
+        except Exception as exc:
+            raise _explain(exc, store.bucket, self.key) from exc
+        futures: list[Future[dict[str, Any]]] = []
+        total = 0
+        try:
+            with ThreadPoolExecutor(max_workers=store.concurrency, thread_name_prefix="s3-part") as pool:
+                data, number = first, 1
+                while data:
+                    if len(futures) >= S3_MAX_PARTS:
+                        raise StorageError(f"s3://{store.bucket}/{self.key}: stream exceeds"
+                                           f" {store.plan.capacity()} bytes, the most 10,000 parts can hold")
+                    self._reserve(len(data))
+                    futures.append(pool.submit(self._upload_part, upload_id, number, data))
+                    total += len(data)
+                    if on_progress:
+                        on_progress(total)
+                    number += 1
+                    data = stream.read(store.plan.size(number))
+                    sha.update(data)
+                parts = [f.result() for f in futures]
+            if before_complete:
+                before_complete()
+            try:
+                self.client.complete_multipart_upload(
+                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
+            except Exception as exc:
+                raise _explain(exc, store.bucket, self.key) from exc
+        except BaseException:
+            with self.cond:
+                self.failure = self.failure or RuntimeError("aborted")
+                self.cond.notify_all()
+            self._abort(upload_id)
+            raise
+        return PutResult(self.key, total, sha.hexdigest(), len(parts))
+
+    def _reserve(self, size: int) -> None:
+        with self.cond:
+            while self.in_flight and self.in_flight + size > self.store.memory_budget and not self.failure:
+                self.cond.wait()
+            if self.failure:
+                raise self.failure
+            self.in_flight += size
+
+    def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        try:
+            resp = self.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
+                                           PartNumber=number, Body=data)
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+        except Exception as exc:
+            err = _explain(exc, self.store.bucket, self.key)
+            with self.cond:
+                self.failure = self.failure or err
+                self.cond.notify_all()
+            raise err from exc
+        finally:
+            with self.cond:
+                self.in_flight -= len(data)
+                self.cond.notify_all()
+
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
+        except Exception:
+            from chalicelib.observability import logger
+
+            logger.warning("could not abort multipart upload; the lifecycle rule will remove it",
+                           extra={"key": self.key})

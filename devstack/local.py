@@ -1,0 +1,52 @@
+"""Local copies of what the deployed stack creates: bucket, secret, jobs table, backup queue."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+JOBS_TABLE = "pg-lifeboat-jobs"
+BACKUP_QUEUE = "pg-lifeboat-backups"
+
+
+@dataclass
+class LocalStack:
+    bucket: str
+    secret_arn: str
+    jobs_table: str
+    queue_url: str
+
+    def env(self) -> dict[str, str]:
+        return {"LIFEBOAT_JOBS_TABLE": self.jobs_table, "LIFEBOAT_BACKUP_QUEUE_URL": self.queue_url}
+
+
+def provision(bucket: str, secret_name: str, password: str) -> LocalStack:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    secret = boto3.client("secretsmanager").create_secret(
+        Name=secret_name, SecretString=json.dumps({"username": "lifeboat_backup", "password": password}))
+    ddb = boto3.client("dynamodb")
+    ddb.create_table(TableName=JOBS_TABLE, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    queue_url = boto3.client("sqs").create_queue(QueueName=BACKUP_QUEUE)["QueueUrl"]
+    return LocalStack(bucket, secret["ARN"], JOBS_TABLE, queue_url)
+
+
+def write_config(path: Path, bucket: str, targets: list[dict[str, Any]], **settings: Any) -> Path:
+    path.write_text(json.dumps({"settings": {"bucket": bucket, **settings}, "targets": targets}, indent=2))
+    return path
+
+
+def target(name: str, port: int, secret: str, database: str = "shop", user: str = "lifeboat_backup",
+           schedule: str | None = "cron(0 3 * * ? *)", **logical: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "connection": {"host": "127.0.0.1", "port": port, "database": database, "user": user,
+                       "password_secret": secret, "sslmode": "disable"},
+        "logical": {"schedule": schedule, **logical},
+    }
