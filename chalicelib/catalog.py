@@ -20,7 +20,7 @@ from chalicelib.errors import BadRequestError, NotFoundError
 from chalicelib.storage import BackupStore
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_ID = re.compile(r"^(logical):([a-z][a-z0-9-]{0,47}):(\d{8}T\d{6}Z)$")
+_ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47}):(\d{8}T\d{6}Z)$")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -34,7 +34,7 @@ def parse_stamp(text: str) -> datetime:
 
 @dataclass(frozen=True, order=True)
 class BackupId:
-    """`logical:<target>:<YYYYMMDDTHHMMSSZ>`: the target and the slot (scheduled time) of a backup."""
+    """`<kind>:<target>:<YYYYMMDDTHHMMSSZ>`: kind (logical or snapshot), target and slot of a backup."""
 
     target: str
     stamp: datetime
@@ -47,7 +47,7 @@ class BackupId:
     def parse(cls, text: str) -> BackupId:
         m = _ID.match(text or "")
         if not m:
-            raise BadRequestError(f"{text!r} is not a backup id (expected logical:<target>:<YYYYMMDDTHHMMSSZ>)")
+            raise BadRequestError(f"{text!r} is not a backup id (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)")
         try:
             stamp = parse_stamp(m.group(3))
         except ValueError:

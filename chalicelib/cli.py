@@ -105,6 +105,8 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     cfg = runtime.load_config()
     bid = BackupId.parse(args.backup_id)
     into = cfg.target(args.into_target or bid.target)
+    if into.connection is None:
+        raise BadRequestError(f"target {into.name!r} has no connection to restore into")
     login = CredentialResolver(secrets_client=runtime.client("secretsmanager")).login(into.connection)
     catalog = runtime.catalog(cfg)
     result = restore_logical(catalog.store, catalog, Toolbox.from_env(), str(bid), login, args.database,

@@ -93,6 +93,36 @@ class Logical(_Model):
         return self.compression.split(":", 1)[0]
 
 
+class Physical(_Model):
+    """Snapshots: an RDS instance, an Aurora cluster, or the EBS volumes of PostgreSQL on EC2."""
+
+    method: Literal["rds_instance", "aurora_cluster", "ebs"]
+    schedule: str | None = None
+    db_instance_id: str | None = None
+    db_cluster_id: str | None = None
+    ec2_instance_id: str | None = None
+    volume_ids: list[str] = Field(default_factory=list)
+    exclude_boot_volume: bool = True
+    app_consistent: bool = Field(default=False, description="ebs: bracket with pg_backup_start/pg_backup_stop")
+    region: str | None = Field(default=None, description="region of the source; default: the function's")
+    copy_to_region: str | None = None
+    copy_kms_key_id: str | None = Field(default=None, description="destination-region KMS key for the copy")
+
+    _schedule = field_validator("schedule")(Logical._schedule.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _source(self) -> Self:
+        if self.method == "rds_instance" and not self.db_instance_id:
+            raise ValueError("method rds_instance needs db_instance_id")
+        if self.method == "aurora_cluster" and not self.db_cluster_id:
+            raise ValueError("method aurora_cluster needs db_cluster_id")
+        if self.method == "ebs" and not (self.ec2_instance_id or self.volume_ids):
+            raise ValueError("method ebs needs ec2_instance_id or volume_ids")
+        if self.copy_to_region and self.copy_to_region == self.region:
+            raise ValueError("copy_to_region must differ from the source region")
+        return self
+
+
 class RetentionPolicy(_Model):
     """Grandfather-father-son: how long each class of backup is kept. 0 disables a class."""
 
@@ -105,10 +135,22 @@ class RetentionPolicy(_Model):
 
 class Target(_Model):
     name: str
-    connection: Connection
+    connection: Connection | None = None
     logical: Logical | None = None
+    physical: Physical | None = None
     retention: str = "default"
     tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs(self) -> Self:
+        if self.connection is None:
+            if self.logical is not None:
+                raise ValueError("logical backups need a connection")
+            if self.physical is None:
+                raise ValueError("a target needs a connection (logical backups) or a physical section (snapshots)")
+            if self.physical.app_consistent:
+                raise ValueError("physical.app_consistent needs a connection (for pg_backup_start/stop)")
+        return self
 
     @field_validator("name")
     @classmethod

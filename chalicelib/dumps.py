@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.config import Config, Logical, Target
 from chalicelib.database import CredentialResolver, Login, exported_snapshot
-from chalicelib.errors import DeadlineError, LifeboatError, StorageError
+from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
 from chalicelib.observability import logger, record
 from chalicelib.pgtools import ChildProcess, PgTool, Toolbox, effective_compression, minimal_env, scrub
 from chalicelib.retention import POLICY_TAG, RETENTION_TAG, classify
@@ -141,6 +141,8 @@ def run_logical_backup(
     on_progress: Callable[[int], None] | None = None,
 ) -> BackupOutcome:
     target = svc.config.target(target_name)
+    if target.connection is None:
+        raise BadRequestError(f"target {target.name!r} has no connection: logical backups need one")
     opts = target.logical or Logical()
     slot = (slot or svc.clock()).astimezone(UTC).replace(microsecond=0)
     bid = BackupId(target.name, slot)
@@ -168,6 +170,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     login: Login | None = None
     facts_for_record: dict[str, object] = {}
     try:
+        assert target.connection is not None
         login = svc.credentials.login(target.connection)
         policy = svc.config.policy_for(target)
         with exported_snapshot(login, opts) as facts:
@@ -234,7 +237,8 @@ def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger:
         cleanups.append(lambda: svc.store.delete(written))
     failure = Manifest(
         backup_id=str(bid), status="FAILED", target=target.name, slot=bid.stamp, trigger=trigger,
-        host=target.connection.host, database=target.connection.database,
+        host=target.connection.host if target.connection else "", 
+        database=target.connection.database if target.connection else "",
         server_version=str(facts.get("server_version", "")),
         server_version_num=int(str(facts.get("server_version_num", 0))), pg_dump_version=0,
         format="custom", compression=(target.logical or Logical()).compression, started_at=started,
