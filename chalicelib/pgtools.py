@@ -123,7 +123,8 @@ _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r'database "[^"]+" does not exist', re.I),
      "database {database} does not exist on {host}: check connection.database"),
     (re.compile(r'role "[^"]+" does not exist', re.I), "role {user} does not exist on {host}: check connection.user"),
-    (re.compile(r"could not obtain lock|lock timeout|canceling statement due to lock timeout", re.I),
+    # pg_dump waits for its table locks under statement_timeout = lock_wait_timeout.
+    (re.compile(r"could not obtain lock|lock timeout|canceling statement due to (lock|statement) timeout", re.I),
      "a table stayed locked longer than lock_wait_timeout_seconds: another session holds a conflicting"
      " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout"),
     (re.compile(r"aborting because of server version mismatch", re.I),

@@ -31,7 +31,7 @@ def client(service: str) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    # Standard retry mode: throttles and 5xx are retried with backoff, 3 attempts in all.
+    # Standard retry mode: throttles and 5xx are retried with backoff, up to 3 retries after the first try.
     return boto3.client(service, config=BotoConfig(retries={"mode": "standard", "max_attempts": 3},
                                                    max_pool_connections=32))
 
