@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from chalice import Chalice, Rate
-from chalice.app import CloudWatchEvent, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, Rate, SQSEvent
 
 app = Chalice(app_name="pg-lifeboat")
 
@@ -26,6 +25,6 @@ def backup_worker(event: SQSEvent) -> list[dict[str, Any]]:
     """Run one queued logical backup (pg_dump streamed to S3)."""
     from chalicelib.handlers import backup_message
 
-    context = event.context
+    context: Any = event.context
     remaining = context.get_remaining_time_in_millis if context is not None else None
     return [backup_message(record.body, remaining) for record in event]

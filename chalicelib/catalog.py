@@ -34,7 +34,7 @@ def parse_stamp(text: str) -> datetime:
 
 @dataclass(frozen=True, order=True)
 class BackupId:
-    """`<kind>:<target>:<YYYYMMDDTHHMMSSZ>`: kind (logical or snapshot), target and slot of a backup."""
+    """`<kind>:<target>:<YYYYMMDDTHHMMSSZ>`: kind (logical, snapshot), target and slot of a backup."""
 
     target: str
     stamp: datetime
@@ -47,7 +47,8 @@ class BackupId:
     def parse(cls, text: str) -> BackupId:
         m = _ID.match(text or "")
         if not m:
-            raise BadRequestError(f"{text!r} is not a backup id (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)")
+            raise BadRequestError(f"{text!r} is not a backup id"
+                                  " (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)")
         try:
             stamp = parse_stamp(m.group(3))
         except ValueError:
@@ -159,7 +160,7 @@ class Catalog:
 
     def backup_ids(self, target: str) -> list[BackupId]:
         """Complete backups of a target, newest first (one LIST, no GETs)."""
-        ids = [bid for obj in self.store.list(self.layout.target_prefix(target))
+        ids = [bid for obj in self.store.list_objects(self.layout.target_prefix(target))
                if (bid := self.layout.parse_manifest_key(obj.key)) is not None]
         return sorted(ids, reverse=True)
 
@@ -169,7 +170,7 @@ class Catalog:
             raise NotFoundError(f"no complete backup {bid} (no manifest at {key})")
         return Manifest.model_validate(json.loads(self.store.get_bytes(key)))
 
-    def list(self, target: str, limit: int = 50) -> list[Manifest]:
+    def list_backups(self, target: str, limit: int = 50) -> list[Manifest]:
         ids = self.backup_ids(target)[:limit]
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(self.manifest, ids))
@@ -186,5 +187,5 @@ class Catalog:
         return None
 
     def failures(self, target: str) -> list[Manifest]:
-        keys = sorted((o.key for o in self.store.list(f"{self.layout.failed_prefix}{target}/")), reverse=True)
+        keys = sorted((o.key for o in self.store.list_objects(f"{self.layout.failed_prefix}{target}/")), reverse=True)
         return [Manifest.model_validate(json.loads(self.store.get_bytes(k))) for k in keys]

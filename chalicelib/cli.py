@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     names = [args.target] if args.target else [t.name for t in cfg.targets]
     for name in names:
         cfg.target(name)
-    rows = [m for name in names for m in catalog.list(name, limit=args.limit)]
+    rows = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
     rows.sort(key=lambda m: m.slot, reverse=True)
     if args.json:
         out.write(json.dumps([m.model_dump(mode="json") for m in rows], indent=2) + "\n")
@@ -122,8 +122,8 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
         checked = f"{v.get('tables_checked', 0)} tables, {v.get('rows_checked', 0)} rows match" if v.get("match") \
             else v.get("reason", "row counts not verified")
         out.write(f"restored {result.backup_id} into {into.connection.host}/{result.database}: "
-                  f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore {result.pg_restore_version};"
-                  f" verified: {checked}\n")
+                  f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore"
+                  f" {result.pg_restore_version}; verified: {checked}\n")
     return 0
 
 

@@ -8,6 +8,7 @@ single parameter. Any error names the target and the field to fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tomllib
@@ -241,10 +242,8 @@ def _describe(exc: ValidationError, data: Any) -> str:
         where = ""
         if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
             name = None
-            try:
+            with contextlib.suppress(KeyError, IndexError, TypeError, AttributeError):
                 name = data["targets"][loc[1]].get("name")
-            except (KeyError, IndexError, TypeError, AttributeError):
-                pass
             where = f"target {name!r}" if name else f"targets[{loc[1]}]"
             loc = loc[2:]
         field = ".".join(str(p) for p in loc)

@@ -40,7 +40,7 @@ class DueBackup:
 
 
 def due_backups(config: Config, after: datetime, until: datetime) -> list[DueBackup]:
-    due = []
+    due: list[DueBackup] = []
     for target in config.targets:
         if target.logical and target.logical.schedule:
             schedule = Schedule.parse(target.logical.schedule)
@@ -63,7 +63,8 @@ class DispatchCursor:
         self.client, self.table = client, table
 
     def get(self) -> datetime | None:
-        item = self.client.get_item(TableName=self.table, Key={"pk": {"S": CURSOR_KEY}}, ConsistentRead=True).get("Item")
+        key = {"pk": {"S": CURSOR_KEY}}
+        item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
         return datetime.fromisoformat(item["tick"]["S"]) if item else None
 
     def advance(self, tick: datetime) -> bool:

@@ -237,7 +237,7 @@ def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger:
         cleanups.append(lambda: svc.store.delete(written))
     failure = Manifest(
         backup_id=str(bid), status="FAILED", target=target.name, slot=bid.stamp, trigger=trigger,
-        host=target.connection.host if target.connection else "", 
+        host=target.connection.host if target.connection else "",
         database=target.connection.database if target.connection else "",
         server_version=str(facts.get("server_version", "")),
         server_version_num=int(str(facts.get("server_version_num", 0))), pg_dump_version=0,

@@ -33,7 +33,8 @@ class JobStore:
         try:
             self.client.put_item(
                 TableName=self.table, Item=item,
-                ConditionExpression="attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)",
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)"),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={":failed": {"S": "FAILED"}, ":running": {"S": "RUNNING"},
                                            ":now": {"N": str(int(now.timestamp()))}},

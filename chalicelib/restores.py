@@ -9,6 +9,7 @@ counts recorded at backup time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import time
@@ -167,10 +168,8 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any
         except BrokenPipeError:
             pass  # pg_restore stopped reading: its exit status and stderr say why
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             child.check()
         except PgToolError as exc:

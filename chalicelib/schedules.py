@@ -11,6 +11,7 @@ cron with weekdays 0-6 from Sunday, so expressions are translated, not re-implem
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class Schedule:
         slots = list(self.slots(start, start + timedelta(days=400), limit=400))
         if len(slots) < 2:
             return timedelta(days=366)
-        return max(b - a for a, b in zip(slots, slots[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(slots))
 
     def slots(self, after: datetime, until: datetime, limit: int = 10_000) -> Iterator[datetime]:
         """Slots s with after < s <= until, in order (UTC, second precision)."""

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from chalicelib.errors import StorageError
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from types_boto3_s3 import S3Client
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -77,7 +77,7 @@ class BackupStore(Protocol):
     def put_stream(
         self,
         key: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
@@ -92,7 +92,7 @@ class BackupStore(Protocol):
 
     def open_stream(self, key: str) -> tuple[BinaryIO, int]: ...
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
@@ -112,15 +112,18 @@ def _explain(exc: Exception, bucket: str, key: str | None = None) -> StorageErro
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "NoSuchBucket":
-            return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix settings.bucket")
+            return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix"
+                                " settings.bucket")
         if code in ("AccessDenied", "403", "Forbidden") or status == 403:
             return StorageError(f"access denied to {where}: the role needs s3 access to this bucket"
                                 " (and kms:GenerateDataKey/Decrypt on its key)")
         if code in ("NoSuchKey", "404", "NotFound"):
             return StorageError(f"{where} does not exist")
         if code.startswith("KMS") or "KMS" in code:
-            return StorageError(f"KMS refused the key for {where} ({code}): check settings.kms_key_id and the key policy")
-        return StorageError(f"S3 error on {where}: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+            return StorageError(f"KMS refused the key for {where} ({code}): check settings.kms_key_id and the"
+                                " key policy")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return StorageError(f"S3 error on {where}: {code or status}: {message}")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"cannot reach S3 for {where}: {exc}")
     return StorageError(f"S3 transfer to {where} failed: {exc}")
@@ -146,7 +149,7 @@ class S3Store:
         self.concurrency = concurrency
         self.memory_budget = memory_budget
 
-    def _encryption(self) -> dict[str, str]:
+    def _encryption(self) -> dict[str, Any]:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
@@ -155,7 +158,7 @@ class S3Store:
                   content_type: str = "application/octet-stream") -> PutResult:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                                   Tagging=urllib.parse.urlencode(dict(tags or {})), **self._encryption())  # type: ignore[arg-type]
+                                   Tagging=urllib.parse.urlencode(dict(tags or {})), **self._encryption())
         except Exception as exc:
             raise _explain(exc, self.bucket, key) from exc
         return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1)
@@ -163,7 +166,7 @@ class S3Store:
     def put_stream(
         self,
         key: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
@@ -196,7 +199,7 @@ class S3Store:
             raise _explain(exc, self.bucket, key) from exc
         return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
@@ -259,13 +262,13 @@ class _MultipartUpload:
         self.cond = threading.Condition()
         self.failure: BaseException | None = None
 
-    def run(self, first: bytes, stream: BinaryIO, sha: Any, before_complete: Callable[[], None] | None,
+    def run(self, first: bytes, stream: IO[bytes], sha: Any, before_complete: Callable[[], None] | None,
             on_progress: Callable[[int], None] | None) -> PutResult:
         store = self.store
         try:
             upload_id = self.client.create_multipart_upload(
                 Bucket=store.bucket, Key=self.key, ContentType=self.content_type,
-                Tagging=urllib.parse.urlencode(dict(self.tags)), **store._encryption(),  # type: ignore[arg-type]
+                Tagging=urllib.parse.urlencode(dict(self.tags)), **store._encryption(),
             )["UploadId"]
         except Exception as exc:
             raise _explain(exc, store.bucket, self.key) from exc
@@ -286,12 +289,12 @@ class _MultipartUpload:
                     number += 1
                     data = stream.read(store.plan.size(number))
                     sha.update(data)
-                parts = [f.result() for f in futures]
+                parts: list[Any] = [f.result() for f in futures]
             if before_complete:
                 before_complete()
             try:
                 self.client.complete_multipart_upload(
-                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
+                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts})
             except Exception as exc:
                 raise _explain(exc, store.bucket, self.key) from exc
         except BaseException:

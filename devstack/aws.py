@@ -34,7 +34,11 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        import logging
+
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
@@ -48,10 +52,10 @@ class MotoServer:
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST", data=b"")
-        urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 - loopback only
+        urllib.request.urlopen(req, timeout=10).read()
 
     def configure(self, config: dict[str, object]) -> None:
         req = urllib.request.Request(f"{self.endpoint}/moto-api/config", method="POST",
                                      data=json.dumps(config).encode(),
                                      headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 - loopback only
+        urllib.request.urlopen(req, timeout=10).read()

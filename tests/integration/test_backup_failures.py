@@ -99,7 +99,7 @@ def test_connection_refused(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
 
     port = free_port()
     svc = services(tmp_path, aws, pg, monkeypatch, port=port)
-    with pytest.raises(DatabaseConnectionError, match=f"nothing accepts connections at 127.0.0.1:{port}"):
+    with pytest.raises(DatabaseConnectionError, match=f"nothing accepts connections at 127\\.0\\.0\\.1:{port}"):
         run_logical_backup(svc, "shop")
     assert_nothing_half_done(aws)
 
@@ -145,7 +145,7 @@ def test_pg_dump_killed_mid_stream(aws: LocalStack, pg: PostgresServer, big_db: 
             for pid in _children_named("pg_dump"):
                 os.kill(pid, signal.SIGKILL)
 
-    with pytest.raises(PgToolError, match="pg_dump 1[0-9] exited with signal 9"):
+    with pytest.raises(PgToolError, match=r"pg_dump 1[0-9] exited with signal 9"):
         run_logical_backup(svc, "shop", on_progress=kill_after_first_part)
     assert parts_seen, "the dump never reached a second part: the test database is too small"
     assert_nothing_half_done(aws)
@@ -190,7 +190,8 @@ def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db
 
 
 def test_s3_persistent_5xx_aborts_the_upload(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     runtime.client.cache_clear()
     svc = services(tmp_path, aws, pg, monkeypatch)
     svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={

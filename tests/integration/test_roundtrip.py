@@ -113,7 +113,8 @@ def test_duplicate_delivery_makes_one_backup(config_path: Path, aws: LocalStack)
     assert first[0]["status"] == "SUCCEEDED"
     assert response.payload[0]["status"] == "SKIPPED"
     s3 = boto3.client("s3")
-    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.bucket)["Contents"] if o["Key"].endswith("manifest.json")]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.bucket)["Contents"]]
+    manifests = [k for k in keys if k.endswith("manifest.json")]
     assert len(manifests) == 1
 
 
