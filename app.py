@@ -1,16 +1,25 @@
-"""pg-lifeboat's table of contents: schedules, queues and routes, each calling into chalicelib."""
+"""pg-lifeboat's table of contents: schedules, queues and routes, each calling into chalicelib.
+
+This is also the one place where errors become HTTP responses.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, Rate, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Rate, Response, SQSEvent
 
 app = Chalice(app_name="pg-lifeboat")
+iam = IAMAuthorizer()
 
 BACKUP_QUEUE = os.environ.get("LIFEBOAT_BACKUP_QUEUE", "pg-lifeboat-backups")
+RESTORE_QUEUE = os.environ.get("LIFEBOAT_RESTORE_QUEUE", "pg-lifeboat-restores")
+JSON = ["application/json"]
 
+
+# --- schedules and queues -------------------------------------------------------------------------
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="dispatcher")
 def dispatcher(event: CloudWatchEvent) -> dict[str, Any]:
@@ -28,3 +37,111 @@ def backup_worker(event: SQSEvent) -> list[dict[str, Any]]:
     context: Any = event.context
     remaining = context.get_remaining_time_in_millis if context is not None else None
     return [backup_message(record.body, remaining) for record in event]
+
+
+@app.on_sqs_message(queue=RESTORE_QUEUE, batch_size=1, name="restore_worker")
+def restore_worker(event: SQSEvent) -> list[dict[str, Any]]:
+    """Run one queued restore job."""
+    from chalicelib.handlers import restore_message
+
+    context: Any = event.context
+    remaining = context.get_remaining_time_in_millis if context is not None else None
+    return [restore_message(record.body, remaining) for record in event]
+
+
+# --- the API (every route IAM-authorized) ----------------------------------------------------------
+
+def _status(exc: Exception) -> int:
+    from chalicelib import errors
+
+    statuses: list[tuple[type[Exception], int]] = [
+        (errors.BadRequestError, 400), (errors.NotFoundError, 404), (errors.ConflictError, 409),
+        (errors.ConfigError, 503), (errors.SecretError, 502), (errors.DatabaseConnectionError, 502),
+        (errors.StorageError, 502),
+    ]
+    return next((status for cls, status in statuses if isinstance(exc, cls)), 500)
+
+
+def _api(operation: Callable[[], tuple[int, Any, dict[str, str]]]) -> Response:
+    """Run a route's operation; map every error to a JSON {"error", "message"} response."""
+    from chalicelib.errors import LifeboatError
+    from chalicelib.observability import logger
+
+    try:
+        status, body, headers = operation()
+        return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **headers})
+    except LifeboatError as exc:
+        status = _status(exc)
+        if status >= 500:
+            logger.error("request failed", extra={"error": str(exc), "error_code": exc.code})
+        return Response(body={"error": exc.code, "message": str(exc)}, status_code=status,
+                        headers={"Content-Type": "application/json"})
+    except Exception:
+        logger.exception("unexpected error in a route")
+        return Response(body={"error": "internal_error", "message": "an unexpected error; see the function's log"},
+                        status_code=500, headers={"Content-Type": "application/json"})
+
+
+def _body() -> dict[str, Any]:
+    from chalicelib.api import parse_json
+
+    request = app.current_request
+    assert request is not None
+    return parse_json(request.raw_body)
+
+
+@app.route("/backups", methods=["GET"], authorizer=iam)
+def list_backups() -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        from chalicelib import api, runtime
+
+        query = app.current_request.query_params if app.current_request else None
+        params: dict[str, str] = dict(query or {})
+        return 200, api.list_backups(runtime.api_services(), params.get("target"), params.get("kind")), {}
+
+    return _api(op)
+
+
+@app.route("/backups", methods=["POST"], authorizer=iam, content_types=JSON)
+def request_backup() -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        from chalicelib import api, runtime
+
+        req = api.parse_backup_request(_body())
+        return 202, api.request_backup(runtime.api_services(), req), {}
+
+    return _api(op)
+
+
+@app.route("/restores", methods=["POST"], authorizer=iam, content_types=JSON)
+def start_restore() -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        from chalicelib import api, runtime
+
+        req = api.parse_restore_request(_body())
+        headers = {k.lower(): v for k, v in (app.current_request.headers if app.current_request else {}).items()}
+        job = api.start_restore_once(runtime.api_services(), req, headers.get("idempotency-key"),
+                                     os.environ.get("LIFEBOAT_JOBS_TABLE"))
+        return 202, job, {"Location": f"/restores/{job['restore_id']}"}
+
+    return _api(op)
+
+
+@app.route("/restores", methods=["GET"], authorizer=iam)
+def list_restores() -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        from chalicelib import runtime
+
+        return 200, {"restores": [j.public() for j in runtime.api_services().jobs.recent()]}, {}
+
+    return _api(op)
+
+
+@app.route("/restores/{restore_id}", methods=["GET"], authorizer=iam)
+def get_restore(restore_id: str) -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        from chalicelib import api, runtime
+
+        return 200, api.get_restore(runtime.api_services(), restore_id).public(), {}
+
+    return _api(op)

@@ -47,3 +47,18 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
 
 def error_body(exc: LifeboatError) -> dict[str, str]:
     return {"error": exc.code, "message": str(exc)}
+
+
+def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
+    """One restore job from the queue; the job record carries its outcome, so nothing is re-raised."""
+    import json
+
+    from chalicelib.restores import run_restore_job
+
+    try:
+        restore_id = str(json.loads(body)["restore_id"])
+    except (ValueError, KeyError, TypeError):
+        logger.error("dropping a malformed restore message", extra={"body": body[:200]})
+        return {"status": "REJECTED"}
+    job = run_restore_job(runtime.api_services(), restore_id, remaining_ms)
+    return {"restore_id": restore_id, "status": job.status}

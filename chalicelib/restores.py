@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chalicelib.catalog import BackupId, Catalog, Manifest
@@ -22,6 +26,7 @@ from chalicelib.database import Login, connect, count_rows
 from chalicelib.errors import ConflictError, IntegrityError, LifeboatError, PgToolError, RestoreError
 from chalicelib.observability import logger, record
 from chalicelib.pgtools import ChildProcess, Toolbox, minimal_env
+from chalicelib.restore_jobs import RestoreJob, RestoreJobStore
 from chalicelib.storage import BackupStore
 
 CHUNK = 1024 * 1024
@@ -34,6 +39,8 @@ class RestoreOptions:
     tables: tuple[str, ...] = ()
     no_owner: bool = False
     no_acl: bool = False
+    jobs: int = 1
+    replace: bool = False  # swap the verified copy in place of an existing database (kept, renamed)
 
 
 @dataclass
@@ -44,6 +51,8 @@ class RestoreResult:
     seconds: float
     pg_restore_version: int
     verification: dict[str, Any] = field(default_factory=dict)
+    replaced_database_kept_as: str | None = None
+    recovered: bool = False
 
     @property
     def verified(self) -> bool:
@@ -103,6 +112,54 @@ def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], opts:
             "rows_checked": sum(wanted.values()), "mismatches": mismatched}
 
 
+def _marker(state: str, restore_id: str, backup_id: str) -> str:
+    return f"pg-lifeboat {state} {restore_id} from {backup_id}"
+
+
+def _database_comment(login: Login, name: str) -> str | None:
+    """None when the database does not exist, else its comment ('' without one)."""
+    with connect(login) as conn:
+        row = conn.execute("SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database"
+                           " WHERE datname = %s", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _comment(login: Login, name: str, text: str) -> None:
+    from psycopg import sql
+
+    with connect(login) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text)))
+
+
+def _swap(login: Login, database: str, work: str, stamp: str) -> str:
+    """Put the verified copy in place of `database`; the old one is kept under a new name, not dropped."""
+    import psycopg
+    from psycopg import sql
+
+    kept = f"{database[:40]}_replaced_{stamp}"[:MAX_IDENTIFIER]
+    with connect(login) as conn:
+        try:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(database),
+                                                                         sql.Identifier(kept)))
+        except psycopg.Error as exc:
+            raise RestoreError(f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
+                               f" {login.user} must own it; it is unchanged") from None
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(work), sql.Identifier(database)))
+    return kept
+
+
+def _create_schemas(login: Login, database: str, schemas: tuple[str, ...]) -> None:
+    """pg_restore --schema restores the schema's objects but not the schema itself: create it first."""
+    from psycopg import sql
+
+    plain = [s for s in schemas if not any(c in s for c in "*?\"") and s != "public"]
+    if plain:
+        with connect(login.with_database(database)) as conn:
+            for schema in plain:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
 def restore_logical(
     store: BackupStore,
     catalog: Catalog,
@@ -112,12 +169,34 @@ def restore_logical(
     database: str,
     opts: RestoreOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
+    restore_id: str | None = None,
+    workdir: Path | None = None,
 ) -> RestoreResult:
-    """Restore a logical backup into a new database `database` on the server `login` points at."""
+    """Restore a logical backup into `database` on the server `login` points at.
+
+    Without `replace` the database must not exist. With `replace` the backup is restored into a new
+    database, verified, and then swapped in; the previous database is renamed, never dropped. A rerun
+    of the same `restore_id` (a worker that died after pg_restore finished) recognises its own work by
+    the database comment and verifies it again instead of restoring twice.
+    """
     opts = opts or RestoreOptions()
     validate_database_name(database)
+    restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
     manifest: Manifest = catalog.manifest(BackupId.parse(backup_id))
     dump = manifest.object("dump")
+    t0 = time.monotonic()
+    existing = _database_comment(login, database)
+    if existing is not None and existing == _marker("restored", restore_id, backup_id):
+        return _finish(login, database, manifest, opts, backup_id, 0, t0, 0, recovered=True)
+    if existing is not None and not opts.replace:
+        raise ConflictError(f"database {database!r} already exists on {login.host}: restore into a new name"
+                            " (replacing a database needs clean=true and confirm=<name>)")
+    work = f"{database[:40]}_lifeboat_{restore_id[-8:]}" if existing is not None else database
+    leftover = _database_comment(login, work) if work != database else None
+    if leftover is not None:
+        if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
+            raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
+        _drop_database(login, work)  # our own interrupted attempt
     head = store.head(dump.key)
     if head is None or head.size != dump.size:
         raise IntegrityError(f"{dump.key} is {head.size if head else 'missing'} bytes but the manifest says"
@@ -126,27 +205,77 @@ def restore_logical(
     pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
                               purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
                                       f" into PostgreSQL {server_major}")
-    t0 = time.monotonic()
-    _create_database(login, database)
+    _create_database(login, work)
+    _comment(login, work, _marker("restoring", restore_id, backup_id))
+    kept: str | None = None
     try:
-        restored = _stream_into_pg_restore(store, dump.key, dump.sha256, pg_restore, login, database, opts,
-                                           on_progress)
-        with connect(login.with_database(database)) as conn:
-            actual = count_rows(conn)
-        verification = verify_counts(manifest.row_counts, actual, opts)
-        if verification["match"] is False:
-            raise IntegrityError(f"restored row counts differ from the backup's: {verification['mismatches']}")
+        _create_schemas(login, work, opts.schemas)
+        if opts.jobs > 1:
+            restored = _parallel_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts, on_progress,
+                                         workdir)
+        else:
+            restored = _stream_into_pg_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts,
+                                               on_progress)
+        result = _finish(login, work, manifest, opts, backup_id, restored, t0, pg_restore.major)
+        if work != database:
+            kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
     except BaseException:
         try:
-            _drop_database(login, database)
+            _drop_database(login, work)
         except Exception as exc:
-            logger.warning("could not drop the partly restored database", extra={"database": database,
+            logger.warning("could not drop the partly restored database", extra={"database": work,
                                                                                   "error": str(exc)})
         raise
-    seconds = time.monotonic() - t0
+    _comment(login, database, _marker("restored", restore_id, backup_id))
+    result.database = database
+    result.replaced_database_kept_as = kept
     record("RestoreSucceeded", 1, "Count", manifest.target)
     record("RestoreBytes", restored, "Bytes", manifest.target)
-    return RestoreResult(backup_id, database, restored, seconds, pg_restore.major, verification)
+    return result
+
+
+def _finish(login: Login, database: str, manifest: Manifest, opts: RestoreOptions, backup_id: str, restored: int,
+            t0: float, pg_restore_major: int, recovered: bool = False) -> RestoreResult:
+    with connect(login.with_database(database)) as conn:
+        actual = count_rows(conn)
+    verification = verify_counts(manifest.row_counts, actual, opts)
+    if verification["match"] is False:
+        raise IntegrityError(f"restored row counts differ from the backup's: {verification['mismatches']}")
+    return RestoreResult(backup_id, database, restored, time.monotonic() - t0, pg_restore_major, verification,
+                         recovered=recovered)
+
+
+def _parallel_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
+                      opts: RestoreOptions, on_progress: Callable[[int], None] | None, workdir: Path | None) -> int:
+    """pg_restore -j needs a seekable file: download to ephemeral storage, verify, restore, delete."""
+    body, size = store.open_stream(key)
+    sha = hashlib.sha256()
+    total = 0
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as tmp, body:
+        path = Path(tmp) / "archive.dump"
+        free = shutil.disk_usage(tmp).free
+        if size > free:
+            raise RestoreError(f"the archive needs {size} bytes of ephemeral storage but {free} are free:"
+                               " give the function more /tmp or restore with jobs=1 (streaming)")
+        with path.open("wb") as f:
+            while chunk := body.read(CHUNK):
+                sha.update(chunk)
+                f.write(chunk)
+                total += len(chunk)
+                if on_progress:
+                    on_progress(total)
+        if sha.hexdigest() != sha256:
+            raise IntegrityError(f"{key} does not match its manifest's SHA-256: the object was tampered with or"
+                                 " corrupted; nothing was restored")
+        args = [*pg_restore_args(database, opts, single_transaction=False), f"--jobs={opts.jobs}", str(path)]
+        child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
+                             login.context, capture_stdout=False)
+        with child:
+            try:
+                child.check()
+            except PgToolError as exc:
+                raise RestoreError(str(exc)) from None
+    return total
 
 
 def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
@@ -184,3 +313,66 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any
         raise IntegrityError(f"{key} has SHA-256 {sha.hexdigest()[:16]}... but the manifest says {sha256[:16]}...:"
                              " the object was tampered with or corrupted; the restore was rolled back")
     return total
+
+
+def run_restore_job(svc: Any, restore_id: str, remaining_ms: Callable[[], int] | None = None,
+                    workdir: Path | None = None) -> RestoreJob:
+    """The restore worker: take a PENDING job, run it, record the outcome. Safe to deliver twice."""
+    from datetime import timedelta
+
+    from chalicelib.api import LogicalRestoreRequest, into_login
+    from chalicelib.restore_jobs import JobError
+
+    jobs: RestoreJobStore = svc.jobs
+    job = jobs.get(restore_id)
+    lease = timedelta(seconds=(remaining_ms() / 1000 if remaining_ms else 900) + 60)
+    running = jobs.start(job, lease)
+    if running is None:
+        logger.info("restore already taken or finished", extra={"restore_id": restore_id, "status": job.status})
+        return job
+    job = running
+    logger.append_keys(restore_id=restore_id, target=job.target)
+    try:
+        if job.kind == "logical":
+            req = LogicalRestoreRequest.model_validate(job.request)
+            login, server = into_login(svc, req.into)
+            last = [0.0]
+
+            def progress(done: int) -> None:
+                nonlocal job
+                now = time.monotonic()
+                if now - last[0] >= 5:
+                    last[0] = now
+                    job = jobs.save(job.model_copy(update={"progress": {"bytes_restored": done}}), lease)
+
+            opts = RestoreOptions(schemas=tuple(req.options.schemas), tables=tuple(req.options.tables),
+                                  no_owner=req.options.no_owner, no_acl=req.options.no_acl, jobs=req.options.jobs,
+                                  replace=req.options.clean)
+            result = restore_logical(svc.catalog.store, svc.catalog, svc.toolbox, req.backup_id, login,
+                                     req.into.database, opts, on_progress=progress, restore_id=restore_id,
+                                     workdir=workdir)
+            job = job.model_copy(update={
+                "status": "SUCCEEDED",
+                "progress": {"bytes_restored": result.bytes_restored},
+                "result": {"server": server, "host": login.host, "database": result.database,
+                           "pg_restore_version": result.pg_restore_version, "seconds": round(result.seconds, 3),
+                           "verification": result.verification,
+                           "replaced_database_kept_as": result.replaced_database_kept_as,
+                           "recovered": result.recovered},
+            })
+        else:
+            from chalicelib import snapshot_restores
+
+            job = snapshot_restores.start(svc, job)
+    except LifeboatError as exc:
+        job = job.model_copy(update={"status": "FAILED", "error": JobError(code=exc.code, message=str(exc))})
+        record("RestoreFailed", 1, "Count", job.target)
+        logger.error("restore failed", extra={"error": str(exc), "error_code": exc.code})
+    except Exception as exc:
+        job = job.model_copy(update={"status": "FAILED", "error": JobError(
+            code="internal_error", message=f"unexpected {type(exc).__name__}; see the worker's log")})
+        record("RestoreFailed", 1, "Count", job.target)
+        logger.exception("restore failed unexpectedly")
+    finally:
+        logger.remove_keys(["restore_id", "target"])
+    return jobs.save(job)

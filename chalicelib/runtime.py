@@ -4,7 +4,8 @@ The one place that reads os.environ and creates boto3 clients; everything below 
 Environment:
   LIFEBOAT_CONFIG        path to a JSON/TOML file, or ssm:/parameter/path
   LIFEBOAT_JOBS_TABLE    DynamoDB table for run claims and the dispatch cursor (optional locally)
-  LIFEBOAT_BACKUP_QUEUE_URL  SQS queue the dispatcher fills (dispatcher only)
+  LIFEBOAT_BACKUP_QUEUE_URL  SQS queue the dispatcher (and POST /backups) fills
+  LIFEBOAT_RESTORE_QUEUE_URL SQS queue of restore jobs
   LIFEBOAT_PG_ROOTS      where <major>/bin/pg_dump live (default /opt/pg:/usr/lib/postgresql)
   AWS_ENDPOINT_URL       honoured by boto3 (local emulators)
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from chalicelib import config as config_module
 
 if TYPE_CHECKING:
+    from chalicelib.api import ApiServices
     from chalicelib.catalog import Catalog
     from chalicelib.config import Config
     from chalicelib.dispatch import BackupQueue, DispatchCursor
@@ -92,3 +94,23 @@ def dispatch_cursor() -> DispatchCursor | None:
 
     table = os.environ.get("LIFEBOAT_JOBS_TABLE")
     return DispatchCursor(client("dynamodb"), table) if table else None
+
+
+def api_services(cfg: Config | None = None) -> ApiServices:
+    from chalicelib.api import ApiServices
+    from chalicelib.database import CredentialResolver
+    from chalicelib.errors import ConfigError
+    from chalicelib.pgtools import Toolbox
+    from chalicelib.restore_jobs import RestoreJobStore, RestoreQueue
+
+    cfg = cfg or load_config()
+    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
+    queue = os.environ.get("LIFEBOAT_RESTORE_QUEUE_URL")
+    if not table or not queue:
+        raise ConfigError("the restore API needs LIFEBOAT_JOBS_TABLE and LIFEBOAT_RESTORE_QUEUE_URL")
+    return ApiServices(
+        config=cfg, catalog=catalog(cfg), jobs=RestoreJobStore(client("dynamodb"), table),
+        restore_queue=RestoreQueue(client("sqs"), queue),
+        backup_queue=backup_queue() if os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL") else None,
+        credentials=CredentialResolver(secrets_client=client("secretsmanager")), toolbox=Toolbox.from_env(),
+    )

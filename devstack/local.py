@@ -11,6 +11,7 @@ import boto3
 
 JOBS_TABLE = "pg-lifeboat-jobs"
 BACKUP_QUEUE = "pg-lifeboat-backups"
+RESTORE_QUEUE = "pg-lifeboat-restores"
 
 
 @dataclass
@@ -19,9 +20,11 @@ class LocalStack:
     secret_arn: str
     jobs_table: str
     queue_url: str
+    restore_queue_url: str = ""
 
     def env(self) -> dict[str, str]:
-        return {"LIFEBOAT_JOBS_TABLE": self.jobs_table, "LIFEBOAT_BACKUP_QUEUE_URL": self.queue_url}
+        return {"LIFEBOAT_JOBS_TABLE": self.jobs_table, "LIFEBOAT_BACKUP_QUEUE_URL": self.queue_url,
+                "LIFEBOAT_RESTORE_QUEUE_URL": self.restore_queue_url}
 
 
 def provision(bucket: str, secret_name: str, password: str) -> LocalStack:
@@ -33,8 +36,10 @@ def provision(bucket: str, secret_name: str, password: str) -> LocalStack:
     ddb.create_table(TableName=JOBS_TABLE, BillingMode="PAY_PER_REQUEST",
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                      KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
-    queue_url = boto3.client("sqs").create_queue(QueueName=BACKUP_QUEUE)["QueueUrl"]
-    return LocalStack(bucket, secret["ARN"], JOBS_TABLE, queue_url)
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName=BACKUP_QUEUE)["QueueUrl"]
+    restore_queue_url = sqs.create_queue(QueueName=RESTORE_QUEUE)["QueueUrl"]
+    return LocalStack(bucket, secret["ARN"], JOBS_TABLE, queue_url, restore_queue_url)
 
 
 def write_config(path: Path, bucket: str, targets: list[dict[str, Any]], **settings: Any) -> Path:
