@@ -1,0 +1,127 @@
+"""The OpenAPI description of the restore API, generated from the request and response models.
+
+`python -m chalicelib.openapi > openapi.json` refreshes the committed copy; a test fails when they drift,
+and the API tests validate every response against it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from chalicelib.api import BackupRequest, LogicalRestoreRequest, PointInTimeRestoreRequest, SnapshotRestoreRequest
+from chalicelib.restore_jobs import RestoreJob
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+
+
+class BackupEntry(BaseModel):
+    backup_id: str
+    kind: str
+    target: str
+    time: str
+    size: int
+    status: str
+    retention_class: str
+    server_version: str | None = None
+    database: str | None = None
+
+
+class BackupList(BaseModel):
+    target: str
+    backups: list[BackupEntry]
+
+
+class BackupQueued(BaseModel):
+    backup_id: str
+    target: str
+    kind: str
+    status: str
+    queued_at: str
+
+
+class RestoreList(BaseModel):
+    restores: list[RestoreJob]
+
+
+MODELS: list[type[BaseModel]] = [LogicalRestoreRequest, SnapshotRestoreRequest, PointInTimeRestoreRequest,
+                                 BackupRequest, RestoreJob, ErrorResponse, BackupList, BackupQueued, RestoreList]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "error", **_json(_ref("ErrorResponse"))} for c in codes}
+
+
+def build() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    iam = [{"sigv4": []}]
+    restore_body = {"oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"),
+                              _ref("PointInTimeRestoreRequest")]}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pg-lifeboat", "version": "1", "description": "Backups and restores of PostgreSQL."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"sigv4": {"type": "apiKey", "name": "Authorization", "in": "header",
+                                          "x-amazon-apigateway-authtype": "awsSigv4"}},
+        },
+        "security": iam,
+        "paths": {
+            "/backups": {
+                "get": {"summary": "the catalog of a target, newest first",
+                        "parameters": [{"name": "target", "in": "query", "required": True, "schema": {"type": "string"}},
+                                       {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
+                        "responses": {"200": {"description": "backups", **_json(_ref("BackupList"))},
+                                      **_errors(400, 404, 500, 502, 503)}},
+                "post": {"summary": "an on-demand backup", "requestBody": _json(_ref("BackupRequest")),
+                         "responses": {"202": {"description": "queued", **_json(_ref("BackupQueued"))},
+                                       **_errors(400, 404, 500, 502, 503)}},
+            },
+            "/restores": {
+                "post": {"summary": "start a restore",
+                         "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string",
+                                                                                               "maxLength": 128}}],
+                         "requestBody": _json(restore_body),
+                         "responses": {"202": {"description": "the job", **_json(_ref("RestoreJob")),
+                                               "headers": {"Location": {"schema": {"type": "string"}}}},
+                                       **_errors(400, 404, 409, 500, 502, 503)}},
+                "get": {"summary": "recent restores",
+                        "responses": {"200": {"description": "jobs", **_json(_ref("RestoreList"))},
+                                      **_errors(500, 502, 503)}},
+            },
+            "/restores/{restore_id}": {
+                "get": {"summary": "one restore's status",
+                        "parameters": [{"name": "restore_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "the job", **_json(_ref("RestoreJob"))},
+                                      **_errors(404, 500, 502, 503)}},
+            },
+        },
+    }
+
+
+def main() -> None:
+    json.dump(build(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
