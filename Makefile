@@ -27,5 +27,10 @@ test: venv lint
 demo: venv
 	$(PY) -m devstack.demo
 
+# PostgreSQL client Lambda layers (see layers/README.md): layers/dist/pg-clients-{x86_64,arm64}.zip
+LAYER_ARCH ?= all
+layers: venv
+	$(PY) layers/build.py --arch $(LAYER_ARCH)
+
 clean:
 	rm -rf $(VENV) .cache out layers/dist .demo

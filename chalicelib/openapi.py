@@ -87,7 +87,8 @@ def build() -> dict[str, Any]:
         "paths": {
             "/backups": {
                 "get": {"summary": "the catalog of a target, newest first",
-                        "parameters": [{"name": "target", "in": "query", "required": True, "schema": {"type": "string"}},
+                        "parameters": [{"name": "target", "in": "query", "required": True,
+                                        "schema": {"type": "string"}},
                                        {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
                         "responses": {"200": {"description": "backups", **_json(_ref("BackupList"))},
                                       **_errors(400, 404, 500, 502, 503)}},

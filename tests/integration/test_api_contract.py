@@ -15,7 +15,6 @@ from openapi_schema_validator import OAS31Validator
 
 from chalicelib import openapi
 from devstack.chalice_local import client as chalice_client
-from devstack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = json.loads((REPO / "openapi.json").read_text())
@@ -40,8 +39,9 @@ def module_api(pg: Any, moto_server: Any, pg_roots: Path, tmp_path_factory: pyte
     import os
     from datetime import UTC, datetime
 
-    import app as lambda_app
     from aws_lambda_powertools.utilities import parameters
+
+    import app as lambda_app
     from chalicelib.dumps import run_logical_backup
     from chalicelib.runtime import backup_services
     from devstack.local import provision, target, write_config
