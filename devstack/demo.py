@@ -12,8 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -21,6 +25,60 @@ WORK = REPO / ".demo"
 
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
+
+
+def restore_through_api(backup_id: str, restore_queue_url: str, server: Any) -> None:
+    """POST /restores on `chalice local`, run the restore worker, GET the job until it is done."""
+    import boto3
+
+    import app as lambda_app
+    from devstack.chalice_local import client
+    from devstack.postgres import free_port
+
+    port = free_port()
+    step(f"chalice local on 127.0.0.1:{port}: POST /restores")
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "chalice"), "local", "--no-autoreload", "--stage", "local",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/restores", timeout=2).read()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        body = {"backup_id": backup_id, "into": {"target": "shop", "database": "shop_restored"}}
+        request = urllib.request.Request(base + "/restores", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "Idempotency-Key": "demo-1"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            job = json.loads(response.read())
+            print(f"    {response.status} Location: {response.headers['Location']}  status {job['status']}")
+        step("the restore worker takes the job from the restore queue")
+        sqs = boto3.client("sqs")
+        with client(lambda_app.app, project_dir=str(REPO)) as chalice:
+            for message in sqs.receive_message(QueueUrl=restore_queue_url).get("Messages", []):
+                print("    " + str(chalice.lambda_.invoke("restore_worker", chalice.events.generate_sqs_event(
+                    message_bodies=[message["Body"]], queue_name="pg-lifeboat-restores")).payload))
+                sqs.delete_message(QueueUrl=restore_queue_url, ReceiptHandle=message["ReceiptHandle"])
+        step(f"GET {job['restore_id']}")
+        with urllib.request.urlopen(f"{base}/restores/{job['restore_id']}", timeout=30) as response:
+            done = json.loads(response.read())
+        v = done["result"].get("verification", {})
+        print(f"    status {done['status']}: {done['result'].get('database')} on {done['result'].get('host')},"
+              f" {done['progress'].get('bytes_restored')} bytes, pg_restore {done['result'].get('pg_restore_version')}")
+        print(f"    verified: {v.get('tables_checked')} tables and {v.get('rows_checked')} rows match the manifest"
+              if v.get("match") else f"    verification: {v}")
+        rows = server.psql("SELECT count(*) FROM sales.orders", dbname="shop_restored")
+        print(f"    sales.orders in shop_restored: {rows} rows")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -82,16 +140,15 @@ def main() -> int:
         step("lifeboat list shop")
         subprocess.run([lifeboat, "list", "shop"], check=True)
 
-        step(f"lifeboat restore {backup_id} --database shop_restored")
-        subprocess.run([lifeboat, "restore", backup_id, "--database", "shop_restored"], check=True)
-        rows = server.psql("SELECT count(*) FROM sales.orders", dbname="shop_restored")
-        print(f"    sales.orders in the restored database: {rows} rows")
+        step(f"lifeboat restore {backup_id} --database shop_cli")
+        subprocess.run([lifeboat, "restore", backup_id, "--database", "shop_cli"], check=True)
 
         step("a second delivery of the same schedule slot changes nothing")
         from chalicelib.handlers import backup_message
 
         again = backup_message(json.dumps({"target": "shop", "kind": "logical", "slot": slot.isoformat()}), None)
         print(f"    {again}")
+        restore_through_api(backup_id, stack.restore_queue_url, server)
         print("\nDemo complete.")
         return 0
     finally:
