@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from chalicelib.config import Connection, Logical
 
-DEFAULT_CA_BUNDLE = "/opt/pg/certs/rds-global-bundle.pem"
+DEFAULT_CA_BUNDLE = "/opt/pg/certs/rds-ca-bundle.pem"
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 
