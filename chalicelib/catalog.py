@@ -91,9 +91,10 @@ class Layout:
         if len(parts) != 7 or parts[0] != "logical" or parts[6] != MANIFEST_NAME:
             return None
         try:
-            return BackupId(parts[1], parse_stamp(parts[5]))
-        except ValueError:
+            bid = BackupId.parse(f"logical:{parts[1]}:{parts[5]}")
+        except BadRequestError:
             return None
+        return bid if self.manifest_key(bid) == key else None
 
 
 class ManifestObject(BaseModel):

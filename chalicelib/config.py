@@ -23,6 +23,7 @@ from chalicelib.schedules import Schedule, ScheduleSyntaxError
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 # Real S3 bucket naming rules (moto accepts far more).
 BUCKET_NAME = re.compile(r"^(?!xn--)(?!sthree-)(?!.*-s3alias$)(?!.*--ol-s3$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 COMPRESSION = re.compile(r"^(none|gzip|lz4|zstd)(:(\d+|long))?$")
 SSLModes = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -78,15 +79,18 @@ class Logical(_Model):
     @field_validator("compression")
     @classmethod
     def _compression(cls, value: str) -> str:
-        m = COMPRESSION.match(value)
+        m = COMPRESSION.fullmatch(value)
         if not m:
             raise ValueError(f"{value!r}: use none, gzip[:1-9], lz4[:1-12] or zstd[:1-22|long]")
         method, level = m.group(1), m.group(3)
         limits = {"gzip": 9, "lz4": 12, "zstd": 22, "none": 0}
         if level == "long" and method != "zstd":
             raise ValueError(f"{value!r}: 'long' is a zstd option")
-        if level and level != "long" and not 0 <= int(level) <= limits[method]:
-            raise ValueError(f"{value!r}: {method} levels run from 0 to {limits[method]}")
+        if level and method == "none":
+            raise ValueError(f"{value!r}: 'none' takes no level")
+        # pg_dump 16+ rejects level 0 ("expects a compression level between 1 and 9")
+        if level and level != "long" and not 1 <= int(level) <= limits[method]:
+            raise ValueError(f"{value!r}: {method} levels run from 1 to {limits[method]}")
         return value
 
     @property
@@ -156,7 +160,7 @@ class Target(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not TARGET_NAME.match(value) or len(value) > 48:
+        if not TARGET_NAME.fullmatch(value) or len(value) > 48:
             raise ValueError(
                 f"{value!r}: use 1-48 lowercase letters, digits and single hyphens, starting with a letter"
             )
@@ -168,7 +172,8 @@ class Settings(_Model):
     prefix: str = Field(default="", description="key prefix inside the bucket, e.g. 'pg/'")
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; SSE-S3 when unset")
     retention_policies: dict[str, RetentionPolicy] = Field(default_factory=lambda: {"default": RetentionPolicy()})
-    part_size_mib: int = Field(default=8, ge=5, le=512)
+    # 6 MiB is the smallest first part whose growing plan still reaches S3's 5 TiB object limit.
+    part_size_mib: int = Field(default=8, ge=6, le=512)
     upload_concurrency: int = Field(default=4, ge=1, le=32)
     upload_memory_mib: int = Field(default=64, ge=16, le=4096)
     deadline_margin_seconds: int = Field(default=60, ge=5, le=600)
@@ -178,7 +183,7 @@ class Settings(_Model):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not BUCKET_NAME.match(value) or ".." in value or re.match(r"^\d+\.\d+\.\d+\.\d+$", value):
+        if not BUCKET_NAME.fullmatch(value) or ".." in value or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value):
             raise ValueError(f"{value!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
         return value
 
@@ -193,6 +198,10 @@ class Settings(_Model):
     def _default_policy(self) -> Self:
         if "default" not in self.retention_policies:
             raise ValueError("retention_policies needs a 'default' policy")
+        for name in self.retention_policies:
+            if not POLICY_NAME.fullmatch(name):
+                raise ValueError(f"retention policy {name!r}: use 1-40 lowercase letters, digits and hyphens"
+                                 " (it becomes an S3 tag value and part of lifecycle rule ids)")
         return self
 
 

@@ -3,7 +3,6 @@ exports the snapshot a dump is taken from (and counts rows in that same snapshot
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -37,6 +36,7 @@ class Login:
     connect_timeout: int = 10
     password: str | None = field(default=None, repr=False)
     application_name: str = "pg-lifeboat"
+    credential_source: str = "no password"  # for error messages: which secret, or IAM
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -45,7 +45,7 @@ class Login:
     @property
     def context(self) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "user": self.user, "sslmode": self.sslmode,
-                "database": self.database}
+                "database": self.database, "source": self.credential_source}
 
     def with_database(self, database: str) -> Login:
         return replace(self, database=database)
@@ -89,15 +89,18 @@ class CredentialResolver:
 
     def login(self, conn: Connection) -> Login:
         password: str | None = None
+        source = "no password (trust, certificate or .pgpass)"
         if conn.password_secret:
             password = self._secret_password(conn.password_secret)
+            source = f"secret {conn.password_secret}"
         elif conn.iam_auth:
             password = self._iam_token(conn)
+            source = "an RDS IAM token (the user needs the rds_iam role and the function rds-db:connect)"
         rootcert = conn.sslrootcert
         if rootcert is None and conn.sslmode in ("verify-ca", "verify-full") and os.path.exists(self.ca_bundle):
             rootcert = self.ca_bundle
         return Login(conn.host, conn.port, conn.database, conn.user, conn.sslmode, rootcert,
-                     conn.connect_timeout, password)
+                     conn.connect_timeout, password, credential_source=source)
 
     def _secret_password(self, secret_id: str) -> str:
         from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -171,40 +174,85 @@ class SourceFacts:
         return self.server_version_num // 10000
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """pg_dump's -n/-t patterns (unquoted: case-folded, * and ? wildcards) as a regex."""
-    if pattern.startswith('"') and pattern.endswith('"'):
-        return re.compile(re.escape(pattern[1:-1]) + r"\Z")
-    return re.compile(fnmatch.translate(pattern.lower()))
+def _name_patterns(pattern: str) -> tuple[re.Pattern[str] | None, re.Pattern[str]]:
+    """A pg_dump -n/-t pattern as (schema regex or None, name regex), by psql's rules.
+
+    Unquoted text is case-folded, `*` and `?` are wildcards and `.` separates schema from name; text in
+    double quotes is literal (`""` is a quote). `"Sales"."Ledger"`, `public."Orders"`, `sal*.*` all work.
+    """
+    parts: list[str] = [""]
+    quoted = False
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == '"':
+            if quoted and i + 1 < len(pattern) and pattern[i + 1] == '"':
+                parts[-1] += re.escape('"')
+                i += 1
+            else:
+                quoted = not quoted
+        elif quoted:
+            parts[-1] += re.escape(c)
+        elif c == ".":
+            parts.append("")
+        elif c == "*":
+            parts[-1] += ".*"
+        elif c == "?":
+            parts[-1] += "."
+        else:
+            parts[-1] += re.escape(c.lower())
+        i += 1
+    name = re.compile(parts[-1] + r"\Z", re.DOTALL)
+    schema = re.compile(parts[-2] + r"\Z", re.DOTALL) if len(parts) >= 2 else None
+    return schema, name
 
 
-def _selected(schema: str, table: str, opts: Logical) -> bool:
-    def any_match(patterns: list[str], value: str) -> bool:
-        return any(_pattern_regex(p).match(value) for p in patterns)
+def _matches_schema(pattern: str, schema: str) -> bool:
+    _, name = _name_patterns(pattern)  # a schema pattern is a single name
+    return bool(name.match(schema))
 
-    qualified = f"{schema}.{table}"
-    if opts.schemas and not any_match(opts.schemas, schema):
+
+def _matches_table(pattern: str, schema: str, table: str, visible: bool) -> bool:
+    schema_re, name_re = _name_patterns(pattern)
+    if not name_re.match(table):
         return False
-    if any_match(opts.exclude_schemas, schema):
-        return False
-    if opts.tables and not any(_pattern_regex(p).match(qualified if "." in p else table) for p in opts.tables):
-        return False
-    return not any(_pattern_regex(p).match(qualified if "." in p else table) for p in opts.exclude_tables)
+    # An unqualified table pattern means the tables visible on the search path, as in pg_dump.
+    return bool(schema_re.match(schema)) if schema_re else visible
 
 
-def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str], bool] | None = None) -> dict[str, int]:
+def _selected(schema: str, table: str, opts: Logical, visible: bool | None = None) -> bool:
+    """Whether pg_dump with these options dumps this table's data.
+
+    Mirrors pg_dump: -n/-N have no effect when -t is given; -T always applies. `visible` is
+    pg_table_is_visible() in a session like pg_dump's (default: the table is in public).
+    """
+    seen = (schema == "public") if visible is None else visible
+    if opts.tables:
+        if not any(_matches_table(p, schema, table, seen) for p in opts.tables):
+            return False
+    else:
+        if opts.schemas and not any(_matches_schema(p, schema) for p in opts.schemas):
+            return False
+        if any(_matches_schema(p, schema) for p in opts.exclude_schemas):
+            return False
+    return not any(_matches_table(p, schema, table, seen) for p in opts.exclude_tables)
+
+
+def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str, bool], bool] | None = None
+               ) -> dict[str, int]:
     """Exact row counts of every ordinary table, keyed "schema.table"."""
     from psycopg import sql
 
     tables = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
         " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
         " ORDER BY 1, 2").fetchall()
     counts: dict[str, int] = {}
-    for schema, table in tables:
-        if keep is None or keep(schema, table):
+    for schema, table, visible in tables:
+        if keep is None or keep(schema, table, bool(visible)):
             query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
             row = conn.execute(query).fetchone()
             counts[f"{schema}.{table}"] = int(row[0]) if row else 0
@@ -236,7 +284,7 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                     snapshot_id = None
                 counts = None
                 if opts is not None and opts.row_counts and snapshot_id:
-                    counts = count_rows(conn, lambda s, t: _selected(s, t, opts))
+                    counts = count_rows(conn, lambda s, t, v: _selected(s, t, opts, v))
             except psycopg.Error as exc:
                 raise connection_error(exc, login) from None
             yield SourceFacts(int(row[0]), str(row[1]), int(row[2]), snapshot_id, counts)

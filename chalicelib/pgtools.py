@@ -23,7 +23,7 @@ from chalicelib.errors import DatabaseConnectionError, PgToolError
 DEFAULT_ROOTS = ("/opt/pg", "/usr/lib/postgresql")
 # lz4 and zstd archives need pg_dump 16 or newer.
 COMPRESSION_MIN_MAJOR = {"lz4": 16, "zstd": 16, "gzip": 0, "none": 0}
-_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
 
 
@@ -106,8 +106,8 @@ def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
 # libpq and server messages, in order of precedence, with what the operator should do about them.
 _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"password authentication failed|authentication failed for user|PAM authentication failed",
-                re.I), "the server refused the credentials for user {user}: check the password in the secret"
-                       " (or the IAM grant rds_iam for iam_auth)"),
+                re.I), "the server refused the credentials for user {user} ({source}): check the password in"
+                       " the secret, or the IAM setup"),
     (re.compile(r"could not translate host name|Name or service not known|nodename nor servname", re.I),
      "unknown host {host}: check connection.host"),
     (re.compile(r"Connection refused", re.I),
@@ -141,6 +141,7 @@ def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
     for index, (pattern, advice) in enumerate(_EXPLANATIONS):
         if pattern.search(message):
             safe = {k: context.get(k, "?") for k in ("user", "host", "port", "sslmode", "database")}
+            safe["source"] = context.get("source", "the configured credentials")
             return advice.format(**safe), index < CONNECTION_PATTERNS
     return "", False
 

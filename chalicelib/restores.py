@@ -23,7 +23,14 @@ from typing import Any
 
 from chalicelib.catalog import BackupId, Catalog, Manifest
 from chalicelib.database import Login, connect, count_rows
-from chalicelib.errors import ConflictError, IntegrityError, LifeboatError, PgToolError, RestoreError
+from chalicelib.errors import (
+    BadRequestError,
+    ConflictError,
+    IntegrityError,
+    LifeboatError,
+    PgToolError,
+    RestoreError,
+)
 from chalicelib.observability import logger, record
 from chalicelib.pgtools import ChildProcess, Toolbox, minimal_env
 from chalicelib.restore_jobs import RestoreJob, RestoreJobStore
@@ -60,13 +67,19 @@ class RestoreResult:
 
 
 def validate_database_name(name: str) -> str:
-    if not name or len(name.encode()) > MAX_IDENTIFIER or "\x00" in name:
-        raise LifeboatError(f"database name {name!r} must be 1-63 bytes")
+    if not name or len(name.encode()) > MAX_IDENTIFIER or any(ord(c) < 32 for c in name):
+        raise BadRequestError(f"database name {name!r} must be 1-63 bytes without control characters")
     return name
 
 
+def _conninfo_dbname(name: str) -> str:
+    """`dbname='…'`: libpq reads a bare --dbname containing '=' or a URI as connection settings."""
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
 def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: bool = True) -> list[str]:
-    args = [f"--dbname={database}", "--exit-on-error", "--no-password"]
+    args = [f"--dbname={_conninfo_dbname(database)}", "--exit-on-error", "--no-password"]
     if single_transaction:
         args.append("--single-transaction")
     if opts.no_owner:

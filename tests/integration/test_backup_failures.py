@@ -29,7 +29,7 @@ BIG_DB = "bigshop"
 
 @pytest.fixture(scope="module")
 def big_db(pg: PostgresServer) -> str:
-    """~25 MB of hex text: its dump spans several 5 MiB parts."""
+    """~25 MB of hex text: its dump spans several 6 MiB parts."""
     pg.psql(f"CREATE DATABASE {BIG_DB} OWNER lifeboat_backup")
     pg.psql("CREATE TABLE blobs (id int PRIMARY KEY, body text);"
             "INSERT INTO blobs SELECT g, md5(g::text || random()::text) || md5(random()::text) || md5(random()::text)"
@@ -40,7 +40,7 @@ def big_db(pg: PostgresServer) -> str:
 
 def services(tmp_path: Path, aws: LocalStack, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch,
              **overrides: object) -> BackupServices:
-    settings = {"part_size_mib": 5, "upload_memory_mib": 16}
+    settings = {"part_size_mib": 6, "upload_memory_mib": 16}
     spec = target("shop", pg.port, aws.secret_arn, globals=False)
     for key, value in overrides.items():
         if key in ("host", "port", "password_secret"):
@@ -79,7 +79,7 @@ def test_wrong_password(aws: LocalStack, pg: PostgresServer, tmp_path: Path, mon
                         capsys: pytest.CaptureFixture[str]) -> None:
     boto3.client("secretsmanager").create_secret(Name="wrong", SecretString="not-the-password")
     svc = services(tmp_path, aws, pg, monkeypatch, password_secret="wrong")
-    with pytest.raises(DatabaseConnectionError, match="refused the credentials for user lifeboat_backup"):
+    with pytest.raises(DatabaseConnectionError, match=r"refused the credentials for user lifeboat_backup \(secret wrong\)"):
         run_logical_backup(svc, "shop")
     assert_nothing_half_done(aws)
     assert_failure_reported(capsys)

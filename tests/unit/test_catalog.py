@@ -132,9 +132,6 @@ def test_parse_manifest_key_rejects_other_keys(key: str) -> None:
     assert Layout("pg/").parse_manifest_key(key) is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: catalog.py Layout.parse_manifest_key accepts keys manifest_key never"
-                                       " produces: key.removeprefix(self.prefix) leaves a key without the prefix"
-                                       " unchanged, and neither the date folders nor the target name are checked")
 @pytest.mark.parametrize(
     "key",
     [

@@ -89,24 +89,15 @@ def test_schema_and_table_exclusion_combine() -> None:
 # checks tables that are.
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: database.py _selected applies schemas/exclude_schemas even when tables"
-                                       " is set, but pg_dump ignores -n/-N when -t is used, so tables pg_dump dumps"
-                                       " get no row counts")
 @pytest.mark.parametrize("opts", [{"schemas": ["sales"]}, {"exclude_schemas": ["public"]}])
 def test_schema_switches_do_not_filter_explicit_tables(opts: dict[str, list[str]]) -> None:
     assert selected(tables=["public.orders"], **opts) == ["public.orders"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: database.py _selected matches an unqualified table pattern in every"
-                                       " schema, but pg_dump matches it only among tables visible on the default"
-                                       " search_path (public), so sales.orders is counted but not dumped")
 def test_unqualified_table_pattern_means_the_visible_table() -> None:
     assert selected(tables=["orders"]) == ["public.orders"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: database.py _pattern_regex only handles a pattern quoted as a whole;"
-                                       " pg_dump accepts quotes per name part ('\"Sales\".\"Ledger\"',"
-                                       " 'public.\"Orders\"')")
 @pytest.mark.parametrize(("pattern", "expected"), [('"Sales"."Ledger"', ["Sales.Ledger"]),
                                                    ('public."Orders"', ["public.Orders"])])
 def test_quoted_name_parts(pattern: str, expected: list[str]) -> None:

@@ -65,9 +65,6 @@ def test_huge_base_is_capped_at_5_gib() -> None:
     assert plan.size(10_000) == 5 * GiB
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: settings.part_size_mib accepts 5 (config.py ge=5), but"
-                                       " PartPlan(base=5 MiB) holds only ~4.88 TiB in 10,000 parts, short of S3's"
-                                       " 5 TiB object limit that the PartPlan docstring promises to reach")
 def test_every_allowed_part_size_reaches_the_object_limit() -> None:
     from pydantic import ValidationError
 

@@ -54,8 +54,6 @@ def test_scrub_leaves_ordinary_text_alone() -> None:
     assert scrub(text, ["hunter2"]) == text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pgtools._PASSWORD_IN_TEXT matches a quoted value with '[^']*', which"
-                                       " stops at libpq's escaped quote (\\'), so the rest of the password leaks")
 def test_scrub_quoted_password_with_escaped_quote() -> None:
     scrubbed = scrub(r"host=db password='it\'s a secret' dbname=x")
     assert "secret" not in scrubbed

@@ -227,9 +227,6 @@ def test_rule_limit() -> None:
         lifecycle_rules(settings(retention_policies=policies), "failed/")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: retention.py truncates rule IDs to 255 characters, so a policy name of"
-                                       " 246+ characters gives all its rules the same ID (S3 refuses duplicates);"
-                                       " policy names are not length-checked in config")
 def test_rule_ids_are_unique_even_for_long_policy_names() -> None:
     try:
         s = settings(retention_policies={"default": RetentionPolicy(), "x" * 250: RetentionPolicy()})
