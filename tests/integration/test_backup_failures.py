@@ -79,7 +79,8 @@ def test_wrong_password(aws: LocalStack, pg: PostgresServer, tmp_path: Path, mon
                         capsys: pytest.CaptureFixture[str]) -> None:
     boto3.client("secretsmanager").create_secret(Name="wrong", SecretString="not-the-password")
     svc = services(tmp_path, aws, pg, monkeypatch, password_secret="wrong")
-    with pytest.raises(DatabaseConnectionError, match=r"refused the credentials for user lifeboat_backup \(secret wrong\)"):
+    with pytest.raises(DatabaseConnectionError,
+                       match=r"refused the credentials for user lifeboat_backup \(secret wrong\)"):
         run_logical_backup(svc, "shop")
     assert_nothing_half_done(aws)
     assert_failure_reported(capsys)
