@@ -10,10 +10,8 @@ Order of work, which is what makes a backup trustworthy:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -23,23 +21,21 @@ from chalicelib.config import Config, Logical, Target
 from chalicelib.database import CredentialResolver, Login, exported_snapshot
 from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
 from chalicelib.observability import logger, record
-from chalicelib.pgtools import ChildProcess, PgTool, Toolbox, effective_compression, minimal_env, scrub
+from chalicelib.pgtools import (
+    ChildProcess,
+    Deadline,
+    PgTool,
+    Toolbox,
+    effective_compression,
+    minimal_env,
+    scrub,
+    watchdog,
+)
 from chalicelib.retention import POLICY_TAG, RETENTION_TAG, classify
 from chalicelib.storage import BackupStore, PutResult
 
 if TYPE_CHECKING:
     from chalicelib.jobs import JobStore
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """Time left in this invocation (a Lambda context's get_remaining_time_in_millis), minus a margin."""
-
-    remaining_ms: Callable[[], int]
-    margin_seconds: float = 60
-
-    def seconds_left(self) -> float:
-        return self.remaining_ms() / 1000 - self.margin_seconds
 
 
 @dataclass
@@ -85,32 +81,11 @@ def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compre
     return args
 
 
-@contextmanager
-def _watchdog(child: ChildProcess, deadline: Deadline | None) -> Iterator[threading.Event]:
-    """Kill the child when the deadline comes, leaving the margin to abort and record the failure."""
-    fired = threading.Event()
-    if deadline is None:
-        yield fired
-        return
-
-    def stop() -> None:
-        fired.set()
-        child.stop("the invocation's time limit is near")
-
-    timer = threading.Timer(max(0.0, deadline.seconds_left()), stop)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield fired
-    finally:
-        timer.cancel()
-
-
 def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
                  tags: dict[str, str], deadline: Deadline | None,
                  on_progress: Callable[[int], None] | None) -> PutResult:
     child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
-    with child, _watchdog(child, deadline) as fired:
+    with child, watchdog(child, deadline) as fired:
         try:
             result = svc.store.put_stream(key, child.stdout, tags=tags, before_complete=child.check,
                                           on_progress=on_progress)

@@ -30,7 +30,8 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
     """One due backup from the queue. Malformed messages and unknown targets are dropped (retrying
     cannot fix them); every other failure is raised so SQS retries it and, in the end, dead-letters it."""
     from chalicelib.dispatch import DueBackup
-    from chalicelib.dumps import Deadline, run_logical_backup
+    from chalicelib.dumps import run_logical_backup
+    from chalicelib.pgtools import Deadline
 
     try:
         due = DueBackup.from_message(body)

@@ -13,7 +13,8 @@ import re
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +26,17 @@ DEFAULT_ROOTS = ("/opt/pg", "/usr/lib/postgresql")
 COMPRESSION_MIN_MAJOR = {"lz4": 16, "zstd": 16, "gzip": 0, "none": 0}
 _PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Time left in this invocation (a Lambda context's get_remaining_time_in_millis), minus a margin."""
+
+    remaining_ms: Callable[[], int]
+    margin_seconds: float = 60
+
+    def seconds_left(self) -> float:
+        return self.remaining_ms() / 1000 - self.margin_seconds
 
 
 @dataclass(frozen=True)
@@ -242,3 +254,27 @@ class ChildProcess:
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr) if self._proc else ():
             if stream:
                 stream.close()
+
+
+@contextmanager
+def watchdog(child: ChildProcess, deadline: Deadline | None) -> Iterator[threading.Event]:
+    """Kill the child when the deadline comes, leaving the margin to abort and record the failure.
+
+    The event is set when the watchdog fired, so callers can report a DeadlineError, not a tool error.
+    """
+    fired = threading.Event()
+    if deadline is None:
+        yield fired
+        return
+
+    def stop() -> None:
+        fired.set()
+        child.stop("the invocation's time limit is near")
+
+    timer = threading.Timer(max(0.0, deadline.seconds_left()), stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()

@@ -26,13 +26,14 @@ from chalicelib.database import Login, connect, count_rows
 from chalicelib.errors import (
     BadRequestError,
     ConflictError,
+    DeadlineError,
     IntegrityError,
     LifeboatError,
     PgToolError,
     RestoreError,
 )
 from chalicelib.observability import logger, record
-from chalicelib.pgtools import ChildProcess, Toolbox, minimal_env
+from chalicelib.pgtools import ChildProcess, Deadline, Toolbox, minimal_env, watchdog
 from chalicelib.restore_jobs import RestoreJob, RestoreJobStore
 from chalicelib.storage import BackupStore
 
@@ -184,6 +185,7 @@ def restore_logical(
     on_progress: Callable[[int], None] | None = None,
     restore_id: str | None = None,
     workdir: Path | None = None,
+    deadline: Deadline | None = None,
 ) -> RestoreResult:
     """Restore a logical backup into `database` on the server `login` points at.
 
@@ -225,10 +227,10 @@ def restore_logical(
         _create_schemas(login, work, opts.schemas)
         if opts.jobs > 1:
             restored = _parallel_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts, on_progress,
-                                         workdir)
+                                         workdir, deadline)
         else:
             restored = _stream_into_pg_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts,
-                                               on_progress)
+                                               on_progress, deadline)
         result = _finish(login, work, manifest, opts, backup_id, restored, t0, pg_restore.major)
         if work != database:
             kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
@@ -258,8 +260,15 @@ def _finish(login: Login, database: str, manifest: Manifest, opts: RestoreOption
                          recovered=recovered)
 
 
+def _deadline_error(deadline: Deadline | None) -> DeadlineError:
+    margin = deadline.margin_seconds if deadline else 0
+    return DeadlineError(f"stopped {margin:.0f} s before the time limit with the restore unfinished; the new"
+                         " database was dropped: restore large archives on the long-running worker")
+
+
 def _parallel_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
-                      opts: RestoreOptions, on_progress: Callable[[int], None] | None, workdir: Path | None) -> int:
+                      opts: RestoreOptions, on_progress: Callable[[int], None] | None, workdir: Path | None,
+                      deadline: Deadline | None = None) -> int:
     """pg_restore -j needs a seekable file: download to ephemeral storage, verify, restore, delete."""
     body, size = store.open_stream(key)
     sha = hashlib.sha256()
@@ -272,6 +281,8 @@ def _parallel_restore(store: BackupStore, key: str, sha256: str, tool: Any, logi
                                " give the function more /tmp or restore with jobs=1 (streaming)")
         with path.open("wb") as f:
             while chunk := body.read(CHUNK):
+                if deadline and deadline.seconds_left() <= 0:
+                    raise _deadline_error(deadline)
                 sha.update(chunk)
                 f.write(chunk)
                 total += len(chunk)
@@ -283,22 +294,25 @@ def _parallel_restore(store: BackupStore, key: str, sha256: str, tool: Any, logi
         args = [*pg_restore_args(database, opts, single_transaction=False), f"--jobs={opts.jobs}", str(path)]
         child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
                              login.context, capture_stdout=False)
-        with child:
+        with child, watchdog(child, deadline) as fired:
             try:
                 child.check()
             except PgToolError as exc:
+                if fired.is_set():
+                    raise _deadline_error(deadline) from None
                 raise RestoreError(str(exc)) from None
     return total
 
 
 def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
-                            opts: RestoreOptions, on_progress: Callable[[int], None] | None) -> int:
+                            opts: RestoreOptions, on_progress: Callable[[int], None] | None,
+                            deadline: Deadline | None = None) -> int:
     body, _size = store.open_stream(key)
     sha = hashlib.sha256()
     total = 0
     child = ChildProcess(tool, pg_restore_args(database, opts), minimal_env(login.with_database(database).env()),
                          login.secrets, login.context, stdin=subprocess.PIPE, capture_stdout=False)
-    with child, body:
+    with child, body, watchdog(child, deadline) as fired:
         stdin = child.stdin_pipe
         try:
             while chunk := body.read(CHUNK):
@@ -315,6 +329,8 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any
         try:
             child.check()
         except PgToolError as exc:
+            if fired.is_set():
+                raise _deadline_error(deadline) from None
             # Finish hashing: a corrupted object is the more useful diagnosis than pg_restore's complaint.
             while chunk := body.read(CHUNK):
                 sha.update(chunk)
@@ -361,9 +377,11 @@ def run_restore_job(svc: Any, restore_id: str, remaining_ms: Callable[[], int] |
             opts = RestoreOptions(schemas=tuple(req.options.schemas), tables=tuple(req.options.tables),
                                   no_owner=req.options.no_owner, no_acl=req.options.no_acl, jobs=req.options.jobs,
                                   replace=req.options.clean)
+            deadline = (Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds)
+                        if remaining_ms else None)
             result = restore_logical(svc.catalog.store, svc.catalog, svc.toolbox, req.backup_id, login,
                                      req.into.database, opts, on_progress=progress, restore_id=restore_id,
-                                     workdir=workdir)
+                                     workdir=workdir, deadline=deadline)
             job = job.model_copy(update={
                 "status": "SUCCEEDED",
                 "progress": {"bytes_restored": result.bytes_restored},

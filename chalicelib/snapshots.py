@@ -63,7 +63,7 @@ SnapshotKind = Literal["db", "cluster", "ebs"]
 State = Literal["creating", "available", "failed", "deleting"]
 ClientFactory = Callable[[str, str], Any]
 
-_RDS_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+_RDS_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
 _QUOTA_CODES = ("SnapshotQuotaExceeded", "SnapshotQuotaExceededFault", "SnapshotLimitExceeded")
 _DENIED_CODES = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError")
 
@@ -94,7 +94,7 @@ def validate_rds_identifier(name: str) -> str:
     problems = []
     if not 1 <= len(name) <= 255:
         problems.append("1 to 255 characters")
-    if not _RDS_IDENTIFIER.match(name):
+    if not _RDS_IDENTIFIER.fullmatch(name):
         problems.append("letters, digits and hyphens only, starting with a letter")
     if "--" in name:
         problems.append("no two consecutive hyphens")
@@ -956,6 +956,7 @@ def sweep(svc: SnapshotServices, targets: Sequence[str] | None = None) -> SweepR
                         _observe(svc, driver, physical, snap, now, report)
         except LifeboatError as exc:
             logger.error("sweep of a target failed", extra={"target": target.name, "error": str(exc)})
+            _record("SnapshotSweepError", 1, "Count", target.name)
             report.errors.append(f"{target.name}: {exc}")
     return report
 
@@ -1044,7 +1045,7 @@ def prune(svc: SnapshotServices, dry_run: bool = False, targets: Sequence[str] |
         regions = [svc.source_region(physical)] + ([physical.copy_to_region] if physical.copy_to_region else [])
         kept_labels: set[str] = set()
         dropped_labels: set[str] = set()
-        deleted = 0
+        deleted, errors_before = 0, len(report.errors)
         for region in regions:
             try:
                 sets = inventory.sets(driver, region, target.name)
@@ -1079,6 +1080,8 @@ def prune(svc: SnapshotServices, dry_run: bool = False, targets: Sequence[str] |
                 logger.info("snapshot pruned", extra={"target": target.name, **decision.as_dict()})
         if deleted:
             _record("SnapshotsPruned", deleted, "Count", target.name)
+        if len(report.errors) > errors_before:
+            _record("SnapshotPruneError", len(report.errors) - errors_before, "Count", target.name)
         if "*" not in kept_labels:
             _delete_labels(svc, sorted(dropped_labels - kept_labels), report)
     return report
@@ -1156,6 +1159,11 @@ class SnapshotEntry(BaseModel):
     def size(self) -> int:
         """Bytes provisioned (not stored: snapshots are incremental), 0 when unknown."""
         return (self.size_gib or 0) * 1024**3
+
+    @property
+    def server_version(self) -> str:
+        """The engine version RDS recorded (EBS snapshots do not know it), like a manifest's server_version."""
+        return self.engine_version or ""
 
 
 _STATUS = {"available": "SUCCEEDED", "creating": "IN_PROGRESS", "failed": "FAILED", "deleting": "DELETING"}

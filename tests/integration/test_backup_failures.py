@@ -18,8 +18,9 @@ import boto3
 import pytest
 
 from chalicelib import runtime
-from chalicelib.dumps import BackupServices, Deadline, run_logical_backup
+from chalicelib.dumps import BackupServices, run_logical_backup
 from chalicelib.errors import DatabaseConnectionError, DeadlineError, PgToolError, SecretError, StorageError
+from chalicelib.pgtools import Deadline
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 from devstack.sample import BACKUP_PASSWORD

@@ -239,3 +239,38 @@ def test_replace_without_ownership_fails_cleanly(api: Any, pg: PostgresServer, c
     assert done["status"] == "FAILED" and "must own it" in done["error"]["message"], done
     assert pg.psql("SELECT x FROM keep", dbname="shop_foreign") == "7"
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'shop_foreign_lifeboat_%'") == "0"
+
+
+def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow read from S3 runs into the Lambda limit: pg_restore is stopped with the margin left to drop the
+    new database and record the failure."""
+    import time
+
+    from chalicelib import restores, runtime
+
+    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_late"}})
+    restore_id = json.loads(r.body)["restore_id"]
+    svc = runtime.api_services()
+    real_open = svc.catalog.store.open_stream
+
+    class Slow:
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        def read(self, n: int = -1) -> bytes:
+            time.sleep(0.05)
+            return self.body.read(2048)  # type: ignore[no-any-return]
+
+        def __enter__(self) -> Slow:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.body.close()
+
+    monkeypatch.setattr(svc.catalog.store, "open_stream", lambda key: (Slow(real_open(key)[0]), 0))
+    start = time.monotonic()
+    job = restores.run_restore_job(svc, restore_id, remaining_ms=lambda: int((61.5 - (time.monotonic() - start)) * 1000))
+    assert job.status == "FAILED" and job.error is not None
+    assert job.error.code == "deadline_exceeded", job.error
+    assert time.monotonic() - start < 10
+    assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'shop_late'") == "0"
