@@ -269,7 +269,8 @@ def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkey
 
     monkeypatch.setattr(svc.catalog.store, "open_stream", lambda key: (Slow(real_open(key)[0]), 0))
     start = time.monotonic()
-    job = restores.run_restore_job(svc, restore_id, remaining_ms=lambda: int((61.5 - (time.monotonic() - start)) * 1000))
+    remaining = lambda: int((61.5 - (time.monotonic() - start)) * 1000)  # noqa: E731
+    job = restores.run_restore_job(svc, restore_id, remaining_ms=remaining)
     assert job.status == "FAILED" and job.error is not None
     assert job.error.code == "deadline_exceeded", job.error
     assert time.monotonic() - start < 10
