@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Rate, Response, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, Cron, IAMAuthorizer, Rate, Response, SQSEvent
 
 app = Chalice(app_name="pg-lifeboat")
 iam = IAMAuthorizer()
@@ -31,7 +31,7 @@ def dispatcher(event: CloudWatchEvent) -> dict[str, Any]:
 
 @app.on_sqs_message(queue=BACKUP_QUEUE, batch_size=1, name="backup_worker")
 def backup_worker(event: SQSEvent) -> list[dict[str, Any]]:
-    """Run one queued logical backup (pg_dump streamed to S3)."""
+    """Run one queued backup: pg_dump streamed to S3, or the start of a snapshot."""
     from chalicelib.handlers import backup_message
 
     context: Any = event.context
@@ -47,6 +47,22 @@ def restore_worker(event: SQSEvent) -> list[dict[str, Any]]:
     context: Any = event.context
     remaining = context.get_remaining_time_in_millis if context is not None else None
     return [restore_message(record.body, remaining) for record in event]
+
+
+@app.schedule(Rate(15, unit=Rate.MINUTES), name="snapshot_sweeper")
+def snapshot_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
+    """Mark finished snapshots, emit their metrics, start cross-region copies."""
+    from chalicelib.handlers import sweep_snapshots
+
+    return sweep_snapshots()
+
+
+@app.schedule(Cron(45, 4, "*", "*", "?", "*"), name="snapshot_pruner")
+def snapshot_pruner(event: CloudWatchEvent) -> dict[str, Any]:
+    """Daily: delete managed snapshots that the retention policies no longer keep."""
+    from chalicelib.handlers import prune_snapshots
+
+    return prune_snapshots()
 
 
 # --- the API (every route IAM-authorized) ----------------------------------------------------------

@@ -144,6 +144,7 @@ class ApiServices:
     backup_queue: BackupQueue | None
     credentials: CredentialResolver
     toolbox: Toolbox
+    snapshots: Any = None  # SnapshotServices, built only when a target has a physical section
 
 
 def into_login(svc: ApiServices, into: Into) -> tuple[Login, str]:
@@ -227,6 +228,14 @@ def list_backups(svc: ApiServices, target: str | None, kind: str | None, limit: 
                             "time": m.slot.isoformat(), "size": m.size, "status": m.status,
                             "retention_class": m.retention_class, "server_version": m.server_version,
                             "database": m.database})
+    if kind in (None, "snapshot") and svc.config.target(target).physical is not None and svc.snapshots:
+        from chalicelib.snapshots import list_snapshots
+
+        for e in list_snapshots(svc.snapshots, target):
+            entries.append({"backup_id": e.backup_id, "kind": "snapshot", "target": e.target,
+                            "time": e.slot.isoformat(), "size": e.size, "status": e.status,
+                            "retention_class": e.retention_class, "server_version": e.server_version or None,
+                            "region": e.region, "resource_ids": e.resource_ids})
     entries.sort(key=lambda e: e["time"], reverse=True)
     return {"target": target, "backups": entries[:limit]}
 

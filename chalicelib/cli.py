@@ -81,15 +81,23 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     names = [args.target] if args.target else [t.name for t in cfg.targets]
     for name in names:
         cfg.target(name)
-    rows = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
+    rows: list[Any] = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
+    physical = [name for name in names if cfg.target(name).physical is not None]
+    if physical:
+        from chalicelib.snapshots import list_snapshots
+
+        snapshots = runtime.snapshot_services(cfg)
+        rows.extend(e for name in physical for e in list_snapshots(snapshots, name))
     rows.sort(key=lambda m: m.slot, reverse=True)
     if args.json:
         out.write(json.dumps([m.model_dump(mode="json") for m in rows], indent=2) + "\n")
         return 0
-    out.write(f"{'BACKUP ID':<46} {'KIND':<8} {'TIME':<20} {'SIZE':>10} {'STATUS':<10} {'RETENTION':<9} SERVER\n")
+    out.write(f"{'BACKUP ID':<46} {'KIND':<8} {'TIME':<20} {'SIZE':>10} {'STATUS':<11} {'RETENTION':<9} "
+              f"{'REGION':<12} SERVER\n")
     for m in rows:
+        region = getattr(m, "region", "") or "-"
         out.write(f"{m.backup_id:<46} {m.kind:<8} {m.slot:%Y-%m-%d %H:%M:%S} {_human(m.size):>10} "
-                  f"{m.status:<10} {m.retention_class:<9} {m.server_version}\n")
+                  f"{m.status:<11} {m.retention_class:<9} {region:<12} {m.server_version}\n")
     if not rows:
         out.write("(no complete backups)\n")
     return 0
@@ -125,6 +133,33 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
                   f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore"
                   f" {result.pg_restore_version}; verified: {checked}\n")
     return 0
+
+
+def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+    from chalicelib.snapshots import start_snapshot
+
+    o = start_snapshot(runtime.snapshot_services(), args.target, trigger="on-demand")
+    out.write(json.dumps(o.as_dict()) + "\n" if args.json else
+              f"{o.backup_id}  {o.status}  {' '.join(o.resource_ids)}  {o.retention_class}  {o.reason}\n")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    from chalicelib import runtime
+    from chalicelib.snapshots import prune
+
+    r = prune(runtime.snapshot_services(), dry_run=args.dry_run, targets=[args.target] if args.target else None)
+    if args.json:
+        out.write(json.dumps(r.as_dict(), indent=2) + "\n")
+    else:
+        verb = "would delete" if r.dry_run else "deleted"
+        for label, rows in ((verb, r.deleted), ("keep", r.kept)):
+            for d in rows:
+                out.write(f"{label:<12} {d.backup_id:<46} {d.region:<12} {','.join(d.resource_ids)}  {d.reason}\n")
+        for e in r.errors:
+            out.write(f"error: {e}\n")
+    return 1 if r.errors else 0
 
 
 def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
@@ -175,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-owner", action="store_true")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
+    sn = sub.add_parser("snapshot", help="start a snapshot of a target now (does not wait)")
+    sn.add_argument("target")
+    sn.add_argument("--json", action="store_true")
+    sn.set_defaults(func=cmd_snapshot)
+    pr = sub.add_parser("prune", help="delete managed snapshots the retention policy no longer keeps")
+    pr.add_argument("target", nargs="?")
+    pr.add_argument("--dry-run", action="store_true", help="print what would be deleted and why")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
     lc = sub.add_parser("lifecycle", help="print (or --apply) the bucket's retention lifecycle rules")
     lc.add_argument("--apply", action="store_true")
     lc.set_defaults(func=cmd_lifecycle)

@@ -45,6 +45,9 @@ def due_backups(config: Config, after: datetime, until: datetime) -> list[DueBac
         if target.logical and target.logical.schedule:
             schedule = Schedule.parse(target.logical.schedule)
             due.extend(DueBackup(target.name, "logical", slot) for slot in schedule.slots(after, until))
+        if target.physical and target.physical.schedule:
+            schedule = Schedule.parse(target.physical.schedule)
+            due.extend(DueBackup(target.name, "physical", slot) for slot in schedule.slots(after, until))
     return sorted(due, key=lambda d: (d.slot, d.target))
 
 

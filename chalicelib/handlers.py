@@ -41,6 +41,15 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
+    if due.kind == "physical":
+        from chalicelib.snapshots import start_snapshot
+
+        try:
+            started = start_snapshot(runtime.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
+        except BadRequestError as exc:  # a target without a physical section: retrying cannot help
+            logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
+            return {"status": "REJECTED", "error": str(exc)}
+        return started.as_dict()
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline)
     return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
@@ -63,3 +72,15 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
         return {"status": "REJECTED"}
     job = run_restore_job(runtime.api_services(), restore_id, remaining_ms)
     return {"restore_id": restore_id, "status": job.status}
+
+
+def sweep_snapshots() -> dict[str, Any]:
+    from chalicelib.snapshots import sweep
+
+    return sweep(runtime.snapshot_services()).as_dict()
+
+
+def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:
+    from chalicelib.snapshots import prune
+
+    return prune(runtime.snapshot_services(), dry_run=dry_run).as_dict()

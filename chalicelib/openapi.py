@@ -31,6 +31,8 @@ class BackupEntry(BaseModel):
     retention_class: str
     server_version: str | None = None
     database: str | None = None
+    region: str | None = None
+    resource_ids: list[str] | None = None
 
 
 class BackupList(BaseModel):
@@ -72,7 +74,7 @@ def build() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    iam = [{"sigv4": []}]
+    iam: list[dict[str, list[str]]] = [{"sigv4": []}]
     restore_body = {"oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"),
                               _ref("PointInTimeRestoreRequest")]}
     return {

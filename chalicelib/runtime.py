@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from chalicelib.dispatch import BackupQueue, DispatchCursor
     from chalicelib.dumps import BackupServices
     from chalicelib.jobs import JobStore
+    from chalicelib.snapshots import SnapshotServices
     from chalicelib.storage import S3Store
 
 
@@ -113,4 +114,26 @@ def api_services(cfg: Config | None = None) -> ApiServices:
         restore_queue=RestoreQueue(client("sqs"), queue),
         backup_queue=backup_queue() if os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL") else None,
         credentials=CredentialResolver(secrets_client=client("secretsmanager")), toolbox=Toolbox.from_env(),
+        snapshots=snapshot_services(cfg) if any(t.physical for t in cfg.targets) else None,
     )
+
+
+@cache
+def regional_client(service: str, region: str) -> Any:
+    """A client for another region (snapshot copies, sources outside the function's region)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    make: Any = boto3.client
+    return make(service, region_name=region,
+                config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32))
+
+
+def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
+    from chalicelib.database import CredentialResolver
+    from chalicelib.snapshots import SnapshotServices
+
+    cfg = cfg or load_config()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return SnapshotServices(config=cfg, client_for=regional_client, region=region, store=store(cfg),
+                            credentials=CredentialResolver(secrets_client=client("secretsmanager")), claims=jobs())

@@ -106,16 +106,20 @@ def main() -> int:
         step("creating the bucket, the database secret, the jobs table and the backup queue")
         stack = provision("lifeboat-demo-backups", "lifeboat/shop", BACKUP_PASSWORD)
         os.environ.update(stack.env())
-        config = write_config(WORK / "lifeboat.json", stack.bucket,
-                              [target("shop", server.port, stack.secret_arn, schedule="cron(0 3 * * ? *)",
-                                      globals=True)])
+        import boto3
+
+        boto3.client("rds").create_db_instance(
+            DBInstanceIdentifier="shop-db", DBInstanceClass="db.t3.micro", Engine="postgres", AllocatedStorage=20,
+            MasterUsername="admin", MasterUserPassword="demo-only-password")
+        shop = target("shop", server.port, stack.secret_arn, schedule="cron(0 3 * * ? *)", globals=True)
+        # The same target is also an RDS instance (in the emulator): a nightly snapshot beside the dump.
+        shop["physical"] = {"method": "rds_instance", "db_instance_id": "shop-db", "schedule": "cron(0 3 * * ? *)"}
+        config = write_config(WORK / "lifeboat.json", stack.bucket, [shop])
         os.environ["LIFEBOAT_CONFIG"] = str(config)
         print(f"    configuration: {config.relative_to(REPO)}")
 
         slot = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
         step(f"EventBridge fires the dispatcher for {slot:%Y-%m-%d %H:%M} UTC (cron(0 3 * * ? *) is due)")
-        import boto3
-
         import app as lambda_app
         from devstack.chalice_local import client
 
@@ -125,19 +129,21 @@ def main() -> int:
             event["time"] = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
             dispatched = chalice.lambda_.invoke("dispatcher", event).payload
             print(f"    queued: {dispatched['dispatched']}")
-            step("the backup worker takes the message: pg_dump streams into S3, the manifest is written last")
+            step("the backup worker takes each message: pg_dump streams into S3 (manifest last);"
+                 " the RDS snapshot is started, not waited for")
             sqs = boto3.client("sqs")
             for message in sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10).get("Messages", []):
                 result = chalice.lambda_.invoke("backup_worker", chalice.events.generate_sqs_event(
                     message_bodies=[message["Body"]], queue_name="pg-lifeboat-backups")).payload
                 print(f"    {result}")
                 sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
-                backup_id = result[0]["backup_id"]
+                if result[0]["backup_id"].startswith("logical:"):
+                    backup_id = result[0]["backup_id"]
             for obj in boto3.client("s3").list_objects_v2(Bucket=stack.bucket)["Contents"]:
                 print(f"    s3://{stack.bucket}/{obj['Key']}  ({obj['Size']} bytes)")
 
         lifeboat = str(REPO / ".venv" / "bin" / "lifeboat")
-        step("lifeboat list shop")
+        step("lifeboat list shop  (the dump and the snapshot, one catalog)")
         subprocess.run([lifeboat, "list", "shop"], check=True)
 
         step(f"lifeboat restore {backup_id} --database shop_cli")

@@ -92,12 +92,13 @@ def test_consecutive_windows_neither_miss_nor_repeat_a_slot() -> None:
     assert per_tick == due_backups(cfg, ticks[0], ticks[-1])
 
 
-def test_targets_without_logical_schedule_are_never_due() -> None:
+def test_targets_without_a_schedule_are_never_due_and_physical_schedules_are() -> None:
     cfg = parse_config({"settings": {"bucket": "acme-pg-backups"}, "targets": [
-        {"name": "snap", "physical": {"method": "rds_instance", "db_instance_id": "db1", "schedule": "rate(1 minute)"}},
+        {"name": "snap", "physical": {"method": "rds_instance", "db_instance_id": "db1", "schedule": "rate(1 hour)"}},
         {"name": "manual", "connection": {"host": "h", "user": "u"}},
     ]})
-    assert due_backups(cfg, at(2026, 3, 1, 10), at(2026, 3, 1, 11)) == []
+    assert due_backups(cfg, at(2026, 3, 1, 10), at(2026, 3, 1, 12)) == [
+        DueBackup("snap", "physical", at(2026, 3, 1, 11)), DueBackup("snap", "physical", at(2026, 3, 1, 12))]
 
 
 # --- messages and one tick end to end, with in-memory stand-ins ---------------------------------------------------
