@@ -65,6 +65,14 @@ def snapshot_pruner(event: CloudWatchEvent) -> dict[str, Any]:
     return prune_snapshots()
 
 
+@app.schedule(Rate(2, unit=Rate.MINUTES), name="restore_sweeper")
+def restore_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
+    """Advance running snapshot and point-in-time restores (e.g. add the Aurora instance)."""
+    from chalicelib import api, runtime
+
+    return {"advanced": api.advance_running(runtime.api_services())}
+
+
 # --- the API (every route IAM-authorized) ----------------------------------------------------------
 
 def _status(exc: Exception) -> int:

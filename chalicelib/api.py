@@ -70,6 +70,7 @@ class SnapshotRestoreRequest(_Body):
     subnet_group: AwsId | None = None
     security_group_ids: list[AwsId] = Field(default_factory=list, max_length=5)
     parameter_group: AwsId | None = None
+    region: AwsId | None = Field(default=None, description="restore from the copy in this region (DR)")
     availability_zone: AwsId | None = Field(default=None, description="EBS: where the new volumes go")
     attach_to_instance: AwsId | None = Field(default=None, description="EBS: attach the new volumes here")
 
@@ -182,17 +183,17 @@ def start_restore(svc: ApiServices, req: RestoreRequest) -> RestoreJob:
     if isinstance(req, LogicalRestoreRequest):
         kind, target, backup_id = "logical", check_logical(svc, req), req.backup_id
     elif isinstance(req, SnapshotRestoreRequest):
-        bid = BackupId.parse(req.backup_id)
-        target_cfg = svc.config.target(bid.target)
-        if target_cfg.physical is None:
-            raise BadRequestError(f"target {bid.target!r} has no physical backups")
-        kind, target, backup_id = "snapshot", bid.target, req.backup_id
+        from chalicelib import snapshot_restores
+
+        kind, target, backup_id = "snapshot", snapshot_restores.check(svc, req), req.backup_id
     else:
+        from chalicelib import snapshot_restores
+
         target_cfg = svc.config.target(req.target)
         if target_cfg.physical is None or target_cfg.physical.method == "ebs":
             raise BadRequestError(f"target {req.target!r} is not an RDS instance or Aurora cluster:"
                                   " point-in-time restore needs one")
-        kind, target, backup_id = "point_in_time", req.target, None
+        kind, target, backup_id = "point_in_time", snapshot_restores.check(svc, req), None
     job = RestoreJob(restore_id=new_restore_id(), kind=kind, target=target, backup_id=backup_id,  # type: ignore[arg-type]
                      request=req.model_dump(mode="json", exclude_none=True), created_at=now, updated_at=now)
     svc.jobs.create(job)
@@ -241,9 +242,31 @@ def list_backups(svc: ApiServices, target: str | None, kind: str | None, limit: 
 
 
 def get_restore(svc: ApiServices, restore_id: str) -> RestoreJob:
+    """The job; a running snapshot or point-in-time restore is advanced first (describe calls are cheap)."""
     if not restore_id.startswith("r-") or len(restore_id) > 40:
         raise NotFoundError(f"no restore {restore_id!r}")
-    return svc.jobs.get(restore_id)
+    job = svc.jobs.get(restore_id)
+    if job.status == "RUNNING" and job.kind != "logical" and job.result:
+        from chalicelib import snapshot_restores
+
+        advanced = snapshot_restores.advance(svc, job)
+        if advanced != job:
+            job = svc.jobs.save(advanced)
+    return job
+
+
+def advance_running(svc: ApiServices) -> list[str]:
+    """The restore sweeper: advance every running snapshot or point-in-time restore."""
+    from chalicelib import snapshot_restores
+
+    changed = []
+    for job in svc.jobs.recent(limit=500):
+        if job.status == "RUNNING" and job.kind != "logical" and job.result:
+            advanced = snapshot_restores.advance(svc, job)
+            if advanced != job:
+                svc.jobs.save(advanced)
+                changed.append(job.restore_id)
+    return changed
 
 
 def start_restore_once(svc: ApiServices, req: RestoreRequest, idempotency_key: str | None, table: str | None
