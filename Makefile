@@ -32,5 +32,19 @@ LAYER_ARCH ?= all
 layers: venv
 	$(PY) layers/build.py --arch $(LAYER_ARCH)
 
+# Deployable CloudFormation (SAM) stack: $(OUT)/sam.json, deployment.zip and the layer zip (stack/README.md).
+STAGE ?= dev
+ARCH ?= x86_64
+OUT ?= out/$(STAGE)-$(ARCH)
+WHEELHOUSE ?=
+ALARM_TARGETS ?=
+package: venv layers/dist/pg-clients-$(ARCH).zip
+	$(PY) -m stack.package --stage $(STAGE) --arch $(ARCH) --out $(OUT) \
+	  $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(foreach t,$(ALARM_TARGETS),--target $(t))
+
+# One architecture's layer, built only when missing or older than its inputs (`make layers` builds all).
+layers/dist/pg-clients-%.zip: layers/build.py $(wildcard layers/*.json)
+	$(PY) layers/build.py --arch $*
+
 clean:
 	rm -rf $(VENV) .cache out layers/dist .demo

@@ -1,0 +1,1 @@
+"""Tests of stack/: the CloudFormation stack `make package` produces."""
