@@ -14,7 +14,8 @@ from chalice.app import Chalice, CloudWatchEvent, Cron, IAMAuthorizer, Rate, Res
 app = Chalice(app_name="pg-lifeboat")
 iam = IAMAuthorizer()
 
-BACKUP_QUEUE = os.environ.get("LIFEBOAT_BACKUP_QUEUE", "pg-lifeboat-backups")
+# FIFO: message groups bound the concurrent dumps per server; deduplication ids drop repeated slots.
+BACKUP_QUEUE = os.environ.get("LIFEBOAT_BACKUP_QUEUE", "pg-lifeboat-backups.fifo")
 RESTORE_QUEUE = os.environ.get("LIFEBOAT_RESTORE_QUEUE", "pg-lifeboat-restores")
 JSON = ["application/json"]
 

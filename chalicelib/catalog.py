@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +21,7 @@ from chalicelib.errors import BadRequestError, NotFoundError
 from chalicelib.storage import BackupStore
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47}):(\d{8}T\d{6}Z)$")
+_ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47})(?:/([A-Za-z0-9_.%~-]{1,200}))?:(\d{8}T\d{6}Z)$")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -34,14 +35,20 @@ def parse_stamp(text: str) -> datetime:
 
 @dataclass(frozen=True, order=True)
 class BackupId:
-    """`<kind>:<target>:<YYYYMMDDTHHMMSSZ>`: kind (logical, snapshot), target and slot of a backup."""
+    """`<kind>:<target>[/<database>]:<YYYYMMDDTHHMMSSZ>`: kind (logical, snapshot), target, slot, and for a
+    whole-server target the database (percent-encoded) of one of the run's dumps."""
 
     target: str
     stamp: datetime
     kind: str = "logical"
+    database: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.target}:{format_stamp(self.stamp)}"
+        db = f"/{quote(self.database, safe='')}" if self.database else ""
+        return f"{self.kind}:{self.target}{db}:{format_stamp(self.stamp)}"
+
+    def for_database(self, database: str) -> BackupId:
+        return BackupId(self.target, self.stamp, self.kind, database)
 
     @classmethod
     def parse(cls, text: str) -> BackupId:
@@ -50,10 +57,10 @@ class BackupId:
             raise BadRequestError(f"{text!r} is not a backup id"
                                   " (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)")
         try:
-            stamp = parse_stamp(m.group(3))
+            stamp = parse_stamp(m.group(4))
         except ValueError:
             raise BadRequestError(f"{text!r} has an impossible date") from None
-        return cls(m.group(2), stamp, m.group(1))
+        return cls(m.group(2), stamp, m.group(1), unquote(m.group(3)) if m.group(3) else "")
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,10 @@ class Layout:
         return f"{self.prefix}logical/{target}/"
 
     def backup_prefix(self, bid: BackupId) -> str:
+        """A run's folder; each database of a whole-server run has its own folder inside it."""
         s = bid.stamp
-        return f"{self.target_prefix(bid.target)}{s:%Y}/{s:%m}/{s:%d}/{format_stamp(s)}/"
+        run = f"{self.target_prefix(bid.target)}{s:%Y}/{s:%m}/{s:%d}/{format_stamp(s)}/"
+        return f"{run}databases/{quote(bid.database, safe='')}/" if bid.database else run
 
     def dump_key(self, bid: BackupId, fmt: str = "custom") -> str:
         return self.backup_prefix(bid) + ("database.dump" if fmt == "custom" else "database.dir/")
@@ -88,10 +97,16 @@ class Layout:
     def parse_manifest_key(self, key: str) -> BackupId | None:
         rest = key.removeprefix(self.prefix)
         parts = rest.split("/")
-        if len(parts) != 7 or parts[0] != "logical" or parts[6] != MANIFEST_NAME:
+        if parts[0] != "logical" or parts[-1] != MANIFEST_NAME:
+            return None
+        if len(parts) == 7:
+            text = f"logical:{parts[1]}:{parts[5]}"
+        elif len(parts) == 9 and parts[6] == "databases":
+            text = f"logical:{parts[1]}/{parts[7]}:{parts[5]}"
+        else:
             return None
         try:
-            bid = BackupId.parse(f"logical:{parts[1]}:{parts[5]}")
+            bid = BackupId.parse(text)
         except BadRequestError:
             return None
         return bid if self.manifest_key(bid) == key else None
@@ -130,11 +145,17 @@ class Manifest(BaseModel):
     snapshot_id: str | None = None
     row_counts: dict[str, int] | None = None
     error: str | None = None
+    databases: list[str] | None = None  # a whole-server run: the databases dumped (each its own backup)
 
     def object(self, role: str) -> ManifestObject:
         for obj in self.objects:
             if obj.role == role:
                 return obj
+        if self.databases is not None and role == "dump":
+            bid = BackupId.parse(self.backup_id)
+            example = bid.for_database(self.databases[0]) if self.databases else bid
+            raise NotFoundError(f"{self.backup_id} is a whole-server run (globals and the list of databases):"
+                                f" restore one of its databases, e.g. {example}")
         raise NotFoundError(f"backup {self.backup_id} has no {role} object")
 
     @property
@@ -180,10 +201,10 @@ class Catalog:
         ids = self.backup_ids(target)
         return self.manifest(ids[0]) if ids else None
 
-    def previous_success(self, target: str, before: datetime) -> datetime | None:
-        """Slot of the newest complete backup strictly before `before` (for retention classes)."""
+    def previous_success(self, target: str, before: datetime, database: str = "") -> datetime | None:
+        """Slot of the newest complete backup (of the same database) strictly before `before`."""
         for bid in self.backup_ids(target):
-            if bid.stamp < before:
+            if bid.stamp < before and bid.database == database:
                 return bid.stamp
         return None
 

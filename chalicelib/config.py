@@ -63,6 +63,8 @@ class Logical(_Model):
     tables: list[str] = Field(default_factory=list)
     exclude_tables: list[str] = Field(default_factory=list)
     globals: bool = Field(default=False, description="also pg_dumpall --globals-only --no-role-passwords")
+    all_databases: bool = Field(default=False, description="every database of the server, each its own backup")
+    exclude_databases: list[str] = Field(default_factory=list)
     lock_wait_timeout_seconds: int = Field(default=60, ge=1, le=3600)
     row_counts: bool = Field(default=True, description="exact per-table counts from the dump's snapshot")
 
@@ -178,6 +180,7 @@ class Settings(_Model):
     upload_memory_mib: int = Field(default=64, ge=16, le=4096)
     deadline_margin_seconds: int = Field(default=60, ge=5, le=600)
     dispatch_lookback_minutes: int = Field(default=5, ge=1, le=1440)
+    per_server_concurrency: int = Field(default=2, ge=1, le=50, description="concurrent dumps per server")
     metrics_namespace: str = "PgLifeboat"
 
     @field_validator("bucket")

@@ -35,6 +35,7 @@ from chalicelib.retention import POLICY_TAG, RETENTION_TAG, classify
 from chalicelib.storage import BackupStore, PutResult
 
 if TYPE_CHECKING:
+    from chalicelib.dispatch import DueBackup
     from chalicelib.jobs import JobStore
 
 
@@ -49,6 +50,8 @@ class BackupServices:
     toolbox: Toolbox
     claims: JobStore | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Where a whole-server run sends its per-database backups (the backup queue); None runs them inline.
+    fan_out: Callable[[list[DueBackup]], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,18 @@ def run_logical_backup(
     trigger: str = "schedule",
     deadline: Deadline | None = None,
     on_progress: Callable[[int], None] | None = None,
+    database: str = "",
 ) -> BackupOutcome:
+    """Back up a target for a slot. For a whole-server target (`all_databases`) without `database`, this is
+    the run itself: globals and the list of databases, each database then backed up on its own."""
     target = svc.config.target(target_name)
     if target.connection is None:
         raise BadRequestError(f"target {target.name!r} has no connection: logical backups need one")
     opts = target.logical or Logical()
+    if database and not opts.all_databases:
+        raise BadRequestError(f"target {target.name!r} is one database; only all_databases targets take a database")
     slot = (slot or svc.clock()).astimezone(UTC).replace(microsecond=0)
-    bid = BackupId(target.name, slot)
+    bid = BackupId(target.name, slot, database=database)
     log = logger
     log.append_keys(target=target.name, backup_id=str(bid))
     try:
@@ -132,6 +140,8 @@ def run_logical_backup(
         if svc.claims and not svc.claims.claim(claim_key, lease, detail={"trigger": trigger}):
             log.info("another attempt holds or finished this slot; skipping")
             return BackupOutcome("SKIPPED", str(bid), reason="claimed by another attempt")
+        if opts.all_databases and not database:
+            return _server_run(svc, target, opts, bid, trigger, deadline, claim_key)
         return _backup(svc, target, opts, bid, trigger, deadline, on_progress, claim_key)
     finally:
         log.remove_keys(["target", "backup_id"])
@@ -147,6 +157,8 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     try:
         assert target.connection is not None
         login = svc.credentials.login(target.connection)
+        if bid.database:
+            login = login.with_database(bid.database)
         policy = svc.config.policy_for(target)
         with exported_snapshot(login, opts) as facts:
             facts_for_record.update(server_version=facts.server_version, server_version_num=facts.server_version_num)
@@ -155,7 +167,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             if compression != opts.compression:
                 logger.warning("compression not available in this pg_dump; using gzip",
                                extra={"configured": opts.compression, "pg_dump": pg_dump.major})
-            previous = svc.catalog.previous_success(target.name, bid.stamp)
+            previous = svc.catalog.previous_success(target.name, bid.stamp, bid.database)
             retention_class = classify(bid.stamp, previous, policy)
             tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
             log_extra = {"pg_dump": pg_dump.major, "server": facts.server_version, "retention": retention_class.value,
@@ -167,7 +179,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
                                 dump_key,
                                 tags, deadline, on_progress)
             objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
-        if opts.globals:
+        if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
             written.append(globals_key)
@@ -198,6 +210,67 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     record("BackupBytes", manifest.size, "Bytes", target.name)
     record("BackupDuration", seconds, "Seconds", target.name)
     return BackupOutcome("SUCCEEDED", str(bid), manifest)
+
+
+# Databases no backup wants: templates, and the providers' own (RDS, Azure, Cloud SQL).
+PROVIDER_DATABASES = ("rdsadmin", "azure_maintenance", "azure_sys", "cloudsqladmin", "alloydbadmin")
+
+
+def list_databases(login: Login, exclude: list[str]) -> list[str]:
+    from chalicelib.database import connect
+
+    with connect(login) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                            " ORDER BY datname").fetchall()
+    return [str(r[0]) for r in rows if r[0] not in PROVIDER_DATABASES and r[0] not in exclude]
+
+
+def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
+                deadline: Deadline | None, claim_key: str) -> BackupOutcome:
+    """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
+    per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
+    from chalicelib.dispatch import DueBackup
+
+    started = svc.clock()
+    written: list[str] = []
+    login: Login | None = None
+    facts: dict[str, object] = {}
+    try:
+        assert target.connection is not None
+        login = svc.credentials.login(target.connection)
+        databases = list_databases(login, opts.exclude_databases)
+        with exported_snapshot(login, None) as source:
+            facts.update(server_version=source.server_version, server_version_num=source.server_version_num)
+        retention_class = classify(bid.stamp, svc.catalog.previous_success(target.name, bid.stamp),
+                                   svc.config.policy_for(target))
+        tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
+        pg_dumpall = svc.toolbox.pick("pg_dumpall", source.major)
+        globals_key = svc.catalog.layout.globals_key(bid)
+        written.append(globals_key)
+        g = _stream_tool(svc, pg_dumpall, ["--globals-only", "--no-role-passwords", "--no-password",
+                                           f"--database={login.database}"], login, globals_key, tags, deadline, None)
+        manifest = Manifest(
+            backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
+            database="*", server_version=source.server_version, server_version_num=source.server_version_num,
+            pg_dump_version=pg_dumpall.major, format=opts.format, compression="none",
+            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256)], size=g.size,
+            started_at=started, finished_at=svc.clock(), retention_class=retention_class.value,
+            retention_policy=target.retention, databases=databases,
+        )
+        svc.catalog.write_manifest(manifest, tags)
+    except BaseException as exc:
+        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts, claim_key)
+        raise
+    if svc.claims:
+        svc.claims.finish(claim_key, "SUCCEEDED", {"databases": str(len(databases))})
+    due = [DueBackup(target.name, "logical", bid.stamp, db) for db in databases]
+    logger.info("whole-server run: databases to back up", extra={"databases": len(databases)})
+    if svc.fan_out is not None:
+        svc.fan_out(due)
+    else:
+        for item in due:
+            run_logical_backup(svc, item.target, item.slot, trigger=trigger, deadline=deadline, database=item.database)
+    return BackupOutcome("SUCCEEDED", str(bid), manifest, reason=f"{len(databases)} databases")
 
 
 def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger: str, started: datetime,

@@ -20,7 +20,7 @@ def dispatch_tick(event_time: str | None) -> dict[str, Any]:
 
     tick = datetime.fromisoformat(event_time.replace("Z", "+00:00")) if event_time else datetime.now(UTC)
     cfg = runtime.load_config()
-    due = run_dispatch(cfg, tick, runtime.backup_queue(), runtime.dispatch_cursor())
+    due = run_dispatch(cfg, tick, runtime.backup_queue(cfg), runtime.dispatch_cursor())
     logger.info("dispatched", extra={"tick": tick.isoformat(), "due": len(due), "targets": len(cfg.targets)})
     record("BackupsDispatched", len(due), "Count")
     return {"tick": tick.isoformat(), "dispatched": [d.message() for d in due]}
@@ -51,7 +51,9 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
             return {"status": "REJECTED", "error": str(exc)}
         return started.as_dict()
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
-    outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline)
+    svc.fan_out = runtime.backup_queue(svc.config).send if runtime.has_backup_queue() else None
+    outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline,
+                                 database=due.database)
     return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
 
 

@@ -80,14 +80,18 @@ def backup_services(cfg: Config | None = None) -> BackupServices:
     )
 
 
-def backup_queue() -> BackupQueue:
+def has_backup_queue() -> bool:
+    return bool(os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL"))
+
+
+def backup_queue(cfg: Config | None = None) -> BackupQueue:
     from chalicelib.dispatch import BackupQueue
     from chalicelib.errors import ConfigError
 
     url = os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL")
     if not url:
         raise ConfigError("LIFEBOAT_BACKUP_QUEUE_URL is not set: the dispatcher needs the backup queue's URL")
-    return BackupQueue(client("sqs"), url)
+    return BackupQueue(client("sqs"), url, cfg)
 
 
 def dispatch_cursor() -> DispatchCursor | None:
@@ -112,7 +116,7 @@ def api_services(cfg: Config | None = None) -> ApiServices:
     return ApiServices(
         config=cfg, catalog=catalog(cfg), jobs=RestoreJobStore(client("dynamodb"), table),
         restore_queue=RestoreQueue(client("sqs"), queue),
-        backup_queue=backup_queue() if os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL") else None,
+        backup_queue=backup_queue(cfg) if has_backup_queue() else None,
         credentials=CredentialResolver(secrets_client=client("secretsmanager")), toolbox=Toolbox.from_env(),
         snapshots=snapshot_services(cfg) if any(t.physical for t in cfg.targets) else None,
     )

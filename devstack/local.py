@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 
 JOBS_TABLE = "pg-lifeboat-jobs"
-BACKUP_QUEUE = "pg-lifeboat-backups"
+BACKUP_QUEUE = "pg-lifeboat-backups.fifo"
 RESTORE_QUEUE = "pg-lifeboat-restores"
 
 
@@ -37,7 +37,7 @@ def provision(bucket: str, secret_name: str, password: str) -> LocalStack:
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                      KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
     sqs = boto3.client("sqs")
-    queue_url = sqs.create_queue(QueueName=BACKUP_QUEUE)["QueueUrl"]
+    queue_url = sqs.create_queue(QueueName=BACKUP_QUEUE, Attributes={"FifoQueue": "true"})["QueueUrl"]
     restore_queue_url = sqs.create_queue(QueueName=RESTORE_QUEUE)["QueueUrl"]
     return LocalStack(bucket, secret["ARN"], JOBS_TABLE, queue_url, restore_queue_url)
 
