@@ -114,7 +114,7 @@ class Layout:
 
 class ManifestObject(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["dump", "globals"]
+    role: Literal["dump", "globals", "dir-file"]  # dir-file: one file of a directory-format dump
     key: str
     size: int
     sha256: str
@@ -146,6 +146,10 @@ class Manifest(BaseModel):
     row_counts: dict[str, int] | None = None
     error: str | None = None
     databases: list[str] | None = None  # a whole-server run: the databases dumped (each its own backup)
+
+    def files(self) -> list[ManifestObject]:
+        """The files of a directory-format dump (toc.dat among them)."""
+        return [o for o in self.objects if o.role == "dir-file"]
 
     def object(self, role: str) -> ManifestObject:
         for obj in self.objects:

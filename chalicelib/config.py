@@ -56,7 +56,8 @@ class Connection(_Model):
 
 class Logical(_Model):
     schedule: str | None = None
-    format: Literal["custom"] = "custom"
+    format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(default=1, ge=1, le=16, description="directory format: parallel pg_dump workers")
     compression: str = "zstd:3"
     schemas: list[str] = Field(default_factory=list)
     exclude_schemas: list[str] = Field(default_factory=list)
@@ -94,6 +95,12 @@ class Logical(_Model):
         if level and level != "long" and not 1 <= int(level) <= limits[method]:
             raise ValueError(f"{value!r}: {method} levels run from 1 to {limits[method]}")
         return value
+
+    @model_validator(mode="after")
+    def _jobs_need_directory(self) -> Self:
+        if self.jobs > 1 and self.format != "directory":
+            raise ValueError("jobs > 1 needs format 'directory' (pg_dump -j writes only that format)")
+        return self
 
     @property
     def compression_method(self) -> str:

@@ -10,10 +10,14 @@ Order of work, which is what makes a backup trustworthy:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
@@ -74,8 +78,11 @@ def compression_args(compression: str, pg_dump_major: int) -> list[str]:
 
 def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compression: str | None = None
                  ) -> list[str]:
-    args = ["--format=custom", "--no-password", f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
+    args = [f"--format={opts.format}", "--no-password",
+            f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
             *compression_args(compression or opts.compression, pg_dump.major)]
+    if opts.format == "directory":
+        args.append(f"--jobs={opts.jobs}")
     if snapshot_id:
         args.append(f"--snapshot={snapshot_id}")
     for flag, patterns in (("--schema", opts.schemas), ("--exclude-schema", opts.exclude_schemas),
@@ -107,6 +114,81 @@ def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Logi
         raise StorageError(f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
                            f" uploading {result.size}")
     return result
+
+
+def _open_files(pid: int) -> set[str]:
+    """Files a process and its children hold open (pg_dump -j forks its workers)."""
+    pids = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                pids.add(int(entry.name))
+    held: set[str] = set()
+    for p in pids:
+        fd_dir = Path(f"/proc/{p}/fd")
+        try:
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    held.add(os.readlink(fd))
+        except OSError:
+            continue
+    return held
+
+
+def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: Login, prefix: str,
+                    tags: dict[str, str], deadline: Deadline | None, on_progress: Callable[[int], None] | None,
+                    written: list[str]) -> list[ManifestObject]:
+    """pg_dump -j into a local directory, each finished file uploaded and deleted while the dump goes on.
+
+    Ephemeral storage holds only the files being written (about one table per worker), not the whole
+    dump. A file is finished when no pg_dump process holds it open (listing first, then looking at the
+    open files, so a file seen in the listing but not held is closed). toc.dat is written last and
+    uploaded after pg_dump exited 0; the manifest lists every file with its SHA-256.
+    """
+    objects: dict[str, ManifestObject] = {}
+    uploaded = [0]
+
+    def upload(path: Path) -> None:
+        key = prefix + path.name
+        written.append(key)
+        with path.open("rb") as f:
+            result = svc.store.put_stream(key, f, tags=tags)
+        objects[path.name] = ManifestObject(role="dir-file", key=key, size=result.size, sha256=result.sha256)
+        path.unlink()
+        uploaded[0] += result.size
+        if on_progress:
+            on_progress(uploaded[0])
+
+    with tempfile.TemporaryDirectory(prefix="lifeboat-dump-") as tmp:
+        out = Path(tmp) / "dump"
+        child = ChildProcess(tool, [*args, f"--file={out}"], minimal_env(login.env()), login.secrets, login.context,
+                             capture_stdout=False)
+        with child, watchdog(child, deadline) as fired:
+            try:
+                while child.poll() is None:
+                    time.sleep(0.2)
+                    if out.is_dir():
+                        listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
+                        held = _open_files(child.pid)
+                        for path in listed:
+                            if str(path) not in held and path.name not in objects:
+                                upload(path)
+                child.check()
+            except LifeboatError:
+                if fired.is_set():
+                    raise DeadlineError("stopped before the time limit with the dump unfinished: run this target"
+                                        " on the long-running worker (see 'When you outgrow Lambda')") from None
+                raise
+            except BaseException:
+                child.stop("the upload failed")
+                raise
+        for path in sorted(out.iterdir(), key=lambda p: p.name == "toc.dat"):  # toc.dat last
+            upload(path)
+    return sorted(objects.values(), key=lambda o: o.key)
 
 
 def run_logical_backup(
@@ -173,12 +255,15 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             log_extra = {"pg_dump": pg_dump.major, "server": facts.server_version, "retention": retention_class.value,
                          "database_size": facts.database_size}
             logger.info("dump starting", extra=log_extra)
-            dump_key = svc.catalog.layout.dump_key(bid)
-            written.append(dump_key)
-            dump = _stream_tool(svc, pg_dump, pg_dump_args(opts, pg_dump, facts.snapshot_id, compression), login,
-                                dump_key,
-                                tags, deadline, on_progress)
-            objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
+            args = pg_dump_args(opts, pg_dump, facts.snapshot_id, compression)
+            if opts.format == "directory":
+                objects = _dump_directory(svc, pg_dump, args, login, svc.catalog.layout.dump_key(bid, "directory"),
+                                          tags, deadline, on_progress, written)
+            else:
+                dump_key = svc.catalog.layout.dump_key(bid)
+                written.append(dump_key)
+                dump = _stream_tool(svc, pg_dump, args, login, dump_key, tags, deadline, on_progress)
+                objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
@@ -205,7 +290,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     if svc.claims:
         svc.claims.finish(claim_key, "SUCCEEDED", {"size": str(manifest.size)})
     logger.info("backup complete", extra={"bytes": manifest.size, "seconds": round(seconds, 3),
-                                          "sha256": dump.sha256})
+                                          "objects": len(manifest.objects)})
     record("BackupSucceeded", 1, "Count", target.name)
     record("BackupBytes", manifest.size, "Bytes", target.name)
     record("BackupDuration", seconds, "Seconds", target.name)

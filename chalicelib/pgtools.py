@@ -214,6 +214,10 @@ class ChildProcess:
         assert self._proc is not None
         return self._proc.pid
 
+    def poll(self) -> int | None:
+        assert self._proc is not None
+        return self._proc.poll()
+
     def stderr_tail(self) -> list[str]:
         return list(self._stderr)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.catalog import BackupId, Catalog, Manifest
+from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.database import Login, connect, count_rows
 from chalicelib.errors import (
     BadRequestError,
@@ -198,7 +198,8 @@ def restore_logical(
     validate_database_name(database)
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
     manifest: Manifest = catalog.manifest(BackupId.parse(backup_id))
-    dump = manifest.object("dump")
+    # The objects to restore from: one archive, or the files of a directory-format dump.
+    parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
     t0 = time.monotonic()
     existing = _database_comment(login, database)
     if existing is not None and existing == _marker("restored", restore_id, backup_id):
@@ -212,10 +213,11 @@ def restore_logical(
         if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
             raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
         _drop_database(login, work)  # our own interrupted attempt
-    head = store.head(dump.key)
-    if head is None or head.size != dump.size:
-        raise IntegrityError(f"{dump.key} is {head.size if head else 'missing'} bytes but the manifest says"
-                             f" {dump.size}: the object was changed or truncated; refusing to restore it")
+    for part in parts:
+        head = store.head(part.key)
+        if head is None or head.size != part.size:
+            raise IntegrityError(f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
+                                 f" {part.size}: the object was changed or truncated; refusing to restore it")
     server_major = _server_major(login)
     pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
                               purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
@@ -225,11 +227,11 @@ def restore_logical(
     kept: str | None = None
     try:
         _create_schemas(login, work, opts.schemas)
-        if opts.jobs > 1:
-            restored = _parallel_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts, on_progress,
+        if opts.jobs > 1 or manifest.format == "directory":
+            restored = _parallel_restore(store, parts, manifest.format, pg_restore, login, work, opts, on_progress,
                                          workdir, deadline)
         else:
-            restored = _stream_into_pg_restore(store, dump.key, dump.sha256, pg_restore, login, work, opts,
+            restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work, opts,
                                                on_progress, deadline)
         result = _finish(login, work, manifest, opts, backup_id, restored, t0, pg_restore.major)
         if work != database:
@@ -266,32 +268,39 @@ def _deadline_error(deadline: Deadline | None) -> DeadlineError:
                          " database was dropped: restore large archives on the long-running worker")
 
 
-def _parallel_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
-                      opts: RestoreOptions, on_progress: Callable[[int], None] | None, workdir: Path | None,
-                      deadline: Deadline | None = None) -> int:
-    """pg_restore -j needs a seekable file: download to ephemeral storage, verify, restore, delete."""
-    body, size = store.open_stream(key)
-    sha = hashlib.sha256()
+def _parallel_restore(store: BackupStore, parts: list[ManifestObject], fmt: str, tool: Any, login: Login,
+                      database: str, opts: RestoreOptions, on_progress: Callable[[int], None] | None,
+                      workdir: Path | None, deadline: Deadline | None = None) -> int:
+    """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage, verify every
+    object's SHA-256, restore, delete."""
     total = 0
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as tmp, body:
-        path = Path(tmp) / "archive.dump"
-        free = shutil.disk_usage(tmp).free
-        if size > free:
-            raise RestoreError(f"the archive needs {size} bytes of ephemeral storage but {free} are free:"
-                               " give the function more /tmp or restore with jobs=1 (streaming)")
-        with path.open("wb") as f:
-            while chunk := body.read(CHUNK):
-                if deadline and deadline.seconds_left() <= 0:
-                    raise _deadline_error(deadline)
-                sha.update(chunk)
-                f.write(chunk)
-                total += len(chunk)
-                if on_progress:
-                    on_progress(total)
-        if sha.hexdigest() != sha256:
-            raise IntegrityError(f"{key} does not match its manifest's SHA-256: the object was tampered with or"
-                                 " corrupted; nothing was restored")
-        args = [*pg_restore_args(database, opts, single_transaction=False), f"--jobs={opts.jobs}", str(path)]
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as tmp:
+        need, free = sum(p.size for p in parts), shutil.disk_usage(tmp).free
+        if need > free:
+            raise RestoreError(f"the archive needs {need} bytes of ephemeral storage but {free} are free:"
+                               " give the function more /tmp, restore with jobs=1 (custom format streams),"
+                               " or restore on the long-running worker")
+        root = Path(tmp) / "dump"
+        root.mkdir()
+        for part in parts:
+            path = root / part.key.rsplit("/", 1)[-1] if fmt == "directory" else Path(tmp) / "archive.dump"
+            body, _ = store.open_stream(part.key)
+            sha = hashlib.sha256()
+            with body, path.open("wb") as f:
+                while chunk := body.read(CHUNK):
+                    if deadline and deadline.seconds_left() <= 0:
+                        raise _deadline_error(deadline)
+                    sha.update(chunk)
+                    f.write(chunk)
+                    total += len(chunk)
+                    if on_progress:
+                        on_progress(total)
+            if sha.hexdigest() != part.sha256:
+                raise IntegrityError(f"{part.key} does not match its manifest's SHA-256: the object was tampered"
+                                     " with or corrupted; nothing was restored")
+        source = root if fmt == "directory" else Path(tmp) / "archive.dump"
+        jobs = max(opts.jobs, 1)
+        args = [*pg_restore_args(database, opts, single_transaction=jobs == 1), f"--jobs={jobs}", str(source)]
         child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
                              login.context, capture_stdout=False)
         with child, watchdog(child, deadline) as fired:
