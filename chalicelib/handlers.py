@@ -12,7 +12,7 @@ from typing import Any
 
 from chalicelib import runtime
 from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
-from chalicelib.observability import logger, record
+from chalicelib.observability import logger, record, traced
 
 
 def dispatch_tick(event_time: str | None) -> dict[str, Any]:
@@ -52,8 +52,9 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         return started.as_dict()
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     svc.fan_out = runtime.backup_queue(svc.config).send if runtime.has_backup_queue() else None
-    outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline,
-                                 database=due.database)
+    with traced("logical_backup", target=due.target):
+        outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline,
+                                     database=due.database)
     return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
 
 
@@ -72,7 +73,8 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
     except (ValueError, KeyError, TypeError):
         logger.error("dropping a malformed restore message", extra={"body": body[:200]})
         return {"status": "REJECTED"}
-    job = run_restore_job(runtime.api_services(), restore_id, remaining_ms)
+    with traced("restore", restore_id=restore_id):
+        job = run_restore_job(runtime.api_services(), restore_id, remaining_ms)
     return {"restore_id": restore_id, "status": job.status}
 
 

@@ -7,6 +7,8 @@ line twice. The Tracer patches botocore when created (~0.4 s), so it is built on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,24 @@ def tracer() -> Tracer:
     from aws_lambda_powertools import Tracer
 
     return Tracer(service=SERVICE)
+
+
+def tracing_enabled() -> bool:
+    """X-Ray tracing only where Lambda traces (its trace header is set) and not switched off."""
+    return bool(os.environ.get("_X_AMZN_TRACE_ID")) and os.environ.get("POWERTOOLS_TRACE_DISABLED", "").lower() not in (
+        "1", "true")
+
+
+@contextmanager
+def traced(name: str, **annotations: str) -> Iterator[None]:
+    """A Powertools Tracer subsegment around a unit of work; free when tracing is off (no Tracer built)."""
+    if not tracing_enabled():
+        yield
+        return
+    with tracer().provider.in_subsegment(f"## {name}") as subsegment:
+        for key, value in annotations.items():
+            subsegment.put_annotation(key=key, value=value)
+        yield
 
 
 def record(name: str, value: float, unit: str, target: str | None = None) -> None:
