@@ -135,6 +135,27 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
+    """The API's restore jobs: recent ones, or one (advanced first, like GET /restores/{id})."""
+    from chalicelib import api, runtime
+
+    svc = runtime.api_services()
+    jobs = [api.get_restore(svc, args.restore_id)] if args.restore_id else svc.jobs.recent(limit=args.limit)
+    if args.json:
+        out.write(json.dumps([j.public() for j in jobs], indent=2) + "\n")
+        return 0
+    out.write(f"{'RESTORE ID':<20} {'KIND':<14} {'STATUS':<10} {'CREATED':<20} {'TARGET':<20} RESULT\n")
+    for j in jobs:
+        outcome = (j.error.message if j.error else
+                   j.result.get("database") or j.result.get("instance_id") or j.result.get("cluster_id")
+                   or ",".join(v["volume_id"] for v in j.result.get("volumes", [])) or "")
+        out.write(f"{j.restore_id:<20} {j.kind:<14} {j.status:<10} {j.created_at:%Y-%m-%d %H:%M:%S} "
+                  f"{j.target:<20} {outcome}\n")
+    if not jobs:
+        out.write("(no restores)\n")
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     from chalicelib import runtime
     from chalicelib.snapshots import start_snapshot
@@ -210,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-owner", action="store_true")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
+    rs = sub.add_parser("restores", help="restore jobs started through the API (recent, or one by id)")
+    rs.add_argument("restore_id", nargs="?")
+    rs.add_argument("--limit", type=int, default=50)
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_restores)
     sn = sub.add_parser("snapshot", help="start a snapshot of a target now (does not wait)")
     sn.add_argument("target")
     sn.add_argument("--json", action="store_true")

@@ -275,3 +275,21 @@ def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkey
     assert job.error.code == "deadline_exceeded", job.error
     assert time.monotonic() - start < 10
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'shop_late'") == "0"
+
+
+def test_cli_lists_restore_jobs(api: Any, cleanup_dbs: list[str]) -> None:
+    import io
+
+    from chalicelib.cli import main
+
+    cleanup_dbs.append("shop_cli_list")
+    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_cli_list"}})
+    restore_id = json.loads(r.body)["restore_id"]
+    run_restore_worker(api)
+    out = io.StringIO()
+    assert main(["restores"], out=out) == 0
+    assert restore_id in out.getvalue() and "SUCCEEDED" in out.getvalue() and "shop_cli_list" in out.getvalue()
+    out = io.StringIO()
+    assert main(["restores", restore_id, "--json"], out=out) == 0
+    assert json.loads(out.getvalue())[0]["status"] == "SUCCEEDED"
+    assert main(["restores", "r-missing"], out=io.StringIO()) == 2
