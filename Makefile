@@ -46,5 +46,26 @@ package: venv layers/dist/pg-clients-$(ARCH).zip
 layers/dist/pg-clients-%.zip: layers/build.py $(wildcard layers/*.json)
 	$(PY) layers/build.py --arch $*
 
+# The Fargate worker's container image (Dockerfile; chalicelib/fargate.py), for the stack's ARCH. Runs
+# `docker build` when a Docker engine answers; otherwise prints the command to run where one does.
+.PHONY: image
+IMAGE ?= pg-lifeboat:$(ARCH)
+DOCKER_PLATFORM = $(if $(filter arm64,$(ARCH)),linux/arm64,linux/amd64)
+image: layers/dist/pg-clients-$(ARCH).zip
+	@cmd="docker build --platform $(DOCKER_PLATFORM) --build-arg ARCH=$(ARCH) -t $(IMAGE) ."; \
+	if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  echo "$$cmd"; $$cmd; \
+	else \
+	  echo "image: no usable Docker engine here (docker missing or its daemon not running); nothing built."; \
+	  echo "Build and push where Docker runs (see 'When you outgrow Lambda' in README.md):"; \
+	  echo "  $$cmd"; \
+	fi
+
+# Benchmarks, not part of `make test` (~12 min): writes BENCHMARKS.md. Sizes, repetitions, sections:
+# make bench BENCH_ARGS="--reps 5 --large-mb 2000" (python -m bench.run --help).
+BENCH_ARGS ?=
+bench: venv
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .cache out layers/dist .demo

@@ -57,7 +57,7 @@ def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     from chalicelib.dumps import run_logical_backup
 
     svc = runtime.backup_services()
-    outcome = run_logical_backup(svc, args.target, trigger="on-demand",
+    outcome = run_logical_backup(svc, args.target, _slot(args.slot), trigger=args.trigger, database=args.database,
                                  on_progress=_progress(sys.stderr, f"backup {args.target}"))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -207,6 +207,32 @@ def cmd_dispatch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# --- beyond Lambda (chalicelib.fargate): what the ECS task runs -----------------------------------------
+
+def _slot(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        slot = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequestError(f"--slot {text!r} is not an ISO 8601 time, e.g. 2026-11-29T03:00:00+00:00") from None
+    return slot if slot.tzinfo else slot.replace(tzinfo=UTC)
+
+
+def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:
+    """Run a restore job the API created, as the restore worker would (exit 1 when it failed)."""
+    from chalicelib import runtime
+    from chalicelib.restores import run_restore_job
+
+    job = run_restore_job(runtime.api_services(), args.restore_id)
+    if args.json:
+        out.write(json.dumps(job.public()) + "\n")
+    else:
+        detail = job.error.message if job.error else job.result.get("database", "")
+        out.write(f"{job.restore_id}  {job.status}  {detail}\n")
+    return 1 if job.status == "FAILED" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifeboat", description="PostgreSQL backups and restores on AWS.")
     p.add_argument("--config", help="configuration file or ssm:/path (default: $LIFEBOAT_CONFIG)")
@@ -216,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backup", help="take a logical backup of a target now")
     b.add_argument("target")
     b.add_argument("--json", action="store_true")
+    # What a Fargate task runs for the backup worker (chalicelib.fargate): the same slot, claimed the same way.
+    b.add_argument("--slot", help="back up this schedule slot (ISO 8601, UTC without an offset; default: now)")
+    b.add_argument("--database", default="", help="one database of a whole-server (all_databases) target")
+    b.add_argument("--trigger", choices=("on-demand", "schedule"), default="on-demand",
+                   help="recorded in the manifest (default: on-demand)")
     b.set_defaults(func=cmd_backup)
     ls = sub.add_parser("list", help="list complete backups, newest first")
     ls.add_argument("target", nargs="?")
@@ -248,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     lc = sub.add_parser("lifecycle", help="print (or --apply) the bucket's retention lifecycle rules")
     lc.add_argument("--apply", action="store_true")
     lc.set_defaults(func=cmd_lifecycle)
+    rr = sub.add_parser("run-restore", help="run one PENDING restore job of the API here (what a Fargate task runs)")
+    rr.add_argument("restore_id")
+    rr.add_argument("--json", action="store_true")
+    rr.set_defaults(func=cmd_run_restore)
     d = sub.add_parser("dispatch", help="run one dispatcher tick (queue due backups)")
     d.add_argument("--at", help="tick time, ISO 8601 (default: now)")
     d.set_defaults(func=cmd_dispatch)

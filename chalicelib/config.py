@@ -68,6 +68,10 @@ class Logical(_Model):
     exclude_databases: list[str] = Field(default_factory=list)
     lock_wait_timeout_seconds: int = Field(default=60, ge=1, le=3600)
     row_counts: bool = Field(default=True, description="exact per-table counts from the dump's snapshot")
+    # Where the dump (and a logical restore of it) runs: chalicelib.fargate decides "auto".
+    runner: Literal["auto", "lambda", "fargate"] = Field(
+        default="auto", description="auto: Lambda unless the last run or the database size predicts it will not fit;"
+                                    " fargate: a large database, always the ECS Fargate task; lambda: never delegate")
 
     @field_validator("schedule")
     @classmethod
@@ -189,6 +193,16 @@ class Settings(_Model):
     dispatch_lookback_minutes: int = Field(default=5, ge=1, le=1440)
     per_server_concurrency: int = Field(default=2, ge=1, le=50, description="concurrent dumps per server")
     metrics_namespace: str = "PgLifeboat"
+    # Beyond Lambda (chalicelib.fargate): a run predicted to need more than fargate_share of the workers'
+    # Lambda timeout goes to the ECS Fargate task instead.
+    lambda_timeout_seconds: int = Field(default=900, ge=60, le=900, description="the backup and restore workers'"
+                                        " Lambda timeout (.chalice/config.json)")
+    fargate_share: float = Field(default=0.5, gt=0, le=1, description="share of lambda_timeout_seconds above which"
+                                 " the last run's duration (or the predicted one) sends a run to Fargate")
+    fargate_bytes_per_second: int = Field(default=20_000_000, ge=100_000, description="pg_database_size bytes a"
+                                          " Lambda dumps per second: predicts the duration of a target's first run")
+    lambda_ephemeral_storage_mib: int = Field(default=512, ge=512, le=10240, description="the restore worker's"
+                                              " /tmp: a parallel restore of a larger archive goes to Fargate")
 
     @field_validator("bucket")
     @classmethod

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib import runtime
 from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
 from chalicelib.observability import logger, record, traced
+
+if TYPE_CHECKING:
+    from chalicelib.api import ApiServices
+    from chalicelib.dispatch import DueBackup
+    from chalicelib.dumps import BackupServices
 
 
 def dispatch_tick(event_time: str | None) -> dict[str, Any]:
@@ -50,6 +55,9 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
             logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
             return {"status": "REJECTED", "error": str(exc)}
         return started.as_dict()
+    delegated = _beyond_lambda_backup(svc, due)
+    if delegated is not None:
+        return delegated
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     svc.fan_out = runtime.backup_queue(svc.config).send if runtime.has_backup_queue() else None
     with traced("logical_backup", target=due.target):
@@ -73,9 +81,29 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
     except (ValueError, KeyError, TypeError):
         logger.error("dropping a malformed restore message", extra={"body": body[:200]})
         return {"status": "REJECTED"}
+    svc = runtime.api_services()
+    delegated = _beyond_lambda_restore(svc, restore_id)
+    if delegated is not None:
+        return delegated
     with traced("restore", restore_id=restore_id):
-        job = run_restore_job(runtime.api_services(), restore_id, remaining_ms)
+        job = run_restore_job(svc, restore_id, remaining_ms)
     return {"restore_id": restore_id, "status": job.status}
+
+
+# --- beyond Lambda (chalicelib.fargate): a run that will not fit this invocation becomes an ECS task ------
+
+def _beyond_lambda_backup(svc: BackupServices, due: DueBackup) -> dict[str, Any] | None:
+    """The worker's result when the backup was handed to a Fargate task; None to run it here."""
+    from chalicelib.fargate import route_backup
+
+    return route_backup(svc, due, runtime.fargate_launcher())
+
+
+def _beyond_lambda_restore(svc: ApiServices, restore_id: str) -> dict[str, Any] | None:
+    """The worker's result when the restore was handed to a Fargate task; None to run it here."""
+    from chalicelib.fargate import route_restore
+
+    return route_restore(svc, restore_id, runtime.fargate_launcher(), runtime.jobs())
 
 
 def sweep_snapshots() -> dict[str, Any]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from chalicelib.config import Config
     from chalicelib.dispatch import BackupQueue, DispatchCursor
     from chalicelib.dumps import BackupServices
+    from chalicelib.fargate import FargateLauncher
     from chalicelib.jobs import JobStore
     from chalicelib.snapshots import SnapshotServices
     from chalicelib.storage import S3Store
@@ -141,3 +142,29 @@ def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return SnapshotServices(config=cfg, client_for=regional_client, region=region, store=store(cfg),
                             credentials=CredentialResolver(secrets_client=client("secretsmanager")), claims=jobs())
+
+
+# --- the long-running worker (chalicelib.fargate) ------------------------------------------------------
+# Set by the stack on the backup and restore workers when Fargate is deployed (stack/README.md):
+#   LIFEBOAT_FARGATE_CLUSTER, LIFEBOAT_FARGATE_TASK_DEFINITION   the ECS cluster and the task definition ARN
+#   LIFEBOAT_FARGATE_SUBNETS, LIFEBOAT_FARGATE_SECURITY_GROUPS   comma-separated ids (the functions' VPC)
+#   LIFEBOAT_FARGATE_CONTAINER        the container to override (default lifeboat)
+#   LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP ENABLED or DISABLED (default DISABLED: private subnets)
+# Without a cluster and task definition nothing is delegated: every run stays on Lambda.
+
+def fargate_launcher() -> FargateLauncher | None:
+    from chalicelib.errors import ConfigError
+    from chalicelib.fargate import DEFAULT_CONTAINER, FargateLauncher
+
+    cluster = os.environ.get("LIFEBOAT_FARGATE_CLUSTER", "")
+    task_definition = os.environ.get("LIFEBOAT_FARGATE_TASK_DEFINITION", "")
+    if not cluster or not task_definition:
+        return None
+    subnets = [s.strip() for s in os.environ.get("LIFEBOAT_FARGATE_SUBNETS", "").split(",") if s.strip()]
+    groups = [g.strip() for g in os.environ.get("LIFEBOAT_FARGATE_SECURITY_GROUPS", "").split(",") if g.strip()]
+    if not subnets:
+        raise ConfigError("LIFEBOAT_FARGATE_CLUSTER is set but LIFEBOAT_FARGATE_SUBNETS is empty: a Fargate task"
+                          " runs in subnets (the stack passes the functions' SubnetIds)")
+    public = os.environ.get("LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP", "DISABLED").upper() in ("ENABLED", "TRUE", "1")
+    return FargateLauncher(client("ecs"), cluster, task_definition, subnets, groups,
+                           os.environ.get("LIFEBOAT_FARGATE_CONTAINER") or DEFAULT_CONTAINER, public)

@@ -34,6 +34,10 @@ Decisions:
   (and the noncurrent-version days) become parameters, defaulting to the rules' own days.
 * Alarms: failures by Metrics Insights over the EMF metrics (any target); dead-man's switches on
   BackupSucceeded/SnapshotSucceeded per target (given here), and stack-wide through a log metric filter.
+* The Fargate worker (fargate_resources; chalicelib/fargate.py) exists only with FargateImageUri and a VPC
+  (HasFargate): an image is built and pushed outside CloudFormation, and a task runs in subnets. Its roles
+  are plain CloudFormation roles (no names, so CAPABILITY_IAM suffices), which the launch policy names by
+  GetAtt: RunTask, TagResource and PassRole are granted by the template, not by the policy files.
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ class AppModel:
     stage: str
     functions: list[Function]
     metrics_namespace: str
+    # The functions' environment from .chalice/config.json (stage included): the Fargate task gets it too.
+    environment: dict[str, str] = field(default_factory=dict)
 
     def consumers(self, kind: str) -> list[Function]:
         return [f for f in self.functions if kind in f.sqs]
@@ -196,7 +202,8 @@ def load_app(stage: str) -> AppModel:
         elif isinstance(source, chalice_app.ScheduledEventConfig):
             fn.schedule_seconds = schedule_seconds(source.schedule_expression)
     namespace = config.environment_variables.get("POWERTOOLS_METRICS_NAMESPACE", "PgLifeboat")
-    return AppModel(stage=stage, functions=list(found.values()), metrics_namespace=namespace)
+    return AppModel(stage=stage, functions=list(found.values()), metrics_namespace=namespace,
+                    environment={k: str(v) for k, v in config.environment_variables.items()})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,6 +395,8 @@ def parameters(stage: str, retention: dict[str, Json], with_functions: bool) -> 
     }
     if not with_functions:  # `chalice deploy` takes subnets and security groups from config.json
         del params["SubnetIds"], params["SecurityGroupIds"]
+    else:
+        params.update(fargate_parameters())
     return params
 
 
@@ -405,6 +414,8 @@ def conditions(with_functions: bool) -> Json:
     }
     if not with_functions:
         del conds["HasVpc"]
+    else:  # the Fargate worker: an image to run and subnets to run it in
+        conds["HasFargate"] = {"Fn::And": [{"Condition": "HasVpc"}, not_empty(ref("FargateImageUri"))]}
     return conds
 
 
@@ -611,6 +622,16 @@ def function_resources(model: AppModel, arch: str | None) -> Json:
            for k in names.QUEUE_KINDS},
     }
     database_roles = []
+    # The workers that hand long runs to the Fargate task (fargate:run) learn where it is; without the
+    # task (HasFargate false) the variables are absent and every run stays on Lambda.
+    launcher_env = {
+        "LIFEBOAT_FARGATE_CLUSTER": if_("HasFargate", ref("WorkerCluster")),
+        "LIFEBOAT_FARGATE_TASK_DEFINITION": if_("HasFargate", ref("WorkerTaskDefinition")),
+        "LIFEBOAT_FARGATE_SUBNETS": if_("HasFargate", {"Fn::Join": [",", ref("SubnetIds")]}),
+        "LIFEBOAT_FARGATE_SECURITY_GROUPS": if_("HasFargate", {"Fn::Join": [",", ref("SecurityGroupIds")]}),
+        "LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP": if_("HasFargate", ref("FargateAssignPublicIp")),
+        "LIFEBOAT_FARGATE_CONTAINER": names.TASK_CONTAINER,
+    }
     for fn in model.functions:
         # Chalice creates the same logical id when log_retention_in_days is set: the merge then only
         # pins its name and retention.
@@ -622,7 +643,7 @@ def function_resources(model: AppModel, arch: str | None) -> Json:
             "FunctionName": sub(names.function_name("${Stage}", fn.name)),
             "Layers": [*fn.layers, ref("PgClientsLayer")],
             "VpcConfig": if_("HasVpc", {"SubnetIds": ref("SubnetIds"), "SecurityGroupIds": ref("SecurityGroupIds")}),
-            "Environment": {"Variables": env},
+            "Environment": {"Variables": {**env, **(launcher_env if policies.needs(fn.name, "fargate:run") else {})}},
         }
         # The log group first: the function must not create its own (unretained, unfiltered) one. The
         # queue a function consumes, which Chalice's event source names without a reference, comes first
@@ -634,6 +655,8 @@ def function_resources(model: AppModel, arch: str | None) -> Json:
             if policies.needs(fn.name, "database"):
                 managed.insert(0, ref("DatabaseAccessPolicy"))
                 database_roles.append(fn.role_id)
+            if policies.needs(fn.name, "fargate:run"):
+                managed.append(if_("HasFargate", ref("FargateLaunchPolicy")))
             resources[fn.role_id] = {"Properties": {"ManagedPolicyArns": managed}}
     if arch is not None:
         resources["PgClientsLayer"] = {
@@ -675,7 +698,117 @@ def outputs(stage: str, arch: str | None) -> Json:
         out[f"{logical}DeadLetterQueueUrl"] = {"Value": ref(f"{logical}DeadLetterQueue")}
     if arch is not None:
         out["PgClientsLayerArn"] = {"Value": ref("PgClientsLayer")}
+        out["WorkerClusterName"] = {"Condition": "HasFargate", "Value": ref("WorkerCluster")}
+        out["WorkerTaskDefinitionArn"] = {"Condition": "HasFargate", "Value": ref("WorkerTaskDefinition")}
+        out["WorkerLogGroupName"] = {"Condition": "HasFargate", "Value": ref("WorkerLogGroup")}
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The long-running worker: an ECS Fargate task of the Dockerfile's image (chalicelib.fargate)
+
+FARGATE_CPU = ("256", "512", "1024", "2048", "4096", "8192", "16384")
+FARGATE_ARCH = {"x86_64": "X86_64", "arm64": "ARM64"}
+# CloudFormation regex (Java): a repository URI with a tag or a digest; empty turns Fargate off.
+IMAGE_URI = r"^$|^[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$"
+
+
+def fargate_parameters() -> Json:
+    return {
+        "FargateImageUri": {"Type": "String", "Default": "", "AllowedPattern": IMAGE_URI,
+                            "Description": "The worker image (Dockerfile; make image ARCH=<this template's arch>) in an"
+                                           " ECR repository of this account and region, by tag or digest. Empty: no"
+                                           " Fargate worker, every run stays on Lambda. Needs SubnetIds"},
+        "FargateCpu": {"Type": "String", "Default": "1024", "AllowedValues": list(FARGATE_CPU),
+                       "Description": "CPU units of the Fargate worker task (1024 = 1 vCPU)"},
+        "FargateMemory": {"Type": "String", "Default": "2048", "AllowedPattern": r"^[1-9][0-9]{2,5}$",
+                          "Description": "MiB of memory, valid with FargateCpu (1 vCPU: 2048 to 8192 in 1024 steps)"},
+        "FargateEphemeralStorageGiB": {"Type": "Number", "Default": 50, "MinValue": 21, "MaxValue": 200,
+                                       "Description": "Ephemeral storage of the task (GiB): parallel restores download"
+                                                      " the archive there; directory-format dumps stage files"},
+        "FargateAssignPublicIp": {"Type": "String", "Default": "DISABLED", "AllowedValues": ["DISABLED", "ENABLED"],
+                                  "Description": "ENABLED only in public subnets without a NAT gateway (the task"
+                                                 " pulls its image and reaches AWS APIs)"},
+    }
+
+
+def fargate_resources(model: AppModel, arch: str) -> Json:
+    """Cluster, task definition, roles, log group and the launch policy of the workers (all HasFargate)."""
+    when = {"Condition": "HasFargate"}
+    stage_tag = [{"Key": "pg-lifeboat:stage", "Value": ref("Stage")}]
+    # The functions' environment, the stack's table and queues, and metrics on: the CLI turns them off
+    # by default, the task's EMF lines become BackupSucceeded/BackupFailed like the workers'.
+    env: Json = {
+        **model.environment,
+        "LIFEBOAT_JOBS_TABLE": ref("JobsTable"),
+        **{f"LIFEBOAT_{QUEUE_LOGICAL[k].upper()}_QUEUE_URL": ref(f"{QUEUE_LOGICAL[k]}Queue")
+           for k in names.QUEUE_KINDS},
+        "POWERTOOLS_METRICS_DISABLED": "false",
+    }
+    return {
+        "WorkerCluster": {"Type": "AWS::ECS::Cluster", **when, "Properties": {
+            "ClusterName": sub(names.ecs_cluster("${Stage}")),
+            "ClusterSettings": [{"Name": "containerInsights", "Value": "disabled"}], "Tags": stage_tag}},
+        "WorkerLogGroup": {"Type": "AWS::Logs::LogGroup", **when, "Properties": {
+            "LogGroupName": sub(names.task_log_group("${Stage}")), "RetentionInDays": ref("LogRetentionDays")}},
+        "WorkerTaskRole": {"Type": "AWS::IAM::Role", **when, "Properties": {
+            "Description": sub("pg-lifeboat ${Stage}: the Fargate worker (logical backups and restores)"),
+            "AssumeRolePolicyDocument": policies.task_assume_role_policy(),
+            "Policies": [{"PolicyName": "lifeboat-worker", "PolicyDocument": policies.task_policy(model.stage)}],
+            "ManagedPolicyArns": [ref("DatabaseAccessPolicy")]}},
+        "WorkerExecutionRole": {"Type": "AWS::IAM::Role", **when, "Properties": {
+            "Description": sub("pg-lifeboat ${Stage}: ECS starts the Fargate worker (image pull, logs)"),
+            "AssumeRolePolicyDocument": policies.task_assume_role_policy(),
+            "Policies": [{"PolicyName": "ecs-task-execution",
+                          "PolicyDocument": policies.task_execution_policy("WorkerLogGroup")}]}},
+        "WorkerTaskDefinition": {"Type": "AWS::ECS::TaskDefinition", **when, "Properties": {
+            "Family": sub(names.task_family("${Stage}")),
+            "RequiresCompatibilities": ["FARGATE"], "NetworkMode": "awsvpc",
+            "Cpu": ref("FargateCpu"), "Memory": ref("FargateMemory"),
+            "RuntimePlatform": {"CpuArchitecture": FARGATE_ARCH[arch], "OperatingSystemFamily": "LINUX"},
+            "EphemeralStorage": {"SizeInGiB": ref("FargateEphemeralStorageGiB")},
+            "TaskRoleArn": getatt("WorkerTaskRole", "Arn"), "ExecutionRoleArn": getatt("WorkerExecutionRole", "Arn"),
+            "ContainerDefinitions": [{
+                "Name": names.TASK_CONTAINER, "Image": ref("FargateImageUri"), "Essential": True,
+                "Environment": [{"Name": k, "Value": v} for k, v in sorted(env.items())],
+                "LogConfiguration": {"LogDriver": "awslogs", "Options": {
+                    "awslogs-group": ref("WorkerLogGroup"), "awslogs-region": ref("AWS::Region"),
+                    "awslogs-stream-prefix": "lifeboat"}},
+            }],
+            "Tags": stage_tag}},
+        "FargateLaunchPolicy": {"Type": "AWS::IAM::ManagedPolicy", **when, "Properties": {
+            "Description": sub("pg-lifeboat ${Stage}: start the Fargate worker task"),
+            "PolicyDocument": policies.fargate_launch_policy("WorkerCluster", "WorkerTaskDefinition",
+                                                             "WorkerTaskRole", "WorkerExecutionRole")}},
+        # The stack-wide dead-man's switch counts the task's successes too.
+        f"Worker{SUCCESS['logical'][0]}Filter": {"Type": "AWS::Logs::MetricFilter", **when, "Properties": {
+            "LogGroupName": ref("WorkerLogGroup"), "FilterPattern": f"{{ $.{SUCCESS['logical'][0]}[0] >= 1 }}",
+            "MetricTransformations": [{"MetricNamespace": model.metrics_namespace, "MetricName": ANY_SUCCESS_METRIC,
+                                       "MetricValue": "1", "Unit": "Count"}]}},
+        # A task that could not start or did not exit 0 (a crash, an OOM kill, a failed run) is reported on
+        # the alarm topic: nothing else would notice a run that never started.
+        "WorkerTaskStoppedRule": {"Type": "AWS::Events::Rule", **when, "Properties": {
+            "Description": sub("pg-lifeboat ${Stage}: a Fargate worker task failed to start or exited non-zero"),
+            "State": "ENABLED",
+            "EventPattern": {"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"], "detail": {
+                "clusterArn": [getatt("WorkerCluster", "Arn")], "lastStatus": ["STOPPED"],
+                "$or": [{"stopCode": ["TaskFailedToStart"]}, {"containers": {"exitCode": [{"anything-but": 0}]}}]}},
+            "Targets": [{"Id": "AlarmTopic", "Arn": ref("AlarmTopic"), "InputTransformer": {
+                "InputPathsMap": {"task": "$.detail.taskArn", "stop": "$.detail.stopCode",
+                                  "reason": "$.detail.stoppedReason", "exit": "$.detail.containers[0].exitCode"},
+                "InputTemplate": sub(
+                    '"pg-lifeboat ${Stage}: the Fargate worker task <task> stopped (<stop>: <reason>; exit code'
+                    f' <exit>). Its output is in the log group {names.task_log_group("${Stage}")}."')}}]}},
+        # A topic policy replaces SNS's default one: CloudWatch alarms keep publishing, and the rule may.
+        "AlarmTopicPolicy": {"Type": "AWS::SNS::TopicPolicy", **when, "Properties": {
+            "Topics": [ref("AlarmTopic")], "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Sid": "CloudWatchAlarms", "Effect": "Allow", "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                 "Action": "sns:Publish", "Resource": ref("AlarmTopic"),
+                 "Condition": {"StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")}}},
+                {"Sid": "WorkerTaskStopped", "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
+                 "Action": "sns:Publish", "Resource": ref("AlarmTopic"),
+                 "Condition": {"ArnEquals": {"aws:SourceArn": getatt("WorkerTaskStoppedRule", "Arn")}}}]}}},
+    }
 
 
 def layer_zip_name(arch: str) -> str:
@@ -695,6 +828,8 @@ def build(stage: str, arch: str | None, watched: list[WatchedTarget] | None = No
     rules, retention = lifecycle(settings_file)
     resources = {**storage_resources(rules), **queue_resources(model), **monitoring_resources(model, watched or []),
                  **function_resources(model, arch)}
+    if arch is not None:
+        resources.update(fargate_resources(model, arch))
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": f"pg-lifeboat ({stage}): PostgreSQL backups to S3"

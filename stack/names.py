@@ -57,3 +57,20 @@ def config_path(stage: str) -> str:
 def secrets_prefix(stage: str) -> str:
     """Default name prefix of the Secrets Manager secrets holding database passwords."""
     return f"{APP}/{stage}/"
+
+
+# The long-running worker (chalicelib.fargate, the Dockerfile's image): one ECS cluster and task definition
+# per stage, created when the stack is given FargateImageUri (and subnets).
+TASK_CONTAINER = "lifeboat"  # chalicelib.fargate.DEFAULT_CONTAINER
+
+
+def ecs_cluster(stage: str) -> str:
+    return f"{APP}-{stage}"
+
+
+def task_family(stage: str) -> str:
+    return f"{APP}-{stage}-worker"
+
+
+def task_log_group(stage: str) -> str:
+    return f"/ecs/{task_family(stage)}"

@@ -14,6 +14,10 @@ Files hold what the stack names itself (stack/names.py), scoped by name. Grants 
 operator owns (database password secrets, RDS IAM users) depend on stack parameters, so the template
 adds them as the DatabaseAccessPolicy managed policy (`database` below; see build_template.py).
 
+`fargate:run` (the workers that hand long runs to the ECS Fargate task) is granted by the template too: it
+names the stack's task definition, cluster and roles (fargate_launch_policy). The task's own role holds
+TASK_ACCESS, a subset of the two workers' capabilities (task_policy).
+
 Snapshot and restore capabilities scope by what chalicelib.snapshots and snapshot_restores do: RDS
 snapshot ids start with `lifeboat-`, deletion needs the `lifeboat:managed=true` tag, restores create
 resources only when tagged `lifeboat:restore-id`. Describe calls that IAM cannot scope are the only
@@ -42,11 +46,12 @@ ACCESS: dict[str, tuple[str, ...]] = {
     "dispatcher": ("config", "jobs", "send:backups"),
     # Logical backups, and the start of physical ones (RDS/EBS snapshots, a backup label in the bucket).
     # A whole-server run queues one backup per database (send:backups).
+    # A backup that will not fit the invocation is handed to the Fargate task (fargate:run, chalicelib.fargate).
     "backup_worker": ("config", "jobs", "bucket:write", "consume:backups", "send:backups", "database", "snapshots:read",
-                      "snapshots:take"),
+                      "snapshots:take", "fargate:run"),
     # Logical restores (pg_restore), and the first AWS call of snapshot and point-in-time restores.
     "restore_worker": ("config", "jobs", "bucket:read", "consume:restores", "database", "snapshots:read",
-                       "restores:run", "snapshots:keys"),
+                       "restores:run", "snapshots:keys", "fargate:run"),
     # The REST API checks the target database exists, lists restore jobs (Scan), deduplicates requests with
     # Powertools Idempotency (which deletes its record when a request fails), checks snapshot and
     # point-in-time restore requests, and advances a running restore when asked for it.
@@ -58,13 +63,13 @@ ACCESS: dict[str, tuple[str, ...]] = {
 }
 CAPABILITIES = ("config", "jobs", "jobs:list", "jobs:api", "bucket:read", "bucket:write", "bucket:prune", "database",
                 "snapshots:read", "snapshots:take", "snapshots:sweep", "snapshots:prune", "snapshots:keys",
-                "restores:run",
+                "restores:run", "fargate:run",
                 *(f"{verb}:{kind}" for verb in ("send", "consume") for kind in names.QUEUE_KINDS))
 # Read-only calls that IAM cannot scope to a resource: the only actions allowed on Resource "*".
 UNSCOPED_ACTIONS = frozenset({"ec2:DescribeSnapshots", "ec2:DescribeInstances", "ec2:DescribeVolumes",
                               "rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots",
                               "rds:DescribeDBInstanceAutomatedBackups"})
-TEMPLATE_CAPABILITIES = frozenset({"database"})  # granted by the template, not by the policy files
+TEMPLATE_CAPABILITIES = frozenset({"database", "fargate:run"})  # granted by the template, not by the policy files
 
 Statement = dict[str, Any]
 
@@ -250,6 +255,61 @@ def database_policy() -> dict[str, Any]:
                         {"Ref": "AWS::NoValue"}]},
         ],
     }
+
+
+# --- the long-running worker (chalicelib.fargate): its task role, execution role, and who may launch it ------
+
+# The ECS task runs `lifeboat backup` and `lifeboat run-restore` for the backup and restore workers:
+# logical backups (whole-server runs stay on Lambda, so it queues nothing) and logical restores.
+TASK_ACCESS: tuple[str, ...] = ("config", "jobs", "bucket:write", "database")
+ECS_TASKS_PRINCIPAL = "ecs-tasks.amazonaws.com"
+
+
+def task_policy(stage: str) -> dict[str, Any]:
+    """The task role's own policy: the name-scoped statements of TASK_ACCESS (the template attaches the
+    DatabaseAccessPolicy for `database`), a subset of what the two workers hold."""
+    statements = [st for capability in TASK_ACCESS if capability not in TEMPLATE_CAPABILITIES
+                  for st in _statements(stage, capability)]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def task_assume_role_policy() -> dict[str, Any]:
+    """ECS tasks of this account only (confused-deputy guard)."""
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": ECS_TASKS_PRINCIPAL}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}]}
+
+
+def task_execution_policy(log_group: str) -> dict[str, Any]:
+    """What ECS itself needs to start the container: pull the image from an ECR repository of the stack's
+    account and region, and write the container's output to the task's log group (logical ids given)."""
+    return {"Version": "2012-10-17", "Statement": [
+        # ecr:GetAuthorizationToken has no resource to scope to.
+        {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+        {"Sid": "PullImage", "Effect": "Allow",
+         "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}},
+        {"Sid": "TaskLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": {"Fn::Sub": f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:"
+                                 f"${{{log_group}}}:*"}},
+    ]}
+
+
+def fargate_launch_policy(cluster: str, task_definition: str, task_role: str, execution_role: str
+                          ) -> dict[str, Any]:
+    """Template-side grant of `fargate:run` (logical ids given): run exactly the stack's task definition in
+    the stack's cluster, tag the task while starting it, and pass exactly its two roles to ECS tasks."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "RunWorkerTask", "Effect": "Allow", "Action": "ecs:RunTask", "Resource": {"Ref": task_definition},
+         "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [cluster, "Arn"]}}}},
+        {"Sid": "TagWorkerTask", "Effect": "Allow", "Action": "ecs:TagResource",
+         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/"
+                                 f"${{{cluster}}}/*"},
+         "Condition": {"StringEquals": {"ecs:CreateAction": "RunTask"}}},
+        {"Sid": "PassWorkerRoles", "Effect": "Allow", "Action": "iam:PassRole",
+         "Resource": [{"Fn::GetAtt": [task_role, "Arn"]}, {"Fn::GetAtt": [execution_role, "Arn"]}],
+         "Condition": {"StringEquals": {"iam:PassedToService": ECS_TASKS_PRINCIPAL}}},
+    ]}
 
 
 def needs(function: str, capability: str) -> bool:
