@@ -8,7 +8,7 @@ they never run a restore inside the 29 s an API Gateway request has.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -155,7 +155,13 @@ def into_login(svc: ApiServices, into: Into) -> tuple[Login, str]:
             raise BadRequestError(f"target {into.target!r} has no connection to restore into")
         return svc.credentials.login(target.connection), into.target
     assert into.connection is not None
-    return svc.credentials.login(into.connection), into.connection.host
+    # A caller-chosen server gets a stored password only if it proves who it is (verify-full against
+    # the CA bundle) and never in cleartext (require_auth=!password: SCRAM or MD5 only).
+    if into.connection.sslmode != "verify-full":
+        raise BadRequestError("into.connection needs sslmode 'verify-full' (the server must prove its identity"
+                              " before it is sent credentials); or restore into a configured target")
+    login = svc.credentials.login(into.connection)
+    return replace(login, require_auth="!password"), into.connection.host
 
 
 def _database_exists(login: Login, name: str) -> bool:

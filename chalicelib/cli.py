@@ -66,8 +66,8 @@ def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps({"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason,
                               "manifest": m.model_dump(mode="json") if m else None}) + "\n")
     elif m:
-        out.write(f"{outcome.backup_id}  {_human(m.size)}  sha256 {m.object('dump').sha256[:16]}…  "
-                  f"{m.duration_seconds:.1f}s  {m.retention_class}\n")
+        digest = m.objects[0].sha256[:16] + "…" if len(m.objects) == 1 else f"{len(m.objects)} objects"
+        out.write(f"{outcome.backup_id}  {_human(m.size)}  {digest}  {m.duration_seconds:.1f}s  {m.retention_class}\n")
     else:
         out.write(f"{outcome.backup_id}  {outcome.status}: {outcome.reason}\n")
     return 0

@@ -37,6 +37,7 @@ class Login:
     password: str | None = field(default=None, repr=False)
     application_name: str = "pg-lifeboat"
     credential_source: str = "no password"  # for error messages: which secret, or IAM
+    require_auth: str | None = None  # libpq require_auth, e.g. "!password": never send a cleartext password
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -61,6 +62,8 @@ class Login:
             env["PGSSLROOTCERT"] = self.sslrootcert
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.require_auth:
+            env["PGREQUIREAUTH"] = self.require_auth
         return env
 
     def psycopg_kwargs(self) -> dict[str, Any]:
@@ -73,6 +76,8 @@ class Login:
             kwargs["sslrootcert"] = self.sslrootcert
         if self.password:
             kwargs["password"] = self.password
+        if self.require_auth:
+            kwargs["require_auth"] = self.require_auth
         return kwargs
 
 

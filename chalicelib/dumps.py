@@ -30,6 +30,7 @@ from chalicelib.pgtools import (
     Deadline,
     PgTool,
     Toolbox,
+    conninfo_dbname,
     effective_compression,
     minimal_env,
     scrub,
@@ -89,6 +90,11 @@ def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compre
                            ("--table", opts.tables), ("--exclude-table", opts.exclude_tables)):
         args.extend(f"{flag}={p}" for p in patterns)
     return args
+
+
+def pg_dumpall_args(database: str) -> list[str]:
+    """Roles and tablespaces. --no-role-passwords: RDS lets nobody read pg_authid."""
+    return ["--globals-only", "--no-role-passwords", "--no-password", f"--database={conninfo_dbname(database)}"]
 
 
 def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
@@ -218,7 +224,8 @@ def run_logical_backup(
             log.info("backup already complete; nothing to do")
             return BackupOutcome("SKIPPED", str(bid), reason="already complete")
         claim_key = f"backup#{bid}"
-        lease = timedelta(seconds=(deadline.remaining_ms() / 1000 if deadline else 3600) + 60)
+        # Without a deadline (CLI, Fargate) a run may take hours: hold the slot for a day.
+        lease = timedelta(seconds=(deadline.remaining_ms() / 1000 if deadline else 86400) + 60)
         if svc.claims and not svc.claims.claim(claim_key, lease, detail={"trigger": trigger}):
             log.info("another attempt holds or finished this slot; skipping")
             return BackupOutcome("SKIPPED", str(bid), reason="claimed by another attempt")
@@ -268,9 +275,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
             written.append(globals_key)
-            # --no-role-passwords: RDS does not let anyone read pg_authid.
-            g = _stream_tool(svc, pg_dumpall, ["--globals-only", "--no-role-passwords", "--no-password",
-                                               f"--database={login.database}"], login, globals_key, tags, deadline,
+            g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline,
                              None)
             objects.append(ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256))
         finished = svc.clock()
@@ -332,8 +337,7 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
         pg_dumpall = svc.toolbox.pick("pg_dumpall", source.major)
         globals_key = svc.catalog.layout.globals_key(bid)
         written.append(globals_key)
-        g = _stream_tool(svc, pg_dumpall, ["--globals-only", "--no-role-passwords", "--no-password",
-                                           f"--database={login.database}"], login, globals_key, tags, deadline, None)
+        g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
         manifest = Manifest(
             backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
             database="*", server_version=source.server_version, server_version_num=source.server_version_num,

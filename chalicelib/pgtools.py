@@ -108,6 +108,13 @@ def effective_compression(configured: str, pg_dump_major: int) -> str:
     return configured
 
 
+def conninfo_dbname(name: str) -> str:
+    """`dbname='…'` for --dbname/--database: libpq reads a bare name containing '=' or a URI as connection
+    settings, which could point the tool at another host (with the password in its environment)."""
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
 def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The child's whole environment: nothing of ours (AWS credentials included) leaks into it."""
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "TZ", "LANG", "LC_ALL", "HOME", "TMPDIR")}

@@ -33,7 +33,7 @@ from chalicelib.errors import (
     RestoreError,
 )
 from chalicelib.observability import logger, record
-from chalicelib.pgtools import ChildProcess, Deadline, Toolbox, minimal_env, watchdog
+from chalicelib.pgtools import ChildProcess, Deadline, Toolbox, conninfo_dbname, minimal_env, watchdog
 from chalicelib.restore_jobs import RestoreJob, RestoreJobStore
 from chalicelib.storage import BackupStore
 
@@ -73,14 +73,11 @@ def validate_database_name(name: str) -> str:
     return name
 
 
-def _conninfo_dbname(name: str) -> str:
-    """`dbname='…'`: libpq reads a bare --dbname containing '=' or a URI as connection settings."""
-    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
-    return f"dbname='{escaped}'"
+
 
 
 def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: bool = True) -> list[str]:
-    args = [f"--dbname={_conninfo_dbname(database)}", "--exit-on-error", "--no-password"]
+    args = [f"--dbname={conninfo_dbname(database)}", "--exit-on-error", "--no-password"]
     if single_transaction:
         args.append("--single-transaction")
     if opts.no_owner:
@@ -236,7 +233,9 @@ def restore_logical(
         result = _finish(login, work, manifest, opts, backup_id, restored, t0, pg_restore.major)
         if work != database:
             kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
-    except BaseException:
+    except BaseException as failure:
+        record("RestoreFailed", 1, "Count", manifest.target)
+        failure.lifeboat_recorded = True  # type: ignore[attr-defined]  # run_restore_job must not count it twice
         try:
             _drop_database(login, work)
         except Exception as exc:
@@ -406,12 +405,14 @@ def run_restore_job(svc: Any, restore_id: str, remaining_ms: Callable[[], int] |
             job = snapshot_restores.start(svc, job)
     except LifeboatError as exc:
         job = job.model_copy(update={"status": "FAILED", "error": JobError(code=exc.code, message=str(exc))})
-        record("RestoreFailed", 1, "Count", job.target)
+        if not getattr(exc, "lifeboat_recorded", False):
+            record("RestoreFailed", 1, "Count", job.target)
         logger.error("restore failed", extra={"error": str(exc), "error_code": exc.code})
     except Exception as exc:
         job = job.model_copy(update={"status": "FAILED", "error": JobError(
             code="internal_error", message=f"unexpected {type(exc).__name__}; see the worker's log")})
-        record("RestoreFailed", 1, "Count", job.target)
+        if not getattr(exc, "lifeboat_recorded", False):
+            record("RestoreFailed", 1, "Count", job.target)
         logger.exception("restore failed unexpectedly")
     finally:
         logger.remove_keys(["restore_id", "target"])

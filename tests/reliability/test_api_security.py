@@ -124,9 +124,6 @@ def odd_database(pg: PostgresServer) -> Iterator[str]:
     pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dumps.py passes --database={login.database} to pg_dumpall unquoted; "
-                                       "pg_dumpall expands a database name containing '=' (or a URI) as libpq "
-                                       "connection settings, so the globals dump connects elsewhere")
 def test_backup_with_globals_of_a_database_named_like_a_connection_string(aws: LocalStack, odd_database: str,
                                                                            write_lifeboat_config: ConfigWriter
                                                                            ) -> None:
@@ -192,10 +189,6 @@ class PasswordTrap:
         self.sock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: POST /restores accepts into.connection with any host and any "
-                                       "password_secret the function can read (api.py Into/into_login); "
-                                       "check_logical logs in there at once, so an API caller can have a stored "
-                                       "database password sent in cleartext to a server of their choosing")
 def test_restore_api_never_sends_a_stored_password_to_a_caller_chosen_host(api: Any, aws: LocalStack) -> None:
     trap = PasswordTrap()
     try:

@@ -253,9 +253,6 @@ def test_damaged_dump_is_refused_by_the_cli(real_s3: LocalStack, seaweed: Seawee
     assert stray_databases() == set()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: restores.py restore_logical records RestoreSucceeded and RestoreBytes "
-                                       "but never RestoreFailed; only run_restore_job does, so failed CLI (and "
-                                       "library) restores are invisible to the failure alarm while successes count")
 def test_a_failed_restore_outside_the_worker_emits_restore_failed(real_s3: LocalStack, seaweed: SeaweedFS,
                                                                   write_lifeboat_config: ConfigWriter,
                                                                   stray_databases: Callable[[], set[str]],

@@ -113,7 +113,7 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
             r = flows.post(c, "/restores", request, {"Idempotency-Key": f"k-{len(bodies)}"})
             bodies.append(r.body.decode() if isinstance(r.body, bytes) else str(r.body))
         assert [json.loads(b).get("status", json.loads(b).get("error")) for b in bodies] == [
-            "PENDING", "PENDING", "database_unreachable", "database_unreachable", "database_unreachable"]
+            "PENDING", "PENDING", "database_unreachable", "bad_request", "database_unreachable"]
         assert {r["status"] for r in flows.drain_restores(c)} == {"SUCCEEDED"}
         key = "logical/shop/2026/11/29/20261129T030000Z/database.dump"
         s3 = boto3.client("s3")
