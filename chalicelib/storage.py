@@ -184,7 +184,9 @@ class S3Store:
             if on_progress:
                 on_progress(len(first))
             return result
-        return _MultipartUpload(self, key, tags or {}, content_type).run(first, stream, sha, before_complete,
+        holder = [first]  # handed over, so no frame keeps the first part alive for the whole upload
+        del first
+        return _MultipartUpload(self, key, tags or {}, content_type).run(holder, stream, sha, before_complete,
                                                                          on_progress)
 
     def get_bytes(self, key: str) -> bytes:
@@ -251,8 +253,9 @@ class S3Store:
 class _MultipartUpload:
     """One multipart upload: parts read in order on the caller's thread, sent by a bounded pool.
 
-    In-flight part bytes never exceed the store's memory budget (at least one part is always allowed),
-    so peak memory is about budget + the part being read, whatever the stream's length.
+    Part bytes held (being read, waiting, or being sent) never exceed the store's memory budget, except
+    that one part is always allowed: a part is reserved before it is read and released when it is sent,
+    so peak memory is about the budget whatever the stream's length or the speed of S3.
     """
 
     def __init__(self, store: S3Store, key: str, tags: Mapping[str, str], content_type: str) -> None:
@@ -262,7 +265,7 @@ class _MultipartUpload:
         self.cond = threading.Condition()
         self.failure: BaseException | None = None
 
-    def run(self, first: bytes, stream: IO[bytes], sha: Any, before_complete: Callable[[], None] | None,
+    def run(self, first: list[bytes], stream: IO[bytes], sha: Any, before_complete: Callable[[], None] | None,
             on_progress: Callable[[int], None] | None) -> PutResult:
         store = self.store
         try:
@@ -276,19 +279,23 @@ class _MultipartUpload:
         total = 0
         try:
             with ThreadPoolExecutor(max_workers=store.concurrency, thread_name_prefix="s3-part") as pool:
-                data, number = first, 1
+                data, number = first.pop(), 1
+                self._reserve(len(data))
                 while data:
                     if len(futures) >= S3_MAX_PARTS:
                         raise StorageError(f"s3://{store.bucket}/{self.key}: stream exceeds"
                                            f" {store.plan.capacity()} bytes, the most 10,000 parts can hold")
-                    self._reserve(len(data))
                     futures.append(pool.submit(self._upload_part, upload_id, number, data))
                     total += len(data)
                     if on_progress:
                         on_progress(total)
                     number += 1
-                    data = stream.read(store.plan.size(number))
+                    size = store.plan.size(number)
+                    data = b""
+                    self._reserve(size)  # room for the part about to be read, before reading it
+                    data = stream.read(size)
                     sha.update(data)
+                    self._release(size - len(data))  # a short (or empty) last part
                 parts: list[Any] = [f.result() for f in futures]
             if before_complete:
                 before_complete()
@@ -312,6 +319,11 @@ class _MultipartUpload:
             if self.failure:
                 raise self.failure
             self.in_flight += size
+
+    def _release(self, size: int) -> None:
+        with self.cond:
+            self.in_flight -= size
+            self.cond.notify_all()
 
     def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         try:

@@ -1,0 +1,109 @@
+"""The multipart uploader against an in-memory S3: bytes held stay within the budget, whatever S3's speed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import StorageError
+from chalicelib.storage import MiB, PartPlan, S3Store
+
+
+class FakeS3:
+    """Just the calls S3Store makes, with a slow UploadPart and the uploader's budget watched."""
+
+    def __init__(self, delay: float = 0.0, fail_part: int | None = None) -> None:
+        self.delay, self.fail_part = delay, fail_part
+        self.objects: dict[str, bytes] = {}
+        self.uploads: dict[str, dict[int, bytes]] = {}
+        self.aborted: list[str] = []
+        self.lock = threading.Lock()
+
+    def create_multipart_upload(self, **kw: Any) -> dict[str, str]:
+        upload_id = f"u{len(self.uploads)}"
+        self.uploads[upload_id] = {}
+        return {"UploadId": upload_id}
+
+    def upload_part(self, UploadId: str, PartNumber: int, Body: bytes, **kw: Any) -> dict[str, str]:
+        time.sleep(self.delay)
+        if PartNumber == self.fail_part:
+            raise RuntimeError("injected part failure")
+        with self.lock:
+            self.uploads[UploadId][PartNumber] = bytes(Body)
+        return {"ETag": f'"{PartNumber}"'}
+
+    def complete_multipart_upload(self, Key: str, UploadId: str, MultipartUpload: Any, **kw: Any) -> None:
+        parts = self.uploads.pop(UploadId)
+        self.objects[Key] = b"".join(parts[p["PartNumber"]] for p in MultipartUpload["Parts"])
+
+    def abort_multipart_upload(self, UploadId: str, **kw: Any) -> None:
+        self.uploads.pop(UploadId, None)
+        self.aborted.append(UploadId)
+
+    def put_object(self, Key: str, Body: bytes, **kw: Any) -> None:
+        self.objects[Key] = bytes(Body)
+
+
+def watched_store(client: FakeS3, budget: int, part: int) -> tuple[S3Store, list[int]]:
+    """A store whose uploads report the bytes they hold after every change."""
+    from chalicelib import storage
+
+    peaks: list[int] = []
+    store = S3Store(client, "b", plan=PartPlan(base=part, parts_per_step=1000), concurrency=4,  # type: ignore[arg-type]
+                    memory_budget=budget)
+    original_reserve = storage._MultipartUpload._reserve
+
+    def reserve(self: Any, size: int) -> None:
+        original_reserve(self, size)
+        peaks.append(self.in_flight)
+
+    store_cls = storage._MultipartUpload
+    store_cls._reserve = reserve  # type: ignore[method-assign]
+    return store, peaks
+
+
+@pytest.fixture(autouse=True)
+def restore_reserve() -> Any:
+    from chalicelib import storage
+
+    original = storage._MultipartUpload._reserve
+    yield
+    storage._MultipartUpload._reserve = original  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_held_bytes_stay_within_the_budget(delay: float) -> None:
+    client = FakeS3(delay=delay)
+    part = 6 * MiB
+    store, peaks = watched_store(client, budget=3 * part, part=part)
+    data = bytes(range(256)) * (25 * MiB // 256)
+    result = store.put_stream("k", io.BytesIO(data))
+    assert client.objects["k"] == data
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
+    assert result.parts == 5
+    assert max(peaks) <= 3 * part
+
+
+def test_a_failed_part_aborts_and_raises() -> None:
+    client = FakeS3(fail_part=2)
+    store, _ = watched_store(client, budget=12 * MiB, part=6 * MiB)
+    with pytest.raises(StorageError):
+        store.put_stream("k", io.BytesIO(b"x" * (20 * MiB)))
+    assert client.aborted and "k" not in client.objects
+
+
+def test_producer_failure_before_complete_aborts() -> None:
+    client = FakeS3()
+    store, _ = watched_store(client, budget=12 * MiB, part=6 * MiB)
+
+    def producer_failed() -> None:
+        raise StorageError("pg_dump exited with 1")
+
+    with pytest.raises(StorageError, match="pg_dump exited"):
+        store.put_stream("k", io.BytesIO(b"x" * (13 * MiB)), before_complete=producer_failed)
+    assert client.aborted and "k" not in client.objects
