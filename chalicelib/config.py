@@ -58,7 +58,7 @@ class Logical(_Model):
     schedule: str | None = None
     format: Literal["custom", "directory"] = "custom"
     jobs: int = Field(default=1, ge=1, le=16, description="directory format: parallel pg_dump workers")
-    compression: str = "zstd:3"
+    compression: str = "zstd:1"  # from BENCHMARKS.md: never the bottleneck, archives within a few % of zstd:3
     schemas: list[str] = Field(default_factory=list)
     exclude_schemas: list[str] = Field(default_factory=list)
     tables: list[str] = Field(default_factory=list)

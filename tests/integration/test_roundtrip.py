@@ -71,7 +71,7 @@ def test_scheduled_backup_round_trip(config_path: Path, pg: PostgresServer, pg_r
     manifest = json.loads(s3.get_object(Bucket=aws.bucket, Key=prefix + "manifest.json")["Body"].read())
     assert manifest["status"] == "SUCCEEDED"
     assert manifest["pg_dump_version"] == pg.major  # the server's own major
-    assert manifest["compression"] == ("gzip:6" if pg.major < 16 else "zstd:3")
+    assert manifest["compression"] == ("gzip:6" if pg.major < 16 else "zstd:1")
     assert manifest["server_version_num"] // 10000 == pg.major
     assert manifest["row_counts"]["sales.orders"] == 4000
     assert manifest["retention_class"] == "yearly"  # the first backup ever

@@ -57,7 +57,7 @@ def test_minimal_config_parses_with_documented_defaults() -> None:
 
 def test_logical_defaults() -> None:
     opts = Logical()
-    assert (opts.format, opts.compression, opts.compression_method) == ("custom", "zstd:3", "zstd")
+    assert (opts.format, opts.compression, opts.compression_method) == ("custom", "zstd:1", "zstd")
     assert (opts.lock_wait_timeout_seconds, opts.row_counts, opts.globals) == (60, True, False)
 
 
