@@ -76,7 +76,7 @@ def backup_services(cfg: Config | None = None) -> BackupServices:
     s3 = store(cfg)
     return BackupServices(
         config=cfg, store=s3, catalog=Catalog(s3, Layout(cfg.settings.prefix)),
-        credentials=CredentialResolver(secrets_client=client("secretsmanager")),
+        credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")),
         toolbox=Toolbox.from_env(), claims=jobs(),
     )
 
@@ -118,7 +118,7 @@ def api_services(cfg: Config | None = None) -> ApiServices:
         config=cfg, catalog=catalog(cfg), jobs=RestoreJobStore(client("dynamodb"), table),
         restore_queue=RestoreQueue(client("sqs"), queue),
         backup_queue=backup_queue(cfg) if has_backup_queue() else None,
-        credentials=CredentialResolver(secrets_client=client("secretsmanager")), toolbox=Toolbox.from_env(),
+        credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")), toolbox=Toolbox.from_env(),
         snapshots=snapshot_services(cfg) if any(t.physical for t in cfg.targets) else None,
     )
 
@@ -141,7 +141,8 @@ def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
     cfg = cfg or load_config()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return SnapshotServices(config=cfg, client_for=regional_client, region=region, store=store(cfg),
-                            credentials=CredentialResolver(secrets_client=client("secretsmanager")), claims=jobs())
+                            credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")),
+                            claims=jobs())
 
 
 # --- the long-running worker (chalicelib.fargate) ------------------------------------------------------
