@@ -10,8 +10,6 @@ Order of work, which is what makes a backup trustworthy:
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from chalicelib.pgtools import (
     conninfo_dbname,
     effective_compression,
     minimal_env,
+    open_files,
     scrub,
     watchdog,
 )
@@ -122,29 +121,6 @@ def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Logi
     return result
 
 
-def _open_files(pid: int) -> set[str]:
-    """Files a process and its children hold open (pg_dump -j forks its workers)."""
-    pids = {pid}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                pids.add(int(entry.name))
-    held: set[str] = set()
-    for p in pids:
-        fd_dir = Path(f"/proc/{p}/fd")
-        try:
-            for fd in fd_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    held.add(os.readlink(fd))
-        except OSError:
-            continue
-    return held
-
-
 def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: Login, prefix: str,
                     tags: dict[str, str], deadline: Deadline | None, on_progress: Callable[[int], None] | None,
                     written: list[str]) -> list[ManifestObject]:
@@ -179,7 +155,7 @@ def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: L
                     time.sleep(0.2)
                     if out.is_dir():
                         listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
-                        held = _open_files(child.pid)
+                        held = open_files(child.pid)
                         for path in listed:
                             if str(path) not in held and path.name not in objects:
                                 upload(path)

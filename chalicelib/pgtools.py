@@ -8,6 +8,7 @@ stderr that leaves this module is scrubbed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -113,6 +114,36 @@ def conninfo_dbname(name: str) -> str:
     settings, which could point the tool at another host (with the password in its environment)."""
     escaped = name.replace("\\", "\\\\").replace("'", "\\'")
     return f"dbname='{escaped}'"
+
+
+def child_processes(parent: int) -> dict[int, str]:
+    """The direct children of a process, pid → command name, from /proc."""
+    children: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ")".
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
+            children[int(entry.name)] = stat[stat.index("(") + 1:stat.rindex(")")]
+    return children
+
+
+def open_files(pid: int) -> set[str]:
+    """Paths a process and its direct children hold open (pg_dump -j forks its workers)."""
+    held: set[str] = set()
+    for p in (pid, *child_processes(pid)):
+        try:
+            fds = list(Path(f"/proc/{p}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                held.add(os.readlink(fd))
+    return held
 
 
 def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:

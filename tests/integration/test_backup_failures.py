@@ -20,7 +20,7 @@ import pytest
 from chalicelib import runtime
 from chalicelib.dumps import BackupServices, run_logical_backup
 from chalicelib.errors import DatabaseConnectionError, DeadlineError, PgToolError, SecretError, StorageError
-from chalicelib.pgtools import Deadline
+from chalicelib.pgtools import Deadline, child_processes
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 from devstack.sample import BACKUP_PASSWORD
@@ -120,18 +120,8 @@ def test_missing_bucket(aws: LocalStack, pg: PostgresServer, tmp_path: Path, mon
     assert_nothing_half_done(aws, expect_failure_record=False)  # nowhere to write one: the log says it
 
 
-def _children_named(name: str) -> Iterator[int]:
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            if comm == name and ppid == me:
-                yield int(entry.name)
+def _children_named(name: str) -> list[int]:
+    return [pid for pid, comm in child_processes(os.getpid()).items() if comm == name]
 
 
 def test_pg_dump_killed_mid_stream(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,

@@ -19,6 +19,7 @@ from chalicelib import runtime
 from chalicelib.config import parse_config
 from chalicelib.dumps import run_logical_backup
 from chalicelib.errors import ConfigError, IntegrityError, PgToolError
+from chalicelib.pgtools import child_processes
 from chalicelib.restores import RestoreOptions, restore_logical
 from devstack.local import LocalStack
 from devstack.postgres import PostgresServer
@@ -31,17 +32,7 @@ PREFIX = "logical/shop/2026/11/29/20261129T030000Z/"
 
 
 def _children(name: str) -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.index("(") + 1:stat.rindex(")")] == name and int(stat[stat.rindex(")") + 2:].split()[1]) == me:
-                found.append(int(entry.name))
-    return found
+    return [pid for pid, comm in child_processes(os.getpid()).items() if comm == name]
 
 
 def test_the_s3_client_talks_to_seaweedfs_and_the_rest_to_moto(real_s3: LocalStack, seaweed: SeaweedFS,
