@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,14 +97,13 @@ def pg_dumpall_args(database: str) -> list[str]:
     return ["--globals-only", "--no-role-passwords", "--no-password", f"--database={conninfo_dbname(database)}"]
 
 
-def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
-                 tags: dict[str, str], deadline: Deadline | None,
-                 on_progress: Callable[[int], None] | None) -> PutResult:
-    child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
+@contextmanager
+def _dumping(child: ChildProcess, deadline: Deadline | None) -> Iterator[None]:
+    """Run a dump tool under the watchdog: its failure after the watchdog fired is a DeadlineError, and
+    any other failure (an upload's) stops the tool before it is raised."""
     with child, watchdog(child, deadline) as fired:
         try:
-            result = svc.store.put_stream(key, child.stdout, tags=tags, before_complete=child.check,
-                                          on_progress=on_progress)
+            yield
         except LifeboatError:
             if fired.is_set():
                 raise DeadlineError(
@@ -114,6 +114,15 @@ def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Logi
         except BaseException:
             child.stop("the upload failed")
             raise
+
+
+def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
+                 tags: dict[str, str], deadline: Deadline | None,
+                 on_progress: Callable[[int], None] | None) -> PutResult:
+    child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
+    with _dumping(child, deadline):
+        result = svc.store.put_stream(key, child.stdout, tags=tags, before_complete=child.check,
+                                      on_progress=on_progress)
     stored = svc.store.head(key)
     if stored is None or stored.size != result.size:
         raise StorageError(f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
@@ -149,25 +158,16 @@ def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: L
         out = Path(tmp) / "dump"
         child = ChildProcess(tool, [*args, f"--file={out}"], minimal_env(login.env()), login.secrets, login.context,
                              capture_stdout=False)
-        with child, watchdog(child, deadline) as fired:
-            try:
-                while child.poll() is None:
-                    time.sleep(0.2)
-                    if out.is_dir():
-                        listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
-                        held = open_files(child.pid)
-                        for path in listed:
-                            if str(path) not in held and path.name not in objects:
-                                upload(path)
-                child.check()
-            except LifeboatError:
-                if fired.is_set():
-                    raise DeadlineError("stopped before the time limit with the dump unfinished: run this target"
-                                        " on the long-running worker (see 'When you outgrow Lambda')") from None
-                raise
-            except BaseException:
-                child.stop("the upload failed")
-                raise
+        with _dumping(child, deadline):
+            while child.poll() is None:
+                time.sleep(0.2)
+                if out.is_dir():
+                    listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
+                    held = open_files(child.pid)
+                    for path in listed:
+                        if str(path) not in held and path.name not in objects:
+                            upload(path)
+            child.check()
         for path in sorted(out.iterdir(), key=lambda p: p.name == "toc.dat"):  # toc.dat last
             upload(path)
     return sorted(objects.values(), key=lambda o: o.key)
