@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from chalicelib.catalog import BackupId, Catalog
 from chalicelib.config import Config, Connection
-from chalicelib.database import CredentialResolver, Login, connect
+from chalicelib.database import CredentialResolver, Login, database_exists
 from chalicelib.dispatch import BackupQueue, DueBackup
 from chalicelib.errors import BadRequestError, ConflictError, NotFoundError
 from chalicelib.pgtools import Toolbox
@@ -164,11 +164,6 @@ def into_login(svc: ApiServices, into: Into) -> tuple[Login, str]:
     return replace(login, require_auth="!password"), into.connection.host
 
 
-def _database_exists(login: Login, name: str) -> bool:
-    with connect(login) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-
 def check_logical(svc: ApiServices, req: LogicalRestoreRequest) -> str:
     """Everything that can be refused now is refused now (404, 409), before a job exists."""
     bid = BackupId.parse(req.backup_id)
@@ -178,7 +173,7 @@ def check_logical(svc: ApiServices, req: LogicalRestoreRequest) -> str:
         raise ConflictError(f"replacing database {req.into.database!r} needs options.confirm set to"
                             f" {req.into.database!r} as well")
     login, _ = into_login(svc, req.into)
-    if not req.options.clean and _database_exists(login, req.into.database):
+    if not req.options.clean and database_exists(login, req.into.database):
         raise ConflictError(f"database {req.into.database!r} already exists on {login.host}: choose a new name,"
                             " or set options.clean=true and options.confirm to the same name to replace it")
     return bid.target

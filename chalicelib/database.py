@@ -160,6 +160,20 @@ def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
         raise connection_error(exc, login) from None
 
 
+def server_version(login: Login) -> tuple[int, str]:
+    """(server_version_num, server_version) of the server `login` reaches."""
+    with connect(login) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+                           ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def database_exists(login: Login, name: str) -> bool:
+    with connect(login) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
 def connection_error(exc: Exception, login: Login) -> DatabaseConnectionError:
     text = scrub(str(exc).strip(), login.secrets)
     advice, _ = explain(text, login.context)

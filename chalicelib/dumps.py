@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.config import Config, Logical, Target
-from chalicelib.database import CredentialResolver, Login, exported_snapshot
+from chalicelib.database import CredentialResolver, Login, exported_snapshot, server_version
 from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
 from chalicelib.observability import logger, record
 from chalicelib.pgtools import (
@@ -305,18 +305,18 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
         assert target.connection is not None
         login = svc.credentials.login(target.connection)
         databases = list_databases(login, opts.exclude_databases)
-        with exported_snapshot(login, None) as source:
-            facts.update(server_version=source.server_version, server_version_num=source.server_version_num)
+        version_num, version = server_version(login)
+        facts.update(server_version=version, server_version_num=version_num)
         retention_class = classify(bid.stamp, svc.catalog.previous_success(target.name, bid.stamp),
                                    svc.config.policy_for(target))
         tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
-        pg_dumpall = svc.toolbox.pick("pg_dumpall", source.major)
+        pg_dumpall = svc.toolbox.pick("pg_dumpall", version_num // 10000)
         globals_key = svc.catalog.layout.globals_key(bid)
         written.append(globals_key)
         g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
         manifest = Manifest(
             backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
-            database="*", server_version=source.server_version, server_version_num=source.server_version_num,
+            database="*", server_version=version, server_version_num=version_num,
             pg_dump_version=pg_dumpall.major, format=opts.format, compression="none",
             objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256)], size=g.size,
             started_at=started, finished_at=svc.clock(), retention_class=retention_class.value,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
-from chalicelib.database import Login, connect, count_rows
+from chalicelib.database import Login, connect, count_rows, database_exists, server_version
 from chalicelib.errors import (
     BadRequestError,
     ConflictError,
@@ -92,10 +92,10 @@ def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: boo
 def _create_database(login: Login, name: str) -> None:
     from psycopg import sql
 
+    if database_exists(login, name):
+        raise ConflictError(f"database {name!r} already exists on {login.host}: restore into a new name"
+                            " (replacing a database needs clean=true and confirm=<name>)")
     with connect(login) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            raise ConflictError(f"database {name!r} already exists on {login.host}: restore into a new name"
-                                " (replacing a database needs clean=true and confirm=<name>)")
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
 
 
@@ -104,12 +104,6 @@ def _drop_database(login: Login, name: str) -> None:
 
     with connect(login) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _server_major(login: Login) -> int:
-    with connect(login) as conn:
-        row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-    return int(row[0]) // 10000 if row else 0
 
 
 def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], opts: RestoreOptions) -> dict[str, Any]:
@@ -215,7 +209,7 @@ def restore_logical(
         if head is None or head.size != part.size:
             raise IntegrityError(f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
                                  f" {part.size}: the object was changed or truncated; refusing to restore it")
-    server_major = _server_major(login)
+    server_major = server_version(login)[0] // 10000
     pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
                               purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
                                       f" into PostgreSQL {server_major}")
