@@ -111,9 +111,14 @@ def test_sweep_observes_creating_then_available_then_failed(env: Env) -> None:
     start_snapshot(svc, "shop", NOW + timedelta(days=1))
     state = {"lifeboat-shop-20261129-030000": "creating", "lifeboat-shop-20261130-030000": "creating"}
 
+    # moto stamps SnapshotCreateTime with the real clock; the test owns both clocks, so it sets that too.
+    created = {"lifeboat-shop-20261129-030000": NOW + timedelta(minutes=1),
+               "lifeboat-shop-20261130-030000": NOW + timedelta(days=1, minutes=1)}
+
     def edit(parsed: dict[str, Any]) -> None:
         for snap in parsed.get("DBSnapshots", []):
             snap["Status"] = state.get(snap["DBSnapshotIdentifier"], snap["Status"])
+            snap["SnapshotCreateTime"] = created.get(snap["DBSnapshotIdentifier"], snap.get("SnapshotCreateTime"))
 
     after_call(env.rds(), "DescribeDBSnapshots", edit)
     env.metrics.calls.clear()
@@ -134,7 +139,8 @@ def test_sweep_observes_creating_then_available_then_failed(env: Env) -> None:
     assert names == ["ManagedSnapshots", "SnapshotDuration", "SnapshotFailed", "SnapshotSucceeded"]
     assert env.metrics.named("ManagedSnapshots")[0][1:] == (2, "Count", "shop")
     [(_, seconds, unit, target)] = env.metrics.named("SnapshotDuration")
-    assert unit == "Seconds" and target == "shop" and seconds > 0  # moto's create time to the fixed clock
+    # from the snapshot's creation (NOW + 1 min) to the sweep that saw it available (NOW + 1 day 1 h)
+    assert (unit, target, seconds) == ("Seconds", "shop", (timedelta(days=1, hours=1) - timedelta(minutes=1)).total_seconds())
 
     env.metrics.calls.clear()
     report = sweep(svc)  # nothing new: marked snapshots are not reported twice
