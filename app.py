@@ -25,7 +25,7 @@ JSON = ["application/json"]
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="dispatcher")
 def dispatcher(event: CloudWatchEvent) -> dict[str, Any]:
     """Every minute: queue the backups whose schedule slot has come."""
-    from chalicelib.handlers import dispatch_tick
+    from chalicelib.entrypoints import dispatch_tick
 
     return dispatch_tick(event.to_dict().get("time"))
 
@@ -33,7 +33,7 @@ def dispatcher(event: CloudWatchEvent) -> dict[str, Any]:
 @app.on_sqs_message(queue=BACKUP_QUEUE, batch_size=1, name="backup_worker")
 def backup_worker(event: SQSEvent) -> list[dict[str, Any]]:
     """Run one queued backup: pg_dump streamed to S3, or the start of a snapshot."""
-    from chalicelib.handlers import backup_message
+    from chalicelib.entrypoints import backup_message
 
     context: Any = event.context
     remaining = context.get_remaining_time_in_millis if context is not None else None
@@ -43,7 +43,7 @@ def backup_worker(event: SQSEvent) -> list[dict[str, Any]]:
 @app.on_sqs_message(queue=RESTORE_QUEUE, batch_size=1, name="restore_worker")
 def restore_worker(event: SQSEvent) -> list[dict[str, Any]]:
     """Run one queued restore job."""
-    from chalicelib.handlers import restore_message
+    from chalicelib.entrypoints import restore_message
 
     context: Any = event.context
     remaining = context.get_remaining_time_in_millis if context is not None else None
@@ -53,7 +53,7 @@ def restore_worker(event: SQSEvent) -> list[dict[str, Any]]:
 @app.schedule(Rate(15, unit=Rate.MINUTES), name="snapshot_sweeper")
 def snapshot_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
     """Mark finished snapshots, emit their metrics, start cross-region copies."""
-    from chalicelib.handlers import sweep_snapshots
+    from chalicelib.entrypoints import sweep_snapshots
 
     return sweep_snapshots()
 
@@ -61,7 +61,7 @@ def snapshot_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
 @app.schedule(Cron(45, 4, "*", "*", "?", "*"), name="snapshot_pruner")
 def snapshot_pruner(event: CloudWatchEvent) -> dict[str, Any]:
     """Daily: delete managed snapshots that the retention policies no longer keep."""
-    from chalicelib.handlers import prune_snapshots
+    from chalicelib.entrypoints import prune_snapshots
 
     return prune_snapshots()
 
@@ -69,9 +69,10 @@ def snapshot_pruner(event: CloudWatchEvent) -> dict[str, Any]:
 @app.schedule(Rate(2, unit=Rate.MINUTES), name="restore_sweeper")
 def restore_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
     """Advance running snapshot and point-in-time restores (e.g. add the Aurora instance)."""
-    from chalicelib import api, runtime
+    from chalicelib import wiring
+    from chalicelib.restore import service
 
-    return {"advanced": api.advance_running(runtime.api_services())}
+    return {"advanced": service.advance_running(wiring.api_services())}
 
 
 # --- the API (every route IAM-authorized) ----------------------------------------------------------
@@ -118,11 +119,11 @@ def _body() -> dict[str, Any]:
 @app.route("/backups", methods=["GET"], authorizer=iam)
 def list_backups() -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        from chalicelib import api, runtime
+        from chalicelib import api, wiring
 
         query = app.current_request.query_params if app.current_request else None
         params: dict[str, str] = dict(query or {})
-        return 200, api.list_backups(runtime.api_services(), params.get("target"), params.get("kind")), {}
+        return 200, api.list_backups(wiring.api_services(), params.get("target"), params.get("kind")), {}
 
     return _api(op)
 
@@ -130,10 +131,10 @@ def list_backups() -> Response:
 @app.route("/backups", methods=["POST"], authorizer=iam, content_types=JSON)
 def request_backup() -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        from chalicelib import api, runtime
+        from chalicelib import api, wiring
 
         req = api.parse_backup_request(_body())
-        return 202, api.request_backup(runtime.api_services(), req), {}
+        return 202, api.request_backup(wiring.api_services(), req), {}
 
     return _api(op)
 
@@ -141,11 +142,12 @@ def request_backup() -> Response:
 @app.route("/restores", methods=["POST"], authorizer=iam, content_types=JSON)
 def start_restore() -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        from chalicelib import api, runtime
+        from chalicelib import api, wiring
+        from chalicelib.restore.requests import parse_restore_request
 
-        req = api.parse_restore_request(_body())
+        req = parse_restore_request(_body())
         headers = {k.lower(): v for k, v in (app.current_request.headers if app.current_request else {}).items()}
-        job = api.start_restore_once(runtime.api_services(), req, headers.get("idempotency-key"),
+        job = api.start_restore_once(wiring.api_services(), req, headers.get("idempotency-key"),
                                      os.environ.get("LIFEBOAT_JOBS_TABLE"))
         return 202, job, {"Location": f"/restores/{job['restore_id']}"}
 
@@ -155,9 +157,9 @@ def start_restore() -> Response:
 @app.route("/restores", methods=["GET"], authorizer=iam)
 def list_restores() -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        from chalicelib import runtime
+        from chalicelib import wiring
 
-        return 200, {"restores": [j.public() for j in runtime.api_services().jobs.recent()]}, {}
+        return 200, {"restores": [j.public() for j in wiring.api_services().jobs.recent()]}, {}
 
     return _api(op)
 
@@ -165,8 +167,9 @@ def list_restores() -> Response:
 @app.route("/restores/{restore_id}", methods=["GET"], authorizer=iam)
 def get_restore(restore_id: str) -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        from chalicelib import api, runtime
+        from chalicelib import wiring
+        from chalicelib.restore import service
 
-        return 200, api.get_restore(runtime.api_services(), restore_id).public(), {}
+        return 200, service.get_restore(wiring.api_services(), restore_id).public(), {}
 
     return _api(op)

@@ -331,7 +331,7 @@ METHOD = [
     " `--snapshot`), stdout to /dev/null. **peer**: the same `pg_dump` piped into"
     " `aws s3 cp - s3://… --sse AES256` (awscli v1 defaults: 8 MiB parts, 10 threads); its time includes"
     " the aws command's start-up, as a script's would. **pg-lifeboat**: `run_logical_backup` in a fresh"
-    " process with the services of `chalicelib.runtime.backup_services()` (the handler's code path: secret"
+    " process with the services of `chalicelib.wiring.backup_services()` (the handler's code path: secret"
     " from Secrets Manager, claim in DynamoDB, snapshot export, per-table row counts, pg_dump streamed"
     " into a multipart upload, manifest last); the time is the call itself, imports and client creation"
     " excluded (they are the cold start, section 6). **sink ceiling**: `S3Store.put_stream` of a stream"

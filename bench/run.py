@@ -216,7 +216,7 @@ class Bench:
         return json.loads(lines[-1]), proc
 
     def pg_dump_cmd(self, db: str, compression: str) -> list[str]:
-        # What chalicelib.dumps.pg_dump_args passes, less --snapshot (nothing to attach to here).
+        # What chalicelib.logical.dump.pg_dump_args passes, less --snapshot (nothing to attach to here).
         return [str(self.pg_bin / "pg_dump"), "--format=custom", "--no-password", "--lock-wait-timeout=60000",
                 f"--compress={compression}", f"--dbname={db}"]
 
@@ -371,7 +371,7 @@ class Bench:
                     n = variant.rsplit("_", 1)[1]
                     if variant.startswith("limit"):
                         self.psql(f'CREATE DATABASE "{db}"')
-                        # the arguments chalicelib.restores.pg_restore_args gives pg_restore
+                        # the arguments chalicelib.logical.restore.pg_restore_args gives pg_restore
                         args = ["--exit-on-error", "--no-password", f"--dbname={db}"]
                         args += ["--single-transaction"] if n == "1" else [f"--jobs={n}"]
                         p = run_timed([str(self.pg_bin / "pg_restore"), *args, str(archive)], self.pg_env)
@@ -397,8 +397,8 @@ class Bench:
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 result["process_seconds"] = proc.seconds
                 self.results["coldstart"].setdefault(mode, []).append(result)
-        code = ("import time; t=time.perf_counter(); import app; from chalicelib import runtime;"
-                " runtime.backup_services()")
+        code = ("import time; t=time.perf_counter(); import app; from chalicelib import wiring;"
+                " wiring.backup_services()")
         proc = run_timed([sys.executable, "-X", "importtime", "-c", code], env)
         self.results["coldstart"]["importtime"] = report.parse_importtime(proc.stderr)
 
@@ -430,7 +430,7 @@ class Bench:
                         "--jobs", jobs, "--workdir", str(self.opts.workdir),
                         "--profile", str(pdir / f"restore-{ds.name}-j{jobs}.txt"))
             self.psql(f'DROP DATABASE "{db}" WITH (FORCE)')
-        code = "import app; from chalicelib import runtime; runtime.backup_services()"
+        code = "import app; from chalicelib import wiring; wiring.backup_services()"
         run_timed([sys.executable, "-m", "pyinstrument", "--no-color", "--outfile",
                    str(pdir / "coldstart.txt"), "-c", code], self.env)
         log(f"profiles in {pdir}")

@@ -8,7 +8,7 @@
 
 The parent (bench.run) sets the environment exactly as the Lambda function sees it (LIFEBOAT_CONFIG,
 LIFEBOAT_PG_ROOTS, LIFEBOAT_JOBS_TABLE, AWS_ENDPOINT_URL for moto, AWS_ENDPOINT_URL_S3 for SeaweedFS).
-Services come from chalicelib.runtime, the handlers' own factory. Memory is this process's VmHWM
+Services come from chalicelib.wiring, the handlers' own factory. Memory is this process's VmHWM
 (peak RSS) from /proc/self/status; the PostgreSQL tool it ran (pg_dump, pg_restore) is reported apart
 through RUSAGE_CHILDREN.
 """
@@ -112,10 +112,10 @@ def _warm_imports() -> None:
 
 
 def backup(args: argparse.Namespace) -> dict[str, Any]:
-    from chalicelib import runtime
-    from chalicelib.dumps import run_logical_backup
+    from chalicelib import wiring
+    from chalicelib.logical.dump import run_logical_backup
 
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     _warm_imports()
     rss_before = vm_kib("VmRSS")
     hwm_before = vm_kib("VmHWM")
@@ -150,9 +150,9 @@ class FreeStream:
 
 
 def sink(args: argparse.Namespace) -> dict[str, Any]:
-    from chalicelib import runtime
+    from chalicelib import wiring
 
-    store = runtime.store(runtime.load_config())
+    store = wiring.store(wiring.load_config())
     stream = FreeStream(args.bytes, store.plan.size(1))
     if args.start_after:  # a parent waits for this file to go, then measures something else meanwhile
         ready = Path(args.start_after)
@@ -202,9 +202,9 @@ class FreshStream:
 
 def slowsink(args: argparse.Namespace) -> dict[str, Any]:
     """S3Store.put_stream (the handler's settings) against a slow S3: how far memory grows when it fills."""
-    from chalicelib import runtime
+    from chalicelib import wiring
 
-    store = runtime.store(runtime.load_config())
+    store = wiring.store(wiring.load_config())
     store.client = SlowS3(args.delay)  # type: ignore[assignment]
     hwm_before = vm_kib("VmHWM")
     result, seconds = _timed(lambda: store.put_stream("slow", FreshStream(args.bytes)), None)  # type: ignore[arg-type]
@@ -214,13 +214,13 @@ def slowsink(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def restore(args: argparse.Namespace) -> dict[str, Any]:
-    from chalicelib import runtime
-    from chalicelib.database import Login
-    from chalicelib.pgtools import Toolbox
-    from chalicelib.restores import RestoreOptions, restore_logical
+    from chalicelib import wiring
+    from chalicelib.adapters.pgtools import Toolbox
+    from chalicelib.adapters.postgres import Login
+    from chalicelib.logical.restore import RestoreOptions, restore_logical
 
-    cfg = runtime.load_config()
-    catalog = runtime.catalog(cfg)
+    cfg = wiring.load_config()
+    catalog = wiring.catalog(cfg)
     conn = cfg.targets[0].connection
     assert conn is not None
     login = Login(conn.host, conn.port, "postgres", os.environ["BENCH_PGUSER"], "disable",
@@ -248,9 +248,9 @@ def coldstart(args: argparse.Namespace) -> dict[str, Any]:
         boto3.client("s3")
     elif args.mode == "app":
         import app  # noqa: F401
-        from chalicelib import runtime
+        from chalicelib import wiring
 
-        runtime.backup_services()
+        wiring.backup_services()
     else:
         raise SystemExit(f"unknown mode {args.mode}")
     return {"seconds": time.perf_counter() - t0, "hwm_kib": vm_kib("VmHWM")}

@@ -45,18 +45,18 @@ def _human(n: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
+    from chalicelib import wiring
 
-    cfg = runtime.load_config()
+    cfg = wiring.load_config()
     out.write(f"configuration OK: {len(cfg.targets)} target(s), bucket {cfg.settings.bucket}\n")
     return 0
 
 
 def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
-    from chalicelib.dumps import run_logical_backup
+    from chalicelib import wiring
+    from chalicelib.logical.dump import run_logical_backup
 
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     outcome = run_logical_backup(svc, args.target, _slot(args.slot), trigger=args.trigger, database=args.database,
                                  on_progress=_progress(sys.stderr, f"backup {args.target}"))
     if sys.stderr.isatty():
@@ -74,19 +74,19 @@ def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
+    from chalicelib import wiring
 
-    cfg = runtime.load_config()
-    catalog = runtime.catalog(cfg)
+    cfg = wiring.load_config()
+    catalog = wiring.catalog(cfg)
     names = [args.target] if args.target else [t.name for t in cfg.targets]
     for name in names:
         cfg.target(name)
     rows: list[Any] = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
     physical = [name for name in names if cfg.target(name).physical is not None]
     if physical:
-        from chalicelib.snapshots import list_snapshots
+        from chalicelib.physical.snapshots import list_snapshots
 
-        snapshots = runtime.snapshot_services(cfg)
+        snapshots = wiring.snapshot_services(cfg)
         rows.extend(e for name in physical for e in list_snapshots(snapshots, name))
     rows.sort(key=lambda m: m.slot, reverse=True)
     if args.json:
@@ -104,19 +104,19 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
-    from chalicelib.catalog import BackupId
-    from chalicelib.database import CredentialResolver
-    from chalicelib.pgtools import Toolbox
-    from chalicelib.restores import RestoreOptions, restore_logical
+    from chalicelib import wiring
+    from chalicelib.adapters.pgtools import Toolbox
+    from chalicelib.adapters.postgres import CredentialResolver
+    from chalicelib.logical.catalog import BackupId
+    from chalicelib.logical.restore import RestoreOptions, restore_logical
 
-    cfg = runtime.load_config()
+    cfg = wiring.load_config()
     bid = BackupId.parse(args.backup_id)
     into = cfg.target(args.into_target or bid.target)
     if into.connection is None:
         raise BadRequestError(f"target {into.name!r} has no connection to restore into")
-    login = CredentialResolver(secrets_client=runtime.client("secretsmanager")).login(into.connection)
-    catalog = runtime.catalog(cfg)
+    login = CredentialResolver(secrets_client=wiring.client("secretsmanager")).login(into.connection)
+    catalog = wiring.catalog(cfg)
     result = restore_logical(catalog.store, catalog, Toolbox.from_env(), str(bid), login, args.database,
                              RestoreOptions(schemas=tuple(args.schema), tables=tuple(args.table),
                                             no_owner=args.no_owner),
@@ -137,10 +137,11 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
     """The API's restore jobs: recent ones, or one (advanced first, like GET /restores/{id})."""
-    from chalicelib import api, runtime
+    from chalicelib import wiring
+    from chalicelib.restore import service
 
-    svc = runtime.api_services()
-    jobs = [api.get_restore(svc, args.restore_id)] if args.restore_id else svc.jobs.recent(limit=args.limit)
+    svc = wiring.api_services()
+    jobs = [service.get_restore(svc, args.restore_id)] if args.restore_id else svc.jobs.recent(limit=args.limit)
     if args.json:
         out.write(json.dumps([j.public() for j in jobs], indent=2) + "\n")
         return 0
@@ -157,20 +158,20 @@ def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
-    from chalicelib.snapshots import start_snapshot
+    from chalicelib import wiring
+    from chalicelib.physical.snapshots import start_snapshot
 
-    o = start_snapshot(runtime.snapshot_services(), args.target, trigger="on-demand")
+    o = start_snapshot(wiring.snapshot_services(), args.target, trigger="on-demand")
     out.write(json.dumps(o.as_dict()) + "\n" if args.json else
               f"{o.backup_id}  {o.status}  {' '.join(o.resource_ids)}  {o.retention_class}  {o.reason}\n")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
-    from chalicelib.snapshots import prune
+    from chalicelib import wiring
+    from chalicelib.physical.snapshots import prune
 
-    r = prune(runtime.snapshot_services(), dry_run=args.dry_run, targets=[args.target] if args.target else None)
+    r = prune(wiring.snapshot_services(), dry_run=args.dry_run, targets=[args.target] if args.target else None)
     if args.json:
         out.write(json.dumps(r.as_dict(), indent=2) + "\n")
     else:
@@ -184,14 +185,14 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import runtime
-    from chalicelib.catalog import Layout
-    from chalicelib.retention import lifecycle_rules
+    from chalicelib import wiring
+    from chalicelib.logical.catalog import Layout
+    from chalicelib.scheduling.retention import lifecycle_rules
 
-    cfg = runtime.load_config()
+    cfg = wiring.load_config()
     rules = lifecycle_rules(cfg.settings, Layout(cfg.settings.prefix).failed_prefix)
     if args.apply:
-        runtime.client("s3").put_bucket_lifecycle_configuration(
+        wiring.client("s3").put_bucket_lifecycle_configuration(
             Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": rules})
         out.write(f"applied {len(rules)} lifecycle rules to {cfg.settings.bucket}\n")
     else:
@@ -200,7 +201,7 @@ def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_dispatch(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib.handlers import dispatch_tick
+    from chalicelib.entrypoints import dispatch_tick
 
     result = dispatch_tick(args.at or datetime.now(UTC).isoformat())
     out.write(json.dumps(result, indent=2) + "\n")
@@ -221,10 +222,10 @@ def _slot(text: str | None) -> datetime | None:
 
 def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:
     """Run a restore job the API created, as the restore worker would (exit 1 when it failed)."""
-    from chalicelib import runtime
-    from chalicelib.restores import run_restore_job
+    from chalicelib import wiring
+    from chalicelib.restore.service import run_restore_job
 
-    job = run_restore_job(runtime.api_services(), args.restore_id)
+    job = run_restore_job(wiring.api_services(), args.restore_id)
     if args.json:
         out.write(json.dumps(job.public()) + "\n")
     else:

@@ -18,7 +18,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chalicelib.errors import ConfigError
-from chalicelib.schedules import Schedule, ScheduleSyntaxError
+from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 # Real S3 bucket naming rules (moto accepts far more).

@@ -17,7 +17,7 @@ Three parts, in the order they are used:
   the decision still needs (the newest manifest and failure record: two LISTs and two GETs; then one
   `SELECT pg_database_size()`), and when Fargate is chosen they launch the task and return the worker's
   result instead of running. They never claim the backup slot or start the restore job: the task does
-  (chalicelib.jobs, chalicelib.restore_jobs), exactly as the worker would have. A delegation record
+  (chalicelib.adapters.dynamo, chalicelib.restore.model), exactly as the worker would have. A delegation record
   (`fargate#backup#<id>`, `fargate#restore#<id>` in the jobs table, DELEGATION_LEASE) keeps a redelivered
   message from launching a second task.
 * `FargateLauncher`: one `ecs.run_task` per run, with the command as the container override; an ECS refusal
@@ -36,18 +36,18 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from chalicelib.catalog import BackupId, Catalog, Manifest
 from chalicelib.config import Connection, Logical, Settings, Target
 from chalicelib.errors import LifeboatError
+from chalicelib.logical.catalog import BackupId, Catalog, Manifest
 from chalicelib.observability import logger, record
 
 if TYPE_CHECKING:
+    from chalicelib.adapters.dynamo import JobStore
+    from chalicelib.adapters.postgres import CredentialResolver
+    from chalicelib.adapters.s3 import BackupStore
     from chalicelib.api import ApiServices
-    from chalicelib.database import CredentialResolver
-    from chalicelib.dispatch import DueBackup
-    from chalicelib.dumps import BackupServices
-    from chalicelib.jobs import JobStore
-    from chalicelib.storage import BackupStore
+    from chalicelib.logical.dump import BackupServices
+    from chalicelib.scheduling.dispatch import DueBackup
 
 Runner = Literal["lambda", "fargate"]
 DEFAULT_CONTAINER = "lifeboat"  # the container name in the stack's task definition (stack/names.py)
@@ -261,7 +261,7 @@ def database_size(credentials: CredentialResolver, connection: Connection, datab
     reports the real problem with its own error and failure record)."""
     import psycopg
 
-    from chalicelib.database import connect
+    from chalicelib.adapters.postgres import connect
 
     try:
         login = credentials.login(connection)
@@ -276,7 +276,7 @@ def database_size(credentials: CredentialResolver, connection: Connection, datab
 
 
 # --------------------------------------------------------------------------------------------------
-# Routing (called by chalicelib.handlers)
+# Routing (called by chalicelib.entrypoints)
 
 
 def _delegate(claims: JobStore | None, key: str, launch: Callable[[], str]) -> str | None:
@@ -337,7 +337,7 @@ def route_restore(svc: ApiServices, restore_id: str, launcher: FargateLauncher |
     not fit. The job stays PENDING for the task to start (a note in its progress says where it runs)."""
     from pydantic import ValidationError
 
-    from chalicelib.api import LogicalRestoreRequest
+    from chalicelib.restore.requests import LogicalRestoreRequest
 
     if launcher is None:
         return None

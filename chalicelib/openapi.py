@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from chalicelib.api import BackupRequest, LogicalRestoreRequest, PointInTimeRestoreRequest, SnapshotRestoreRequest
-from chalicelib.restore_jobs import RestoreJob
+from chalicelib.api import BackupRequest
+from chalicelib.restore.model import RestoreJob
+from chalicelib.restore.requests import LogicalRestoreRequest, PointInTimeRestoreRequest, SnapshotRestoreRequest
 
 
 class ErrorResponse(BaseModel):

@@ -150,7 +150,7 @@ def main() -> int:
         subprocess.run([lifeboat, "restore", backup_id, "--database", "shop_cli"], check=True)
 
         step("a second delivery of the same schedule slot changes nothing")
-        from chalicelib.handlers import backup_message
+        from chalicelib.entrypoints import backup_message
 
         again = backup_message(json.dumps({"target": "shop", "kind": "logical", "slot": slot.isoformat()}), None)
         print(f"    {again}")

@@ -57,14 +57,14 @@ def fargate_env(ecs: Ecs, monkeypatch: pytest.MonkeyPatch) -> Ecs:
 @pytest.fixture
 def run_task_calls() -> Iterator[list[dict[str, Any]]]:
     """Every ecs.run_task request the runtime's ECS client makes, as the caller passed it."""
-    from chalicelib import runtime
+    from chalicelib import wiring
 
     calls: list[dict[str, Any]] = []
 
     def capture(params: dict[str, Any], **_: Any) -> None:
         calls.append(dict(params))
 
-    events = runtime.client("ecs").meta.events
+    events = wiring.client("ecs").meta.events
     events.register("provide-client-params.ecs.RunTask", capture)
     yield calls
     events.unregister("provide-client-params.ecs.RunTask", capture)

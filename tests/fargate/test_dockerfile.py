@@ -160,7 +160,7 @@ def test_the_unpack_step_yields_runnable_clients(tmp_path: Path) -> None:
     check = step.split("&&")[-1].strip().replace("/opt/", f"{opt}/")
     out = subprocess.run(["sh", "-c", check], check=True, capture_output=True, text=True, timeout=60).stdout
     assert out.count("pg_dump (PostgreSQL)") >= 1, out
-    from chalicelib.pgtools import Toolbox
+    from chalicelib.adapters.pgtools import Toolbox
 
     toolbox = Toolbox.from_env({"LIFEBOAT_PG_ROOTS": str(opt / "pg")})
     pg_dump = toolbox.pick("pg_dump", 17)

@@ -9,10 +9,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chalicelib import runtime
-from chalicelib.catalog import BackupId
-from chalicelib.dispatch import DueBackup
+from chalicelib import wiring
 from chalicelib.fargate import FargateLauncher
+from chalicelib.logical.catalog import BackupId
+from chalicelib.scheduling.dispatch import DueBackup
 
 LIFEBOAT = Path(sys.executable).parent / "lifeboat"
 SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
@@ -34,7 +34,7 @@ def test_backup_of_a_slot_as_the_task_runs_it(config_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "SUCCEEDED" and outcome["backup_id"] == "logical:shop:20261129T030000Z"
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     manifest = svc.catalog.manifest(BackupId.parse(outcome["backup_id"]))
     assert manifest.trigger == "schedule" and manifest.slot == SLOT
     assert svc.store.head(manifest.object("dump").key) is not None

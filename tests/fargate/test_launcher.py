@@ -9,16 +9,16 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from chalicelib import runtime
-from chalicelib.dispatch import DueBackup
+from chalicelib import wiring
 from chalicelib.fargate import STARTED_BY, FargateError, FargateLauncher
+from chalicelib.scheduling.dispatch import DueBackup
 from tests.fargate.conftest import Ecs, tasks
 
 SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 
 
 def launcher(ecs: Ecs, client: Any = None) -> FargateLauncher:
-    return FargateLauncher(client or runtime.client("ecs"), ecs.cluster, ecs.task_definition, [ecs.subnet],
+    return FargateLauncher(client or wiring.client("ecs"), ecs.cluster, ecs.task_definition, [ecs.subnet],
                            [ecs.security_group])
 
 
@@ -92,7 +92,7 @@ def test_ecs_refusal_is_an_error_naming_the_cluster(ecs: Ecs) -> None:
 
 def test_runtime_builds_the_launcher_from_the_stacks_variables(fargate_env: Ecs,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    made = runtime.fargate_launcher()
+    made = wiring.fargate_launcher()
     assert made is not None
     assert (made.cluster, made.task_definition, made.subnets, made.security_groups, made.container) == (
         fargate_env.cluster, fargate_env.task_definition, [fargate_env.subnet], [fargate_env.security_group],
@@ -100,12 +100,12 @@ def test_runtime_builds_the_launcher_from_the_stacks_variables(fargate_env: Ecs,
     assert made.assign_public_ip is False
     monkeypatch.setenv("LIFEBOAT_FARGATE_SUBNETS", "subnet-a, subnet-b")
     monkeypatch.setenv("LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP", "ENABLED")
-    made = runtime.fargate_launcher()
+    made = wiring.fargate_launcher()
     assert made is not None and made.subnets == ["subnet-a", "subnet-b"] and made.assign_public_ip is True
     monkeypatch.setenv("LIFEBOAT_FARGATE_SUBNETS", "")
     from chalicelib.errors import ConfigError
 
     with pytest.raises(ConfigError, match="SUBNETS"):
-        runtime.fargate_launcher()
+        wiring.fargate_launcher()
     monkeypatch.delenv("LIFEBOAT_FARGATE_CLUSTER")
-    assert runtime.fargate_launcher() is None
+    assert wiring.fargate_launcher() is None

@@ -15,9 +15,9 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
-from chalicelib.catalog import BackupId, Manifest
-from chalicelib.handlers import backup_message, restore_message
+from chalicelib import wiring
+from chalicelib.entrypoints import backup_message, restore_message
+from chalicelib.logical.catalog import BackupId, Manifest
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 from tests.fargate.conftest import Ecs, tasks
@@ -41,7 +41,7 @@ def configure(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: 
 
 
 def claim(key: str) -> dict[str, str] | None:
-    store = runtime.jobs()
+    store = wiring.jobs()
     assert store is not None
     return store.get(key)
 
@@ -94,7 +94,7 @@ def test_the_task_takes_the_slot_and_the_backup_exists(configure: Any, fargate_e
     # The EMF line the stack's metric filter counts for the dead-man's switch ({ $.BackupSucceeded[0] >= 1 }).
     emf = next(line for line in lines if "BackupSucceeded" in line)
     assert emf["BackupSucceeded"][0] >= 1 and emf["target"] == "shop"
-    manifest = runtime.backup_services().catalog.manifest(BackupId.parse(BID))
+    manifest = wiring.backup_services().catalog.manifest(BackupId.parse(BID))
     assert manifest.slot == SLOT and manifest.objects
     assert claim(f"backup#{BID}")["status"] == "SUCCEEDED"  # type: ignore[index]
     # The worker sees the complete backup and neither dumps nor delegates again.
@@ -125,7 +125,7 @@ def test_a_long_previous_run_sends_the_next_one(configure: Any, fargate_env: Ecs
 def test_an_attempt_stopped_at_the_deadline_counts(configure: Any, fargate_env: Ecs, aws: LocalStack) -> None:
     """No complete backup yet, but the last attempt ran 850 s before the deadline stopped it."""
     configure()
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     started = SLOT - timedelta(days=1)
     svc.catalog.write_failure(Manifest(
         backup_id="logical:shop:20261128T030000Z", status="FAILED", target="shop", slot=started, host="db",
@@ -190,12 +190,13 @@ def restored_db(pg: PostgresServer) -> Iterator[str]:
 
 def test_large_restore_is_delegated_and_the_task_restores(configure: Any, fargate_env: Ecs, aws: LocalStack,
                                                           restored_db: str) -> None:
-    from chalicelib.api import LogicalRestoreRequest, start_restore
-    from chalicelib.dumps import run_logical_backup
+    from chalicelib.logical.dump import run_logical_backup
+    from chalicelib.restore.requests import LogicalRestoreRequest
+    from chalicelib.restore.service import start_restore
 
     configure(runner="fargate")
-    assert run_logical_backup(runtime.backup_services(), "shop", SLOT).status == "SUCCEEDED"
-    svc = runtime.api_services()
+    assert run_logical_backup(wiring.backup_services(), "shop", SLOT).status == "SUCCEEDED"
+    svc = wiring.api_services()
     job = start_restore(svc, LogicalRestoreRequest.model_validate(
         {"backup_id": BID, "into": {"target": "shop", "database": restored_db}}))
     result = restore_message(json.dumps({"restore_id": job.restore_id}), lambda: 900_000)

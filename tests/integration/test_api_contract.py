@@ -42,8 +42,8 @@ def module_api(pg: Any, moto_server: Any, pg_roots: Path, tmp_path_factory: pyte
     from aws_lambda_powertools.utilities import parameters
 
     import app as lambda_app
-    from chalicelib.dumps import run_logical_backup
-    from chalicelib.runtime import backup_services
+    from chalicelib.logical.dump import run_logical_backup
+    from chalicelib.wiring import backup_services
     from devstack.local import provision, target, write_config
     from devstack.sample import BACKUP_PASSWORD
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import BackupServices, run_logical_backup
+from chalicelib import wiring
+from chalicelib.adapters.pgtools import Deadline, child_processes
 from chalicelib.errors import DatabaseConnectionError, DeadlineError, PgToolError, SecretError, StorageError
-from chalicelib.pgtools import Deadline, child_processes
+from chalicelib.logical.dump import BackupServices, run_logical_backup
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 from devstack.sample import BACKUP_PASSWORD
@@ -53,7 +53,7 @@ def services(tmp_path: Path, aws: LocalStack, pg: PostgresServer, monkeypatch: p
     bucket = str(settings.pop("bucket_override", aws.bucket))
     path = write_config(tmp_path / "lifeboat.json", bucket, [spec], **settings)
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(path))
-    return runtime.backup_services()
+    return wiring.backup_services()
 
 
 def assert_nothing_half_done(aws: LocalStack, expect_failure_record: bool = True) -> None:
@@ -168,7 +168,7 @@ def _inject_upload_part_errors(svc: BackupServices, fail: set[int], status: int 
 
 def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
     svc = services(tmp_path, aws, pg, monkeypatch)
     svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={
         "connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})})]})  # type: ignore[union-attr]
@@ -176,7 +176,7 @@ def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db
     try:
         outcome = run_logical_backup(svc, "shop")
     finally:
-        runtime.client.cache_clear()
+        wiring.client.cache_clear()
     assert outcome.status == "SUCCEEDED"
     assert calls.count(2) == 2  # failed once, retried once
 
@@ -184,7 +184,7 @@ def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db
 def test_s3_persistent_5xx_aborts_the_upload(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
     svc = services(tmp_path, aws, pg, monkeypatch)
     svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={
         "connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})})]})  # type: ignore[union-attr]
@@ -193,7 +193,7 @@ def test_s3_persistent_5xx_aborts_the_upload(aws: LocalStack, pg: PostgresServer
         with pytest.raises(StorageError, match="S3 error"):
             run_logical_backup(svc, "shop")
     finally:
-        runtime.client.cache_clear()
+        wiring.client.cache_clear()
     assert calls.count(2) == 4  # standard retry mode, max_attempts=3: the first try and three retries
     assert_nothing_half_done(aws)
     assert list(_children_named("pg_dump")) == []  # pg_dump was stopped, not left running

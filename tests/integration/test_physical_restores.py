@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
-from chalicelib.snapshots import start_snapshot
+from chalicelib import wiring
+from chalicelib.physical.snapshots import start_snapshot
 from devstack.chalice_local import client as chalice_client
 from devstack.local import LocalStack, write_config
 
@@ -65,7 +65,7 @@ def status(c: Any, restore_id: str) -> dict[str, Any]:
 
 
 def test_rds_snapshot_restore_creates_a_new_instance(api: Any) -> None:
-    start_snapshot(runtime.snapshot_services(), "orders", SLOT)
+    start_snapshot(wiring.snapshot_services(), "orders", SLOT)
     r = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "orders-restored",
                    "instance_class": "db.t3.small"})
     assert r.status_code == 202, r.body
@@ -85,14 +85,14 @@ def test_rds_snapshot_restore_creates_a_new_instance(api: Any) -> None:
 
 def test_unknown_snapshot_is_404_and_missing_new_id_is_400(api: Any) -> None:
     assert post(api, {"backup_id": "snapshot:orders:20200101T000000Z", "new_id": "x1"}).status_code == 404
-    start_snapshot(runtime.snapshot_services(), "orders", SLOT)
+    start_snapshot(wiring.snapshot_services(), "orders", SLOT)
     r = post(api, {"backup_id": "snapshot:orders:20261129T030000Z"})
     assert r.status_code == 400 and "new_id" in json.loads(r.body)["message"]
 
 
 def test_aurora_snapshot_restore_adds_the_instance_once_the_cluster_is_available(api: Any) -> None:
-    start_snapshot(runtime.snapshot_services(), "billing", SLOT)
-    rds = runtime.regional_client("rds", "us-east-1")
+    start_snapshot(wiring.snapshot_services(), "billing", SLOT)
+    rds = wiring.regional_client("rds", "us-east-1")
     # The new cluster is still "creating" at the first look: no instance may be created yet.
     state = {"creating": True}
 
@@ -155,7 +155,7 @@ def test_point_in_time_restore_of_aurora_creates_cluster_then_instance(api: Any)
 
 
 def test_ebs_restore_makes_tagged_volumes_and_attaches_them(api: Any) -> None:
-    start_snapshot(runtime.snapshot_services(), "selfhosted", SLOT)
+    start_snapshot(wiring.snapshot_services(), "selfhosted", SLOT)
     ec2 = boto3.client("ec2")
     image = ec2.register_image(Name="lifeboat-test", RootDeviceName="/dev/sda1",
                                BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}])

@@ -24,8 +24,8 @@ def api(config_path: Path, aws: LocalStack) -> Iterator[Any]:
     from datetime import UTC, datetime
 
     import app as lambda_app
-    from chalicelib.dumps import run_logical_backup
-    from chalicelib.runtime import backup_services
+    from chalicelib.logical.dump import run_logical_backup
+    from chalicelib.wiring import backup_services
 
     assert run_logical_backup(backup_services(), "shop", datetime(2026, 11, 29, 3, tzinfo=UTC)).status == "SUCCEEDED"
     with chalice_client(lambda_app.app, project_dir=str(REPO)) as c:
@@ -172,12 +172,13 @@ def test_worker_crash_after_restore_is_recovered(api: Any, pg: PostgresServer, c
     restore twice, and must not leave the job lost."""
     from datetime import timedelta
 
-    from chalicelib import restores, runtime
+    from chalicelib import wiring
+    from chalicelib.restore import service as restores
 
     cleanup_dbs.append("shop_crash")
     r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_crash"}})
     restore_id = json.loads(r.body)["restore_id"]
-    svc = runtime.api_services()
+    svc = wiring.api_services()
     job = svc.jobs.get(restore_id)
     # The first worker: takes the job, restores, then dies (no save). Its lease has run out.
     svc.jobs.start(job, timedelta(seconds=-1))
@@ -246,11 +247,12 @@ def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkey
     new database and record the failure."""
     import time
 
-    from chalicelib import restores, runtime
+    from chalicelib import wiring
+    from chalicelib.restore import service as restores
 
     r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_late"}})
     restore_id = json.loads(r.body)["restore_id"]
-    svc = runtime.api_services()
+    svc = wiring.api_services()
     real_open = svc.catalog.store.open_stream
 
     class Slow:

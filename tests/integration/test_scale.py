@@ -12,10 +12,10 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dispatch import DueBackup, run_dispatch
-from chalicelib.dumps import run_logical_backup
-from chalicelib.restores import restore_logical
+from chalicelib import wiring
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import restore_logical
+from chalicelib.scheduling.dispatch import DueBackup, run_dispatch
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 
@@ -35,7 +35,7 @@ def whole_server(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatc
 
 
 def test_whole_server_run_inline(whole_server: str, pg: PostgresServer) -> None:
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     outcome = run_logical_backup(svc, whole_server, SLOT)
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
     databases = outcome.manifest.databases or []
@@ -62,14 +62,14 @@ def test_whole_server_run_inline(whole_server: str, pg: PostgresServer) -> None:
 
 
 def outcome_id(text: str) -> Any:
-    from chalicelib.catalog import BackupId
+    from chalicelib.logical.catalog import BackupId
 
     return BackupId.parse(text)
 
 
 def test_whole_server_run_fans_out_through_fifo_groups(whole_server: str, aws: LocalStack,
                                                        pg: PostgresServer) -> None:
-    from chalicelib.handlers import backup_message
+    from chalicelib.entrypoints import backup_message
 
     result = backup_message(json.dumps({"target": whole_server, "kind": "logical", "slot": SLOT.isoformat()}),
                             None)
@@ -102,9 +102,9 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     its cost grows with the queue (0.03 s a batch on a standard queue, 0.5 s a batch at 1,000 FIFO
     messages); the FIFO path and its message groups are tested above with fewer messages.
     """
-    from chalicelib.dispatch import BackupQueue
+    from chalicelib.scheduling.dispatch import BackupQueue
 
-    queue = BackupQueue(runtime.client("sqs"),
+    queue = BackupQueue(wiring.client("sqs"),
                         boto3.client("sqs").create_queue(QueueName="fleet-standard")["QueueUrl"])
     targets = []
     for i in range(1000):
@@ -114,9 +114,9 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "fleet.json", aws.bucket, targets)))
     calls: Counter[str] = Counter()
     started = time.perf_counter()
-    cfg = runtime.load_config()
+    cfg = wiring.load_config()
     loaded = time.perf_counter()
-    sqs, ddb = runtime.client("sqs"), runtime.client("dynamodb")
+    sqs, ddb = wiring.client("sqs"), wiring.client("dynamodb")
 
     def count(model: Any, **_: Any) -> None:
         calls[model.name] += 1
@@ -124,7 +124,7 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     for c in (sqs, ddb):
         c.meta.events.register("before-call.*.*", count)
     try:
-        due = run_dispatch(cfg, SLOT, queue, runtime.dispatch_cursor())
+        due = run_dispatch(cfg, SLOT, queue, wiring.dispatch_cursor())
     finally:
         for c in (sqs, ddb):
             c.meta.events.unregister("before-call.*.*", count)
@@ -140,7 +140,7 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     assert finished - loaded < 30  # far inside the dispatcher's 120 s timeout even on moto
     # Messages carry the server's group: 50 servers x 2 lanes at most.
     sent = DueBackup("db-0007", "logical", SLOT)
-    from chalicelib.dispatch import message_group
+    from chalicelib.scheduling.dispatch import message_group
 
     assert message_group(cfg, sent).startswith("server-7.internal:5432#")
 
@@ -155,7 +155,7 @@ def test_parallel_directory_dump_and_restore(aws: LocalStack, pg: PostgresServer
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # pick up TMPDIR
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     manifest = run_logical_backup(svc, "shop", SLOT).manifest
     assert manifest is not None and manifest.format == "directory"
     names = [o.key.rsplit("/", 1)[-1] for o in manifest.objects]
@@ -163,7 +163,7 @@ def test_parallel_directory_dump_and_restore(aws: LocalStack, pg: PostgresServer
     assert all(o.key.startswith("logical/shop/2026/11/29/20261129T030000Z/database.dir/") for o in manifest.objects)
     assert list((tmp_path / "ephemeral").iterdir()) == []  # nothing left on ephemeral storage
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
-    from chalicelib.restores import RestoreOptions
+    from chalicelib.logical.restore import RestoreOptions
 
     result = restore_logical(svc.store, svc.catalog, svc.toolbox, str(manifest.backup_id), login, "shop_parallel",
                              RestoreOptions(jobs=2))
@@ -177,7 +177,7 @@ def test_tampered_directory_file_is_refused(aws: LocalStack, pg: PostgresServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     spec = target("shop", pg.port, aws.secret_arn, format="directory", jobs=2)
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, [spec])))
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     manifest = run_logical_backup(svc, "shop", SLOT).manifest
     assert manifest is not None
     victim = next(o for o in manifest.objects if o.key.endswith(".dat.gz") or o.key.endswith(".dat"))

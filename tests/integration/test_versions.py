@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import run_logical_backup
+from chalicelib import wiring
 from chalicelib.errors import PgToolError
-from chalicelib.restores import restore_logical
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import restore_logical
 from devstack import pgbin
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
@@ -51,7 +51,7 @@ def test_each_server_is_dumped_by_its_own_major(aws: LocalStack, servers: dict[i
                                                 roots_14_17: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     for major in (14, 17):
         manifest = run_logical_backup(svc, f"pg{major}").manifest
         assert manifest is not None
@@ -64,7 +64,7 @@ def test_each_server_is_dumped_by_its_own_major(aws: LocalStack, servers: dict[i
 def test_migration_from_14_to_17(aws: LocalStack, servers: dict[int, PostgresServer], roots_14_17: Path,
                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "pg14")
     login = svc.credentials.login(svc.config.target("pg17").connection)  # type: ignore[arg-type]
     result = restore_logical(svc.store, svc.catalog, svc.toolbox, outcome.backup_id, login, "shop_from_14")
@@ -83,20 +83,20 @@ def test_server_newer_than_the_layer_is_refused_clearly(aws: LocalStack, servers
     (only14 / "14").symlink_to(pgbin.unpacked(14))
     configure(tmp_path, aws, servers, only14, monkeypatch)
     with pytest.raises(PgToolError, match=r"needs pg_dump 17 or newer but the newest bundled is 14"):
-        run_logical_backup(runtime.backup_services(), "pg17")
+        run_logical_backup(wiring.backup_services(), "pg17")
 
 
 def test_older_pg_restore_is_not_used_for_a_newer_archive(aws: LocalStack, servers: dict[int, PostgresServer],
                                                           roots_14_17: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "pg17")
     only14 = tmp_path / "only14"
     only14.mkdir()
     (only14 / "14").symlink_to(pgbin.unpacked(14))
     monkeypatch.setenv("LIFEBOAT_PG_ROOTS", str(only14))
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     login = svc.credentials.login(svc.config.target("pg14").connection)  # type: ignore[arg-type]
     with pytest.raises(PgToolError, match=r"archive written by pg_dump 17 .* needs pg_restore 17 or newer"):
         restore_logical(svc.store, svc.catalog, svc.toolbox, outcome.backup_id, login, "never_created")

@@ -10,9 +10,9 @@ from typing import Any
 import boto3
 import pytest
 
+from chalicelib.adapters.s3 import S3Store
 from chalicelib.config import Config, parse_config
-from chalicelib.snapshots import SnapshotServices
-from chalicelib.storage import S3Store
+from chalicelib.physical.snapshots import SnapshotServices
 from devstack.aws import MotoServer
 
 SOURCE = "us-east-1"

@@ -10,9 +10,9 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.database import CredentialResolver
+from chalicelib.adapters.postgres import CredentialResolver
 from chalicelib.errors import SnapshotError
-from chalicelib.snapshots import EBS, list_snapshots, start_snapshot, sweep
+from chalicelib.physical.snapshots import EBS, list_snapshots, start_snapshot, sweep
 from devstack import pgbin
 from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD, PostgresServer
 from devstack.sample import BACKUP_PASSWORD, BACKUP_ROLE
@@ -91,7 +91,7 @@ def test_sweep_and_cross_region_copy_of_a_set(env: Env) -> None:
 
 
 def _sets(svc: Any, region: str) -> Any:
-    from chalicelib.snapshots import _Inventory
+    from chalicelib.physical.snapshots import _Inventory
 
     return _Inventory(svc).sets(EBS, region, "vm")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from chalicelib.catalog import BackupId
-from chalicelib.snapshots import prune, snapshot_identifier, snapshot_tags, start_snapshot, sweep
+from chalicelib.logical.catalog import BackupId
+from chalicelib.physical.snapshots import prune, snapshot_identifier, snapshot_tags, start_snapshot, sweep
 
 from .conftest import BUCKET, DEST, NOW, SOURCE, Env, after_call, tags_of
 

@@ -8,8 +8,7 @@ import pytest
 
 from chalicelib.config import RetentionPolicy
 from chalicelib.errors import SnapshotError
-from chalicelib.retention import SnapshotFacts, snapshots_to_keep
-from chalicelib.snapshots import (
+from chalicelib.physical.snapshots import (
     backup_mode_sql,
     copy_tags,
     instance_specification,
@@ -18,6 +17,7 @@ from chalicelib.snapshots import (
     snapshot_identifier,
     validate_rds_identifier,
 )
+from chalicelib.scheduling.retention import SnapshotFacts, snapshots_to_keep
 
 SLOT = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 

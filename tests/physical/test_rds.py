@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import SnapshotError
-from chalicelib.snapshots import (
+from chalicelib.physical.snapshots import (
     RDS_INSTANCE,
     list_snapshots,
     start_snapshot,
@@ -140,7 +140,8 @@ def test_sweep_observes_creating_then_available_then_failed(env: Env) -> None:
     assert env.metrics.named("ManagedSnapshots")[0][1:] == (2, "Count", "shop")
     [(_, seconds, unit, target)] = env.metrics.named("SnapshotDuration")
     # from the snapshot's creation (NOW + 1 min) to the sweep that saw it available (NOW + 1 day 1 h)
-    assert (unit, target, seconds) == ("Seconds", "shop", (timedelta(days=1, hours=1) - timedelta(minutes=1)).total_seconds())
+    expected = (timedelta(days=1, hours=1) - timedelta(minutes=1)).total_seconds()
+    assert (unit, target, seconds) == ("Seconds", "shop", expected)
 
     env.metrics.calls.clear()
     report = sweep(svc)  # nothing new: marked snapshots are not reported twice
@@ -219,6 +220,6 @@ def test_encrypted_copy_needs_a_destination_key(env: Env) -> None:
 
 
 def _sets(svc: Any, region: str) -> Any:
-    from chalicelib.snapshots import _Inventory
+    from chalicelib.physical.snapshots import _Inventory
 
     return _Inventory(svc).sets(RDS_INSTANCE, region, "shop")

@@ -2,7 +2,7 @@
 stays on moto, a fault-injecting proxy, a ~25 MB database, and capture of the product's log lines.
 
 boto3 reads `AWS_ENDPOINT_URL_S3` before `AWS_ENDPOINT_URL`, so pointing S3 elsewhere is one environment
-variable; chalicelib.runtime.client is cached, so its cache is cleared whenever the endpoint changes.
+variable; chalicelib.wiring.client is cached, so its cache is cleared whenever the endpoint changes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
+from chalicelib import wiring
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer
 from tests.reliability.support import FaultProxy, SeaweedFS, weed_binary
@@ -38,7 +38,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 def _use_s3_endpoint(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def real_s3(aws: LocalStack, seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch
     bucket = seaweed.new_bucket()
     _use_s3_endpoint(seaweed.endpoint, monkeypatch)
     yield dataclasses.replace(aws, bucket=bucket)
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
     seaweed.drop_bucket(bucket)
 
 
@@ -58,7 +58,7 @@ def s3_proxy(real_s3: LocalStack, seaweed: SeaweedFS, monkeypatch: pytest.Monkey
     proxy = FaultProxy(seaweed.endpoint).start()
     _use_s3_endpoint(proxy.endpoint, monkeypatch)
     yield proxy
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
     proxy.stop()
 
 

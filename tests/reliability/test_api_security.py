@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import run_logical_backup
-from chalicelib.restores import restore_logical
+from chalicelib import wiring
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import restore_logical
 from devstack.local import LocalStack
 from devstack.postgres import PostgresServer
 from devstack.sample import BACKUP_PASSWORD
@@ -42,7 +42,7 @@ def test_every_route_has_an_iam_authorizer() -> None:
 @pytest.fixture
 def api(aws: LocalStack, pg: PostgresServer, write_lifeboat_config: ConfigWriter) -> Iterator[Any]:
     write_lifeboat_config(aws)
-    assert run_logical_backup(runtime.backup_services(), "shop", SLOT).status == "SUCCEEDED"
+    assert run_logical_backup(wiring.backup_services(), "shop", SLOT).status == "SUCCEEDED"
     with flows.lambda_client() as c:
         yield c
 
@@ -100,7 +100,7 @@ def test_library_restore_treats_the_name_as_a_name(aws: LocalStack, pg: Postgres
     CREATE DATABASE, pg_restore --dbname and the verification: read as libpq settings it would connect
     to 127.0.0.2:1 and fail."""
     write_lifeboat_config(aws)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     assert run_logical_backup(svc, "shop", SLOT).status == "SUCCEEDED"
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
     result = restore_logical(svc.store, svc.catalog, svc.toolbox, BACKUP_ID, login, name)
@@ -128,7 +128,7 @@ def test_backup_with_globals_of_a_database_named_like_a_connection_string(aws: L
                                                                            write_lifeboat_config: ConfigWriter
                                                                            ) -> None:
     write_lifeboat_config(aws, database=odd_database, globals=True)
-    outcome = run_logical_backup(runtime.backup_services(), "shop", SLOT)
+    outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED"
 
 

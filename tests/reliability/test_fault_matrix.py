@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import BackupServices, run_logical_backup
+from chalicelib import wiring
 from chalicelib.errors import LifeboatError, StorageError
+from chalicelib.logical.dump import BackupServices, run_logical_backup
 from devstack.local import LocalStack
 from devstack.postgres import PostgresServer
 from tests.reliability import flows
@@ -71,7 +71,7 @@ def test_postgres_restarted_mid_dump(real_s3: LocalStack, seaweed: SeaweedFS, s3
                                      ) -> None:
     """`pg_ctl restart -m immediate` as soon as S3 has acknowledged the first part of the dump."""
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     good_backup(svc)
     before = fingerprint(pg, big_db)
     s3_proxy.seen.clear()
@@ -108,7 +108,7 @@ def test_s3_403_on_upload_part_is_not_retried(real_s3: LocalStack, seaweed: Seaw
                                               pg: PostgresServer, big_db: str, write_lifeboat_config: ConfigWriter,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     good_backup(svc)
     before = fingerprint(pg, big_db)
     s3_proxy.rules = [fail_part(2, 403, "AccessDenied")]
@@ -130,7 +130,7 @@ def test_slow_s3_endpoint_still_succeeds_within_the_memory_budget(real_s3: Local
     """Every S3 answer delayed (parts by 1.5 s): slower, still complete, and never more part bytes in flight
     than the 16 MiB budget (upload_memory_mib), so pg_dump waits instead of memory growing."""
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     s3_proxy.rules = [delay(1.5, ("UploadPart",)), delay(0.2)]
     started = time.monotonic()
     outcome = run_logical_backup(svc, "shop", FAILING)
@@ -151,7 +151,7 @@ def test_503_on_one_part_is_retried_then_succeeds(real_s3: LocalStack, seaweed: 
                                                   big_db: str, write_lifeboat_config: ConfigWriter,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     s3_proxy.rules = [fail_part(2, 503, "SlowDown", times=1)]
     outcome = run_logical_backup(svc, "shop", FAILING)
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
@@ -174,12 +174,12 @@ def test_lambda_deadline_mid_restore_fails_the_job_cleanly(real_s3: LocalStack, 
     `deadline_margin_seconds` before the limit, drops the partly restored database, and records the job as
     FAILED with code deadline_exceeded and a RestoreFailed metric, instead of being killed mid-restore
     (job left RUNNING, database left half-made, SQS redelivering the same too-long job forever)."""
-    from chalicelib.api import LogicalRestoreRequest, start_restore
-    from chalicelib.restores import run_restore_job
+    from chalicelib.restore.requests import LogicalRestoreRequest
+    from chalicelib.restore.service import run_restore_job, start_restore
 
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
-    good_backup(runtime.backup_services())
-    svc = runtime.api_services()
+    good_backup(wiring.backup_services())
+    svc = wiring.api_services()
     job = start_restore(svc, LogicalRestoreRequest.model_validate(
         {"backup_id": GOOD_ID, "into": {"target": "shop", "database": "big_deadline"}}))
     s3_proxy.rules = [delay(1.5, ("GetObject",))]  # the restore cannot finish within the second it has
@@ -202,14 +202,14 @@ def test_duplicate_and_out_of_order_schedule_deliveries(aws: LocalStack, pg: Pos
                                                         write_lifeboat_config: ConfigWriter) -> None:
     """Dispatcher ticks at T, T again, T-1 min and T+1 min; every queued message delivered twice, newest
     first: exactly one backup per slot."""
-    from chalicelib.dispatch import run_dispatch
+    from chalicelib.scheduling.dispatch import run_dispatch
 
     write_lifeboat_config(aws, schedule="rate(1 minute)")
-    cfg = runtime.load_config()
+    cfg = wiring.load_config()
     t = FAILING
     queued = []
     for when in (t, t, t - timedelta(minutes=1), t + timedelta(minutes=1)):
-        queued.append([d.slot for d in run_dispatch(cfg, when, runtime.backup_queue(cfg), runtime.dispatch_cursor())])
+        queued.append([d.slot for d in run_dispatch(cfg, when, wiring.backup_queue(cfg), wiring.dispatch_cursor())])
     assert queued == [[t], [], [], [t + timedelta(minutes=1)]]
     bodies = flows.receive_all(aws.queue_url)
     assert len(bodies) == 2
@@ -220,7 +220,7 @@ def test_duplicate_and_out_of_order_schedule_deliveries(aws: LocalStack, pg: Pos
     assert sorted((r["backup_id"], r["status"]) for r in results) == [
         ("logical:shop:20261129T030000Z", "SKIPPED"), ("logical:shop:20261129T030000Z", "SUCCEEDED"),
         ("logical:shop:20261129T030100Z", "SKIPPED"), ("logical:shop:20261129T030100Z", "SUCCEEDED")]
-    ids = [str(b) for b in runtime.catalog(cfg).backup_ids("shop")]
+    ids = [str(b) for b in wiring.catalog(cfg).backup_ids("shop")]
     assert ids == ["logical:shop:20261129T030100Z", "logical:shop:20261129T030000Z"]
 
 
@@ -232,7 +232,7 @@ def test_damaged_dump_is_refused_by_the_cli(real_s3: LocalStack, seaweed: Seawee
     from chalicelib.cli import main
 
     write_lifeboat_config(real_s3)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     good_backup(svc)
     key = "logical/shop/2026/11/28/20261128T030000Z/database.dump"
     s3 = seaweed.client()
@@ -258,10 +258,10 @@ def test_a_failed_restore_outside_the_worker_emits_restore_failed(real_s3: Local
                                                                   stray_databases: Callable[[], set[str]],
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from chalicelib.errors import IntegrityError
-    from chalicelib.restores import restore_logical
+    from chalicelib.logical.restore import restore_logical
 
     write_lifeboat_config(real_s3)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     good_backup(svc)
     key = "logical/shop/2026/11/28/20261128T030000Z/database.dump"
     s3 = seaweed.client()

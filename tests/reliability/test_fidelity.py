@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import run_logical_backup
-from chalicelib.restores import restore_logical
+from chalicelib import wiring
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import restore_logical
 from devstack.local import LocalStack
 from devstack.postgres import SUPERUSER_PASSWORD, PostgresServer
 from tests.reliability import fidelity_schema as schema
@@ -88,7 +88,7 @@ def without_passwords(globals_sql: str) -> str:
 def test_round_trip_fidelity(real_s3: LocalStack, pg: PostgresServer, fidelity_db: str,
                              write_lifeboat_config: ConfigWriter, stray_databases: Callable[[], set[str]]) -> None:
     write_lifeboat_config(real_s3, database=fidelity_db, globals=True)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "shop", SLOT)
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]

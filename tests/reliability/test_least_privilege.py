@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
+from chalicelib import wiring
 from devstack.aws import MotoServer
 from devstack.local import LocalStack, provision, target
 from devstack.postgres import PostgresServer
@@ -88,13 +88,13 @@ def _exercise(recorder: OperationRecorder, stack: LocalStack, pg: PostgresServer
             for body in bodies:
                 assert {r["status"] for r in flows.backup_worker(c, body)} == {"SUCCEEDED"}
             assert flows.backup_worker(c, bodies[0])[0]["status"] == "SKIPPED"  # a duplicate delivery
-            handler = _inject_403_on_part(runtime.client("s3"), 2)
+            handler = _inject_403_on_part(wiring.client("s3"), 2)
             try:
                 with pytest.raises(StorageError, match="access denied"):
                     flows.backup_worker(c, json.dumps({"target": "big", "kind": "logical",
                                                        "slot": TICK.isoformat()}))
             finally:
-                runtime.client("s3").meta.events.unregister("before-send.s3.UploadPart", handler)
+                wiring.client("s3").meta.events.unregister("before-send.s3.UploadPart", handler)
         backup_id = "logical:shop:20261129T030000Z"
         with _cold(recorder, "api_handler"):
             assert flows.get(c, "/backups?target=shop")[0] == 200
@@ -159,11 +159,11 @@ def observed(moto_server: MotoServer, pg: PostgresServer, pg_roots: Path, big_db
         mp.setattr(botocore.session.Session, "create_client", create_client)
         DEFAULT_PROVIDERS.clear()
         parameters.clear_caches()  # type: ignore[no-untyped-call]
-        runtime.client.cache_clear()
+        wiring.client.cache_clear()
         try:
             _exercise(recorder, stack, pg)
         finally:
-            runtime.client.cache_clear()
+            wiring.client.cache_clear()
             DEFAULT_PROVIDERS.clear()
             parameters.clear_caches()  # type: ignore[no-untyped-call]
     yield recorder

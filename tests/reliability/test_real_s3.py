@@ -15,12 +15,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chalicelib import runtime
+from chalicelib import wiring
+from chalicelib.adapters.pgtools import child_processes
 from chalicelib.config import parse_config
-from chalicelib.dumps import run_logical_backup
 from chalicelib.errors import ConfigError, IntegrityError, PgToolError
-from chalicelib.pgtools import child_processes
-from chalicelib.restores import RestoreOptions, restore_logical
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import RestoreOptions, restore_logical
 from devstack.local import LocalStack
 from devstack.postgres import PostgresServer
 from tests.reliability import flows
@@ -37,10 +37,10 @@ def _children(name: str) -> list[int]:
 
 def test_the_s3_client_talks_to_seaweedfs_and_the_rest_to_moto(real_s3: LocalStack, seaweed: SeaweedFS,
                                                                  moto_server: object) -> None:
-    s3 = runtime.client("s3")
+    s3 = wiring.client("s3")
     assert s3.meta.endpoint_url == seaweed.endpoint
-    assert runtime.client("sqs").meta.endpoint_url == moto_server.endpoint  # type: ignore[attr-defined]
-    assert runtime.client("secretsmanager").meta.endpoint_url == moto_server.endpoint  # type: ignore[attr-defined]
+    assert wiring.client("sqs").meta.endpoint_url == moto_server.endpoint  # type: ignore[attr-defined]
+    assert wiring.client("secretsmanager").meta.endpoint_url == moto_server.endpoint  # type: ignore[attr-defined]
     seaweed.client().head_bucket(Bucket=real_s3.bucket)
 
 
@@ -73,7 +73,7 @@ def test_scheduled_backup_round_trip(real_s3: LocalStack, seaweed: SeaweedFS, pg
 def test_multipart_dump_of_more_than_two_parts(real_s3: LocalStack, seaweed: SeaweedFS, big_db: str,
                                                write_lifeboat_config: ConfigWriter) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
-    outcome = run_logical_backup(runtime.backup_services(), "shop", SLOT)
+    outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
     dump = outcome.manifest.object("dump")
     s3 = seaweed.client()
@@ -95,7 +95,7 @@ def test_abort_leaves_no_open_multipart_upload(real_s3: LocalStack, seaweed: Sea
                                                write_lifeboat_config: ConfigWriter,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     seen: list[int] = []
 
     def kill_pg_dump_after_the_first_part(done: int) -> None:
@@ -118,7 +118,7 @@ def test_restore_verifies_the_checksum_streaming_and_downloaded(real_s3: LocalSt
                                                                  write_lifeboat_config: ConfigWriter,
                                                                  stray_databases: object, tmp_path: Path) -> None:
     write_lifeboat_config(real_s3)
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     bid = run_logical_backup(svc, "shop", SLOT).backup_id
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
     for name, jobs in (("shop_rel_stream", 1), ("shop_rel_parallel", 2)):

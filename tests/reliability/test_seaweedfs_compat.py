@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import run_logical_backup
+from chalicelib import wiring
+from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
 from chalicelib.errors import StorageError
-from chalicelib.storage import MiB, PartPlan, S3Store
+from chalicelib.logical.dump import run_logical_backup
 from devstack.local import LocalStack
 from tests.reliability.conftest import ConfigWriter
 from tests.reliability.support import FaultProxy, SeaweedFS, bucket_state
@@ -36,7 +36,7 @@ SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 def test_what_s3store_sends_is_accepted(real_s3: LocalStack, s3_proxy: FaultProxy, big_db: str,
                                         write_lifeboat_config: ConfigWriter) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
-    outcome = run_logical_backup(runtime.backup_services(), "shop", SLOT)
+    outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED"
     create = s3_proxy.ops("CreateMultipartUpload")
     parts = s3_proxy.ops("UploadPart")
@@ -55,7 +55,7 @@ def test_what_s3store_sends_is_accepted(real_s3: LocalStack, s3_proxy: FaultProx
 
 
 def test_sse_kms_is_a_500_on_seaweedfs(real_s3: LocalStack) -> None:
-    store = S3Store(runtime.client("s3"), real_s3.bucket, kms_key_id="alias/pg-backups")
+    store = S3Store(wiring.client("s3"), real_s3.bucket, kms_key_id="alias/pg-backups")
     with pytest.raises(StorageError, match=r"S3 error on s3://.*: InternalError"):
         store.put_bytes("probe", b"x")
 

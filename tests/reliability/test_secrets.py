@@ -21,9 +21,9 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import runtime
-from chalicelib.dumps import run_logical_backup
+from chalicelib import wiring
 from chalicelib.errors import LifeboatError
+from chalicelib.logical.dump import run_logical_backup
 from devstack.local import LocalStack, target, write_config
 from devstack.postgres import PostgresServer, free_port
 from devstack.sample import BACKUP_PASSWORD
@@ -48,7 +48,7 @@ def nasty_role(pg: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def popen_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
     """argv and environment of every PostgreSQL client program the product starts."""
-    from chalicelib import pgtools
+    from chalicelib.adapters import pgtools
 
     calls: list[tuple[list[str], dict[str, str]]] = []
     real = pgtools.ChildProcess.start
@@ -87,7 +87,7 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
     arns = setup(aws, pg, tmp_path, monkeypatch)
     bodies: list[str] = []
     errors: list[str] = []
-    svc = runtime.backup_services()
+    svc = wiring.backup_services()
     with flows.lambda_client() as c:
         assert [r["status"] for r in flows.run_schedule(c, SLOT)] == ["SUCCEEDED"]
         with pytest.raises(LifeboatError) as info:  # a worker invocation that fails: SQS would retry it

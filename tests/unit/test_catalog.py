@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from chalicelib.catalog import BackupId, Layout, format_stamp, parse_stamp
 from chalicelib.errors import BadRequestError
+from chalicelib.logical.catalog import BackupId, Layout, format_stamp, parse_stamp
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:

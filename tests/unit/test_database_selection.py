@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from chalicelib.adapters.postgres import _selected
 from chalicelib.config import Logical
-from chalicelib.database import _selected
 
 TABLES = [
     ("public", "orders"), ("public", "order_items"), ("public", "audit_log"), ("public", "tmp_import"),

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from chalicelib.config import Config, parse_config
-from chalicelib.dispatch import DueBackup, due_backups, run_dispatch, window
 from chalicelib.errors import BadRequestError
+from chalicelib.scheduling.dispatch import DueBackup, due_backups, run_dispatch, window
 
 FIVE_MINUTES = timedelta(minutes=5)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.adapters.pgtools import PgTool
 from chalicelib.config import Logical
-from chalicelib.dumps import compression_args, pg_dump_args
-from chalicelib.pgtools import PgTool
+from chalicelib.logical.dump import compression_args, pg_dump_args
 
 
 def pg_dump(major: int) -> PgTool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.storage import S3_MAX_OBJECT, S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, GiB, MiB, PartPlan
+from chalicelib.adapters.s3 import S3_MAX_OBJECT, S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, GiB, MiB, PartPlan
 
 TiB = 1024 * GiB
 FIXED = 10**9  # parts_per_step beyond any part number: a plan that never grows

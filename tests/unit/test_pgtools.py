@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.adapters.pgtools import Toolbox, effective_compression, explain, minimal_env, scrub
 from chalicelib.errors import PgToolError
-from chalicelib.pgtools import Toolbox, effective_compression, explain, minimal_env, scrub
 
 CONTEXT = {"user": "backup_ro", "host": "db.internal", "port": 6432, "sslmode": "verify-full", "database": "shop"}
 

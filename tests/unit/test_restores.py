@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.errors import BadRequestError, LifeboatError
-from chalicelib.restores import RestoreOptions, pg_restore_args, validate_database_name, verify_counts
+from chalicelib.logical.restore import RestoreOptions, pg_restore_args, validate_database_name, verify_counts
 
 EXPECTED = {"public.orders": 120, "public.customers": 30, "sales.invoices": 7, "public.empty": 0}
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from chalicelib.config import RetentionPolicy, Settings
-from chalicelib.retention import (
+from chalicelib.scheduling.retention import (
     FAILED_RECORD_DAYS,
     POLICY_TAG,
     RETENTION_TAG,
@@ -21,7 +21,7 @@ from chalicelib.retention import (
     lifecycle_rules,
     snapshots_to_keep,
 )
-from chalicelib.schedules import Schedule
+from chalicelib.scheduling.schedules import Schedule
 
 D, W, M, Y = RetentionClass.DAILY, RetentionClass.WEEKLY, RetentionClass.MONTHLY, RetentionClass.YEARLY
 POLICY = RetentionPolicy()

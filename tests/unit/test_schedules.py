@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from chalicelib.schedules import Schedule, ScheduleSyntaxError
+from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
 from chalicelib.errors import StorageError
-from chalicelib.storage import MiB, PartPlan, S3Store
 
 
 class FakeS3:
@@ -51,7 +51,7 @@ class FakeS3:
 
 def watched_store(client: FakeS3, budget: int, part: int) -> tuple[S3Store, list[int]]:
     """A store whose uploads report the bytes they hold after every change."""
-    from chalicelib import storage
+    from chalicelib.adapters import s3 as storage
 
     peaks: list[int] = []
     store = S3Store(client, "b", plan=PartPlan(base=part, parts_per_step=1000), concurrency=4,  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def watched_store(client: FakeS3, budget: int, part: int) -> tuple[S3Store, list
 
 @pytest.fixture(autouse=True)
 def restore_reserve() -> Any:
-    from chalicelib import storage
+    from chalicelib.adapters import s3 as storage
 
     original = storage._MultipartUpload._reserve
     yield

@@ -12,14 +12,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.catalog import BackupId
 from chalicelib.errors import BadRequestError, ConflictError, NotFoundError, RestoreError
-from chalicelib.restore_jobs import JobError, RestoreJob
+from chalicelib.logical.catalog import BackupId
+from chalicelib.restore.model import JobError, RestoreJob
 
 if TYPE_CHECKING:
-    from chalicelib.api import PointInTimeRestoreRequest, SnapshotRestoreRequest
     from chalicelib.config import Physical
-    from chalicelib.snapshots import SnapshotEntry, SnapshotServices
+    from chalicelib.physical.snapshots import SnapshotEntry, SnapshotServices
+    from chalicelib.restore.requests import PointInTimeRestoreRequest, SnapshotRestoreRequest
 
 DEFAULT_AURORA_INSTANCE_CLASS = "db.r6g.large"
 EBS_DEVICES = [f"/dev/sd{c}" for c in "fghijklmnop"]
@@ -50,7 +50,7 @@ def _code(exc: Exception) -> str:
 
 
 def find_snapshot(svc: Any, backup_id: str, region: str | None = None) -> SnapshotEntry:
-    from chalicelib.snapshots import list_snapshots
+    from chalicelib.physical.snapshots import list_snapshots
 
     bid = BackupId.parse(backup_id)
     physical = _physical(svc, bid.target)
@@ -99,7 +99,7 @@ def restorable_window(svc: Any, physical: Physical) -> tuple[datetime | None, da
 
 def check(svc: Any, req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> str:
     """Refuse now what would fail later; returns the target name."""
-    from chalicelib.api import SnapshotRestoreRequest
+    from chalicelib.restore.requests import SnapshotRestoreRequest
 
     if isinstance(req, SnapshotRestoreRequest):
         bid = BackupId.parse(req.backup_id)
@@ -145,7 +145,7 @@ def _common(req: Any) -> dict[str, Any]:
 
 def start(svc: Any, job: RestoreJob) -> RestoreJob:
     """The first AWS call of a snapshot or point-in-time restore; the job stays RUNNING."""
-    from chalicelib.api import PointInTimeRestoreRequest, SnapshotRestoreRequest
+    from chalicelib.restore.requests import PointInTimeRestoreRequest, SnapshotRestoreRequest
 
     snapshots = _services(svc)
     physical = _physical(svc, job.target)

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 from chalicelib import config as config_module
 
 if TYPE_CHECKING:
+    from chalicelib.adapters.dynamo import JobStore
+    from chalicelib.adapters.s3 import S3Store
     from chalicelib.api import ApiServices
-    from chalicelib.catalog import Catalog
     from chalicelib.config import Config
-    from chalicelib.dispatch import BackupQueue, DispatchCursor
-    from chalicelib.dumps import BackupServices
     from chalicelib.fargate import FargateLauncher
-    from chalicelib.jobs import JobStore
-    from chalicelib.snapshots import SnapshotServices
-    from chalicelib.storage import S3Store
+    from chalicelib.logical.catalog import Catalog
+    from chalicelib.logical.dump import BackupServices
+    from chalicelib.physical.snapshots import SnapshotServices
+    from chalicelib.scheduling.dispatch import BackupQueue, DispatchCursor
 
 
 @cache
@@ -46,7 +46,7 @@ def load_config() -> Config:
 
 
 def store(cfg: Config) -> S3Store:
-    from chalicelib.storage import MiB, PartPlan, S3Store
+    from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
 
     s = cfg.settings
     return S3Store(client("s3"), s.bucket, kms_key_id=s.kms_key_id, plan=PartPlan(base=s.part_size_mib * MiB),
@@ -54,23 +54,23 @@ def store(cfg: Config) -> S3Store:
 
 
 def catalog(cfg: Config) -> Catalog:
-    from chalicelib.catalog import Catalog, Layout
+    from chalicelib.logical.catalog import Catalog, Layout
 
     return Catalog(store(cfg), Layout(cfg.settings.prefix))
 
 
 def jobs() -> JobStore | None:
-    from chalicelib.jobs import JobStore
+    from chalicelib.adapters.dynamo import JobStore
 
     table = os.environ.get("LIFEBOAT_JOBS_TABLE")
     return JobStore(client("dynamodb"), table) if table else None
 
 
 def backup_services(cfg: Config | None = None) -> BackupServices:
-    from chalicelib.catalog import Catalog, Layout
-    from chalicelib.database import CredentialResolver
-    from chalicelib.dumps import BackupServices
-    from chalicelib.pgtools import Toolbox
+    from chalicelib.adapters.pgtools import Toolbox
+    from chalicelib.adapters.postgres import CredentialResolver
+    from chalicelib.logical.catalog import Catalog, Layout
+    from chalicelib.logical.dump import BackupServices
 
     cfg = cfg or load_config()
     s3 = store(cfg)
@@ -86,8 +86,8 @@ def has_backup_queue() -> bool:
 
 
 def backup_queue(cfg: Config | None = None) -> BackupQueue:
-    from chalicelib.dispatch import BackupQueue
     from chalicelib.errors import ConfigError
+    from chalicelib.scheduling.dispatch import BackupQueue
 
     url = os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL")
     if not url:
@@ -96,18 +96,18 @@ def backup_queue(cfg: Config | None = None) -> BackupQueue:
 
 
 def dispatch_cursor() -> DispatchCursor | None:
-    from chalicelib.dispatch import DispatchCursor
+    from chalicelib.scheduling.dispatch import DispatchCursor
 
     table = os.environ.get("LIFEBOAT_JOBS_TABLE")
     return DispatchCursor(client("dynamodb"), table) if table else None
 
 
 def api_services(cfg: Config | None = None) -> ApiServices:
+    from chalicelib.adapters.pgtools import Toolbox
+    from chalicelib.adapters.postgres import CredentialResolver
     from chalicelib.api import ApiServices
-    from chalicelib.database import CredentialResolver
     from chalicelib.errors import ConfigError
-    from chalicelib.pgtools import Toolbox
-    from chalicelib.restore_jobs import RestoreJobStore, RestoreQueue
+    from chalicelib.restore.model import RestoreJobStore, RestoreQueue
 
     cfg = cfg or load_config()
     table = os.environ.get("LIFEBOAT_JOBS_TABLE")
@@ -135,8 +135,8 @@ def regional_client(service: str, region: str) -> Any:
 
 
 def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
-    from chalicelib.database import CredentialResolver
-    from chalicelib.snapshots import SnapshotServices
+    from chalicelib.adapters.postgres import CredentialResolver
+    from chalicelib.physical.snapshots import SnapshotServices
 
     cfg = cfg or load_config()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"

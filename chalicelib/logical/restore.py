@@ -21,21 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
-from chalicelib.database import Login, connect, count_rows, database_exists, server_version
+from chalicelib.adapters.pgtools import ChildProcess, Deadline, Toolbox, conninfo_dbname, minimal_env, watchdog
+from chalicelib.adapters.postgres import Login, connect, count_rows, database_exists, server_version
+from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import (
     BadRequestError,
     ConflictError,
     DeadlineError,
     IntegrityError,
-    LifeboatError,
     PgToolError,
     RestoreError,
 )
+from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.observability import logger, record
-from chalicelib.pgtools import ChildProcess, Deadline, Toolbox, conninfo_dbname, minimal_env, watchdog
-from chalicelib.restore_jobs import RestoreJob, RestoreJobStore
-from chalicelib.storage import BackupStore
 
 CHUNK = 1024 * 1024
 MAX_IDENTIFIER = 63
@@ -344,70 +342,3 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any
         raise IntegrityError(f"{key} has SHA-256 {sha.hexdigest()[:16]}... but the manifest says {sha256[:16]}...:"
                              " the object was tampered with or corrupted; the restore was rolled back")
     return total
-
-
-def run_restore_job(svc: Any, restore_id: str, remaining_ms: Callable[[], int] | None = None,
-                    workdir: Path | None = None) -> RestoreJob:
-    """The restore worker: take a PENDING job, run it, record the outcome. Safe to deliver twice."""
-    from datetime import timedelta
-
-    from chalicelib.api import LogicalRestoreRequest, into_login
-    from chalicelib.restore_jobs import JobError
-
-    jobs: RestoreJobStore = svc.jobs
-    job = jobs.get(restore_id)
-    lease = timedelta(seconds=(remaining_ms() / 1000 if remaining_ms else 900) + 60)
-    running = jobs.start(job, lease)
-    if running is None:
-        logger.info("restore already taken or finished", extra={"restore_id": restore_id, "status": job.status})
-        return job
-    job = running
-    logger.append_keys(restore_id=restore_id, target=job.target)
-    try:
-        if job.kind == "logical":
-            req = LogicalRestoreRequest.model_validate(job.request)
-            login, server = into_login(svc, req.into)
-            last = [0.0]
-
-            def progress(done: int) -> None:
-                nonlocal job
-                now = time.monotonic()
-                if now - last[0] >= 5:
-                    last[0] = now
-                    job = jobs.save(job.model_copy(update={"progress": {"bytes_restored": done}}), lease)
-
-            opts = RestoreOptions(schemas=tuple(req.options.schemas), tables=tuple(req.options.tables),
-                                  no_owner=req.options.no_owner, no_acl=req.options.no_acl, jobs=req.options.jobs,
-                                  replace=req.options.clean)
-            deadline = (Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds)
-                        if remaining_ms else None)
-            result = restore_logical(svc.catalog.store, svc.catalog, svc.toolbox, req.backup_id, login,
-                                     req.into.database, opts, on_progress=progress, restore_id=restore_id,
-                                     workdir=workdir, deadline=deadline)
-            job = job.model_copy(update={
-                "status": "SUCCEEDED",
-                "progress": {"bytes_restored": result.bytes_restored},
-                "result": {"server": server, "host": login.host, "database": result.database,
-                           "pg_restore_version": result.pg_restore_version, "seconds": round(result.seconds, 3),
-                           "verification": result.verification,
-                           "replaced_database_kept_as": result.replaced_database_kept_as,
-                           "recovered": result.recovered},
-            })
-        else:
-            from chalicelib import snapshot_restores
-
-            job = snapshot_restores.start(svc, job)
-    except LifeboatError as exc:
-        job = job.model_copy(update={"status": "FAILED", "error": JobError(code=exc.code, message=str(exc))})
-        if not getattr(exc, "lifeboat_recorded", False):
-            record("RestoreFailed", 1, "Count", job.target)
-        logger.error("restore failed", extra={"error": str(exc), "error_code": exc.code})
-    except Exception as exc:
-        job = job.model_copy(update={"status": "FAILED", "error": JobError(
-            code="internal_error", message=f"unexpected {type(exc).__name__}; see the worker's log")})
-        if not getattr(exc, "lifeboat_recorded", False):
-            record("RestoreFailed", 1, "Count", job.target)
-        logger.exception("restore failed unexpectedly")
-    finally:
-        logger.remove_keys(["restore_id", "target"])
-    return jobs.save(job)

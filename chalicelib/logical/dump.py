@@ -19,12 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chalicelib.catalog import BackupId, Catalog, Manifest, ManifestObject
-from chalicelib.config import Config, Logical, Target
-from chalicelib.database import CredentialResolver, Login, exported_snapshot, server_version
-from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
-from chalicelib.observability import logger, record
-from chalicelib.pgtools import (
+from chalicelib.adapters.pgtools import (
     ChildProcess,
     Deadline,
     PgTool,
@@ -36,12 +31,17 @@ from chalicelib.pgtools import (
     scrub,
     watchdog,
 )
-from chalicelib.retention import POLICY_TAG, RETENTION_TAG, classify
-from chalicelib.storage import BackupStore, PutResult
+from chalicelib.adapters.postgres import CredentialResolver, Login, exported_snapshot, server_version
+from chalicelib.adapters.s3 import BackupStore, PutResult
+from chalicelib.config import Config, Logical, Target
+from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
+from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
+from chalicelib.observability import logger, record
+from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, classify
 
 if TYPE_CHECKING:
-    from chalicelib.dispatch import DueBackup
-    from chalicelib.jobs import JobStore
+    from chalicelib.adapters.dynamo import JobStore
+    from chalicelib.scheduling.dispatch import DueBackup
 
 
 @dataclass
@@ -283,7 +283,7 @@ PROVIDER_DATABASES = ("rdsadmin", "azure_maintenance", "azure_sys", "cloudsqladm
 
 
 def list_databases(login: Login, exclude: list[str]) -> list[str]:
-    from chalicelib.database import connect
+    from chalicelib.adapters.postgres import connect
 
     with connect(login) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
@@ -295,7 +295,7 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
                 deadline: Deadline | None, claim_key: str) -> BackupOutcome:
     """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
     per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
-    from chalicelib.dispatch import DueBackup
+    from chalicelib.scheduling.dispatch import DueBackup
 
     started = svc.clock()
     written: list[str] = []

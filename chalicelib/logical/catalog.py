@@ -17,8 +17,8 @@ from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import BadRequestError, NotFoundError
-from chalicelib.storage import BackupStore
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47})(?:/([A-Za-z0-9_.%~-]{1,200}))?:(\d{8}T\d{6}Z)$")

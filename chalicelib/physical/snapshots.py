@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from chalicelib import observability
-from chalicelib.catalog import BackupId, format_stamp
 from chalicelib.config import Config, Physical, RetentionPolicy, Target
 from chalicelib.errors import BadRequestError, LifeboatError, SnapshotError
+from chalicelib.logical.catalog import BackupId, format_stamp
 from chalicelib.observability import logger
-from chalicelib.retention import POLICY_TAG, RETENTION_TAG, SnapshotFacts, classify, snapshots_to_keep
+from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, SnapshotFacts, classify, snapshots_to_keep
 
 if TYPE_CHECKING:
-    from chalicelib.database import CredentialResolver, Login
-    from chalicelib.jobs import JobStore
-    from chalicelib.storage import BackupStore
+    from chalicelib.adapters.dynamo import JobStore
+    from chalicelib.adapters.postgres import CredentialResolver, Login
+    from chalicelib.adapters.s3 import BackupStore
 
 MANAGED_TAG = "lifeboat:managed"
 MANAGED_VALUE = "true"
@@ -741,7 +741,7 @@ def backup_mode_sql(server_version_num: int) -> tuple[str, str, str]:
 
 
 def _backup_mode_error(exc: Exception, login: Login, step: str) -> SnapshotError:
-    from chalicelib.pgtools import scrub
+    from chalicelib.adapters.pgtools import scrub
 
     text = scrub(str(exc).strip(), login.secrets)
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -765,7 +765,7 @@ def backup_mode(login: Login, label: str) -> Iterator[BackupLabel]:
     """
     import psycopg
 
-    from chalicelib.database import connect
+    from chalicelib.adapters.postgres import connect
 
     result = BackupLabel(label)
     conn = connect(login, autocommit=True)

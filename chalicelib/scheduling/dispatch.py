@@ -16,7 +16,7 @@ from typing import Any
 
 from chalicelib.config import Config
 from chalicelib.errors import BadRequestError, StorageError
-from chalicelib.schedules import Schedule
+from chalicelib.scheduling.schedules import Schedule
 
 CURSOR_KEY = "dispatcher#cursor"
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from chalicelib.adapters.pgtools import Toolbox
+from chalicelib.adapters.postgres import CredentialResolver
+from chalicelib.config import Config
 from chalicelib.errors import NotFoundError, StorageError
+from chalicelib.logical.catalog import Catalog
+from chalicelib.physical.snapshots import SnapshotServices
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
 KEY_PREFIX = "restore#"
@@ -139,3 +145,16 @@ class RestoreQueue:
             self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps({"restore_id": restore_id}))
         except Exception as exc:
             raise StorageError(f"cannot queue restore {restore_id} on {self.url}: {exc}") from exc
+
+
+@dataclass
+class RestoreServices:
+    """What a restore needs: the API, the worker and the sweeper share it."""
+
+    config: Config
+    catalog: Catalog
+    jobs: RestoreJobStore
+    restore_queue: RestoreQueue
+    credentials: CredentialResolver
+    toolbox: Toolbox
+    snapshots: SnapshotServices | None = None  # built only when a target has a physical section

@@ -10,22 +10,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib import runtime
+from chalicelib import wiring
 from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
 from chalicelib.observability import logger, record, traced
 
 if TYPE_CHECKING:
     from chalicelib.api import ApiServices
-    from chalicelib.dispatch import DueBackup
-    from chalicelib.dumps import BackupServices
+    from chalicelib.logical.dump import BackupServices
+    from chalicelib.scheduling.dispatch import DueBackup
 
 
 def dispatch_tick(event_time: str | None) -> dict[str, Any]:
-    from chalicelib.dispatch import run_dispatch
+    from chalicelib.scheduling.dispatch import run_dispatch
 
     tick = datetime.fromisoformat(event_time.replace("Z", "+00:00")) if event_time else datetime.now(UTC)
-    cfg = runtime.load_config()
-    due = run_dispatch(cfg, tick, runtime.backup_queue(cfg), runtime.dispatch_cursor())
+    cfg = wiring.load_config()
+    due = run_dispatch(cfg, tick, wiring.backup_queue(cfg), wiring.dispatch_cursor())
     logger.info("dispatched", extra={"tick": tick.isoformat(), "due": len(due), "targets": len(cfg.targets)})
     record("BackupsDispatched", len(due), "Count")
     return {"tick": tick.isoformat(), "dispatched": [d.message() for d in due]}
@@ -34,23 +34,23 @@ def dispatch_tick(event_time: str | None) -> dict[str, Any]:
 def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
     """One due backup from the queue. Malformed messages and unknown targets are dropped (retrying
     cannot fix them); every other failure is raised so SQS retries it and, in the end, dead-letters it."""
-    from chalicelib.dispatch import DueBackup
-    from chalicelib.dumps import run_logical_backup
-    from chalicelib.pgtools import Deadline
+    from chalicelib.adapters.pgtools import Deadline
+    from chalicelib.logical.dump import run_logical_backup
+    from chalicelib.scheduling.dispatch import DueBackup
 
     try:
         due = DueBackup.from_message(body)
-        svc = runtime.backup_services()
+        svc = wiring.backup_services()
         svc.config.target(due.target)
     except (BadRequestError, NotFoundError) as exc:
         logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
     if due.kind == "physical":
-        from chalicelib.snapshots import start_snapshot
+        from chalicelib.physical.snapshots import start_snapshot
 
         try:
-            started = start_snapshot(runtime.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
+            started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
         except BadRequestError as exc:  # a target without a physical section: retrying cannot help
             logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
             return {"status": "REJECTED", "error": str(exc)}
@@ -59,7 +59,7 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
     if delegated is not None:
         return delegated
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
-    svc.fan_out = runtime.backup_queue(svc.config).send if runtime.has_backup_queue() else None
+    svc.fan_out = wiring.backup_queue(svc.config).send if wiring.has_backup_queue() else None
     with traced("logical_backup", target=due.target):
         outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline,
                                      database=due.database)
@@ -74,14 +74,14 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
     """One restore job from the queue; the job record carries its outcome, so nothing is re-raised."""
     import json
 
-    from chalicelib.restores import run_restore_job
+    from chalicelib.restore.service import run_restore_job
 
     try:
         restore_id = str(json.loads(body)["restore_id"])
     except (ValueError, KeyError, TypeError):
         logger.error("dropping a malformed restore message", extra={"body": body[:200]})
         return {"status": "REJECTED"}
-    svc = runtime.api_services()
+    svc = wiring.api_services()
     delegated = _beyond_lambda_restore(svc, restore_id)
     if delegated is not None:
         return delegated
@@ -96,23 +96,23 @@ def _beyond_lambda_backup(svc: BackupServices, due: DueBackup) -> dict[str, Any]
     """The worker's result when the backup was handed to a Fargate task; None to run it here."""
     from chalicelib.fargate import route_backup
 
-    return route_backup(svc, due, runtime.fargate_launcher())
+    return route_backup(svc, due, wiring.fargate_launcher())
 
 
 def _beyond_lambda_restore(svc: ApiServices, restore_id: str) -> dict[str, Any] | None:
     """The worker's result when the restore was handed to a Fargate task; None to run it here."""
     from chalicelib.fargate import route_restore
 
-    return route_restore(svc, restore_id, runtime.fargate_launcher(), runtime.jobs())
+    return route_restore(svc, restore_id, wiring.fargate_launcher(), wiring.jobs())
 
 
 def sweep_snapshots() -> dict[str, Any]:
-    from chalicelib.snapshots import sweep
+    from chalicelib.physical.snapshots import sweep
 
-    return sweep(runtime.snapshot_services()).as_dict()
+    return sweep(wiring.snapshot_services()).as_dict()
 
 
 def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:
-    from chalicelib.snapshots import prune
+    from chalicelib.physical.snapshots import prune
 
-    return prune(runtime.snapshot_services(), dry_run=dry_run).as_dict()
+    return prune(wiring.snapshot_services(), dry_run=dry_run).as_dict()

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.adapters.pgtools import explain, scrub
 from chalicelib.errors import DatabaseConnectionError, SecretError
-from chalicelib.pgtools import explain, scrub
 
 if TYPE_CHECKING:
     import psycopg
