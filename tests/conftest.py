@@ -25,9 +25,9 @@ def moto_server() -> Iterator[MotoServer]:
     os.environ.update(server.env())
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "false"
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "lifeboat")
-    from chalicelib import runtime
+    from chalicelib import wiring
 
-    runtime.client.cache_clear()
+    wiring.client.cache_clear()
     yield server
     server.stop()
     os.environ.clear()
