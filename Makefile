@@ -43,7 +43,7 @@ package: venv layers/dist/pg-clients-$(ARCH).zip
 	  $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(foreach t,$(ALARM_TARGETS),--target $(t))
 
 # One architecture's layer, built only when missing or older than its inputs (`make layers` builds all).
-layers/dist/pg-clients-%.zip: layers/build.py $(wildcard layers/*.json)
+layers/dist/pg-clients-%.zip: layers/build.py $(wildcard layers/pglayer/*.py) $(wildcard layers/*.json)
 	$(PY) layers/build.py --arch $*
 
 # The Fargate worker's container image (Dockerfile; chalicelib/fargate.py), for the stack's ARCH. Runs

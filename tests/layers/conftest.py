@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "layers"))  # pglayer, the code behind layers/build.py
 
 from layer_support import ARCHES, REPO, Layer, run_build, unpack
 

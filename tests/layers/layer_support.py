@@ -1,9 +1,8 @@
-"""Helpers for the PostgreSQL client layer tests: the build module, unpacking a zip where a path looks
-like /opt, and running the programs of either architecture (natively or under qemu-user)."""
+"""Helpers for the PostgreSQL client layer tests: running layers/build.py, unpacking a zip where a path
+looks like /opt, and running the programs of either architecture (natively or under qemu-user)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,27 +11,17 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from pglayer.fetch import sysroot
+
+from devstack import pgbin
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "layers" / "build.py"
 ARCHES = ("x86_64", "arm64")
 QEMU = {"x86_64": "qemu-x86_64-static", "arm64": "qemu-aarch64-static"}
 LOADER = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "arm64": "/lib/ld-linux-aarch64.so.1"}
-
-
-def _load_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lifeboat_layers_build", BUILD_SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build()
 
 
 def pinned_versions() -> dict[int, str]:
@@ -44,8 +33,14 @@ MAJORS = sorted(pinned_versions())
 
 
 def run_build(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, str(BUILD_SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.fail(f"layers/build.py {' '.join(args)} failed:\n{proc.stderr}")
     return proc
@@ -64,7 +59,7 @@ def unpack(zip_path: Path, dest: Path) -> Path:
 
 
 def host_arch() -> str:
-    return str(build.pgbin.host_arch())
+    return pgbin.host_arch()
 
 
 def qemu_for(arch: str) -> str | None:
@@ -90,7 +85,7 @@ class Layer:
         accesses, not the program it is asked to run)."""
         if self.native:
             return LOADER[self.arch]
-        return str(build.sysroot(self.arch) / LOADER[self.arch].lstrip("/"))
+        return str(sysroot(self.arch) / LOADER[self.arch].lstrip("/"))
 
     def prefix(self) -> list[str]:
         """Command prefix to execute this layer's programs on this host."""
@@ -98,11 +93,20 @@ class Layer:
             return []
         qemu = qemu_for(self.arch)
         if qemu is None:
-            pytest.skip(f"{self.arch} programs need {QEMU[self.arch]} on this {host_arch()} host "
-                        "(apt-get install qemu-user-static)")
-        return [qemu, "-L", str(build.sysroot(self.arch))]
+            pytest.skip(
+                f"{self.arch} programs need {QEMU[self.arch]} on this {host_arch()} host "
+                "(apt-get install qemu-user-static)"
+            )
+        return [qemu, "-L", str(sysroot(self.arch))]
 
-    def run(self, args: list[str | Path], env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.prefix(), *map(str, args)], env=env if env is not None else {},
-                              capture_output=True, text=True, timeout=timeout, check=False)
+    def run(
+        self, args: list[str | Path], env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix(), *map(str, args)],
+            env=env if env is not None else {},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )

@@ -34,8 +34,7 @@ def test_two_builds_are_byte_identical(two_builds: tuple[Path, Path]) -> None:
     assert first.read_bytes() == second.read_bytes()
 
 
-def test_entries_do_not_depend_on_the_other_majors(two_builds: tuple[Path, Path],
-                                                   layer_zips: dict[str, Path]) -> None:
+def test_entries_do_not_depend_on_the_other_majors(two_builds: tuple[Path, Path], layer_zips: dict[str, Path]) -> None:
     """pg/17 and pg/lib of the one-major build are the very files of the full layer."""
     with zipfile.ZipFile(two_builds[0]) as small, zipfile.ZipFile(layer_zips[ARCH]) as full:
         names = [n for n in small.namelist() if n != "pg/manifest.json"]
@@ -60,9 +59,26 @@ def test_up_to_date_only_for_the_same_inputs(two_builds: tuple[Path, Path], tmp_
 
 def test_rds_ca_bundle_option(tmp_path: Path) -> None:
     ca = tmp_path / "mine.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=supplied-bundle", "-keyout", str(tmp_path / "k"), "-out", str(ca)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=supplied-bundle",
+            "-keyout",
+            str(tmp_path / "k"),
+            "-out",
+            str(ca),
+        ],
+        check=True,
+        capture_output=True,
+    )
     ca.write_text("some preamble text\n" + ca.read_text() + ca.read_text())  # noise and a duplicate
     run_build("--arch", ARCH, "--majors", MAJOR, "--rds-ca-bundle", str(ca), "--out-dir", str(tmp_path))
     with zipfile.ZipFile(tmp_path / f"pg-clients-{ARCH}.zip") as zf:
@@ -77,9 +93,24 @@ def test_rds_ca_bundle_option(tmp_path: Path) -> None:
 def test_rds_ca_bundle_option_rejects_a_file_without_certificates(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.pem"
     bogus.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n")
-    proc = subprocess.run([sys.executable, "layers/build.py", "--arch", ARCH, "--majors", MAJOR,
-                           "--rds-ca-bundle", str(bogus), "--out-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "layers/build.py",
+            "--arch",
+            ARCH,
+            "--majors",
+            MAJOR,
+            "--rds-ca-bundle",
+            str(bogus),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "no PEM certificate found" in proc.stderr
     assert not (tmp_path / f"pg-clients-{ARCH}.zip").exists()

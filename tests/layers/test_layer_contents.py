@@ -10,14 +10,25 @@ import time
 import zipfile
 from pathlib import Path
 
-from layer_support import ARCHES, MAJORS, Layer, build, pinned_versions
+from layer_support import ARCHES, MAJORS, Layer, pinned_versions
+from pglayer.common import DEBS_LOCK, RDS_CA_LOCK, VERSIONS_FILE
 
 PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 # Everything beyond glibc that the clients and libpq need, from Debian 12 (see layers/README.md).
 SYSTEM_LIBS = {
-    "libzstd.so.1", "liblz4.so.1", "libssl.so.3", "libcrypto.so.3", "libz.so.1", "libgssapi_krb5.so.2",
-    "libkrb5.so.3", "libk5crypto.so.3", "libkrb5support.so.0", "libcom_err.so.2", "libkeyutils.so.1",
-    "libreadline.so.8", "libtinfo.so.6",
+    "libzstd.so.1",
+    "liblz4.so.1",
+    "libssl.so.3",
+    "libcrypto.so.3",
+    "libz.so.1",
+    "libgssapi_krb5.so.2",
+    "libkrb5.so.3",
+    "libk5crypto.so.3",
+    "libkrb5support.so.0",
+    "libcom_err.so.2",
+    "libkeyutils.so.1",
+    "libreadline.so.8",
+    "libtinfo.so.6",
 }
 MB = 1_000_000
 LAMBDA_UNZIPPED_LIMIT = 250 * MB  # function + all its layers
@@ -65,34 +76,34 @@ def test_manifest(layer: Layer) -> None:
     assert manifest["arch"] == layer.arch
     assert {int(m): v["version"] for m, v in manifest["majors"].items()} == pinned_versions()
     assert set(manifest["debian_packages"]) == SYSTEM_LIBS
-    lock = json.loads((build.DEBS_LOCK).read_text())["packages"][layer.arch]
+    lock = json.loads(DEBS_LOCK.read_text())["packages"][layer.arch]
     for soname, info in manifest["debian_packages"].items():
         assert lock[info["package"]]["version"] == info["version"], soname
     assert manifest["requires"]["glibc"] == "2.34"
 
 
 def test_wheel_and_deb_pins_are_complete() -> None:
-    versions = json.loads(build.VERSIONS_FILE.read_text())["majors"]
+    versions = json.loads(VERSIONS_FILE.read_text())["majors"]
     for major, pin in versions.items():
         assert set(pin["sha256"]) == set(ARCHES), major
         assert all(len(h) == 64 for h in pin["sha256"].values()), major
-    lock = json.loads(build.DEBS_LOCK.read_text())
+    lock = json.loads(DEBS_LOCK.read_text())
     names = {n for group in lock["groups"].values() for n in group}
     for arch in ARCHES:
         assert set(lock["packages"][arch]) == names
 
 
 def _subjects(bundle: Path) -> list[str]:
-    p7 = subprocess.run(["openssl", "crl2pkcs7", "-nocrl", "-certfile", str(bundle)], capture_output=True,
-                        check=True)
-    out = subprocess.run(["openssl", "pkcs7", "-print_certs", "-noout"], input=p7.stdout,
-                         capture_output=True, check=True).stdout.decode()
+    p7 = subprocess.run(["openssl", "crl2pkcs7", "-nocrl", "-certfile", str(bundle)], capture_output=True, check=True)
+    out = subprocess.run(
+        ["openssl", "pkcs7", "-print_certs", "-noout"], input=p7.stdout, capture_output=True, check=True
+    ).stdout.decode()
     return [line for line in out.splitlines() if line.startswith("subject=")]
 
 
 def test_rds_ca_bundle(layer: Layer) -> None:
     bundle = layer.opt / "pg" / "certs" / "rds-ca-bundle.pem"
-    lock = json.loads(build.RDS_CA_LOCK.read_text())
+    lock = json.loads(RDS_CA_LOCK.read_text())
     subjects = _subjects(bundle)
     assert len(subjects) == lock["certificates"] >= 100
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -1,6 +1,6 @@
-"""Static checks of every ELF file in the layers, read with pyelftools (independently of the reader in
-layers/build.py): libraries resolve inside the layer the way glibc's loader looks them up, and nothing
-needs more than the glibc 2.34 of Amazon Linux 2023."""
+"""Static checks of every ELF file in the layers, read with pyelftools independently of the build's own
+checks (layers/pglayer/elf.py): libraries resolve inside the layer the way glibc's loader looks them up,
+and nothing needs more than the glibc 2.34 of Amazon Linux 2023."""
 
 from __future__ import annotations
 
@@ -14,10 +14,20 @@ import pytest
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
-from layer_support import Layer, build
+from layer_support import Layer
+from pglayer import elf as layer_elf
+from pglayer.fetch import wheel_path
+from pglayer.stage import extract_clients
+
+from devstack import pgbin
 
 RUNTIME_GLIBC = {
-    "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libresolv.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libresolv.so.2",
 }
 LOADERS = {"x86_64": "ld-linux-x86-64.so.2", "arm64": "ld-linux-aarch64.so.1"}
 MACHINES = {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}
@@ -84,8 +94,9 @@ def resolution_problems(root: Path, arch: str) -> list[str]:
             problems.append(f"{rel}: machine {info.machine}")
         if info.rpath is not None:
             problems.append(f"{rel}: DT_RPATH {info.rpath}")
-        dirs = [Path(os.path.normpath(d.replace("$ORIGIN", str(path.parent))))
-                for d in (info.runpath or "").split(":") if d]
+        dirs = [
+            Path(os.path.normpath(d.replace("$ORIGIN", str(path.parent)))) for d in (info.runpath or "").split(":") if d
+        ]
         resolved = {}
         for needed in info.needed:
             if needed in provided:
@@ -128,15 +139,23 @@ def test_no_symbol_needs_glibc_newer_than_2_34(layer: Layer) -> None:
 
 def test_checker_flags_the_unpatched_wheel(tmp_path: Path) -> None:
     """The wheel's own libpq has RUNPATH /opt/postgresql/lib: its libssl would come from the system."""
-    arch = build.pgbin.host_arch()
-    whl, _version, _digest = build.wheel_path(17, arch)
-    build.extract_clients(whl, tmp_path / "pg" / "17")
-    for lib in ("libssl.so.3", "libcrypto.so.3", "libz.so.1", "libzstd.so.1", "liblz4.so.1",
-                "libgssapi_krb5.so.2", "libreadline.so.8"):
+    arch = pgbin.host_arch()
+    whl, _version, _digest = wheel_path(17, arch)
+    extract_clients(whl, tmp_path / "pg" / "17")
+    for lib in (
+        "libssl.so.3",
+        "libcrypto.so.3",
+        "libz.so.1",
+        "libzstd.so.1",
+        "liblz4.so.1",
+        "libgssapi_krb5.so.2",
+        "libreadline.so.8",
+    ):
         shutil.copyfile(tmp_path / "pg" / "17" / "lib" / "libpq.so.5", tmp_path / "pg" / "17" / "lib" / lib)
     problems = resolution_problems(tmp_path / "pg", arch)
-    assert any("lib/libpq.so.5: libssl.so.3 not found through RUNPATH '/opt/postgresql/lib'" in p
-               for p in problems), problems
+    assert any("lib/libpq.so.5: libssl.so.3 not found through RUNPATH '/opt/postgresql/lib'" in p for p in problems), (
+        problems
+    )
 
 
 def test_checker_flags_a_newer_glibc() -> None:
@@ -148,11 +167,14 @@ def test_checker_flags_a_newer_glibc() -> None:
 
 
 def test_build_module_reader_agrees_with_pyelftools(layer: Layer) -> None:
-    """layers/build.py checks the tree with its own ELF reader: it must see what pyelftools sees."""
+    """layers/build.py checks the tree with its own reading (pglayer.elf, a typed layer over pyelftools):
+    it must see what the reading above sees."""
     for path in elf_files(layer.opt / "pg"):
-        ours, theirs = build.read_elf(path), Info(path)
+        ours, theirs = layer_elf.read_elf(path), Info(path)
+        assert ours is not None, path
+        assert ours.machine == theirs.machine, path
+        assert ours.rpath == theirs.rpath, path
         assert ours.needed == theirs.needed, path
         assert ours.runpath == theirs.runpath, path
         assert {k: set(v) for k, v in ours.verneed.items()} == theirs.verneed, path
         assert set(ours.verdef) == theirs.verdef, path
-

@@ -10,10 +10,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from layer_support import LOADER, MAJORS, QEMU, Layer, build, host_arch, pinned_versions, qemu_for
+from layer_support import LOADER, MAJORS, QEMU, Layer, host_arch, pinned_versions, qemu_for
+from pglayer.fetch import sysroot
 
-GLIBC = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
-         "libresolv.so.2", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
+GLIBC = {
+    "linux-vdso.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libresolv.so.2",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+}
 PROGRAMS = ("pg_dump", "pg_restore", "pg_dumpall", "psql")
 
 
@@ -83,7 +93,7 @@ def isolated_roots(layers: dict[str, Layer], tmp_path_factory: pytest.TempPathFa
     roots = {}
     for arch, layer in layers.items():
         root = tmp_path_factory.mktemp(f"chroot-{arch}")
-        shutil.copytree(build.sysroot(arch), root, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(sysroot(arch), root, symlinks=True, dirs_exist_ok=True)
         shutil.copytree(layer.opt, root / "opt", symlinks=True, dirs_exist_ok=True)
         (root / "proc").mkdir(exist_ok=True)
         if arch != host_arch():
@@ -99,8 +109,17 @@ def run_isolated(root: Path, arch: str, args: list[str]) -> subprocess.Completed
         pytest.skip(f"{arch} programs need {QEMU[arch]} on this {host_arch()} host")
     emulator = ["/qemu"] if arch != host_arch() else []
     # /proc must be there: ld.so reads /proc/self/exe to expand $ORIGIN in the program's RUNPATH.
-    command = [str(shutil.which("unshare")), "--mount", "--pid", "--fork", f"--mount-proc={root / 'proc'}",
-               str(shutil.which("chroot")), str(root), *emulator, *args]
+    command = [
+        str(shutil.which("unshare")),
+        "--mount",
+        "--pid",
+        "--fork",
+        f"--mount-proc={root / 'proc'}",
+        str(shutil.which("chroot")),
+        str(root),
+        *emulator,
+        *args,
+    ]
     return subprocess.run(command, env={}, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -21,8 +21,9 @@ def tls_server() -> Iterator[postgres.PostgresServer]:
     server = postgres.PostgresServer(pgbin.server_bin(15), ssl=True)
     try:
         server.start()
-        server.psql("CREATE TABLE lifeboat_tls (id int PRIMARY KEY, note text);"
-                    "INSERT INTO lifeboat_tls VALUES (1, 'over-tls')")
+        server.psql(
+            "CREATE TABLE lifeboat_tls (id int PRIMARY KEY, note text);INSERT INTO lifeboat_tls VALUES (1, 'over-tls')"
+        )
         yield server
     finally:
         server.destroy()
@@ -32,9 +33,26 @@ def tls_server() -> Iterator[postgres.PostgresServer]:
 def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA that did not sign the server's certificate."""
     d = tmp_path_factory.mktemp("other-ca")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(d / "ca.key"),
+            "-out",
+            str(d / "ca.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d / "ca.crt"
 
 
@@ -49,8 +67,11 @@ def conninfo(server: postgres.PostgresServer, host: str, sslmode: str, rootcert:
 
 
 def dump(layer: Layer, dsn: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return layer.run([layer.bin(MAJOR, "pg_dump"), "--dbname", dsn, "--table", "lifeboat_tls", "--no-owner"],
-                     env=client_env(tmp_path), timeout=120)
+    return layer.run(
+        [layer.bin(MAJOR, "pg_dump"), "--dbname", dsn, "--table", "lifeboat_tls", "--no-owner"],
+        env=client_env(tmp_path),
+        timeout=120,
+    )
 
 
 def test_sslmode_require(layer: Layer, tls_server: postgres.PostgresServer, tmp_path: Path) -> None:
@@ -60,8 +81,11 @@ def test_sslmode_require(layer: Layer, tls_server: postgres.PostgresServer, tmp_
     assert "1\tover-tls" in proc.stdout
     # The session really is encrypted (psql also proves readline/tinfo load).
     query = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-    psql = layer.run([layer.bin(MAJOR, "psql"), "-X", "-At", "-c", query,
-                      conninfo(tls_server, "127.0.0.1", "require")], env=client_env(tmp_path), timeout=120)
+    psql = layer.run(
+        [layer.bin(MAJOR, "psql"), "-X", "-At", "-c", query, conninfo(tls_server, "127.0.0.1", "require")],
+        env=client_env(tmp_path),
+        timeout=120,
+    )
     assert psql.returncode == 0, psql.stderr
     assert psql.stdout.startswith("t|TLSv1."), psql.stdout
 
@@ -73,8 +97,9 @@ def test_sslmode_verify_full(layer: Layer, tls_server: postgres.PostgresServer, 
 
 
 @pytest.mark.parametrize("wrong", ["rds-bundle", "other-ca"])
-def test_verify_full_rejects_a_wrong_ca(layer: Layer, tls_server: postgres.PostgresServer, tmp_path: Path,
-                                        other_ca: Path, wrong: str) -> None:
+def test_verify_full_rejects_a_wrong_ca(
+    layer: Layer, tls_server: postgres.PostgresServer, tmp_path: Path, other_ca: Path, wrong: str
+) -> None:
     ca = layer.opt / "pg" / "certs" / "rds-ca-bundle.pem" if wrong == "rds-bundle" else other_ca
     proc = dump(layer, conninfo(tls_server, "localhost", "verify-full", ca), tmp_path)
     assert proc.returncode != 0
@@ -82,8 +107,9 @@ def test_verify_full_rejects_a_wrong_ca(layer: Layer, tls_server: postgres.Postg
     assert "over-tls" not in proc.stdout
 
 
-def test_verify_full_rejects_a_wrong_host_name(layer: Layer, tls_server: postgres.PostgresServer,
-                                               tmp_path: Path) -> None:
+def test_verify_full_rejects_a_wrong_host_name(
+    layer: Layer, tls_server: postgres.PostgresServer, tmp_path: Path
+) -> None:
     """The server certificate names localhost and 127.0.0.1 only; hostaddr keeps the same socket."""
     dsn = conninfo(tls_server, "db.example.invalid", "verify-full", tls_server.ca_file) + " hostaddr=127.0.0.1"
     proc = dump(layer, dsn, tmp_path)
