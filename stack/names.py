@@ -9,7 +9,7 @@ from __future__ import annotations
 
 APP = "pg-lifeboat"
 QUEUE_KINDS = ("backups", "restores")  # every queue has a dead-letter queue named <queue>-dlq
-# The backup queue is FIFO: message groups bound the concurrent dumps per server (chalicelib.dispatch).
+# The backup queue is FIFO: message groups bound the concurrent dumps per server (chalicelib.scheduling.dispatch).
 FIFO_KINDS = ("backups",)
 
 
@@ -42,7 +42,7 @@ def dead_letter_queue(stage: str, kind: str) -> str:
     return f"{APP}-{stage}-{kind}-dlq" + (".fifo" if kind in FIFO_KINDS else "")
 
 
-# RDS snapshot identifiers chalicelib.snapshots.snapshot_identifier gives (lifeboat-<target>-<slot>), and
+# RDS snapshot identifiers chalicelib.physical.snapshots.snapshot_identifier gives (lifeboat-<target>-<slot>), and
 # the tag it puts on every snapshot it creates: deletion is allowed only for snapshots carrying it.
 SNAPSHOT_ID_PREFIX = "lifeboat-"
 MANAGED_TAG = ("lifeboat:managed", "true")

@@ -7,21 +7,22 @@ ACCESS below says what each function may do; the files are generated from it for
 has an `iam_policy_file` in .chalice/config.json, so dev and prod cannot drift apart. Chalice gives
 every function its own role (`autogen_policy: false`) and reads the file named by
 `stages.<stage>.lambda_functions.<function>.iam_policy_file`; the stage's own `iam_policy_file` (logs
-only) is what a function without an entry would get, and stack/build_template.py refuses to package
+only) is what a function without an entry would get, and the template (stack/template) refuses to package
 such a function.
 
 Files hold what the stack names itself (stack/names.py), scoped by name. Grants on resources the
 operator owns (database password secrets, RDS IAM users) depend on stack parameters, so the template
-adds them as the DatabaseAccessPolicy managed policy (`database` below; see build_template.py).
+adds them as the DatabaseAccessPolicy managed policy (`database` below; see stack/template/functions.py).
 
 `fargate:run` (the workers that hand long runs to the ECS Fargate task) is granted by the template too: it
 names the stack's task definition, cluster and roles (fargate_launch_policy). The task's own role holds
 TASK_ACCESS, a subset of the two workers' capabilities (task_policy).
 
-Snapshot and restore capabilities scope by what chalicelib.snapshots and snapshot_restores do: RDS
+Snapshot and restore capabilities scope by what chalicelib.physical.snapshots and snapshot_restores do: RDS
 snapshot ids start with `lifeboat-`, deletion needs the `lifeboat:managed=true` tag, restores create
 resources only when tagged `lifeboat:restore-id`. Describe calls that IAM cannot scope are the only
-actions on Resource "*" (UNSCOPED_ACTIONS; the tests hold the files to that).
+actions on Resource "*" (capabilities.UNSCOPED_ACTIONS; the tests hold the files to that). What each
+capability grants is stack/capabilities.py.
 
 Adding a function is one line in ACCESS, e.g. a scheduled job that reads the catalog:
     "catalog_report": ("config", "bucket:read"),
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from stack import names
+from stack.capabilities import capability_statements, logs_statement
 
 REPO = Path(__file__).resolve().parent.parent
 CHALICE_DIR = REPO / ".chalice"
@@ -47,198 +49,68 @@ ACCESS: dict[str, tuple[str, ...]] = {
     # Logical backups, and the start of physical ones (RDS/EBS snapshots, a backup label in the bucket).
     # A whole-server run queues one backup per database (send:backups).
     # A backup that will not fit the invocation is handed to the Fargate task (fargate:run, chalicelib.fargate).
-    "backup_worker": ("config", "jobs", "bucket:write", "consume:backups", "send:backups", "database", "snapshots:read",
-                      "snapshots:take", "fargate:run"),
+    "backup_worker": (
+        "config",
+        "jobs",
+        "bucket:write",
+        "consume:backups",
+        "send:backups",
+        "database",
+        "snapshots:read",
+        "snapshots:take",
+        "fargate:run",
+    ),
     # Logical restores (pg_restore), and the first AWS call of snapshot and point-in-time restores.
-    "restore_worker": ("config", "jobs", "bucket:read", "consume:restores", "database", "snapshots:read",
-                       "restores:run", "snapshots:keys", "fargate:run"),
-    # The REST API checks the target database exists, lists restore jobs (Scan), deduplicates requests with
+    "restore_worker": (
+        "config",
+        "jobs",
+        "bucket:read",
+        "consume:restores",
+        "database",
+        "snapshots:read",
+        "restores:run",
+        "snapshots:keys",
+        "fargate:run",
+    ),
+    # The REST API checks the target database exists, lists restore jobs (Query on an index), deduplicates requests with
     # Powertools Idempotency (which deletes its record when a request fails), checks snapshot and
     # point-in-time restore requests, and advances a running restore when asked for it.
-    "api_handler": ("config", "jobs:api", "bucket:read", "send:backups", "send:restores", "database",
-                    "snapshots:read", "restores:run", "snapshots:keys"),
+    "api_handler": (
+        "config",
+        "jobs:api",
+        "bucket:read",
+        "send:backups",
+        "send:restores",
+        "database",
+        "snapshots:read",
+        "restores:run",
+        "snapshots:keys",
+    ),
     "snapshot_sweeper": ("config", "snapshots:read", "snapshots:sweep", "snapshots:keys"),
     "snapshot_pruner": ("config", "bucket:prune", "snapshots:read", "snapshots:prune"),
     "restore_sweeper": ("config", "jobs:list", "snapshots:read", "restores:run", "snapshots:keys"),
 }
-CAPABILITIES = ("config", "jobs", "jobs:list", "jobs:api", "bucket:read", "bucket:write", "bucket:prune", "database",
-                "snapshots:read", "snapshots:take", "snapshots:sweep", "snapshots:prune", "snapshots:keys",
-                "restores:run", "fargate:run",
-                *(f"{verb}:{kind}" for verb in ("send", "consume") for kind in names.QUEUE_KINDS))
-# Read-only calls that IAM cannot scope to a resource: the only actions allowed on Resource "*".
-UNSCOPED_ACTIONS = frozenset({"ec2:DescribeSnapshots", "ec2:DescribeInstances", "ec2:DescribeVolumes",
-                              "rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots",
-                              "rds:DescribeDBInstanceAutomatedBackups"})
 TEMPLATE_CAPABILITIES = frozenset({"database", "fargate:run"})  # granted by the template, not by the policy files
-
-Statement = dict[str, Any]
-
-
-def _s3_kms(stage: str, actions: list[str]) -> Statement:
-    """KMS use only through S3 and only for this stage's buckets: the encryption context S3 sends
-    is the object's (or, with S3 Bucket Keys, the bucket's) ARN. Works for the key the stack creates
-    and for a given key whose key policy delegates to IAM."""
-    return {
-        "Sid": "BucketKey", "Effect": "Allow", "Action": actions, "Resource": "arn:aws:kms:*:*:key/*",
-        "Condition": {"StringLike": {
-            "kms:ViaService": "s3.*.amazonaws.com",
-            "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{names.bucket_prefix(stage)}*",
-        }},
-    }
-
-
-def _statements(stage: str, capability: str) -> list[Statement]:
-    bucket = f"arn:aws:s3:::{names.bucket_prefix(stage)}*"
-    if capability == "config":
-        path = names.config_path(stage)
-        return [{"Sid": "ReadConfig", "Effect": "Allow",
-                 "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
-                 "Resource": [f"arn:aws:ssm:*:*:parameter{path}", f"arn:aws:ssm:*:*:parameter{path}/*"]}]
-    if capability in ("jobs", "jobs:list", "jobs:api"):
-        extra = {"jobs": [], "jobs:list": ["dynamodb:Scan"], "jobs:api": ["dynamodb:DeleteItem", "dynamodb:Scan"]}[
-            capability]
-        return [{"Sid": "JobsTable", "Effect": "Allow",
-                 "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", *extra],
-                 "Resource": f"arn:aws:dynamodb:*:*:table/{names.jobs_table(stage)}"}]
-    if capability == "bucket:read":
-        return [
-            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket},
-            {"Sid": "ReadBackups", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectTagging"],
-             "Resource": f"{bucket}/*"},
-            _s3_kms(stage, ["kms:Decrypt"]),
-        ]
-    if capability == "bucket:write":
-        return [
-            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
-             "Resource": bucket},
-            {"Sid": "WriteBackups", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:GetObjectTagging", "s3:PutObject", "s3:PutObjectTagging",
-                        "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-             "Resource": f"{bucket}/*"},
-            _s3_kms(stage, ["kms:GenerateDataKey", "kms:Decrypt"]),
-        ]
-    if capability == "bucket:prune":  # the pruner deletes the backup labels of the snapshots it deletes
-        return [
-            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket},
-            {"Sid": "DeleteBackupLabels", "Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": f"{bucket}/*"},
-        ]
-    if capability.startswith("snapshots:"):
-        return _snapshot_statements(capability.removeprefix("snapshots:"))
-    if capability == "restores:run":
-        return _restore_statements()
-    verb, _, kind = capability.partition(":")
-    if verb == "send":
-        return [{"Sid": f"Send{kind.capitalize()}", "Effect": "Allow", "Action": ["sqs:SendMessage"],
-                 "Resource": f"arn:aws:sqs:*:*:{names.queue(stage, kind)}"}]
-    if verb == "consume":
-        # What Lambda's SQS event source mapping needs from the function's role.
-        return [{"Sid": f"Consume{kind.capitalize()}", "Effect": "Allow",
-                 "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
-                 "Resource": f"arn:aws:sqs:*:*:{names.queue(stage, kind)}"}]
-    raise ValueError(f"unknown capability {capability!r} (known: {', '.join(CAPABILITIES)})")
-
-
-def _snapshot_statements(what: str) -> list[Statement]:
-    """RDS and EBS snapshots: created under the lifeboat- name (RDS) and tagged lifeboat:managed=true;
-    only snapshots carrying that tag are retagged or deleted."""
-    rds_snapshots = [f"arn:aws:rds:*:*:snapshot:{names.SNAPSHOT_ID_PREFIX}*",
-                     f"arn:aws:rds:*:*:cluster-snapshot:{names.SNAPSHOT_ID_PREFIX}*"]
-    ebs_snapshots = "arn:aws:ec2:*::snapshot/*"
-    tag_key, tag_value = names.MANAGED_TAG
-    managed = {"StringEquals": {f"aws:ResourceTag/{tag_key}": tag_value}}
-    if what == "read":
-        return [{"Sid": "DescribeSnapshots", "Effect": "Allow", "Resource": "*", "Action": sorted(UNSCOPED_ACTIONS)}]
-    if what == "take":
-        return [
-            {"Sid": "CreateRdsSnapshots", "Effect": "Allow",
-             "Action": ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
-             "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*", *rds_snapshots]},
-            {"Sid": "CreateEbsSnapshots", "Effect": "Allow", "Action": ["ec2:CreateSnapshots", "ec2:CreateSnapshot"],
-             "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*", ebs_snapshots]},
-            {"Sid": "TagNewEbsSnapshots", "Effect": "Allow", "Action": ["ec2:CreateTags"], "Resource": ebs_snapshots,
-             "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateSnapshots", "CreateSnapshot"]}}},
-        ]
-    if what == "sweep":  # mark finished snapshots, copy them to the copy region (encrypted: snapshots:keys)
-        return [
-            {"Sid": "TagAndCopyRdsSnapshots", "Effect": "Allow",
-             "Action": ["rds:AddTagsToResource", "rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"],
-             "Resource": rds_snapshots},
-            {"Sid": "CopyEbsSnapshots", "Effect": "Allow", "Action": ["ec2:CopySnapshot"], "Resource": ebs_snapshots},
-            {"Sid": "TagEbsCopies", "Effect": "Allow", "Action": ["ec2:CreateTags"], "Resource": ebs_snapshots,
-             "Condition": {"StringEquals": {"ec2:CreateAction": "CopySnapshot"}}},
-            {"Sid": "TagManagedEbsSnapshots", "Effect": "Allow", "Action": ["ec2:CreateTags"],
-             "Resource": ebs_snapshots, "Condition": managed},
-        ]
-    if what == "keys":  # encrypted snapshots: copies and restores, through EC2 and RDS only
-        return [
-            {"Sid": "SnapshotKeys", "Effect": "Allow",
-             "Action": ["kms:DescribeKey", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
-                        "kms:ReEncryptTo"],
-             "Resource": "arn:aws:kms:*:*:key/*",
-             "Condition": {"StringLike": {"kms:ViaService": ["ec2.*.amazonaws.com", "rds.*.amazonaws.com"]}}},
-            {"Sid": "SnapshotKeyGrants", "Effect": "Allow", "Action": ["kms:CreateGrant"],
-             "Resource": "arn:aws:kms:*:*:key/*", "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}}},
-        ]
-    if what == "prune":
-        return [
-            {"Sid": "DeleteManagedRdsSnapshots", "Effect": "Allow",
-             "Action": ["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"], "Resource": rds_snapshots,
-             "Condition": managed},
-            {"Sid": "DeleteManagedEbsSnapshots", "Effect": "Allow", "Action": ["ec2:DeleteSnapshot"],
-             "Resource": ebs_snapshots, "Condition": managed},
-        ]
-    raise ValueError(f"unknown capability snapshots:{what}")
-
-
-def _restore_statements() -> list[Statement]:
-    """Snapshot and point-in-time restores create new RDS instances/clusters and EBS volumes, always tagged
-    lifeboat:restore-id (chalicelib.snapshot_restores): RDS creation is allowed only with that tag in the
-    request, and only volumes carrying it are attached."""
-    restore_tag = f"{names.RESTORE_TAG}"
-    return [
-        {"Sid": "DescribeRestoreResources", "Effect": "Allow",
-         "Action": ["rds:DescribeDBInstances", "rds:DescribeDBClusters"],
-         "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*"]},
-        {"Sid": "RestoreRds", "Effect": "Allow",
-         "Action": ["rds:RestoreDBInstanceFromDBSnapshot", "rds:RestoreDBClusterFromSnapshot",
-                    "rds:RestoreDBInstanceToPointInTime", "rds:RestoreDBClusterToPointInTime", "rds:CreateDBInstance",
-                    "rds:AddTagsToResource"],
-         "Resource": "arn:aws:rds:*:*:*",
-         "Condition": {"StringLike": {f"aws:RequestTag/{restore_tag}": "*"}}},
-        {"Sid": "CreateRestoreVolumes", "Effect": "Allow", "Action": ["ec2:CreateVolume"],
-         "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*::snapshot/*"]},
-        {"Sid": "TagRestoreVolumes", "Effect": "Allow", "Action": ["ec2:CreateTags"],
-         "Resource": "arn:aws:ec2:*:*:volume/*", "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume"}}},
-        {"Sid": "AttachRestoredVolumes", "Effect": "Allow", "Action": ["ec2:AttachVolume"],
-         "Resource": "arn:aws:ec2:*:*:volume/*", "Condition": {"StringLike": {f"aws:ResourceTag/{restore_tag}": "*"}}},
-        {"Sid": "AttachToInstances", "Effect": "Allow", "Action": ["ec2:AttachVolume"],
-         "Resource": "arn:aws:ec2:*:*:instance/*"},
-    ]
-
-
-def _logs(log_group_pattern: str) -> Statement:
-    return {"Sid": "Logs", "Effect": "Allow",
-            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [f"arn:aws:logs:*:*:log-group:{log_group_pattern}",
-                         f"arn:aws:logs:*:*:log-group:{log_group_pattern}:*"]}
 
 
 def function_policy(stage: str, function: str) -> dict[str, Any]:
     """The policy file of one function: its logs plus the name-scoped statements of ACCESS."""
-    statements = [_logs(names.log_group(stage, function))]
+    statements = [logs_statement(names.log_group(stage, function))]
     for capability in ACCESS[function]:
         if capability not in TEMPLATE_CAPABILITIES:
-            statements.extend(_statements(stage, capability))
+            statements.extend(capability_statements(stage, capability))
     sids = [s["Sid"] for s in statements]
     if len(sids) != len(set(sids)):  # IAM rejects a policy with duplicate Sids
-        raise ValueError(f"{function}: overlapping capabilities {ACCESS[function]} (bucket:write includes"
-                         " bucket:read, jobs:api includes jobs)")
+        raise ValueError(
+            f"{function}: overlapping capabilities {ACCESS[function]} (bucket:write includes"
+            " bucket:read, jobs:api includes jobs)"
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
 def stage_default_policy(stage: str) -> dict[str, Any]:
     """The stage-wide file: logs only, for a function that has no policy of its own yet."""
-    return {"Version": "2012-10-17", "Statement": [_logs(names.log_group(stage, "*"))]}
+    return {"Version": "2012-10-17", "Statement": [logs_statement(names.log_group(stage, "*"))]}
 
 
 def database_policy() -> dict[str, Any]:
@@ -246,13 +118,27 @@ def database_policy() -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "DatabasePasswords", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-             "Resource": {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
-                                     ":secret:${SecretsPrefix}*"}},
-            {"Fn::If": ["HasRdsIamUsers",
-                        {"Sid": "RdsIamLogin", "Effect": "Allow", "Action": "rds-db:connect",
-                         "Resource": {"Ref": "RdsDbUserArns"}},
-                        {"Ref": "AWS::NoValue"}]},
+            {
+                "Sid": "DatabasePasswords",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": {
+                    "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                    ":secret:${SecretsPrefix}*"
+                },
+            },
+            {
+                "Fn::If": [
+                    "HasRdsIamUsers",
+                    {
+                        "Sid": "RdsIamLogin",
+                        "Effect": "Allow",
+                        "Action": "rds-db:connect",
+                        "Resource": {"Ref": "RdsDbUserArns"},
+                    },
+                    {"Ref": "AWS::NoValue"},
+                ]
+            },
         ],
     }
 
@@ -268,48 +154,88 @@ ECS_TASKS_PRINCIPAL = "ecs-tasks.amazonaws.com"
 def task_policy(stage: str) -> dict[str, Any]:
     """The task role's own policy: the name-scoped statements of TASK_ACCESS (the template attaches the
     DatabaseAccessPolicy for `database`), a subset of what the two workers hold."""
-    statements = [st for capability in TASK_ACCESS if capability not in TEMPLATE_CAPABILITIES
-                  for st in _statements(stage, capability)]
+    statements = [
+        st
+        for capability in TASK_ACCESS
+        if capability not in TEMPLATE_CAPABILITIES
+        for st in capability_statements(stage, capability)
+    ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
 def task_assume_role_policy() -> dict[str, Any]:
     """ECS tasks of this account only (confused-deputy guard)."""
-    return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": ECS_TASKS_PRINCIPAL}, "Action": "sts:AssumeRole",
-        "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": ECS_TASKS_PRINCIPAL},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+            }
+        ],
+    }
 
 
 def task_execution_policy(log_group: str) -> dict[str, Any]:
     """What ECS itself needs to start the container: pull the image from an ECR repository of the stack's
     account and region, and write the container's output to the task's log group (logical ids given)."""
-    return {"Version": "2012-10-17", "Statement": [
-        # ecr:GetAuthorizationToken has no resource to scope to.
-        {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-        {"Sid": "PullImage", "Effect": "Allow",
-         "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
-         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}},
-        {"Sid": "TaskLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": {"Fn::Sub": f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:"
-                                 f"${{{log_group}}}:*"}},
-    ]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # ecr:GetAuthorizationToken has no resource to scope to.
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PullImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+                "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"},
+            },
+            {
+                "Sid": "TaskLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": {
+                    "Fn::Sub": f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:"
+                    f"${{{log_group}}}:*"
+                },
+            },
+        ],
+    }
 
 
-def fargate_launch_policy(cluster: str, task_definition: str, task_role: str, execution_role: str
-                          ) -> dict[str, Any]:
+def fargate_launch_policy(cluster: str, task_definition: str, task_role: str, execution_role: str) -> dict[str, Any]:
     """Template-side grant of `fargate:run` (logical ids given): run exactly the stack's task definition in
     the stack's cluster, tag the task while starting it, and pass exactly its two roles to ECS tasks."""
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "RunWorkerTask", "Effect": "Allow", "Action": "ecs:RunTask", "Resource": {"Ref": task_definition},
-         "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [cluster, "Arn"]}}}},
-        {"Sid": "TagWorkerTask", "Effect": "Allow", "Action": "ecs:TagResource",
-         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/"
-                                 f"${{{cluster}}}/*"},
-         "Condition": {"StringEquals": {"ecs:CreateAction": "RunTask"}}},
-        {"Sid": "PassWorkerRoles", "Effect": "Allow", "Action": "iam:PassRole",
-         "Resource": [{"Fn::GetAtt": [task_role, "Arn"]}, {"Fn::GetAtt": [execution_role, "Arn"]}],
-         "Condition": {"StringEquals": {"iam:PassedToService": ECS_TASKS_PRINCIPAL}}},
-    ]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "RunWorkerTask",
+                "Effect": "Allow",
+                "Action": "ecs:RunTask",
+                "Resource": {"Ref": task_definition},
+                "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [cluster, "Arn"]}}},
+            },
+            {
+                "Sid": "TagWorkerTask",
+                "Effect": "Allow",
+                "Action": "ecs:TagResource",
+                "Resource": {
+                    "Fn::Sub": f"arn:${{AWS::Partition}}:ecs:${{AWS::Region}}:${{AWS::AccountId}}:task/${{{cluster}}}/*"
+                },
+                "Condition": {"StringEquals": {"ecs:CreateAction": "RunTask"}},
+            },
+            {
+                "Sid": "PassWorkerRoles",
+                "Effect": "Allow",
+                "Action": "iam:PassRole",
+                "Resource": [{"Fn::GetAtt": [task_role, "Arn"]}, {"Fn::GetAtt": [execution_role, "Arn"]}],
+                "Condition": {"StringEquals": {"iam:PassedToService": ECS_TASKS_PRINCIPAL}},
+            },
+        ],
+    }
 
 
 def needs(function: str, capability: str) -> bool:
@@ -333,14 +259,18 @@ def wiring_problems(config: dict[str, Any], stage: str, functions: list[str] | N
         problems.append(f"stages.{stage}.iam_policy_file is not set")
     for function in functions if functions is not None else sorted(ACCESS):
         if function not in ACCESS:
-            problems.append(f"function {function!r} has no entry in stack/policies.py ACCESS: say what it may"
-                            " do there, run `python -m stack.policies --write` and wire its file in"
-                            " .chalice/config.json")
+            problems.append(
+                f"function {function!r} has no entry in stack/policies.py ACCESS: say what it may"
+                " do there, run `python -m stack.policies --write` and wire its file in"
+                " .chalice/config.json"
+            )
             continue
         wired = stage_cfg.get("lambda_functions", {}).get(function, {}).get("iam_policy_file")
         if wired != expected_file(function, stage):
-            problems.append(f"stages.{stage}.lambda_functions.{function}.iam_policy_file should be"
-                            f" {expected_file(function, stage)!r} (is {wired!r})")
+            problems.append(
+                f"stages.{stage}.lambda_functions.{function}.iam_policy_file should be"
+                f" {expected_file(function, stage)!r} (is {wired!r})"
+            )
     return problems
 
 

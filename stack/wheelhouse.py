@@ -25,8 +25,9 @@ def fill(directory: Path, requirements: Path = REPO / "requirements.txt") -> Non
     subprocess.run(pip, check=True)
     for machine in MACHINES:
         platforms = [arg for tag in GLIBC_TAGS for arg in ("--platform", f"{tag}_{machine}")]
-        subprocess.run([*pip, "--only-binary=:all:", *platforms, "--implementation", "cp", "--python-version",
-                        "3.12"], check=True)
+        subprocess.run(
+            [*pip, "--only-binary=:all:", *platforms, "--implementation", "cp", "--python-version", "3.12"], check=True
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,13 @@ class Packaged:
 
 def packaging_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_EC2_METADATA_DISABLED="true", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     return env
 
 
@@ -71,19 +76,37 @@ def wheelhouse() -> Path | None:
 
 
 def run_package(variant: Variant, out: Path) -> float:
-    cmd = [sys.executable, "-m", "stack.package", "--stage", variant.stage, "--arch", variant.arch,
-           "--out", str(out), "--no-layer-zip"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stack.package",
+        "--stage",
+        variant.stage,
+        "--arch",
+        variant.arch,
+        "--out",
+        str(out),
+        "--no-layer-zip",
+    ]
     for target in variant.targets:
         cmd += ["--target", target]
     started = time.monotonic()
     wh = wheelhouse()
     proc = None
     if wh:
-        proc = subprocess.run([*cmd, "--wheelhouse", str(wh)], cwd=REPO, env=packaging_env(), capture_output=True,
-                              text=True, timeout=240, check=False)
+        proc = subprocess.run(
+            [*cmd, "--wheelhouse", str(wh)],
+            cwd=REPO,
+            env=packaging_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
     if proc is None or proc.returncode == EXIT_NO_WHEELS:  # no wheelhouse, or a stale one: the index
-        proc = subprocess.run(cmd, cwd=REPO, env=packaging_env(), capture_output=True, text=True, timeout=240,
-                              check=False)
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=packaging_env(), capture_output=True, text=True, timeout=240, check=False
+        )
     if proc.returncode == EXIT_NO_WHEELS:
         pytest.skip(f"chalice cannot fetch the dependency wheels (no index, no wheelhouse): {proc.stderr[-400:]}")
     if proc.returncode != 0:
@@ -104,7 +127,23 @@ def packaged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def resources_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The standalone template for `chalice deploy` (no functions, no layer)."""
     out = tmp_path_factory.mktemp("resources-only") / "stack.json"
-    subprocess.run([sys.executable, "-m", "stack.build_template", "--stage", "prod", "--resources-only",
-                    "--out", str(out), "--target", "shop=12h"], cwd=REPO, env=packaging_env(), check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stack.build_template",
+            "--stage",
+            "prod",
+            "--resources-only",
+            "--out",
+            str(out),
+            "--target",
+            "shop=12h",
+        ],
+        cwd=REPO,
+        env=packaging_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out

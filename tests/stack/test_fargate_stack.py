@@ -7,14 +7,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stack import build_template, names, policies
+from stack import names, policies
+from stack.template.monitoring import ANY_SUCCESS_METRIC
 from tests.stack.conftest import REPO, Packaged
 from tests.stack.test_template import as_list, chalice_name, functions, statements
 
-WORKER = ("WorkerCluster", "WorkerLogGroup", "WorkerTaskRole", "WorkerExecutionRole", "WorkerTaskDefinition",
-          "FargateLaunchPolicy", "WorkerBackupSucceededFilter", "WorkerTaskStoppedRule", "AlarmTopicPolicy")
-FARGATE_ENV = ("LIFEBOAT_FARGATE_CLUSTER", "LIFEBOAT_FARGATE_TASK_DEFINITION", "LIFEBOAT_FARGATE_SUBNETS",
-               "LIFEBOAT_FARGATE_SECURITY_GROUPS", "LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP")
+WORKER = (
+    "WorkerCluster",
+    "WorkerLogGroup",
+    "WorkerTaskRole",
+    "WorkerExecutionRole",
+    "WorkerTaskDefinition",
+    "FargateLaunchPolicy",
+    "WorkerBackupSucceededFilter",
+    "WorkerTaskStoppedRule",
+    "AlarmTopicPolicy",
+)
+FARGATE_ENV = (
+    "LIFEBOAT_FARGATE_CLUSTER",
+    "LIFEBOAT_FARGATE_TASK_DEFINITION",
+    "LIFEBOAT_FARGATE_SUBNETS",
+    "LIFEBOAT_FARGATE_SECURITY_GROUPS",
+    "LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP",
+)
 
 
 def container(p: Packaged) -> dict[str, Any]:
@@ -25,13 +40,17 @@ def container(p: Packaged) -> dict[str, Any]:
 def test_fargate_is_opt_in_by_image_and_vpc(packaged: Packaged) -> None:
     params, conds = packaged.template["Parameters"], packaged.template["Conditions"]
     assert params["FargateImageUri"]["Default"] == ""
-    assert conds["HasFargate"] == {"Fn::And": [{"Condition": "HasVpc"},
-                                               {"Fn::Not": [{"Fn::Equals": [{"Ref": "FargateImageUri"}, ""]}]}]}
+    assert conds["HasFargate"] == {
+        "Fn::And": [{"Condition": "HasVpc"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "FargateImageUri"}, ""]}]}]
+    }
     for name in WORKER:
         assert packaged.resources[name].get("Condition") == "HasFargate", name
     pattern = re.compile(params["FargateImageUri"]["AllowedPattern"])
-    for good in ("", "111122223333.dkr.ecr.eu-west-1.amazonaws.com/pg-lifeboat:1.4.0",
-                 "111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/pg-lifeboat@sha256:" + "a" * 64):
+    for good in (
+        "",
+        "111122223333.dkr.ecr.eu-west-1.amazonaws.com/pg-lifeboat:1.4.0",
+        "111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/pg-lifeboat@sha256:" + "a" * 64,
+    ):
         assert pattern.fullmatch(good), good
     for bad in ("pg-lifeboat", "111122223333.dkr.ecr.eu-west-1.amazonaws.com/pg-lifeboat", "x/y:"):
         assert not pattern.fullmatch(bad), bad
@@ -40,8 +59,10 @@ def test_fargate_is_opt_in_by_image_and_vpc(packaged: Packaged) -> None:
 def test_task_definition(packaged: Packaged) -> None:
     props = packaged.resources["WorkerTaskDefinition"]["Properties"]
     assert props["RequiresCompatibilities"] == ["FARGATE"] and props["NetworkMode"] == "awsvpc"
-    assert props["RuntimePlatform"] == {"CpuArchitecture": {"x86_64": "X86_64", "arm64": "ARM64"}[
-        packaged.variant.arch], "OperatingSystemFamily": "LINUX"}
+    assert props["RuntimePlatform"] == {
+        "CpuArchitecture": {"x86_64": "X86_64", "arm64": "ARM64"}[packaged.variant.arch],
+        "OperatingSystemFamily": "LINUX",
+    }
     assert props["Cpu"] == {"Ref": "FargateCpu"} and props["Memory"] == {"Ref": "FargateMemory"}
     assert props["EphemeralStorage"] == {"SizeInGiB": {"Ref": "FargateEphemeralStorageGiB"}}
     storage = packaged.template["Parameters"]["FargateEphemeralStorageGiB"]
@@ -65,8 +86,16 @@ def test_task_definition(packaged: Packaged) -> None:
 def test_the_task_sees_what_the_workers_see(packaged: Packaged) -> None:
     env = {e["Name"]: e["Value"] for e in container(packaged)["Environment"]}
     worker = packaged.resources["BackupWorker"]["Properties"]["Environment"]["Variables"]
-    for key in ("LIFEBOAT_CONFIG", "LIFEBOAT_JOBS_TABLE", "LIFEBOAT_BACKUP_QUEUE_URL", "LIFEBOAT_RESTORE_QUEUE_URL",
-                "LIFEBOAT_PG_ROOTS", "LIFEBOAT_CA_BUNDLE", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"):
+    for key in (
+        "LIFEBOAT_CONFIG",
+        "LIFEBOAT_JOBS_TABLE",
+        "LIFEBOAT_BACKUP_QUEUE_URL",
+        "LIFEBOAT_RESTORE_QUEUE_URL",
+        "LIFEBOAT_PG_ROOTS",
+        "LIFEBOAT_CA_BUNDLE",
+        "POWERTOOLS_SERVICE_NAME",
+        "POWERTOOLS_METRICS_NAMESPACE",
+    ):
         assert env[key] == worker[key], key
     # The CLI turns metrics off unless told: the task's EMF lines feed the alarms like the workers'.
     assert env["POWERTOOLS_METRICS_DISABLED"] == "false"
@@ -76,7 +105,7 @@ def test_the_task_sees_what_the_workers_see(packaged: Packaged) -> None:
 
 
 def test_only_the_two_workers_may_launch_and_learn_where(packaged: Packaged) -> None:
-    runtime_source = (REPO / "chalicelib" / "runtime.py").read_text()
+    env_source = (REPO / "chalicelib" / "env.py").read_text()
     launchers = set()
     for name, fn in functions(packaged).items():
         function = chalice_name(fn)
@@ -90,7 +119,7 @@ def test_only_the_two_workers_may_launch_and_learn_where(packaged: Packaged) -> 
             launchers.add(function)
             for key in FARGATE_ENV:
                 assert env[key]["Fn::If"][0] == "HasFargate", key
-                assert f'"{key}"' in runtime_source, f"chalicelib/runtime.py does not read {key}"
+                assert f'"{key}"' in env_source, f"chalicelib/env.py does not read {key}"
     assert launchers == {"backup_worker", "restore_worker"}
 
 
@@ -102,13 +131,14 @@ def test_launch_policy_is_scoped_to_the_stacks_task(packaged: Packaged) -> None:
     assert run["Action"] == "ecs:RunTask" and run["Resource"] == {"Ref": "WorkerTaskDefinition"}
     assert run["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["WorkerCluster", "Arn"]}}}
     tag = found["TagWorkerTask"]
-    assert tag["Action"] == "ecs:TagResource" and tag["Condition"] == {
-        "StringEquals": {"ecs:CreateAction": "RunTask"}}
+    assert tag["Action"] == "ecs:TagResource" and tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
     assert tag["Resource"]["Fn::Sub"].endswith(":task/${WorkerCluster}/*")
     passing = found["PassWorkerRoles"]
     assert passing["Action"] == "iam:PassRole"
-    assert passing["Resource"] == [{"Fn::GetAtt": ["WorkerTaskRole", "Arn"]},
-                                   {"Fn::GetAtt": ["WorkerExecutionRole", "Arn"]}], "exactly the two roles"
+    assert passing["Resource"] == [
+        {"Fn::GetAtt": ["WorkerTaskRole", "Arn"]},
+        {"Fn::GetAtt": ["WorkerExecutionRole", "Arn"]},
+    ], "exactly the two roles"
     assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
     for st in statements(doc):
         assert "*" not in as_list(st["Resource"]) and "*" not in json.dumps(st["Action"])
@@ -145,8 +175,12 @@ def test_execution_role_pulls_and_logs_only(packaged: Packaged) -> None:
     assert "ManagedPolicyArns" not in role, "no AWS managed policy with Resource *"
     [inline] = role["Policies"]
     found = {st["Sid"]: st for st in statements(inline["PolicyDocument"])}
-    assert found["EcrLogin"] == {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken",
-                                 "Resource": "*"}, "the one action IAM cannot scope"
+    assert found["EcrLogin"] == {
+        "Sid": "EcrLogin",
+        "Effect": "Allow",
+        "Action": "ecr:GetAuthorizationToken",
+        "Resource": "*",
+    }, "the one action IAM cannot scope"
     assert found["PullImage"]["Resource"]["Fn::Sub"].endswith(":${AWS::AccountId}:repository/*")
     assert found["TaskLogs"]["Resource"]["Fn::Sub"].endswith(":log-group:${WorkerLogGroup}:*")
     for st in found.values():
@@ -159,7 +193,7 @@ def test_worker_successes_and_failures_reach_the_alarms(packaged: Packaged) -> N
     assert filters["LogGroupName"] == {"Ref": "WorkerLogGroup"}
     assert filters["FilterPattern"] == "{ $.BackupSucceeded[0] >= 1 }"
     [transform] = filters["MetricTransformations"]
-    assert transform["MetricName"] == build_template.ANY_SUCCESS_METRIC
+    assert transform["MetricName"] == ANY_SUCCESS_METRIC
     assert transform["MetricName"] == packaged.resources["NoBackupAlarm"]["Properties"]["MetricName"]
     rule = packaged.resources["WorkerTaskStoppedRule"]["Properties"]
     pattern = rule["EventPattern"]
@@ -172,7 +206,8 @@ def test_worker_successes_and_failures_reach_the_alarms(packaged: Packaged) -> N
     principals = {st["Principal"]["Service"]: st for st in statements(policy["PolicyDocument"])}
     assert set(principals) == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
     assert principals["events.amazonaws.com"]["Condition"] == {
-        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["WorkerTaskStoppedRule", "Arn"]}}}
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["WorkerTaskStoppedRule", "Arn"]}}
+    }
     assert all(st["Action"] == "sns:Publish" for st in principals.values())
 
 

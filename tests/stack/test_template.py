@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stack import names, policies
+from stack import capabilities, names, policies
 from tests.stack.conftest import REPO, Packaged
 
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
@@ -32,8 +32,11 @@ def cfn_lint(template: Path) -> list[dict[str, Any]]:
 
 
 def errors_of(matches: list[dict[str, Any]]) -> list[str]:
-    return [f"{m['Rule']['Id']} {m['Message']} at {'/'.join(map(str, m['Location']['Path']))}"
-            for m in matches if m["Level"] == "Error"]
+    return [
+        f"{m['Rule']['Id']} {m['Message']} at {'/'.join(map(str, m['Location']['Path']))}"
+        for m in matches
+        if m["Level"] == "Error"
+    ]
 
 
 def statements(node: Any) -> Iterator[dict[str, Any]]:
@@ -84,6 +87,7 @@ def resolve_stage(value: Any, stage: str) -> str:
 
 # --- lint -----------------------------------------------------------------------------------------
 
+
 def test_packaged_template_passes_cfn_lint(packaged: Packaged) -> None:
     errors = errors_of(cfn_lint(packaged.directory / "sam.json"))
     assert not errors, "cfn-lint errors:\n" + "\n".join(errors)
@@ -103,6 +107,7 @@ def test_packaging_time_is_reported(packaged: Packaged) -> None:
 
 
 # --- the bucket -----------------------------------------------------------------------------------
+
 
 def test_every_bucket_blocks_public_access(packaged: Packaged) -> None:
     buckets = packaged.of_type("AWS::S3::Bucket")
@@ -139,8 +144,11 @@ def test_every_bucket_policy_denies_insecure_transport(packaged: Packaged) -> No
     for policy in packaged.of_type("AWS::S3::BucketPolicy").values():
         props = policy["Properties"]
         for st in statements(props["PolicyDocument"]):
-            if st["Effect"] == "Deny" and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in (
-                    "false", False) and st["Principal"] == "*":
+            if (
+                st["Effect"] == "Deny"
+                and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+                and st["Principal"] == "*"
+            ):
                 assert set(as_list(st["Action"])) & {"s3:*", "*"}
                 covered.add(props["Bucket"]["Ref"])
     assert covered == buckets
@@ -148,7 +156,7 @@ def test_every_bucket_policy_denies_insecure_transport(packaged: Packaged) -> No
 
 def test_lifecycle_rules_expire_by_retention_tag(packaged: Packaged) -> None:
     from chalicelib.config import RetentionPolicy
-    from chalicelib.retention import POLICY_TAG, RETENTION_TAG, class_days
+    from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, class_days
 
     rules = packaged.resources["BackupBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     params = packaged.template["Parameters"]
@@ -176,10 +184,14 @@ def test_glacier_transition_is_off_by_default(packaged: Packaged) -> None:
 
 # --- queues and table -----------------------------------------------------------------------------
 
+
 def test_every_queue_has_a_dead_letter_queue(packaged: Packaged) -> None:
     queues = packaged.of_type("AWS::SQS::Queue")
-    targets = {q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
-               for q in queues.values() if "RedrivePolicy" in q["Properties"]}
+    targets = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in queues.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
     sources = [name for name in queues if name not in targets]
     assert {"BackupQueue", "RestoreQueue"} <= set(sources)
     for name in sources:
@@ -197,8 +209,10 @@ def test_sqs_workers_consume_the_stacks_queues_with_enough_visibility(packaged: 
     """Chalice names the queue in the event source ARN; the stack must create a queue of that name
     whose visibility timeout covers the function's timeout, and create it before the function."""
     stage = packaged.variant.stage
-    queues = {resolve_stage(q["Properties"]["QueueName"], stage): name
-              for name, q in packaged.of_type("AWS::SQS::Queue").items()}
+    queues = {
+        resolve_stage(q["Properties"]["QueueName"], stage): name
+        for name, q in packaged.of_type("AWS::SQS::Queue").items()
+    }
     consumers = 0
     for fname, fn in functions(packaged).items():
         for event in fn["Properties"].get("Events", {}).values():
@@ -211,7 +225,8 @@ def test_sqs_workers_consume_the_stacks_queues_with_enough_visibility(packaged: 
             queue = packaged.resources[queues[queue_name]]
             assert queue["Properties"]["VisibilityTimeout"] >= fn["Properties"]["Timeout"], fname
             assert {"Ref": queues[queue_name]} in fn["Properties"]["Environment"]["Variables"].values(), (
-                f"{fname} must reference {queues[queue_name]} so the queue exists before its event source")
+                f"{fname} must reference {queues[queue_name]} so the queue exists before its event source"
+            )
     assert consumers >= 2  # backup_worker and restore_worker
 
 
@@ -225,6 +240,7 @@ def test_jobs_table(packaged: Packaged) -> None:
 
 
 # --- functions ------------------------------------------------------------------------------------
+
 
 def test_every_function_has_the_layer_for_its_architecture(packaged: Packaged) -> None:
     layer = packaged.resources["PgClientsLayer"]
@@ -249,12 +265,15 @@ def test_every_function_is_wired_to_the_stack(packaged: Packaged) -> None:
         assert env["LIFEBOAT_RESTORE_QUEUE_URL"] == {"Ref": "RestoreQueue"}, name
         assert env["LIFEBOAT_CONFIG"] == f"ssm:{names.config_path(packaged.variant.stage)}", name
         assert props["VpcConfig"]["Fn::If"][0] == "HasVpc", name
-        assert props["VpcConfig"]["Fn::If"][1] == {"SubnetIds": {"Ref": "SubnetIds"},
-                                                   "SecurityGroupIds": {"Ref": "SecurityGroupIds"}}
+        assert props["VpcConfig"]["Fn::If"][1] == {
+            "SubnetIds": {"Ref": "SubnetIds"},
+            "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+        }
         assert f"{name}LogGroup" in fn["DependsOn"], name
         log_group = packaged.resources[f"{name}LogGroup"]["Properties"]["LogGroupName"]
-        assert resolve_stage(log_group, packaged.variant.stage) == names.log_group(packaged.variant.stage,
-                                                                                   chalice_name(fn))
+        assert resolve_stage(log_group, packaged.variant.stage) == names.log_group(
+            packaged.variant.stage, chalice_name(fn)
+        )
 
 
 def test_every_role_carries_its_functions_own_policy_file(packaged: Packaged) -> None:
@@ -274,6 +293,7 @@ def test_policy_files_are_current() -> None:
 
 
 # --- IAM ------------------------------------------------------------------------------------------
+
 
 def _wildcard_admin(st: dict[str, Any]) -> bool:
     actions = [a for a in as_list(st.get("Action", [])) if isinstance(a, str)]
@@ -298,12 +318,14 @@ def test_function_policies_name_every_action() -> None:
             assert st["Effect"] == "Allow", path.name
             for action in as_list(st["Action"]):
                 assert "*" not in action, f"{path.name}: {action}"
-                assert action not in ("s3:PutLifecycleConfiguration", "s3:DeleteObjectVersion",
-                                      "s3:PutBucketPolicy"), f"{path.name}: {action} is for operators"
+                assert action not in ("s3:PutLifecycleConfiguration", "s3:DeleteObjectVersion", "s3:PutBucketPolicy"), (
+                    f"{path.name}: {action} is for operators"
+                )
             if "*" in as_list(st["Resource"]):
-                unscoped = sorted(policies.UNSCOPED_ACTIONS)
-                assert set(as_list(st["Action"])) <= policies.UNSCOPED_ACTIONS, (
-                    f"{path.name}: {st['Sid']} on every resource (allowed only for {unscoped})")
+                unscoped = sorted(capabilities.UNSCOPED_ACTIONS)
+                assert set(as_list(st["Action"])) <= capabilities.UNSCOPED_ACTIONS, (
+                    f"{path.name}: {st['Sid']} on every resource (allowed only for {unscoped})"
+                )
 
 
 def test_kms_use_is_scoped_to_s3_and_the_stage_buckets() -> None:
@@ -313,7 +335,8 @@ def test_kms_use_is_scoped_to_s3_and_the_stage_buckets() -> None:
             if st["Sid"].startswith("SnapshotKey"):  # snapshot copies and restores: through EC2/RDS only
                 assert st["Condition"] in (
                     {"StringLike": {"kms:ViaService": ["ec2.*.amazonaws.com", "rds.*.amazonaws.com"]}},
-                    {"Bool": {"kms:GrantIsForAWSResource": "true"}}), path.name
+                    {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                ), path.name
             elif any(a.startswith("kms:") for a in as_list(st["Action"])):
                 like = st["Condition"]["StringLike"]
                 assert like["kms:ViaService"] == "s3.*.amazonaws.com"
@@ -323,8 +346,11 @@ def test_kms_use_is_scoped_to_s3_and_the_stage_buckets() -> None:
 def test_snapshots_are_deleted_only_when_managed() -> None:
     for path in policy_files():
         for st in statements(json.loads(path.read_text())):
-            deletes = [a for a in as_list(st["Action"]) if a.endswith(("DeleteDBSnapshot", "DeleteDBClusterSnapshot",
-                                                                        "DeleteSnapshot"))]
+            deletes = [
+                a
+                for a in as_list(st["Action"])
+                if a.endswith(("DeleteDBSnapshot", "DeleteDBClusterSnapshot", "DeleteSnapshot"))
+            ]
             if deletes:
                 assert st["Condition"] == {"StringEquals": {"aws:ResourceTag/lifeboat:managed": "true"}}, path.name
 
@@ -334,11 +360,11 @@ def test_database_access_is_scoped_by_parameters(packaged: Packaged) -> None:
     found = {st["Sid"]: st for st in statements(doc)}
     assert "${SecretsPrefix}*" in found["DatabasePasswords"]["Resource"]["Fn::Sub"]
     assert found["RdsIamLogin"]["Resource"] == {"Ref": "RdsDbUserArns"}
-    assert packaged.template["Parameters"]["SecretsPrefix"]["Default"] == names.secrets_prefix(
-        packaged.variant.stage)
+    assert packaged.template["Parameters"]["SecretsPrefix"]["Default"] == names.secrets_prefix(packaged.variant.stage)
 
 
 # --- alarms ---------------------------------------------------------------------------------------
+
 
 def test_alarms(packaged: Packaged) -> None:
     alarms = packaged.of_type("AWS::CloudWatch::Alarm")
@@ -353,42 +379,61 @@ def test_alarms(packaged: Packaged) -> None:
     assert (dead_man["Threshold"], dead_man["ComparisonOperator"]) == (1, "LessThanThreshold")
     filters = packaged.of_type("AWS::Logs::MetricFilter")
     assert {t["MetricName"] for f in filters.values() for t in f["Properties"]["MetricTransformations"]} == {
-        dead_man["MetricName"]}
+        dead_man["MetricName"]
+    }
     dlqs = [n for n, q in packaged.of_type("AWS::SQS::Queue").items() if "RedrivePolicy" not in q["Properties"]]
-    watched = {a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in alarms.values()
-               if a["Properties"].get("Namespace") == "AWS/SQS"}
+    watched = {
+        a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for a in alarms.values()
+        if a["Properties"].get("Namespace") == "AWS/SQS"
+    }
     assert watched == set(dlqs)
 
 
 def test_per_target_dead_mans_switches(packaged: Packaged) -> None:
-    alarms = {(a["Properties"]["MetricName"], a["Properties"]["Dimensions"][1]["Value"]): a["Properties"]
-              for a in packaged.of_type("AWS::CloudWatch::Alarm").values()
-              if a["Properties"].get("MetricName") in ("BackupSucceeded", "SnapshotSucceeded")}
-    expected = {("BackupSucceeded", "shop"): 86400 + 21600, ("BackupSucceeded", "billing"): 21600 + 5400,
-                ("SnapshotSucceeded", "shop"): 86400 + 21600} if packaged.variant.targets else {}
+    alarms = {
+        (a["Properties"]["MetricName"], a["Properties"]["Dimensions"][1]["Value"]): a["Properties"]
+        for a in packaged.of_type("AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") in ("BackupSucceeded", "SnapshotSucceeded")
+    }
+    expected = (
+        {
+            ("BackupSucceeded", "shop"): 86400 + 21600,
+            ("BackupSucceeded", "billing"): 21600 + 5400,
+            ("SnapshotSucceeded", "shop"): 86400 + 21600,
+        }
+        if packaged.variant.targets
+        else {}
+    )
     assert {k: a["Period"] for k, a in alarms.items()} == expected
     for alarm in alarms.values():
         assert alarm["TreatMissingData"] == "breaching"
         assert [d["Name"] for d in alarm["Dimensions"]] == ["service", "target"]
 
 
-def test_alarm_metrics_match_what_the_app_emits(capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alarm_metrics_match_what_the_app_emits(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The metric filter's JSON path and the alarms' dimensions against a real EMF line of the app."""
-    from stack import build_template
+    from stack.template.app_model import AppModel, Function
+    from stack.template.monitoring import FAILURE_METRICS, monitoring_resources
+    from stack.template.targets import SUCCESS, WatchedTarget
 
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     from chalicelib.observability import record
 
     record("BackupSucceeded", 1, "Count", "shop")
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    model = build_template.AppModel(stage="dev", functions=[
-        build_template.Function("backup_worker", 900, [], True, sqs=["backups"])],
-        metrics_namespace="PgLifeboat")
-    resources = build_template.monitoring_resources(model, [build_template.WatchedTarget("shop", 86400)])
+    model = AppModel(
+        stage="dev",
+        functions=[Function("backup_worker", 900, [], True, sqs=["backups"])],
+        metrics_namespace="PgLifeboat",
+    )
+    resources = monitoring_resources(model, [WatchedTarget("shop", 86400)])
     pattern = resources["BackupWorkerBackupSucceededFilter"]["Properties"]["FilterPattern"]
-    assert set(build_template.FAILURE_METRICS) | {m for m, _ in build_template.SUCCESS.values()} <= set(
-        emitted_metrics()), "an alarm watches a metric no code in chalicelib records"
+    assert set(FAILURE_METRICS) | {m for m, _ in SUCCESS.values()} <= set(emitted_metrics()), (
+        "an alarm watches a metric no code in chalicelib records"
+    )
     m = re.fullmatch(r"\{ \$\.(\w+)\[0\] >= 1 \}", pattern)
     assert m, pattern
     assert line[m.group(1)][0] >= 1
@@ -402,12 +447,13 @@ def test_alarm_metrics_match_what_the_app_emits(capsys: pytest.CaptureFixture[st
 def emitted_metrics() -> list[str]:
     """Metric names recorded anywhere in chalicelib (record("Name", ...) calls)."""
     found = []
-    for path in (REPO / "chalicelib").glob("*.py"):
+    for path in (REPO / "chalicelib").rglob("*.py"):
         found += re.findall(r"record\(\s*\"([A-Za-z]+)\"", path.read_text())
     return found
 
 
 # --- the layer the template refers to -------------------------------------------------------------
+
 
 def test_layer_zip_holds_what_the_functions_expect(packaged: Packaged) -> None:
     zip_path = REPO / "layers" / "dist" / f"pg-clients-{packaged.variant.arch}.zip"

@@ -1,0 +1,240 @@
+"""The backup bucket, its KMS key and lifecycle rules, and the jobs table.
+
+Lifecycle rules come from chalicelib.scheduling.retention.lifecycle_rules; only the days of the default policy
+(and the noncurrent-version days) become parameters, defaulting to the rules' own days.
+
+The bucket and the key are retained when the stack is deleted: deleting a stack never deletes backups,
+nor the key that decrypts them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stack.template.app_model import retention_rules
+from stack.template.intrinsics import Json, getatt, if_, ref, sub
+
+RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
+
+
+def _days_parameter(default: int, description: str) -> Json:
+    return {"Type": "Number", "Default": default, "MinValue": 1, "MaxValue": 36500, "Description": description}
+
+
+def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
+    """The bucket's lifecycle rules, with the default policy's days and the noncurrent-version days
+    turned into parameters whose defaults are the days lifecycle_rules chose."""
+    source = retention_rules(settings_file)
+    rules = source.rules
+    params: dict[str, Json] = {}
+    noncurrent_default = 1
+    for rule in rules:
+        tags = {t["Key"]: t["Value"] for t in rule.get("Filter", {}).get("And", {}).get("Tags", [])}
+        cls = tags.get(source.retention_tag)
+        if "NoncurrentVersionExpiration" in rule:
+            noncurrent_default = rule["NoncurrentVersionExpiration"]["NoncurrentDays"]
+            rule["NoncurrentVersionExpiration"]["NoncurrentDays"] = ref("NoncurrentVersionDays")
+        if cls is None or tags.get(source.policy_tag) != "default":
+            continue
+        name = f"{cls.capitalize()}RetentionDays"
+        params[name] = _days_parameter(
+            rule["Expiration"]["Days"],
+            f"Days to keep backups tagged {source.retention_tag}={cls} (default policy);"
+            " keep longer classes longer than shorter ones",
+        )
+        rule["Expiration"]["Days"] = ref(name)
+        if cls in source.archived_classes:
+            rule["Transitions"] = if_(
+                "HasGlacierTransition",
+                [{"StorageClass": ref("GlacierStorageClass"), "TransitionInDays": ref("GlacierTransitionDays")}],
+            )
+    # Versioning keeps what is overwritten or deleted (a failed upload's parts, a deleted backup): expire
+    # those versions, and the delete markers left behind, after the same number of days.
+    rules.append(
+        {
+            "Id": "lifeboat-noncurrent-versions",
+            "Status": "Enabled",
+            **({"Prefix": source.prefix} if source.prefix else {}),
+            "NoncurrentVersionExpiration": {"NoncurrentDays": ref("NoncurrentVersionDays")},
+            "ExpiredObjectDeleteMarker": True,
+        }
+    )
+    params["NoncurrentVersionDays"] = _days_parameter(
+        noncurrent_default, "Days a deleted or overwritten object version is kept (the window to undo a deletion)"
+    )
+    return [_cfn_rule(r) for r in rules], params
+
+
+_S3_RULE_FIELDS = {
+    "ID",
+    "Status",
+    "Filter",
+    "AbortIncompleteMultipartUpload",
+    "Expiration",
+    "NoncurrentVersionExpiration",
+    "Transitions",
+}
+
+
+def _cfn_rule(rule: Json) -> Json:
+    """S3 API lifecycle rule (as lifecycle_rules returns it) -> AWS::S3::Bucket Rule."""
+    if "Id" in rule:  # already in CloudFormation form
+        return rule
+    out: Json = {"Id": rule["ID"], "Status": rule["Status"]}
+    flt = rule.get("Filter", {})
+    both = flt.get("And", flt)
+    if both.get("Prefix"):
+        out["Prefix"] = both["Prefix"]
+    if both.get("Tags"):
+        out["TagFilters"] = both["Tags"]
+    if "AbortIncompleteMultipartUpload" in rule:
+        out["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
+    if "Expiration" in rule:
+        out["ExpirationInDays"] = rule["Expiration"]["Days"]
+    if "NoncurrentVersionExpiration" in rule:
+        out["NoncurrentVersionExpiration"] = rule["NoncurrentVersionExpiration"]
+    if "Transitions" in rule:
+        out["Transitions"] = rule["Transitions"]
+    unknown = set(rule) - _S3_RULE_FIELDS
+    if unknown:
+        raise SystemExit(
+            f"build_template: lifecycle rule {rule['ID']} has fields this generator does not map: {sorted(unknown)}"
+        )
+    return out
+
+
+def storage_resources(rules: list[Json]) -> Json:
+    return {
+        **_key(),
+        "BackupBucket": _bucket(rules),
+        "BackupBucketPolicy": _bucket_policy(),
+        "JobsTable": _jobs_table(),
+    }
+
+
+def _key() -> Json:
+    """The bucket's KMS key and its alias, unless the stack is given a key (KmsKeyArn)."""
+    return {
+        "BackupKey": {
+            "Type": "AWS::KMS::Key",
+            "Condition": "CreateKmsKey",
+            **RETAIN,
+            "Properties": {
+                "Description": sub("pg-lifeboat ${Stage}: encrypts the backup bucket"),
+                "EnableKeyRotation": True,
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            # The account administers the key and IAM policies decide who uses it (the functions'
+                            # policies allow it only through S3, for this stage's buckets).
+                            "Sid": "AccountAdministersKeyThroughIam",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        }
+                    ],
+                },
+            },
+        },
+        "BackupKeyAlias": {
+            "Type": "AWS::KMS::Alias",
+            "Condition": "CreateKmsKey",
+            "Properties": {"AliasName": sub("alias/pg-lifeboat-${Stage}"), "TargetKeyId": ref("BackupKey")},
+        },
+    }
+
+
+def _bucket(rules: list[Json]) -> Json:
+    key_arn = if_("CreateKmsKey", getatt("BackupKey", "Arn"), ref("KmsKeyArn"))
+    return {
+        "Type": "AWS::S3::Bucket",
+        **RETAIN,
+        "Properties": {
+            "BucketName": sub("pg-lifeboat-${Stage}-${AWS::AccountId}-${AWS::Region}"),
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": True,
+                "BlockPublicPolicy": True,
+                "IgnorePublicAcls": True,
+                "RestrictPublicBuckets": True,
+            },
+            "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [
+                    {
+                        "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+            "VersioningConfiguration": {"Status": "Enabled"},
+            "ObjectLockEnabled": if_("HasObjectLock", True),
+            "ObjectLockConfiguration": if_(
+                "HasObjectLock",
+                {
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {
+                        "DefaultRetention": {"Mode": ref("ObjectLockMode"), "Days": ref("ObjectLockRetentionDays")}
+                    },
+                },
+            ),
+            "LifecycleConfiguration": {
+                "Rules": rules,
+                "TransitionDefaultMinimumObjectSize": "all_storage_classes_128K",
+            },
+            "Tags": [{"Key": "pg-lifeboat:stage", "Value": ref("Stage")}],
+        },
+    }
+
+
+def _bucket_policy() -> Json:
+    """TLS 1.2 or later only."""
+    bucket_arn = getatt("BackupBucket", "Arn")
+    everything = [bucket_arn, {"Fn::Join": ["", [bucket_arn, "/*"]]}]
+    return {
+        "Type": "AWS::S3::BucketPolicy",
+        "Properties": {
+            "Bucket": ref("BackupBucket"),
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "DenyInsecureTransport",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": everything,
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    },
+                    {
+                        "Sid": "DenyOldTls",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": everything,
+                        "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}},
+                    },
+                ],
+            },
+        },
+    }
+
+
+def _jobs_table() -> Json:
+    """Restore jobs are listed through sparse indexes (chalicelib/adapters/dynamo.py owns their definition)."""
+    from chalicelib.adapters.dynamo import GLOBAL_SECONDARY_INDEXES, INDEX_ATTRIBUTE_DEFINITIONS
+
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        "Properties": {
+            "TableName": sub("pg-lifeboat-${Stage}-jobs"),
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, *INDEX_ATTRIBUTE_DEFINITIONS],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": GLOBAL_SECONDARY_INDEXES,
+            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "SSESpecification": {"SSEEnabled": True},
+        },
+    }
