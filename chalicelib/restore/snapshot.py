@@ -12,13 +12,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.adapters.aws_errors import error_code
 from chalicelib.errors import BadRequestError, ConflictError, NotFoundError, RestoreError
 from chalicelib.logical.catalog import BackupId
+from chalicelib.physical.catalog import SnapshotEntry, list_snapshots
+from chalicelib.physical.model import SnapshotServices, physical_target
 from chalicelib.restore.model import JobError, RestoreJob
 
 if TYPE_CHECKING:
     from chalicelib.config import Physical
-    from chalicelib.physical.snapshots import SnapshotEntry, SnapshotServices
     from chalicelib.restore.requests import PointInTimeRestoreRequest, SnapshotRestoreRequest
 
 DEFAULT_AURORA_INSTANCE_CLASS = "db.r6g.large"
@@ -32,28 +34,13 @@ def _services(svc: Any) -> SnapshotServices:
     return snapshots
 
 
-def _physical(svc: Any, target: str) -> Physical:
-    physical = svc.config.target(target).physical
-    if physical is None:
-        raise BadRequestError(f"target {target!r} has no physical section")
-    result: Physical = physical
-    return result
-
-
 def _tags(job_or_id: str, target: str) -> list[dict[str, str]]:
     return [{"Key": "lifeboat:restore-id", "Value": job_or_id}, {"Key": "lifeboat:target", "Value": target}]
 
 
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
 def find_snapshot(svc: Any, backup_id: str, region: str | None = None) -> SnapshotEntry:
-    from chalicelib.physical.snapshots import list_snapshots
-
     bid = BackupId.parse(backup_id)
-    physical = _physical(svc, bid.target)
+    _, physical = physical_target(svc.config, bid.target)
     snapshots = _services(svc)
     want_region = region or snapshots.source_region(physical)
     for entry in list_snapshots(snapshots, bid.target):
@@ -72,8 +59,8 @@ def _exists(client: Any, kind: str, identifier: str) -> bool:
         else:
             client.describe_db_instances(DBInstanceIdentifier=identifier)
     except Exception as exc:
-        if _code(exc) in ("DBInstanceNotFound", "DBInstanceNotFoundFault", "DBClusterNotFoundFault",
-                          "DBClusterNotFound"):
+        if error_code(exc) in ("DBInstanceNotFound", "DBInstanceNotFoundFault", "DBClusterNotFoundFault",
+                               "DBClusterNotFound"):
             return False
         raise RestoreError(f"cannot check whether {identifier} exists: {exc}") from exc
     return True
@@ -103,7 +90,7 @@ def check(svc: Any, req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> 
 
     if isinstance(req, SnapshotRestoreRequest):
         bid = BackupId.parse(req.backup_id)
-        physical = _physical(svc, bid.target)
+        _, physical = physical_target(svc.config, bid.target)
         entry = find_snapshot(svc, req.backup_id, req.region)
         if physical.method == "ebs":
             if not req.availability_zone:
@@ -118,7 +105,7 @@ def check(svc: Any, req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> 
         if _exists(rds, kind, req.new_id):
             raise ConflictError(f"a DB {kind} {req.new_id!r} already exists in {entry.region}: choose a new_id")
         return bid.target
-    physical = _physical(svc, req.target)
+    _, physical = physical_target(svc.config, req.target)
     snapshots = _services(svc)
     rds = snapshots.client_for("rds", snapshots.source_region(physical))
     kind = "cluster" if physical.method == "aurora_cluster" else "instance"
@@ -148,7 +135,7 @@ def start(svc: Any, job: RestoreJob) -> RestoreJob:
     from chalicelib.restore.requests import PointInTimeRestoreRequest, SnapshotRestoreRequest
 
     snapshots = _services(svc)
-    physical = _physical(svc, job.target)
+    _, physical = physical_target(svc.config, job.target)
     tags = _tags(job.restore_id, job.target)
     try:
         if job.kind == "snapshot":
@@ -211,7 +198,7 @@ def start(svc: Any, job: RestoreJob) -> RestoreJob:
     except (BadRequestError, NotFoundError, ConflictError):
         raise
     except Exception as exc:
-        code = _code(exc)
+        code = error_code(exc)
         if code in ("DBInstanceAlreadyExists", "DBInstanceAlreadyExistsFault", "DBClusterAlreadyExistsFault"):
             raise ConflictError(f"the new identifier is already in use: {exc}") from None
         raise RestoreError(f"AWS refused the restore: {code or type(exc).__name__}: {exc}") from None

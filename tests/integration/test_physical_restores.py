@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from chalicelib import wiring
-from chalicelib.physical.snapshots import start_snapshot
+from chalicelib.physical.start import start_snapshot
 from devstack.chalice_local import client as chalice_client
 from devstack.local import LocalStack, write_config
 

@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib.adapters.s3 import S3Store
 from chalicelib.config import Config, parse_config
-from chalicelib.physical.snapshots import SnapshotServices
+from chalicelib.physical.model import SnapshotServices
 from devstack.aws import MotoServer
 
 SOURCE = "us-east-1"
@@ -67,8 +67,9 @@ class Env:
         return parse_config({"settings": settings, "targets": targets}, "test configuration")
 
     def services(self, config: Config, **kw: Any) -> SnapshotServices:
-        return SnapshotServices(config=config, client_for=self.clients, region=SOURCE, store=self.store,
-                                clock=self.clock, **kw)
+        return SnapshotServices(
+            config=config, client_for=self.clients, region=SOURCE, store=self.store, clock=self.clock, **kw
+        )
 
     def rds(self, region: str = SOURCE) -> Any:
         return self.clients("rds", region)
@@ -81,14 +82,24 @@ class Env:
 
     def db_instance(self, name: str = "shop-db", *, retention_days: int = 0, kms_key: str | None = None) -> None:
         extra: dict[str, Any] = {"StorageEncrypted": True, "KmsKeyId": kms_key} if kms_key else {}
-        self.rds().create_db_instance(DBInstanceIdentifier=name, DBInstanceClass="db.t3.micro", Engine="postgres",
-                                      AllocatedStorage=20, MasterUsername="postgres",
-                                      MasterUserPassword="not-a-real-password", BackupRetentionPeriod=retention_days,
-                                      **extra)
+        self.rds().create_db_instance(
+            DBInstanceIdentifier=name,
+            DBInstanceClass="db.t3.micro",
+            Engine="postgres",
+            AllocatedStorage=20,
+            MasterUsername="postgres",
+            MasterUserPassword="not-a-real-password",
+            BackupRetentionPeriod=retention_days,
+            **extra,
+        )
 
     def db_cluster(self, name: str = "shop-cluster") -> None:
-        self.rds().create_db_cluster(DBClusterIdentifier=name, Engine="aurora-postgresql",
-                                     MasterUsername="postgres", MasterUserPassword="not-a-real-password")
+        self.rds().create_db_cluster(
+            DBClusterIdentifier=name,
+            Engine="aurora-postgresql",
+            MasterUsername="postgres",
+            MasterUserPassword="not-a-real-password",
+        )
 
     def ec2_instance(self, data_volumes: tuple[int, ...] = (100, 50)) -> tuple[str, str, list[str]]:
         """An instance from a registered AMI (none exist with MOTO_EC2_LOAD_DEFAULT_AMIS=false) with a boot
@@ -96,10 +107,13 @@ class Env:
         ec2 = self.ec2()
         ami = ec2.register_image(Name="postgres-on-ec2")["ImageId"]  # moto: root device /dev/sda1
         devices = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}]
-        devices += [{"DeviceName": f"/dev/sd{chr(ord('f') + i)}", "Ebs": {"VolumeSize": size}}
-                    for i, size in enumerate(data_volumes)]
-        inst = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
-                                 BlockDeviceMappings=devices)["Instances"][0]
+        devices += [
+            {"DeviceName": f"/dev/sd{chr(ord('f') + i)}", "Ebs": {"VolumeSize": size}}
+            for i, size in enumerate(data_volumes)
+        ]
+        inst = ec2.run_instances(
+            ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro", BlockDeviceMappings=devices
+        )["Instances"][0]
         volumes = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]}
         boot = volumes.pop("/dev/sda1")
         return inst["InstanceId"], boot, [volumes[d] for d in sorted(volumes)]
@@ -109,8 +123,11 @@ class Env:
         return {t["Key"]: t["Value"] for t in snap.get("TagList", [])}
 
     def managed_ebs(self, region: str = SOURCE) -> list[dict[str, Any]]:
-        return list(self.ec2(region).describe_snapshots(
-            OwnerIds=["self"], Filters=[{"Name": "tag:lifeboat:managed", "Values": ["true"]}])["Snapshots"])
+        return list(
+            self.ec2(region).describe_snapshots(
+                OwnerIds=["self"], Filters=[{"Name": "tag:lifeboat:managed", "Values": ["true"]}]
+            )["Snapshots"]
+        )
 
 
 def tags_of(item: dict[str, Any], key: str = "Tags") -> dict[str, str]:

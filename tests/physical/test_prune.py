@@ -6,7 +6,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from chalicelib.logical.catalog import BackupId
-from chalicelib.physical.snapshots import prune, snapshot_identifier, snapshot_tags, start_snapshot, sweep
+from chalicelib.physical.names import snapshot_identifier, snapshot_tags
+from chalicelib.physical.prune import prune
+from chalicelib.physical.start import start_snapshot
+from chalicelib.physical.sweep import sweep
 
 from .conftest import BUCKET, DEST, NOW, SOURCE, Env, after_call, tags_of
 
@@ -19,10 +22,30 @@ def slot(d: date) -> datetime:
 
 
 def expected_gfs() -> set[str]:
-    days = ["2026-12-25", "2026-12-26", "2026-12-27", "2026-12-28", "2026-12-29", "2026-12-30", "2026-12-31",
-            "2026-12-20", "2026-12-13", "2026-12-06",
-            "2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30", "2026-05-31", "2026-06-30", "2026-07-31",
-            "2026-08-31", "2026-09-30", "2026-10-31", "2026-11-30", "2025-12-31"]
+    days = [
+        "2026-12-25",
+        "2026-12-26",
+        "2026-12-27",
+        "2026-12-28",
+        "2026-12-29",
+        "2026-12-30",
+        "2026-12-31",
+        "2026-12-20",
+        "2026-12-13",
+        "2026-12-06",
+        "2026-01-31",
+        "2026-02-28",
+        "2026-03-31",
+        "2026-04-30",
+        "2026-05-31",
+        "2026-06-30",
+        "2026-07-31",
+        "2026-08-31",
+        "2026-09-30",
+        "2026-10-31",
+        "2026-11-30",
+        "2025-12-31",
+    ]
     return {snapshot_identifier("shop", slot(date.fromisoformat(d))) for d in days}
 
 
@@ -39,19 +62,32 @@ def test_a_year_of_snapshots_keeps_exactly_the_gfs_set(env: Env) -> None:
         if s.date() == date(2025, 11, 20):
             tags["pinned"] = "true"
         ident = snapshot_identifier("shop", s)
-        rds.create_db_snapshot(DBSnapshotIdentifier=ident, DBInstanceIdentifier="shop-db",
-                               Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        rds.create_db_snapshot(
+            DBSnapshotIdentifier=ident,
+            DBInstanceIdentifier="shop-db",
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
         made.append(ident)
     # things the pruner must never touch
     rds.create_db_snapshot(DBSnapshotIdentifier="before-upgrade", DBInstanceIdentifier="shop-db")  # no tags
-    rds.create_db_snapshot(DBSnapshotIdentifier="lifeboat-gone-20240101-030000", DBInstanceIdentifier="shop-db",
-                           Tags=[{"Key": "lifeboat:managed", "Value": "true"}, {"Key": "lifeboat:target",
-                                                                                "Value": "gone"},
-                                 {"Key": "lifeboat:slot", "Value": "2024-01-01T03:00:00Z"}])  # unconfigured target
-    rds.create_db_snapshot(DBSnapshotIdentifier="lifeboat-shop-garbled", DBInstanceIdentifier="shop-db",
-                           Tags=[{"Key": "lifeboat:managed", "Value": "true"}, {"Key": "lifeboat:target",
-                                                                                "Value": "shop"},
-                                 {"Key": "lifeboat:slot", "Value": "sometime"}])  # unreadable slot
+    rds.create_db_snapshot(
+        DBSnapshotIdentifier="lifeboat-gone-20240101-030000",
+        DBInstanceIdentifier="shop-db",
+        Tags=[
+            {"Key": "lifeboat:managed", "Value": "true"},
+            {"Key": "lifeboat:target", "Value": "gone"},
+            {"Key": "lifeboat:slot", "Value": "2024-01-01T03:00:00Z"},
+        ],
+    )  # unconfigured target
+    rds.create_db_snapshot(
+        DBSnapshotIdentifier="lifeboat-shop-garbled",
+        DBInstanceIdentifier="shop-db",
+        Tags=[
+            {"Key": "lifeboat:managed", "Value": "true"},
+            {"Key": "lifeboat:target", "Value": "shop"},
+            {"Key": "lifeboat:slot", "Value": "sometime"},
+        ],
+    )  # unreadable slot
     automated = [s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(SnapshotType="automated")["DBSnapshots"]]
     assert len(automated) == 1
     env.clock.now = datetime(2026, 12, 31, 12, tzinfo=UTC)
@@ -87,7 +123,9 @@ def test_newest_success_survives_and_copies_are_pruned_too(env: Env) -> None:
     report = prune(svc)
     newest = snapshot_identifier("shop", NOW + timedelta(days=60))
     assert {(d.region, d.resource_ids[0], d.reason) for d in report.kept} == {
-        (SOURCE, newest, "newest successful, last 1"), (DEST, newest, "newest successful, last 1")}
+        (SOURCE, newest, "newest successful, last 1"),
+        (DEST, newest, "newest successful, last 1"),
+    }
     for region in (SOURCE, DEST):
         snaps = env.rds(region).describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
         assert [s["DBSnapshotIdentifier"] for s in snaps] == [newest]
@@ -98,8 +136,10 @@ def test_snapshots_in_progress_and_unreported_failures_wait(env: Env) -> None:
     svc = env.services(env.config([SHOP], **TIGHT))
     for days in range(3):
         start_snapshot(svc, "shop", NOW + timedelta(days=days))
-    states = {snapshot_identifier("shop", NOW): "creating", snapshot_identifier("shop", NOW + timedelta(days=1)):
-              "failed"}
+    states = {
+        snapshot_identifier("shop", NOW): "creating",
+        snapshot_identifier("shop", NOW + timedelta(days=1)): "failed",
+    }
 
     def edit(parsed: dict[str, Any]) -> None:
         for snap in parsed.get("DBSnapshots", []):
@@ -108,29 +148,34 @@ def test_snapshots_in_progress_and_unreported_failures_wait(env: Env) -> None:
     after_call(env.rds(), "DescribeDBSnapshots", edit)
     env.clock.now = NOW + timedelta(days=30)
     reasons = {d.resource_ids[0]: d.reason for d in prune(svc, dry_run=True).kept}
-    assert reasons == {snapshot_identifier("shop", NOW): "in progress (creating)",
-                       snapshot_identifier("shop", NOW + timedelta(days=1)):
-                           "failed; kept until the sweep has reported it",
-                       snapshot_identifier("shop", NOW + timedelta(days=2)): "newest successful, last 1"}
+    assert reasons == {
+        snapshot_identifier("shop", NOW): "in progress (creating)",
+        snapshot_identifier("shop", NOW + timedelta(days=1)): "failed; kept until the sweep has reported it",
+        snapshot_identifier("shop", NOW + timedelta(days=2)): "newest successful, last 1",
+    }
     sweep(svc)  # reports the failure (and tags it), after which the failed one may go
     report = prune(svc)
     assert [(d.resource_ids[0], d.reason) for d in report.deleted] == [
-        (snapshot_identifier("shop", NOW + timedelta(days=1)), "failed snapshot")]
+        (snapshot_identifier("shop", NOW + timedelta(days=1)), "failed snapshot")
+    ]
 
 
 def test_ebs_sets_are_pruned_whole_with_their_label(env: Env) -> None:
     instance, _, _ = env.ec2_instance()
-    svc = env.services(env.config([{"name": "vm", "physical": {"method": "ebs", "ec2_instance_id": instance}}],
-                                  **TIGHT))
+    svc = env.services(
+        env.config([{"name": "vm", "physical": {"method": "ebs", "ec2_instance_id": instance}}], **TIGHT)
+    )
     old = start_snapshot(svc, "vm", NOW)
     start_snapshot(svc, "vm", NOW + timedelta(days=2))
     key = "snapshots/vm/20261129T030000Z/backup_label.json"
     env.store.put_bytes(key, b"{}")
-    env.ec2().create_tags(Resources=list(old.resource_ids),
-                          Tags=[{"Key": "lifeboat:backup-label", "Value": f"s3://{BUCKET}/{key}"}])
+    env.ec2().create_tags(
+        Resources=list(old.resource_ids), Tags=[{"Key": "lifeboat:backup-label", "Value": f"s3://{BUCKET}/{key}"}]
+    )
     env.clock.now = NOW + timedelta(days=10)
     report = prune(svc)
     assert [(d.backup_id, sorted(d.resource_ids)) for d in report.deleted] == [
-        ("snapshot:vm:20261129T030000Z", sorted(old.resource_ids))]
+        ("snapshot:vm:20261129T030000Z", sorted(old.resource_ids))
+    ]
     assert report.labels_deleted == [key] and env.store.head(key) is None
     assert {tags_of(s)["lifeboat:slot"] for s in env.managed_ebs()} == {"2026-12-01T03:00:00Z"}

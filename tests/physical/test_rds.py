@@ -9,17 +9,19 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import SnapshotError
-from chalicelib.physical.snapshots import (
-    RDS_INSTANCE,
-    list_snapshots,
-    start_snapshot,
-    sweep,
-)
+from chalicelib.physical.catalog import list_snapshots
+from chalicelib.physical.inventory import Inventory
+from chalicelib.physical.rds import RDS_INSTANCE
+from chalicelib.physical.start import start_snapshot
+from chalicelib.physical.sweep import sweep
 
 from .conftest import DEST, NOW, SOURCE, Env, after_call
 
-SHOP_RDS = {"name": "shop", "tags": {"team": "payments"},
-            "physical": {"method": "rds_instance", "db_instance_id": "shop-db", "schedule": "cron(0 3 * * ? *)"}}
+SHOP_RDS = {
+    "name": "shop",
+    "tags": {"team": "payments"},
+    "physical": {"method": "rds_instance", "db_instance_id": "shop-db", "schedule": "cron(0 3 * * ? *)"},
+}
 
 
 def test_rds_instance_snapshot_is_tagged_and_not_awaited(env: Env) -> None:
@@ -27,12 +29,20 @@ def test_rds_instance_snapshot_is_tagged_and_not_awaited(env: Env) -> None:
     svc = env.services(env.config([SHOP_RDS]))
     outcome = start_snapshot(svc, "shop", NOW)
     assert (outcome.status, outcome.backup_id, outcome.resource_ids) == (
-        "STARTED", "snapshot:shop:20261129T030000Z", ("lifeboat-shop-20261129-030000",))
+        "STARTED",
+        "snapshot:shop:20261129T030000Z",
+        ("lifeboat-shop-20261129-030000",),
+    )
     assert outcome.retention_class == "yearly"  # the first snapshot of the target
     assert env.rds_tags("lifeboat-shop-20261129-030000") == {
-        "team": "payments", "Name": "lifeboat-shop-20261129-030000", "lifeboat:managed": "true",
-        "lifeboat:target": "shop", "lifeboat:slot": "2026-11-29T03:00:00Z",
-        "lifeboat:set": "snapshot:shop:20261129T030000Z", "lifeboat:trigger": "schedule", "retention": "yearly",
+        "team": "payments",
+        "Name": "lifeboat-shop-20261129-030000",
+        "lifeboat:managed": "true",
+        "lifeboat:target": "shop",
+        "lifeboat:slot": "2026-11-29T03:00:00Z",
+        "lifeboat:set": "snapshot:shop:20261129T030000Z",
+        "lifeboat:trigger": "schedule",
+        "retention": "yearly",
         "retention-policy": "default",
     }
     # the next day's snapshot is classified against this one
@@ -81,7 +91,11 @@ def test_aurora_cluster_snapshot(env: Env) -> None:
     assert tags["lifeboat:managed"] == "true" and tags["lifeboat:trigger"] == "on-demand"
     [entry] = list_snapshots(svc, "ledger")
     assert (entry.backup_id, entry.method, entry.status, entry.retention_class) == (
-        "snapshot:ledger:20261129T030000Z", "aurora_cluster", "SUCCEEDED", "yearly")
+        "snapshot:ledger:20261129T030000Z",
+        "aurora_cluster",
+        "SUCCEEDED",
+        "yearly",
+    )
 
 
 def test_quota_error_says_what_to_do(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,8 +126,10 @@ def test_sweep_observes_creating_then_available_then_failed(env: Env) -> None:
     state = {"lifeboat-shop-20261129-030000": "creating", "lifeboat-shop-20261130-030000": "creating"}
 
     # moto stamps SnapshotCreateTime with the real clock; the test owns both clocks, so it sets that too.
-    created = {"lifeboat-shop-20261129-030000": NOW + timedelta(minutes=1),
-               "lifeboat-shop-20261130-030000": NOW + timedelta(days=1, minutes=1)}
+    created = {
+        "lifeboat-shop-20261129-030000": NOW + timedelta(minutes=1),
+        "lifeboat-shop-20261130-030000": NOW + timedelta(days=1, minutes=1),
+    }
 
     def edit(parsed: dict[str, Any]) -> None:
         for snap in parsed.get("DBSnapshots", []):
@@ -177,8 +193,11 @@ def test_cross_region_copy_with_kms(env: Env) -> None:
     svc = env.services(copy_config(env, dest_key))
     start_snapshot(svc, "shop", NOW)
     # moto finishes copies at once; a real one takes a while, so the first sweep sees it "copying"
-    copying = after_call(env.rds(DEST), "DescribeDBSnapshots",
-                         lambda parsed: [s.update(Status="copying") for s in parsed.get("DBSnapshots", [])])
+    copying = after_call(
+        env.rds(DEST),
+        "DescribeDBSnapshots",
+        lambda parsed: [s.update(Status="copying") for s in parsed.get("DBSnapshots", [])],
+    )
     report = sweep(svc)
     copying()
     assert report.completed == ["snapshot:shop:20261129T030000Z@us-east-1"]
@@ -220,6 +239,4 @@ def test_encrypted_copy_needs_a_destination_key(env: Env) -> None:
 
 
 def _sets(svc: Any, region: str) -> Any:
-    from chalicelib.physical.snapshots import _Inventory
-
-    return _Inventory(svc).sets(RDS_INSTANCE, region, "shop")
+    return Inventory(svc).sets(RDS_INSTANCE, region, "shop")

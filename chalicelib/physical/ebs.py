@@ -1,0 +1,243 @@
+"""EBS snapshots of PostgreSQL on EC2: the volumes of an instance (one crash-consistent request) or listed
+volumes. The snapshots of one slot form a set, found again by their tags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalicelib.adapters.aws_errors import error_code, error_message
+from chalicelib.config import Physical
+from chalicelib.errors import LifeboatError, SnapshotError
+from chalicelib.observability import logger
+from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, utc
+from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
+from chalicelib.physical.names import (
+    COPY_OF_TAG,
+    MANAGED_TAG,
+    MANAGED_VALUE,
+    SLOT_TAG,
+    TARGET_TAG,
+    copy_tags,
+    tag_dict,
+    tag_list,
+)
+
+EBS_SNAPSHOT_QUOTA = 100_000
+
+_EBS_STATES: dict[str, State] = {"completed": "available", "error": "failed", "recoverable": "failed"}
+
+
+def instance_specification(
+    instance_id: str,
+    root_volume: str | None,
+    attached: Sequence[str],
+    volume_ids: Sequence[str],
+    exclude_boot_volume: bool,
+) -> dict[str, Any]:
+    """`InstanceSpecification` for `ec2.create_snapshots`.
+
+    Without `volume_ids`: every volume of the instance, the boot volume as configured. With them: only
+    those volumes (still in one crash-consistent request), by excluding every other attached one.
+    """
+    if not volume_ids:
+        return {"InstanceId": instance_id, "ExcludeBootVolume": exclude_boot_volume}
+    missing = sorted(set(volume_ids) - set(attached))
+    if missing:
+        raise SnapshotError(
+            f"volume(s) {', '.join(missing)} are not attached to instance {instance_id}"
+            f" (attached: {', '.join(attached) or 'none'}): fix physical.volume_ids"
+        )
+    spec: dict[str, Any] = {
+        "InstanceId": instance_id,
+        "ExcludeBootVolume": root_volume is not None and root_volume not in volume_ids,
+    }
+    excluded = sorted(v for v in attached if v != root_volume and v not in volume_ids)
+    if excluded:
+        spec["ExcludeDataVolumeIds"] = excluded
+    return spec
+
+
+class EbsDriver(Driver):
+    kind: SnapshotKind = "ebs"
+
+    @staticmethod
+    def resource(item: Mapping[str, Any], region: str) -> SnapshotResource:
+        raw = str(item.get("State", "pending"))
+        return SnapshotResource(
+            kind="ebs",
+            resource_id=str(item["SnapshotId"]),
+            region=region,
+            state=_EBS_STATES.get(raw, "creating"),
+            raw_state=raw,
+            tags=tag_dict(item.get("Tags")),
+            created=utc(item.get("StartTime")),
+            completed=utc(item.get("CompletionTime")),
+            size_gib=item.get("VolumeSize"),
+            encrypted=bool(item.get("Encrypted")),
+            snapshot_type="manual",
+        )
+
+    def describe(
+        self, svc: SnapshotServices, region: str, filters: Mapping[str, Sequence[str]]
+    ) -> list[SnapshotResource]:
+        ec2 = svc.client_for("ec2", region)
+        flt = [{"Name": f"tag:{k}", "Values": list(v)} for k, v in filters.items()]
+        try:
+            pages = ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=flt)
+            return [self.resource(item, region) for page in pages for item in page.get("Snapshots", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_failure(exc, "listing EBS snapshots", region, "ec2:DescribeSnapshots") from exc
+
+    def list_managed(self, svc: SnapshotServices, region: str) -> list[SnapshotResource]:
+        return self.describe(svc, region, {MANAGED_TAG: [MANAGED_VALUE]})
+
+    def start(
+        self, svc: SnapshotServices, physical: Physical, tags: Mapping[str, str], region: str, description: str
+    ) -> list[SnapshotResource]:
+        """Crash-consistent snapshots of the instance's volumes in one request, or one request per listed volume.
+
+        Separate `create_snapshot` calls are not simultaneous: a data directory spread over several volumes
+        is only consistent with the instance form or with `app_consistent` (backup mode plus archived WAL).
+        If one of several volume snapshots cannot be started, the ones already started are deleted.
+        """
+        ec2 = svc.client_for("ec2", region)
+        tag_spec = [{"ResourceType": "snapshot", "Tags": tag_list(tags)}]
+        if physical.ec2_instance_id:
+            spec = {"InstanceId": physical.ec2_instance_id, "ExcludeBootVolume": physical.exclude_boot_volume}
+            try:
+                if physical.volume_ids:
+                    spec = self._instance_spec(ec2, physical)
+                resp = ec2.create_snapshots(
+                    InstanceSpecification=spec, Description=description, TagSpecifications=tag_spec
+                )
+            except (ClientError, BotoCoreError) as exc:
+                self.discard(svc, region, tags, [])
+                raise self._failure(exc, f"snapshotting the volumes of {physical.ec2_instance_id}", region) from exc
+            snaps = [
+                self.resource({**item, "Tags": item.get("Tags") or tag_list(tags)}, region)
+                for item in resp.get("Snapshots", [])
+            ]
+            if not snaps:
+                raise SnapshotError(
+                    f"instance {physical.ec2_instance_id} has no volume to snapshot (only a boot"
+                    " volume, and exclude_boot_volume is true?)"
+                )
+            return snaps
+        made: list[SnapshotResource] = []
+        try:
+            for volume in physical.volume_ids:
+                item = ec2.create_snapshot(VolumeId=volume, Description=description, TagSpecifications=tag_spec)
+                made.append(self.resource({**item, "Tags": item.get("Tags") or tag_list(tags)}, region))
+        except (ClientError, BotoCoreError) as exc:
+            self.discard(svc, region, tags, made)
+            raise self._failure(exc, f"snapshotting volume {volume}", region) from exc
+        return made
+
+    @staticmethod
+    def _instance_spec(ec2: Any, physical: Physical) -> dict[str, Any]:
+        assert physical.ec2_instance_id is not None
+        reservations = ec2.describe_instances(InstanceIds=[physical.ec2_instance_id]).get("Reservations", [])
+        instances = [i for r in reservations for i in r.get("Instances", [])]
+        if not instances:
+            raise SnapshotError(f"instance {physical.ec2_instance_id} not found")
+        inst = instances[0]
+        mappings = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m}
+        return instance_specification(
+            physical.ec2_instance_id,
+            mappings.get(inst.get("RootDeviceName", "")),
+            list(mappings.values()),
+            physical.volume_ids,
+            physical.exclude_boot_volume,
+        )
+
+    @staticmethod
+    def _failure(exc: ClientError | BotoCoreError, what: str, region: str) -> SnapshotError:
+        code = error_code(exc)
+        if code in QUOTA_CODES:
+            return SnapshotError(
+                f"{what}: EC2 refused a new snapshot in {region}: the account's EBS snapshot quota is used up (by"
+                f" default {EBS_SNAPSHOT_QUOTA:,} per region). Delete snapshots that are no longer needed (`lifeboat"
+                " prune --dry-run` shows what the retention policy would remove) or ask AWS Service Quotas for more."
+            )
+        if code == "SnapshotCreationPerVolumeRateExceeded":
+            return SnapshotError(
+                f"{what}: too many snapshots of one volume in a short time (EC2 allows one every"
+                " 15 seconds per volume); the delivery will be retried"
+            )
+        if code.startswith(("InvalidInstanceID", "InvalidVolume")):
+            return SnapshotError(f"{what}: {error_message(exc)}: fix the target's physical section (ids and region)")
+        return aws_failure(exc, what, region, "ec2:CreateSnapshot(s) and ec2:CreateTags")
+
+    def discard(
+        self, svc: SnapshotServices, region: str, tags: Mapping[str, str], made: Sequence[SnapshotResource]
+    ) -> None:
+        """Best-effort removal of a failed attempt's snapshots, so that a retry of the slot starts afresh.
+
+        Looks them up by target and slot tag as well: a request whose response was lost (a timeout, an error
+        after EC2 acted) still created snapshots that `made` does not know about. The original error matters
+        more than one raised here, so problems are logged, not raised.
+        """
+        doomed = {m.resource_id: m for m in made}
+        try:
+            for m in self.describe(svc, region, {TARGET_TAG: [tags[TARGET_TAG]], SLOT_TAG: [tags[SLOT_TAG]]}):
+                doomed.setdefault(m.resource_id, m)
+        except LifeboatError as exc:
+            logger.warning("could not look for snapshots of a failed attempt", extra={"error": str(exc)})
+        for m in doomed.values():
+            try:
+                self.delete(svc, m)
+            except LifeboatError as exc:
+                logger.warning(
+                    "could not delete a snapshot of a failed attempt; delete it by hand",
+                    extra={"snapshot": m.resource_id, "error": str(exc)},
+                )
+
+    def tag(self, svc: SnapshotServices, members: Sequence[SnapshotResource], tags: Mapping[str, str]) -> None:
+        if not members:
+            return
+        try:
+            svc.client_for("ec2", members[0].region).create_tags(
+                Resources=[m.resource_id for m in members], Tags=tag_list(tags)
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_failure(exc, f"tagging {members[0].resource_id}", members[0].region, "ec2:CreateTags") from exc
+
+    def delete(self, svc: SnapshotServices, member: SnapshotResource) -> None:
+        try:
+            svc.client_for("ec2", member.region).delete_snapshot(SnapshotId=member.resource_id)
+        except (ClientError, BotoCoreError) as exc:
+            if error_code(exc) != "InvalidSnapshot.NotFound":
+                raise aws_failure(exc, f"deleting EBS snapshot {member.resource_id}", member.region) from exc
+
+    def copy(self, svc: SnapshotServices, snap: SnapshotSet, dest: str, kms_key_id: str | None) -> list[str]:
+        ec2 = svc.client_for("ec2", dest)
+        done = {r.tags.get(COPY_OF_TAG) for r in self.describe(svc, dest, {COPY_OF_TAG: [m.ref for m in snap.members]})}
+        started = []
+        for m in snap.members:
+            if m.ref in done:
+                continue
+            kwargs: dict[str, Any] = {
+                "SourceRegion": m.region,
+                "SourceSnapshotId": m.resource_id,
+                "Description": f"pg-lifeboat copy of {m.resource_id} ({snap.backup_id}) from {m.region}",
+                "TagSpecifications": [{"ResourceType": "snapshot", "Tags": tag_list(copy_tags(m.tags, m.ref))}],
+            }
+            if kms_key_id:
+                kwargs.update(Encrypted=True, KmsKeyId=kms_key_id)
+            elif m.encrypted:
+                logger.info(
+                    "copying an encrypted EBS snapshot with the destination's default EBS key",
+                    extra={"snapshot": m.resource_id, "region": dest},
+                )
+            try:
+                ec2.copy_snapshot(**kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise aws_failure(exc, f"copying {m.resource_id} to {dest}", dest, "ec2:CopySnapshot") from exc
+            started.append(m.resource_id)
+        return started
+
+
+EBS = EbsDriver()

@@ -1,0 +1,118 @@
+"""The sweep (on a schedule): what became of the snapshots started earlier, metrics, cross-region copies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from chalicelib import observability
+from chalicelib.config import Physical, Target
+from chalicelib.errors import LifeboatError, SnapshotError
+from chalicelib.observability import logger
+from chalicelib.physical.driver import Driver
+from chalicelib.physical.inventory import Inventory, driver_for
+from chalicelib.physical.model import SnapshotServices, SnapshotSet
+from chalicelib.physical.names import OBSERVED_TAG
+
+
+@dataclass
+class SweepReport:
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    copies_started: list[str] = field(default_factory=list)
+    copies_completed: list[str] = field(default_factory=list)
+    managed: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def sweep(svc: SnapshotServices, targets: Sequence[str] | None = None) -> SweepReport:
+    """Look at every managed snapshot not yet marked `lifeboat:observed` and report what became of it.
+
+    Finished ones are tagged `lifeboat:observed=done` and counted (`SnapshotSucceeded`, `SnapshotDuration`:
+    seconds from the snapshot's start to its completion time where AWS gives one — EBS — else to now, so it
+    overstates RDS durations by up to one sweep interval); failed ones are tagged `=failed` and counted in
+    `SnapshotFailed` (alarm on it). A newly finished source is copied to `copy_to_region` first: if the copy
+    cannot be started the source stays unmarked and the next sweep tries again. Problems with one target are
+    reported and do not stop the others.
+    """
+    report = SweepReport()
+    inventory = Inventory(svc)
+    now = svc.clock()
+    for target in svc.config.targets:
+        if target.physical is None or (targets is not None and target.name not in targets):
+            continue
+        try:
+            _sweep_target(svc, inventory, target, target.physical, now, report)
+        except LifeboatError as exc:
+            logger.error("sweep of a target failed", extra={"target": target.name, "error": str(exc)})
+            observability.record("SnapshotSweepError", 1, "Count", target.name)
+            report.errors.append(f"{target.name}: {exc}")
+    return report
+
+
+def _sweep_target(
+    svc: SnapshotServices, inventory: Inventory, target: Target, physical: Physical, now: datetime, report: SweepReport
+) -> None:
+    driver = driver_for(physical)
+    region = svc.source_region(physical)
+    if physical.copy_to_region == region:
+        raise SnapshotError(
+            f"target {target.name!r}: copy_to_region {region} is the source's own region;"
+            " choose another region or remove copy_to_region"
+        )
+    sources = [s for s in inventory.sets(driver, region, target.name) if s.copy_of is None]
+    report.managed[target.name] = sum(len(s.members) for s in sources)
+    observability.record("ManagedSnapshots", report.managed[target.name], "Count", target.name)
+    for snap in sources:
+        if not snap.observed:
+            _observe(svc, driver, physical, snap, now, report)
+    if physical.copy_to_region:
+        for snap in inventory.sets(driver, physical.copy_to_region, target.name):
+            if snap.copy_of is not None and not snap.observed:
+                _observe(svc, driver, physical, snap, now, report)
+
+
+def _observe(
+    svc: SnapshotServices, driver: Driver, physical: Physical, snap: SnapshotSet, now: datetime, report: SweepReport
+) -> None:
+    where = f"{snap.backup_id}@{snap.region}"
+    extra = {
+        "target": snap.target,
+        "backup_id": snap.backup_id,
+        "region": snap.region,
+        "snapshots": [m.resource_id for m in snap.members],
+    }
+    if snap.state == "available":
+        if snap.copy_of is None and physical.copy_to_region:
+            try:
+                started = driver.copy(svc, snap, physical.copy_to_region, physical.copy_kms_key_id)
+            except LifeboatError as exc:
+                observability.record("SnapshotFailed", 1, "Count", snap.target)
+                logger.error("cross-region copy could not be started", extra={**extra, "error": str(exc)})
+                report.errors.append(f"{where}: {exc}")
+                return  # leave the source unmarked: the next sweep tries the copy again
+            report.copies_started.extend(f"{r}@{physical.copy_to_region}" for r in started)
+        driver.tag(svc, snap.members, {OBSERVED_TAG: "done"})
+        seconds = max(0.0, ((snap.completed or now) - (snap.created or now)).total_seconds())
+        if snap.copy_of is None:
+            report.completed.append(where)
+            observability.record("SnapshotSucceeded", 1, "Count", snap.target)
+            observability.record("SnapshotDuration", seconds, "Seconds", snap.target)
+        else:
+            report.copies_completed.append(where)
+            observability.record("SnapshotCopied", 1, "Count", snap.target)
+            observability.record("SnapshotCopyDuration", seconds, "Seconds", snap.target)
+        logger.info("snapshot complete", extra={**extra, "seconds": round(seconds, 1), "copy": snap.copy_of})
+    elif snap.state == "failed":
+        driver.tag(svc, snap.members, {OBSERVED_TAG: "failed"})
+        report.failed.append(where)
+        observability.record("SnapshotFailed", 1, "Count", snap.target)
+        logger.error("snapshot failed", extra={**extra, "states": [m.raw_state for m in snap.members]})
+    else:
+        report.pending.append(where)
