@@ -5,18 +5,20 @@ This is also the one place where errors become HTTP responses.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from chalice.app import Chalice, CloudWatchEvent, Cron, IAMAuthorizer, Rate, Response, SQSEvent
 
+from chalicelib import env
+
 app = Chalice(app_name="pg-lifeboat")
 iam = IAMAuthorizer()
 
 # FIFO: message groups bound the concurrent dumps per server; deduplication ids drop repeated slots.
-BACKUP_QUEUE = os.environ.get("LIFEBOAT_BACKUP_QUEUE", "pg-lifeboat-backups.fifo")
-RESTORE_QUEUE = os.environ.get("LIFEBOAT_RESTORE_QUEUE", "pg-lifeboat-restores")
+# The queue names come from LIFEBOAT_BACKUP_QUEUE and LIFEBOAT_RESTORE_QUEUE (chalicelib.env) when packaged.
+BACKUP_QUEUE = env.current().backup_queue
+RESTORE_QUEUE = env.current().restore_queue
 JSON = ["application/json"]
 
 
@@ -148,7 +150,7 @@ def start_restore() -> Response:
         req = parse_restore_request(_body())
         headers = {k.lower(): v for k, v in (app.current_request.headers if app.current_request else {}).items()}
         job = api.start_restore_once(wiring.api_services(), req, headers.get("idempotency-key"),
-                                     os.environ.get("LIFEBOAT_JOBS_TABLE"))
+                                     env.current().jobs_table, app.lambda_context)
         return 202, job, {"Location": f"/restores/{job['restore_id']}"}
 
     return _api(op)

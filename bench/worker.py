@@ -215,7 +215,6 @@ def slowsink(args: argparse.Namespace) -> dict[str, Any]:
 
 def restore(args: argparse.Namespace) -> dict[str, Any]:
     from chalicelib import wiring
-    from chalicelib.adapters.pgtools import Toolbox
     from chalicelib.adapters.postgres import Login
     from chalicelib.logical.restore import RestoreOptions, restore_logical
 
@@ -230,7 +229,7 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir) if args.workdir else None
     with ChildPeaks() as kids:
         result, seconds = _timed(lambda: restore_logical(
-            catalog.store, catalog, Toolbox.from_env(), args.backup_id, login, args.database,
+            catalog.store, catalog, wiring.toolbox(), args.backup_id, login, args.database,
             RestoreOptions(jobs=args.jobs), workdir=workdir), args.profile)
     return {"seconds": seconds, "bytes": result.bytes_restored, "verified": result.verified,
             "hwm_before_kib": hwm_before, "hwm_kib": vm_kib("VmHWM"), "pg_restore_hwm_kib": kids.peaks.get(

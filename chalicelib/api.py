@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from chalicelib.adapters.dynamo import IDEMPOTENCY_KEY_PREFIX
 from chalicelib.errors import BadRequestError, ConflictError
 from chalicelib.logical.catalog import BackupId
-from chalicelib.physical.snapshots import list_snapshots
+from chalicelib.physical.catalog import list_snapshots
 from chalicelib.restore.model import RestoreServices
 from chalicelib.restore.requests import RestoreRequest, TargetName, _Body, describe_validation_error
 from chalicelib.restore.service import start_restore
@@ -93,11 +94,14 @@ def list_backups(svc: ApiServices, target: str | None, kind: str | None, limit: 
     return {"target": target, "backups": entries[:limit]}
 
 
-def start_restore_once(svc: ApiServices, req: RestoreRequest, idempotency_key: str | None, table: str | None
-                       ) -> dict[str, Any]:
+def start_restore_once(svc: ApiServices, req: RestoreRequest, idempotency_key: str | None, table: str | None,
+                       lambda_context: Any = None) -> dict[str, Any]:
     """start_restore, deduplicated by the client's Idempotency-Key through Powertools Idempotency.
 
     The same key with the same body returns the first job; the same key with another body is refused.
+    With the handler's Lambda context, a request that dies mid-way (a timeout) leaves its key "in progress"
+    only until the invocation's deadline, not for the record's whole day: a retry then runs. Without one
+    (chalice local, tests) the in-progress record lasts as long as the record.
     """
     if not idempotency_key:
         return start_restore(svc, req).public()
@@ -105,26 +109,23 @@ def start_restore_once(svc: ApiServices, req: RestoreRequest, idempotency_key: s
         raise BadRequestError("Idempotency-Key needs LIFEBOAT_JOBS_TABLE")
     if len(idempotency_key) > 128:
         raise BadRequestError("Idempotency-Key is longer than 128 characters")
-    from aws_lambda_powertools.utilities.idempotency import (
-        DynamoDBPersistenceLayer,
-        IdempotencyConfig,
-        idempotent_function,
-    )
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
     from aws_lambda_powertools.utilities.idempotency.exceptions import (
         IdempotencyAlreadyInProgressError,
         IdempotencyValidationError,
     )
 
-    persistence = DynamoDBPersistenceLayer(table_name=table, key_attr="pk", expiry_attr="expires_at",
-                                           boto3_client=svc.jobs.client)
+    persistence = svc.jobs.records.idempotency_persistence()
     config = IdempotencyConfig(event_key_jmespath="key", payload_validation_jmespath="body",
                                expires_after_seconds=24 * 3600, raise_on_no_idempotency_key=True)
+    if callable(getattr(lambda_context, "get_remaining_time_in_millis", None)):
+        config.register_lambda_context(lambda_context)
 
     def run(request: dict[str, Any]) -> dict[str, Any]:
         return start_restore(svc, req).public()
 
     once = idempotent_function(run, data_keyword_argument="request", persistence_store=persistence, config=config,
-                               key_prefix="idempotency#restores")
+                               key_prefix=IDEMPOTENCY_KEY_PREFIX)
     try:
         result: dict[str, Any] = once(request={"key": idempotency_key, "body": req.model_dump(mode="json")})
     except IdempotencyValidationError:

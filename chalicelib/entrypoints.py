@@ -47,7 +47,7 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
     if due.kind == "physical":
-        from chalicelib.physical.snapshots import start_snapshot
+        from chalicelib.physical.start import start_snapshot
 
         try:
             started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
@@ -107,12 +107,12 @@ def _beyond_lambda_restore(svc: ApiServices, restore_id: str) -> dict[str, Any] 
 
 
 def sweep_snapshots() -> dict[str, Any]:
-    from chalicelib.physical.snapshots import sweep
+    from chalicelib.physical.sweep import sweep
 
     return sweep(wiring.snapshot_services()).as_dict()
 
 
 def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:
-    from chalicelib.physical.snapshots import prune
+    from chalicelib.physical.prune import prune
 
     return prune(wiring.snapshot_services(), dry_run=dry_run).as_dict()

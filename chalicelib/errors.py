@@ -75,3 +75,9 @@ class SnapshotError(LifeboatError):
 
 class RestoreError(LifeboatError):
     code = "restore_failed"
+
+
+class FargateError(LifeboatError):
+    """ECS could not start the long-running task (capacity, network, roles, a missing task definition)."""
+
+    code = "fargate_failed"

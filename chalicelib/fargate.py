@@ -18,10 +18,11 @@ Three parts, in the order they are used:
   `SELECT pg_database_size()`), and when Fargate is chosen they launch the task and return the worker's
   result instead of running. They never claim the backup slot or start the restore job: the task does
   (chalicelib.adapters.dynamo, chalicelib.restore.model), exactly as the worker would have. A delegation record
-  (`fargate#backup#<id>`, `fargate#restore#<id>` in the jobs table, DELEGATION_LEASE) keeps a redelivered
-  message from launching a second task.
-* `FargateLauncher`: one `ecs.run_task` per run, with the command as the container override; an ECS refusal
-  (no capacity, a bad subnet, a missing role) is a FargateError saying why, so SQS retries the message.
+  (`fargate#backup#<id>`, `fargate#restore#<id>` in the jobs table: dynamo.delegation_key, DELEGATION_LEASE)
+  keeps a redelivered message from launching a second task.
+* `FargateLauncher`: one `ecs.run_task` per run (chalicelib.adapters.ecs), with the command as the container
+  override; an ECS refusal (no capacity, a bad subnet, a missing role) is a FargateError (chalicelib.errors)
+  saying why, so SQS retries the message.
 
 Deliberately not here: the dispatcher does not route. It stays one pass over the configuration with no AWS
 call per target; every logical backup passes through the worker, which already holds the catalog.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from chalicelib.adapters.dynamo import delegation_key
 from chalicelib.config import Connection, Logical, Settings, Target
 from chalicelib.errors import LifeboatError
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest
@@ -43,6 +45,7 @@ from chalicelib.observability import logger, record
 
 if TYPE_CHECKING:
     from chalicelib.adapters.dynamo import JobStore
+    from chalicelib.adapters.ecs import EcsTasks
     from chalicelib.adapters.postgres import CredentialResolver
     from chalicelib.adapters.s3 import BackupStore
     from chalicelib.api import ApiServices
@@ -61,12 +64,6 @@ RESTORE_SLOWDOWN = 2.0
 TMP_USABLE_SHARE = 0.9
 MiB = 1024 * 1024
 _TAG_VALUE = re.compile(r"[^\w .:/=+@-]")
-
-
-class FargateError(LifeboatError):
-    """ECS could not start the long-running task (capacity, network, roles, a missing task definition)."""
-
-    code = "fargate_failed"
 
 
 @dataclass(frozen=True)
@@ -158,12 +155,12 @@ def _tag_value(text: str) -> str:
 class FargateLauncher:
     """Starts the stack's task definition on Fargate with a `lifeboat` command as the container override."""
 
-    def __init__(self, ecs_client: Any, cluster: str, task_definition: str, subnets: Sequence[str],
+    def __init__(self, ecs: EcsTasks, cluster: str, task_definition: str, subnets: Sequence[str],
                  security_groups: Sequence[str], container: str = DEFAULT_CONTAINER,
                  assign_public_ip: bool = False) -> None:
         if not subnets:
             raise ValueError("a Fargate task needs at least one subnet")
-        self.client, self.cluster, self.task_definition = ecs_client, cluster, task_definition
+        self.ecs, self.cluster, self.task_definition = ecs, cluster, task_definition
         self.subnets, self.security_groups = list(subnets), list(security_groups)
         self.container, self.assign_public_ip = container, assign_public_ip
 
@@ -194,36 +191,11 @@ class FargateLauncher:
         return self._run(self.restore_command(restore_id), tags)
 
     def _run(self, command: list[str], tags: dict[str, str]) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        what = " ".join(command[1:3])
-        try:
-            resp = self.client.run_task(
-                cluster=self.cluster, taskDefinition=self.task_definition, launchType="FARGATE", count=1,
-                networkConfiguration={"awsvpcConfiguration": {
-                    "subnets": self.subnets, "securityGroups": self.security_groups,
-                    "assignPublicIp": "ENABLED" if self.assign_public_ip else "DISABLED"}},
-                overrides={"containerOverrides": [{"name": self.container, "command": command}]},
-                startedBy=STARTED_BY, enableECSManagedTags=True,
-                tags=[{"key": TAG_PREFIX + k, "value": _tag_value(v)} for k, v in tags.items()],
-            )
-        except ClientError as exc:
-            err = exc.response.get("Error", {})
-            raise FargateError(f"ECS refused to start the {what} task in cluster {self.cluster}"
-                               f" ({err.get('Code', 'error')}: {err.get('Message', exc)}): check the task"
-                               " definition, the subnets and security groups, and that the launching role may"
-                               " pass the task's roles") from exc
-        except BotoCoreError as exc:
-            raise FargateError(f"cannot reach ECS to start the {what} task: {exc}") from exc
-        failures = resp.get("failures") or []
-        tasks = resp.get("tasks") or []
-        if failures or not tasks:
-            reasons = "; ".join(f"{f.get('reason', 'unknown')}" + (f" ({f['detail']})" if f.get("detail") else "")
-                                for f in failures) or "ECS returned neither a task nor a reason"
-            raise FargateError(f"Fargate did not start the {what} task in cluster {self.cluster}: {reasons}."
-                               " Capacity shortages pass: the message is retried")
-        arn: str = tasks[0]["taskArn"]
-        return arn
+        return self.ecs.run_fargate_task(
+            cluster=self.cluster, task_definition=self.task_definition, subnets=self.subnets,
+            security_groups=self.security_groups, assign_public_ip=self.assign_public_ip, container=self.container,
+            command=command, started_by=STARTED_BY, tags={TAG_PREFIX + k: _tag_value(v) for k, v in tags.items()},
+            what=" ".join(command[1:3]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,7 +293,7 @@ def route_backup(svc: BackupServices, due: DueBackup, launcher: FargateLauncher 
     if not decision.fargate:
         logger.info("running on Lambda", extra={"backup_id": str(bid), "reason": decision.reason})
         return None
-    arn = _delegate(svc.claims, f"fargate#backup#{bid}", lambda: launcher.run_backup(due))
+    arn = _delegate(svc.claims, delegation_key("backup", str(bid)), lambda: launcher.run_backup(due))
     if arn is None:
         logger.info("already delegated to a Fargate task", extra={"backup_id": str(bid)})
         return {"status": "SKIPPED", "backup_id": str(bid), "reason": "already delegated to a Fargate task"}
@@ -360,7 +332,7 @@ def route_restore(svc: ApiServices, restore_id: str, launcher: FargateLauncher |
         svc.jobs.save(job.model_copy(update={"progress": {"runner": "fargate", "reason": decision.reason}}))
         return launcher.run_restore(restore_id, manifest.target)
 
-    arn = _delegate(claims, f"fargate#restore#{restore_id}", launch)
+    arn = _delegate(claims, delegation_key("restore", restore_id), launch)
     if arn is None:
         return {"restore_id": restore_id, "status": "SKIPPED", "reason": "already delegated to a Fargate task"}
     logger.info("restore delegated to Fargate", extra={"restore_id": restore_id, "task_arn": arn,

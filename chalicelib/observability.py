@@ -6,7 +6,6 @@ line twice. The Tracer patches botocore when created (~0.4 s), so it is built on
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -14,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
+from chalicelib import env
+
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
 SERVICE = "lifeboat"
-NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "PgLifeboat")
 
 logger = Logger(service=SERVICE)
 
@@ -32,8 +32,7 @@ def tracer() -> Tracer:
 
 def tracing_enabled() -> bool:
     """X-Ray tracing only where Lambda traces (its trace header is set) and not switched off."""
-    return bool(os.environ.get("_X_AMZN_TRACE_ID")) and os.environ.get("POWERTOOLS_TRACE_DISABLED", "").lower() not in (
-        "1", "true")
+    return bool(env.lambda_trace_id()) and not env.current().trace_disabled
 
 
 @contextmanager
@@ -49,13 +48,14 @@ def traced(name: str, **annotations: str) -> Iterator[None]:
 
 
 def record(name: str, value: float, unit: str, target: str | None = None) -> None:
-    """One EMF metric, with the target as its dimension when given (flushed at once)."""
+    """One EMF metric in POWERTOOLS_METRICS_NAMESPACE, with the target as its dimension when given (flushed at
+    once); none when metrics are off (POWERTOOLS_METRICS_DISABLED, POWERTOOLS_DEV, the CLI's default)."""
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
-    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-    if is_metrics_disabled():
+    settings = env.current()
+    if settings.metrics_off:
         return
-    with single_metric(name=name, unit=MetricUnit(unit), value=value, namespace=NAMESPACE) as metric:
+    with single_metric(name=name, unit=MetricUnit(unit), value=value, namespace=settings.metrics_namespace) as metric:
         metric.add_dimension(name="service", value=SERVICE)
         if target:
             metric.add_dimension(name="target", value=target)

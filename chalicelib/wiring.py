@@ -1,56 +1,158 @@
-"""Building the services from the process environment, once per container and only when first needed.
+"""Building the services from the settings, once per container and only when first needed.
 
-The one place that reads os.environ and creates boto3 clients; everything below receives them.
-Environment:
-  LIFEBOAT_CONFIG        path to a JSON/TOML file, or ssm:/parameter/path
-  LIFEBOAT_JOBS_TABLE    DynamoDB table for run claims and the dispatch cursor (optional locally)
-  LIFEBOAT_BACKUP_QUEUE_URL  SQS queue the dispatcher (and POST /backups) fills
-  LIFEBOAT_RESTORE_QUEUE_URL SQS queue of restore jobs
-  LIFEBOAT_PG_ROOTS      where <major>/bin/pg_dump live (default /opt/pg:/usr/lib/postgresql)
-  AWS_ENDPOINT_URL       honoured by boto3 (local emulators)
+The one place that creates boto3 clients; everything below receives them. The environment is read by
+chalicelib.env (every variable is listed there), a command line's options come in through `configured(...)`.
 """
 
 from __future__ import annotations
 
-import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from chalicelib import config as config_module
+from chalicelib import env as env_module
+from chalicelib.errors import ConfigError
 
 if TYPE_CHECKING:
-    from chalicelib.adapters.dynamo import JobStore
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_ec2 import EC2Client
+    from types_boto3_ecs import ECSClient
+    from types_boto3_rds import RDSClient
+    from types_boto3_s3 import S3Client
+    from types_boto3_secretsmanager import SecretsManagerClient
+    from types_boto3_sqs import SQSClient
+    from types_boto3_ssm import SSMClient
+
+    from chalicelib.adapters.dynamo import DispatchCursor, JobStore
+    from chalicelib.adapters.pgtools import Toolbox
+    from chalicelib.adapters.postgres import CredentialResolver
     from chalicelib.adapters.s3 import S3Store
     from chalicelib.api import ApiServices
     from chalicelib.config import Config
     from chalicelib.fargate import FargateLauncher
     from chalicelib.logical.catalog import Catalog
     from chalicelib.logical.dump import BackupServices
-    from chalicelib.physical.snapshots import SnapshotServices
-    from chalicelib.scheduling.dispatch import BackupQueue, DispatchCursor
+    from chalicelib.physical.model import SnapshotServices
+    from chalicelib.scheduling.dispatch import BackupQueue
+
+
+def settings() -> env_module.Env:
+    """The environment's settings, with the command line's options over them."""
+    return env_module.current()
+
+
+@contextmanager
+def configured(
+    *, config: str | None = None, region: str | None = None, metrics: bool | None = None
+) -> Iterator[env_module.Env]:
+    """A command line's options for the block: `config` and `region` win over LIFEBOAT_CONFIG and AWS_REGION;
+    `metrics` says whether to emit metrics when POWERTOOLS_METRICS_DISABLED is unset. None: the environment's."""
+    with env_module.configured(
+        {"config": config, "aws_region": region}, {"metrics_disabled": None if metrics is None else not metrics}
+    ) as env:
+        yield env
+
+
+def region() -> str:
+    """The clients' region: --region, else AWS_REGION, else the SDK's own chain (AWS_DEFAULT_REGION, the profile)."""
+    found = settings().aws_region or _sdk_region()
+    if not found:
+        raise ConfigError(
+            "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in the AWS profile) or pass --region"
+        )
+    return found
 
 
 @cache
-def client(service: str) -> Any:
+def _sdk_region() -> str | None:
+    """What boto3 would pick. A Session costs a few ms: once, until client.cache_clear()."""
+    import boto3
+
+    return boto3.session.Session().region_name
+
+
+def _make_client(service: str, region_name: str) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
     # Standard retry mode: throttles and 5xx are retried with backoff, up to 3 retries after the first try.
-    make: Any = boto3.client  # one factory for every service; the stubs type each name separately
-    return make(service, config=BotoConfig(retries={"mode": "standard", "max_attempts": 3},
-                                                   max_pool_connections=32))
+    make: Any = boto3.client  # one factory for every service; the stubs type each name by the overloads below
+    return make(
+        service,
+        region_name=region_name,
+        config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
+    )
+
+
+class Clients:
+    """boto3 clients, one per (service, region), made on first use; typed per service (types-boto3 stubs).
+
+    `client("s3")` is in the clients' region (`region()`), `client("rds", "eu-west-1")` in another.
+    `client.cache_clear()` forgets them (tests that move AWS_ENDPOINT_URL or the region).
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    @overload
+    def __call__(self, service: Literal["s3"], region_name: str | None = None) -> S3Client: ...
+    @overload
+    def __call__(self, service: Literal["dynamodb"], region_name: str | None = None) -> DynamoDBClient: ...
+    @overload
+    def __call__(self, service: Literal["sqs"], region_name: str | None = None) -> SQSClient: ...
+    @overload
+    def __call__(self, service: Literal["rds"], region_name: str | None = None) -> RDSClient: ...
+    @overload
+    def __call__(self, service: Literal["ec2"], region_name: str | None = None) -> EC2Client: ...
+    @overload
+    def __call__(self, service: Literal["ecs"], region_name: str | None = None) -> ECSClient: ...
+    @overload
+    def __call__(self, service: Literal["secretsmanager"], region_name: str | None = None) -> SecretsManagerClient: ...
+    @overload
+    def __call__(self, service: Literal["ssm"], region_name: str | None = None) -> SSMClient: ...
+    def __call__(self, service: str, region_name: str | None = None) -> Any:
+        return self.get(service, region_name)
+
+    def get(self, service: str, region_name: str | None = None) -> Any:
+        """Any service, untyped (the physical snapshot code's `client_for`)."""
+        key = (service, region_name or region())
+        with self._lock:
+            made = self._made.get(key)
+            if made is None:
+                made = self._made[key] = _make_client(*key)
+        return made
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._made.clear()
+        _sdk_region.cache_clear()
+
+
+client = Clients()
 
 
 def load_config() -> Config:
-    return config_module.load(os.environ.get("LIFEBOAT_CONFIG", ""), ssm_client=None)
+    # ssm:/... is read through Powertools' default SSM provider: its cache outlives the invocation (a provider
+    # made per call would not), but its client is Powertools' own (the SDK's region, no retry config here).
+    return config_module.load(settings().config, ssm_client=None)
 
 
 def store(cfg: Config) -> S3Store:
     from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
 
     s = cfg.settings
-    return S3Store(client("s3"), s.bucket, kms_key_id=s.kms_key_id, plan=PartPlan(base=s.part_size_mib * MiB),
-                   concurrency=s.upload_concurrency, memory_budget=s.upload_memory_mib * MiB)
+    return S3Store(
+        client("s3"),
+        s.bucket,
+        kms_key_id=s.kms_key_id,
+        plan=PartPlan(base=s.part_size_mib * MiB),
+        concurrency=s.upload_concurrency,
+        memory_budget=s.upload_memory_mib * MiB,
+    )
 
 
 def catalog(cfg: Config) -> Catalog:
@@ -62,110 +164,123 @@ def catalog(cfg: Config) -> Catalog:
 def jobs() -> JobStore | None:
     from chalicelib.adapters.dynamo import JobStore
 
-    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
+    table = settings().jobs_table
     return JobStore(client("dynamodb"), table) if table else None
 
 
-def backup_services(cfg: Config | None = None) -> BackupServices:
+def toolbox() -> Toolbox:
     from chalicelib.adapters.pgtools import Toolbox
+
+    return Toolbox(list(settings().pg_roots))
+
+
+def credentials() -> CredentialResolver:
+    """Database logins: Secrets Manager and RDS IAM tokens, clients made when first needed."""
     from chalicelib.adapters.postgres import CredentialResolver
+
+    return CredentialResolver(
+        secrets_client=lambda: client("secretsmanager"),
+        rds_client=lambda: client("rds"),
+        ca_bundle=str(settings().ca_bundle),
+    )
+
+
+def backup_services(cfg: Config | None = None) -> BackupServices:
     from chalicelib.logical.catalog import Catalog, Layout
     from chalicelib.logical.dump import BackupServices
 
     cfg = cfg or load_config()
     s3 = store(cfg)
     return BackupServices(
-        config=cfg, store=s3, catalog=Catalog(s3, Layout(cfg.settings.prefix)),
-        credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")),
-        toolbox=Toolbox.from_env(), claims=jobs(),
+        config=cfg,
+        store=s3,
+        catalog=Catalog(s3, Layout(cfg.settings.prefix)),
+        credentials=credentials(),
+        toolbox=toolbox(),
+        claims=jobs(),
     )
 
 
 def has_backup_queue() -> bool:
-    return bool(os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL"))
+    return bool(settings().backup_queue_url)
 
 
 def backup_queue(cfg: Config | None = None) -> BackupQueue:
-    from chalicelib.errors import ConfigError
+    from chalicelib.adapters.sqs import Queue
     from chalicelib.scheduling.dispatch import BackupQueue
 
-    url = os.environ.get("LIFEBOAT_BACKUP_QUEUE_URL")
+    url = settings().backup_queue_url
     if not url:
         raise ConfigError("LIFEBOAT_BACKUP_QUEUE_URL is not set: the dispatcher needs the backup queue's URL")
-    return BackupQueue(client("sqs"), url, cfg)
+    return BackupQueue(Queue(client("sqs"), url), cfg)
 
 
 def dispatch_cursor() -> DispatchCursor | None:
-    from chalicelib.scheduling.dispatch import DispatchCursor
+    from chalicelib.adapters.dynamo import DispatchCursor
 
-    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
+    table = settings().jobs_table
     return DispatchCursor(client("dynamodb"), table) if table else None
 
 
 def api_services(cfg: Config | None = None) -> ApiServices:
-    from chalicelib.adapters.pgtools import Toolbox
-    from chalicelib.adapters.postgres import CredentialResolver
+    from chalicelib.adapters.dynamo import RestoreJobTable
+    from chalicelib.adapters.sqs import Queue
     from chalicelib.api import ApiServices
-    from chalicelib.errors import ConfigError
     from chalicelib.restore.model import RestoreJobStore, RestoreQueue
 
     cfg = cfg or load_config()
-    table = os.environ.get("LIFEBOAT_JOBS_TABLE")
-    queue = os.environ.get("LIFEBOAT_RESTORE_QUEUE_URL")
+    table, queue = settings().jobs_table, settings().restore_queue_url
     if not table or not queue:
         raise ConfigError("the restore API needs LIFEBOAT_JOBS_TABLE and LIFEBOAT_RESTORE_QUEUE_URL")
     return ApiServices(
-        config=cfg, catalog=catalog(cfg), jobs=RestoreJobStore(client("dynamodb"), table),
-        restore_queue=RestoreQueue(client("sqs"), queue),
+        config=cfg,
+        catalog=catalog(cfg),
+        jobs=RestoreJobStore(RestoreJobTable(client("dynamodb"), table)),
+        restore_queue=RestoreQueue(Queue(client("sqs"), queue)),
         backup_queue=backup_queue(cfg) if has_backup_queue() else None,
-        credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")), toolbox=Toolbox.from_env(),
+        credentials=credentials(),
+        toolbox=toolbox(),
         snapshots=snapshot_services(cfg) if any(t.physical for t in cfg.targets) else None,
     )
 
 
-@cache
-def regional_client(service: str, region: str) -> Any:
+def regional_client(service: str, region_name: str) -> Any:
     """A client for another region (snapshot copies, sources outside the function's region)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    make: Any = boto3.client
-    return make(service, region_name=region,
-                config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32))
+    return client.get(service, region_name)
 
 
 def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
-    from chalicelib.adapters.postgres import CredentialResolver
-    from chalicelib.physical.snapshots import SnapshotServices
+    from chalicelib.physical.model import SnapshotServices
 
     cfg = cfg or load_config()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return SnapshotServices(config=cfg, client_for=regional_client, region=region, store=store(cfg),
-                            credentials=CredentialResolver(secrets_client=lambda: client("secretsmanager")),
-                            claims=jobs())
+    return SnapshotServices(
+        config=cfg,
+        client_for=regional_client,
+        region=region(),
+        store=store(cfg),
+        credentials=credentials(),
+        claims=jobs(),
+    )
 
 
 # --- the long-running worker (chalicelib.fargate) ------------------------------------------------------
-# Set by the stack on the backup and restore workers when Fargate is deployed (stack/README.md):
-#   LIFEBOAT_FARGATE_CLUSTER, LIFEBOAT_FARGATE_TASK_DEFINITION   the ECS cluster and the task definition ARN
-#   LIFEBOAT_FARGATE_SUBNETS, LIFEBOAT_FARGATE_SECURITY_GROUPS   comma-separated ids (the functions' VPC)
-#   LIFEBOAT_FARGATE_CONTAINER        the container to override (default lifeboat)
-#   LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP ENABLED or DISABLED (default DISABLED: private subnets)
-# Without a cluster and task definition nothing is delegated: every run stays on Lambda.
+# The stack sets LIFEBOAT_FARGATE_* on the backup and restore workers when Fargate is deployed (stack/README.md;
+# chalicelib.env). Without a cluster and task definition nothing is delegated: every run stays on Lambda.
+
 
 def fargate_launcher() -> FargateLauncher | None:
-    from chalicelib.errors import ConfigError
-    from chalicelib.fargate import DEFAULT_CONTAINER, FargateLauncher
+    from chalicelib.adapters.ecs import EcsTasks
+    from chalicelib.fargate import FargateLauncher
 
-    cluster = os.environ.get("LIFEBOAT_FARGATE_CLUSTER", "")
-    task_definition = os.environ.get("LIFEBOAT_FARGATE_TASK_DEFINITION", "")
-    if not cluster or not task_definition:
+    s = settings()
+    if not s.fargate_cluster or not s.fargate_task_definition:
         return None
-    subnets = [s.strip() for s in os.environ.get("LIFEBOAT_FARGATE_SUBNETS", "").split(",") if s.strip()]
-    groups = [g.strip() for g in os.environ.get("LIFEBOAT_FARGATE_SECURITY_GROUPS", "").split(",") if g.strip()]
-    if not subnets:
-        raise ConfigError("LIFEBOAT_FARGATE_CLUSTER is set but LIFEBOAT_FARGATE_SUBNETS is empty: a Fargate task"
-                          " runs in subnets (the stack passes the functions' SubnetIds)")
-    public = os.environ.get("LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP", "DISABLED").upper() in ("ENABLED", "TRUE", "1")
-    return FargateLauncher(client("ecs"), cluster, task_definition, subnets, groups,
-                           os.environ.get("LIFEBOAT_FARGATE_CONTAINER") or DEFAULT_CONTAINER, public)
+    return FargateLauncher(
+        EcsTasks(client("ecs")),
+        s.fargate_cluster,
+        s.fargate_task_definition,
+        list(s.fargate_subnets),
+        list(s.fargate_security_groups),
+        s.fargate_container,
+        s.fargate_assign_public_ip,
+    )

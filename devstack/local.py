@@ -9,6 +9,8 @@ from typing import Any
 
 import boto3
 
+from chalicelib.adapters.dynamo import GLOBAL_SECONDARY_INDEXES, INDEX_ATTRIBUTE_DEFINITIONS
+
 JOBS_TABLE = "pg-lifeboat-jobs"
 BACKUP_QUEUE = "pg-lifeboat-backups.fifo"
 RESTORE_QUEUE = "pg-lifeboat-restores"
@@ -33,9 +35,11 @@ def provision(bucket: str, secret_name: str, password: str) -> LocalStack:
     secret = boto3.client("secretsmanager").create_secret(
         Name=secret_name, SecretString=json.dumps({"username": "lifeboat_backup", "password": password}))
     ddb = boto3.client("dynamodb")
+    # The restore-job indexes as the stack creates them (chalicelib.adapters.dynamo).
     ddb.create_table(TableName=JOBS_TABLE, BillingMode="PAY_PER_REQUEST",
-                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, *INDEX_ATTRIBUTE_DEFINITIONS],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     GlobalSecondaryIndexes=GLOBAL_SECONDARY_INDEXES)
     sqs = boto3.client("sqs")
     queue_url = sqs.create_queue(QueueName=BACKUP_QUEUE, Attributes={"FifoQueue": "true"})["QueueUrl"]
     restore_queue_url = sqs.create_queue(QueueName=RESTORE_QUEUE)["QueueUrl"]

@@ -1,7 +1,8 @@
 """PostgreSQL client programs: finding the right binary, running it, and explaining its failures.
 
 The one way this project runs a subprocess. Binaries are looked up under roots laid out as
-`<root>/<major>/bin/<tool>` (the Lambda layer's /opt/pg, Debian's /usr/lib/postgresql). Passwords go
+`<root>/<major>/bin/<tool>` (LIFEBOAT_PG_ROOTS, chalicelib.env: by default the Lambda layer's /opt/pg, then
+Debian's /usr/lib/postgresql; chalicelib.wiring.toolbox() builds the Toolbox from it). Passwords go
 to the child through PGPASSWORD in a minimal environment, never on the command line, and every line of
 stderr that leaves this module is scrubbed.
 """
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from chalicelib.env import inherited
 from chalicelib.errors import DatabaseConnectionError, PgToolError
 
-DEFAULT_ROOTS = ("/opt/pg", "/usr/lib/postgresql")
 # lz4 and zstd archives need pg_dump 16 or newer.
 COMPRESSION_MIN_MAJOR = {"lz4": 16, "zstd": 16, "gzip": 0, "none": 0}
 _PASSWORD_IN_TEXT = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -58,16 +59,10 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 
 @dataclass
 class Toolbox:
-    """The PostgreSQL client binaries available on this machine, by major version."""
+    """The PostgreSQL client binaries available on this machine, by major version, under `roots` (searched in
+    order; the first root holding a major wins)."""
 
     roots: Sequence[Path]
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Toolbox:
-        env = os.environ if environ is None else environ
-        raw = env.get("LIFEBOAT_PG_ROOTS")
-        roots = raw.split(os.pathsep) if raw else list(DEFAULT_ROOTS)
-        return cls([Path(r) for r in roots if r])
 
     def majors(self, tool: str) -> dict[int, PgTool]:
         found: dict[int, PgTool] = {}
@@ -148,7 +143,7 @@ def open_files(pid: int) -> set[str]:
 
 def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The child's whole environment: nothing of ours (AWS credentials included) leaks into it."""
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "TZ", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+    base = inherited(("PATH", "TZ", "LANG", "LC_ALL", "HOME", "TMPDIR"))
     base.setdefault("PATH", "/usr/bin:/bin")
     return {**base, **extra}
 
@@ -186,8 +181,17 @@ _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
 CONNECTION_PATTERNS = 9  # the first entries above describe failures to connect at all
 
 
+_MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist', re.I)
+
+
 def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
     """(advice, is_connection_problem) for a libpq/server message; advice is '' when unknown."""
+    missing = _MISSING_ROLE.search(message)
+    if missing and missing.group(1) != context.get("user"):
+        # Not the login: a role the archive names (owner, grantee) that this server lacks.
+        return (f"role {missing.group(1)} named in the backup does not exist on {context.get('host', '?')}: restore"
+                " its roles first (--globals / options.globals), create it, or restore with --no-owner"
+                " --no-acl", False)
     for index, (pattern, advice) in enumerate(_EXPLANATIONS):
         if pattern.search(message):
             safe = {k: context.get(k, "?") for k in ("user", "host", "port", "sslmode", "database")}
@@ -295,7 +299,8 @@ class ChildProcess:
             self._proc.wait()
         for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr) if self._proc else ():
             if stream:
-                stream.close()
+                with contextlib.suppress(BrokenPipeError):  # unflushed input to a child that has exited
+                    stream.close()
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from chalicelib.errors import DatabaseConnectionError, SecretError
 
 if TYPE_CHECKING:
     import psycopg
+    from types_boto3_rds import RDSClient
+    from types_boto3_secretsmanager import SecretsManagerClient
 
     from chalicelib.config import Connection, Logical
 
@@ -82,13 +84,15 @@ class Login:
 
 
 class CredentialResolver:
-    """Turns a configured Connection into a Login. Clients are injected; secrets are cached briefly."""
+    """Turns a configured Connection into a Login. Clients are injected (chalicelib.wiring.credentials), each as a
+    client or a factory that makes it when first needed; secrets are cached briefly."""
 
-    def __init__(self, secrets_client: Any = None, rds_client: Any = None, ca_bundle: str | None = None,
+    def __init__(self, secrets_client: SecretsManagerClient | Callable[[], SecretsManagerClient] | None = None,
+                 rds_client: RDSClient | Callable[[], RDSClient] | None = None, ca_bundle: str | None = None,
                  max_age: int = 300) -> None:
         self.secrets_client = secrets_client
         self.rds_client = rds_client
-        self.ca_bundle = ca_bundle or os.environ.get("LIFEBOAT_CA_BUNDLE") or DEFAULT_CA_BUNDLE
+        self.ca_bundle = ca_bundle or DEFAULT_CA_BUNDLE
         self.max_age = max_age
         self._provider: Any = None
 
@@ -141,9 +145,10 @@ class CredentialResolver:
 
     def _iam_token(self, conn: Connection) -> str:
         if self.rds_client is None:
-            import boto3
-
-            self.rds_client = boto3.client("rds")
+            raise SecretError(f"{conn.user}@{conn.host} uses IAM authentication but no RDS client was given"
+                              " (chalicelib.wiring.credentials() passes one)")
+        if callable(self.rds_client):
+            self.rds_client = self.rds_client()
         try:
             return str(self.rds_client.generate_db_auth_token(DBHostname=conn.host, Port=conn.port,
                                                               DBUsername=conn.user))

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chalicelib.adapters.dynamo import backup_claim_key
 from chalicelib.adapters.pgtools import (
     ChildProcess,
     Deadline,
@@ -199,7 +200,7 @@ def run_logical_backup(
         if svc.store.head(svc.catalog.layout.manifest_key(bid)) is not None:
             log.info("backup already complete; nothing to do")
             return BackupOutcome("SKIPPED", str(bid), reason="already complete")
-        claim_key = f"backup#{bid}"
+        claim_key = backup_claim_key(str(bid))
         # Without a deadline (CLI, Fargate) a run may take hours: hold the slot for a day.
         lease = timedelta(seconds=(deadline.remaining_ms() / 1000 if deadline else 86400) + 60)
         if svc.claims and not svc.claims.claim(claim_key, lease, detail={"trigger": trigger}):

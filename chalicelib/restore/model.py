@@ -1,4 +1,4 @@
-"""Restore jobs: their record in DynamoDB and their queue.
+"""Restore jobs: the model, its store (records in the jobs table, chalicelib.adapters.dynamo) and its queue.
 
 A job moves PENDING → RUNNING → SUCCEEDED | FAILED. Transitions are conditional writes, so a second
 worker (an SQS redelivery) cannot start a job another worker is running, and a finished job never
@@ -15,15 +15,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from chalicelib.adapters.dynamo import RestoreJobTable, RestoreRecord
 from chalicelib.adapters.pgtools import Toolbox
 from chalicelib.adapters.postgres import CredentialResolver
+from chalicelib.adapters.sqs import Queue
 from chalicelib.config import Config
-from chalicelib.errors import NotFoundError, StorageError
+from chalicelib.errors import NotFoundError
 from chalicelib.logical.catalog import Catalog
-from chalicelib.physical.snapshots import SnapshotServices
+from chalicelib.physical.model import SnapshotServices
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
-KEY_PREFIX = "restore#"
 
 
 def new_restore_id() -> str:
@@ -56,95 +57,60 @@ class RestoreJob(BaseModel):
 
 
 class RestoreJobStore:
-    def __init__(self, client: Any, table: str) -> None:
-        self.client, self.table = client, table
+    """Restore jobs as RestoreJob models; chalicelib.adapters.dynamo stores them (as JSON) and lists them."""
 
-    def _item(self, job: RestoreJob, lease_until: datetime | None = None) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "pk": {"S": KEY_PREFIX + job.restore_id},
-            "status": {"S": job.status},
-            "created_at": {"S": job.created_at.isoformat()},
-            "doc": {"S": job.model_dump_json()},
-            "expires_at": {"N": str(int((job.created_at + timedelta(days=90)).timestamp()))},
-        }
-        if lease_until:
-            item["lease_until"] = {"N": str(int(lease_until.timestamp()))}
-        return item
+    def __init__(self, records: RestoreJobTable) -> None:
+        self.records = records
+
+    @staticmethod
+    def _record(job: RestoreJob) -> RestoreRecord:
+        return RestoreRecord(job.restore_id, job.status, job.created_at, job.model_dump_json())
+
+    @staticmethod
+    def _jobs(docs: list[str]) -> list[RestoreJob]:
+        return [RestoreJob.model_validate_json(doc) for doc in docs]
 
     def create(self, job: RestoreJob) -> None:
-        try:
-            self.client.put_item(TableName=self.table, Item=self._item(job),
-                                 ConditionExpression="attribute_not_exists(pk)")
-        except Exception as exc:
-            raise StorageError(f"cannot record restore {job.restore_id} in {self.table!r}: {exc}") from exc
+        self.records.create(self._record(job))
 
     def get(self, restore_id: str) -> RestoreJob:
-        resp = self.client.get_item(TableName=self.table, Key={"pk": {"S": KEY_PREFIX + restore_id}},
-                                    ConsistentRead=True)
-        item = resp.get("Item")
-        if not item:
+        doc = self.records.get(restore_id)
+        if doc is None:
             raise NotFoundError(f"no restore {restore_id!r}")
-        return RestoreJob.model_validate_json(item["doc"]["S"])
+        return RestoreJob.model_validate_json(doc)
 
     def start(self, job: RestoreJob, lease: timedelta) -> RestoreJob | None:
         """PENDING (or RUNNING with an expired lease) → RUNNING; None if another worker has it or it ended."""
-        from botocore.exceptions import ClientError
-
         now = datetime.now(UTC)
         started = job.model_copy(update={"status": "RUNNING", "started_at": job.started_at or now,
                                          "updated_at": now, "attempts": job.attempts + 1})
-        try:
-            self.client.put_item(
-                TableName=self.table, Item=self._item(started, now + lease),
-                ConditionExpression="#s = :pending OR (#s = :running AND lease_until < :now)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":pending": {"S": "PENDING"}, ":running": {"S": "RUNNING"},
-                                           ":now": {"N": str(int(now.timestamp()))}})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return None
-            raise StorageError(f"cannot start restore {job.restore_id}: {exc}") from exc
-        return started
+        return started if self.records.start(self._record(started), now + lease, now) else None
 
     def save(self, job: RestoreJob, lease: timedelta | None = None) -> RestoreJob:
         """Write progress or the final state of a running job (never over a finished one)."""
-        from botocore.exceptions import ClientError
-
         now = datetime.now(UTC)
         job = job.model_copy(update={"updated_at": now})
         if job.status in ("SUCCEEDED", "FAILED") and job.finished_at is None:
             job = job.model_copy(update={"finished_at": now})
-        try:
-            self.client.put_item(TableName=self.table, Item=self._item(job, now + lease if lease else None),
-                                 ConditionExpression="#s = :running OR #s = :pending",
-                                 ExpressionAttributeNames={"#s": "status"},
-                                 ExpressionAttributeValues={":running": {"S": "RUNNING"},
-                                                            ":pending": {"S": "PENDING"}})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return self.get(job.restore_id)
-            raise StorageError(f"cannot update restore {job.restore_id}: {exc}") from exc
+        if not self.records.update(self._record(job), now + lease if lease else None):
+            return self.get(job.restore_id)
         return job
 
     def recent(self, limit: int = 50) -> list[RestoreJob]:
-        jobs: list[RestoreJob] = []
-        paginator = self.client.get_paginator("scan")
-        for page in paginator.paginate(TableName=self.table, FilterExpression="begins_with(pk, :p)",
-                                       ExpressionAttributeValues={":p": {"S": KEY_PREFIX}}):
-            jobs.extend(RestoreJob.model_validate_json(i["doc"]["S"]) for i in page.get("Items", []))
-        jobs.sort(key=lambda j: j.created_at, reverse=True)
-        return jobs[:limit]
+        """The newest jobs, newest first (one index query: the claims in the same table are not read)."""
+        return self._jobs(self.records.recent(limit))
+
+    def running(self, limit: int = 500) -> list[RestoreJob]:
+        """Jobs that are RUNNING, newest first (their own index: neither claims nor finished jobs are read)."""
+        return self._jobs(self.records.running(limit))
 
 
 class RestoreQueue:
-    def __init__(self, client: Any, url: str) -> None:
-        self.client, self.url = client, url
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
 
     def send(self, restore_id: str) -> None:
-        try:
-            self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps({"restore_id": restore_id}))
-        except Exception as exc:
-            raise StorageError(f"cannot queue restore {restore_id} on {self.url}: {exc}") from exc
+        self.queue.send(json.dumps({"restore_id": restore_id}))
 
 
 @dataclass

@@ -91,7 +91,7 @@ def get_restore(svc: RestoreServices, restore_id: str) -> RestoreJob:
 def advance_running(svc: RestoreServices) -> list[str]:
     """The restore sweeper: advance every running snapshot or point-in-time restore."""
     changed = []
-    for job in svc.jobs.recent(limit=500):
+    for job in svc.jobs.running(limit=500):
         if job.status == "RUNNING" and job.kind != "logical" and job.result:
             advanced = snapshot_restores.advance(svc, job)
             if advanced != job:

@@ -12,13 +12,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from chalicelib.adapters.dynamo import DispatchCursor
+from chalicelib.adapters.sqs import MAX_BATCH, Message, Queue
 from chalicelib.config import Config
 from chalicelib.errors import BadRequestError, StorageError
 from chalicelib.scheduling.schedules import Schedule
-
-CURSOR_KEY = "dispatcher#cursor"
 
 
 @dataclass(frozen=True)
@@ -79,72 +78,41 @@ def window(tick: datetime, cursor: datetime | None, max_lookback: timedelta) -> 
     return min(after, until), until
 
 
-class DispatchCursor:
-    """The last tick dispatched, advanced only forwards (DynamoDB conditional write)."""
-
-    def __init__(self, client: Any, table: str) -> None:
-        self.client, self.table = client, table
-
-    def get(self) -> datetime | None:
-        key = {"pk": {"S": CURSOR_KEY}}
-        item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
-        return datetime.fromisoformat(item["tick"]["S"]) if item else None
-
-    def advance(self, tick: datetime) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.put_item(TableName=self.table, Item={"pk": {"S": CURSOR_KEY}, "tick": {"S": tick.isoformat()}},
-                                 ConditionExpression="attribute_not_exists(pk) OR tick < :t",
-                                 ExpressionAttributeValues={":t": {"S": tick.isoformat()}})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"cannot advance the dispatch cursor in {self.table!r}: {exc}") from exc
-        return True
-
-
 class BackupQueue:
     """SQS queue of due backups, sent ten to a request. On a FIFO queue each message gets its server's
     message group (bounding concurrent dumps per server) and a deduplication id (same slot, same id)."""
 
-    def __init__(self, client: Any, url: str, config: Config | None = None) -> None:
-        self.client, self.url, self.config = client, url, config
+    def __init__(self, queue: Queue, config: Config | None = None) -> None:
+        self.queue, self.config = queue, config
+
+    @property
+    def url(self) -> str:
+        return self.queue.url
 
     @property
     def fifo(self) -> bool:
-        return self.url.endswith(".fifo")
+        return self.queue.fifo
 
     def send(self, items: Iterable[DueBackup]) -> int:
         """Send in batches of ten, eight requests at a time: 1,000 due targets cost 100 requests."""
         from concurrent.futures import ThreadPoolExecutor
 
         pending = list(items)
-        batches = [pending[i:i + 10] for i in range(0, len(pending), 10)]
+        batches = [pending[i:i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)]
         if len(batches) <= 1:
             return sum(self._send(b) for b in batches)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sqs-send") as pool:
             return sum(pool.map(self._send, batches))
 
-    def _entry(self, index: int, due: DueBackup) -> dict[str, str]:
-        entry = {"Id": str(index), "MessageBody": due.message()}
-        if self.fifo:
-            if self.config is None:
-                raise StorageError("a FIFO backup queue needs the configuration to assign message groups")
-            entry["MessageGroupId"] = message_group(self.config, due)
-            entry["MessageDeduplicationId"] = due.dedup_id
-        return entry
+    def _message(self, due: DueBackup) -> Message:
+        if not self.fifo:
+            return Message(due.message())
+        if self.config is None:
+            raise StorageError("a FIFO backup queue needs the configuration to assign message groups")
+        return Message(due.message(), message_group(self.config, due), due.dedup_id)
 
     def _send(self, batch: list[DueBackup]) -> int:
-        entries = [self._entry(i, d) for i, d in enumerate(batch)]
-        try:
-            resp = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
-        except Exception as exc:
-            raise StorageError(f"cannot queue backups on {self.url}: {exc}") from exc
-        if resp.get("Failed"):
-            failed = resp["Failed"][0]
-            raise StorageError(f"SQS refused {len(resp['Failed'])} backup message(s): {failed.get('Message')}")
-        return len(resp.get("Successful", []))
+        return self.queue.send_batch([self._message(d) for d in batch])
 
 
 def run_dispatch(config: Config, tick: datetime, queue: BackupQueue, cursor: DispatchCursor | None

@@ -162,7 +162,7 @@ def test_the_unpack_step_yields_runnable_clients(tmp_path: Path) -> None:
     assert out.count("pg_dump (PostgreSQL)") >= 1, out
     from chalicelib.adapters.pgtools import Toolbox
 
-    toolbox = Toolbox.from_env({"LIFEBOAT_PG_ROOTS": str(opt / "pg")})
+    toolbox = Toolbox([opt / "pg"])
     pg_dump = toolbox.pick("pg_dump", 17)
     assert os.access(pg_dump.path, os.X_OK)
     assert oct(pg_dump.path.stat().st_mode & 0o777) == "0o755"

@@ -10,7 +10,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from chalicelib import wiring
-from chalicelib.fargate import STARTED_BY, FargateError, FargateLauncher
+from chalicelib.adapters.ecs import EcsTasks
+from chalicelib.errors import FargateError
+from chalicelib.fargate import STARTED_BY, FargateLauncher
 from chalicelib.scheduling.dispatch import DueBackup
 from tests.fargate.conftest import Ecs, tasks
 
@@ -18,7 +20,7 @@ SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 
 
 def launcher(ecs: Ecs, client: Any = None) -> FargateLauncher:
-    return FargateLauncher(client or wiring.client("ecs"), ecs.cluster, ecs.task_definition, [ecs.subnet],
+    return FargateLauncher(EcsTasks(client or wiring.client("ecs")), ecs.cluster, ecs.task_definition, [ecs.subnet],
                            [ecs.security_group])
 
 
@@ -85,7 +87,7 @@ def test_no_capacity_is_an_error_with_ecs_reason(ecs: Ecs) -> None:
 
 
 def test_ecs_refusal_is_an_error_naming_the_cluster(ecs: Ecs) -> None:
-    gone = FargateLauncher(boto3.client("ecs"), "no-such-cluster", ecs.task_definition, [ecs.subnet], [])
+    gone = FargateLauncher(EcsTasks(boto3.client("ecs")), "no-such-cluster", ecs.task_definition, [ecs.subnet], [])
     with pytest.raises(FargateError, match=r"no-such-cluster.*ClusterNotFoundException"):
         gone.run_backup(DueBackup("shop", "logical", SLOT))
 

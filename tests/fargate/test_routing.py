@@ -152,7 +152,7 @@ def test_without_fargate_configured_everything_stays_on_lambda(configure: Any, a
 
 def test_a_refused_launch_is_retried(configure: Any, fargate_env: Ecs, aws: LocalStack,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from chalicelib.fargate import FargateError
+    from chalicelib.errors import FargateError
 
     configure(runner="fargate")
     monkeypatch.setenv("LIFEBOAT_FARGATE_CLUSTER", "no-such-cluster")

@@ -102,10 +102,11 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     its cost grows with the queue (0.03 s a batch on a standard queue, 0.5 s a batch at 1,000 FIFO
     messages); the FIFO path and its message groups are tested above with fewer messages.
     """
+    from chalicelib.adapters.sqs import Queue
     from chalicelib.scheduling.dispatch import BackupQueue
 
-    queue = BackupQueue(wiring.client("sqs"),
-                        boto3.client("sqs").create_queue(QueueName="fleet-standard")["QueueUrl"])
+    queue = BackupQueue(Queue(wiring.client("sqs"),
+                              boto3.client("sqs").create_queue(QueueName="fleet-standard")["QueueUrl"]))
     targets = []
     for i in range(1000):
         spec = target(f"db-{i:04d}", 5432, aws.secret_arn, schedule="cron(0 3 * * ? *)")

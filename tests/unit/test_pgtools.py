@@ -180,12 +180,6 @@ def test_first_root_wins_for_the_same_major(tmp_path: Path) -> None:
     assert box.pick("pg_dump", 15).path == debian / "15" / "bin" / "pg_dump"
 
 
-def test_from_env(tmp_path: Path) -> None:
-    box = Toolbox.from_env({"LIFEBOAT_PG_ROOTS": f"{tmp_path}/a:{tmp_path}/b"})
-    assert box.roots == [tmp_path / "a", tmp_path / "b"]
-    assert Toolbox.from_env({}).roots == [Path("/opt/pg"), Path("/usr/lib/postgresql")]
-
-
 # --- effective_compression and the child's environment ---------------------------------------------------------------
 
 
