@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from chalicelib.errors import BadRequestError, ConfigError, LifeboatError, NotFoundError
+from chalicelib.errors import BadRequestError, ConfigError, ConflictError, LifeboatError, NotFoundError
+
+if TYPE_CHECKING:
+    from types_boto3_s3.type_defs import LifecycleRuleTypeDef
 
 
 def _progress(stream: TextIO, label: str) -> Callable[[int], None] | None:
@@ -84,7 +86,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Any] = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
     physical = [name for name in names if cfg.target(name).physical is not None]
     if physical:
-        from chalicelib.physical.snapshots import list_snapshots
+        from chalicelib.physical.catalog import list_snapshots
 
         snapshots = wiring.snapshot_services(cfg)
         rows.extend(e for name in physical for e in list_snapshots(snapshots, name))
@@ -105,8 +107,6 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     from chalicelib import wiring
-    from chalicelib.adapters.pgtools import Toolbox
-    from chalicelib.adapters.postgres import CredentialResolver
     from chalicelib.logical.catalog import BackupId
     from chalicelib.logical.restore import RestoreOptions, restore_logical
 
@@ -115,11 +115,14 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     into = cfg.target(args.into_target or bid.target)
     if into.connection is None:
         raise BadRequestError(f"target {into.name!r} has no connection to restore into")
-    login = CredentialResolver(secrets_client=wiring.client("secretsmanager")).login(into.connection)
+    login = wiring.credentials().login(into.connection)
     catalog = wiring.catalog(cfg)
-    result = restore_logical(catalog.store, catalog, Toolbox.from_env(), str(bid), login, args.database,
+    if args.clean and args.confirm != args.database:
+        raise BadRequestError(f"--clean replaces database {args.database!r}: add --confirm {args.database}")
+    result = restore_logical(catalog.store, catalog, wiring.toolbox(), str(bid), login, args.database,
                              RestoreOptions(schemas=tuple(args.schema), tables=tuple(args.table),
-                                            no_owner=args.no_owner),
+                                            no_owner=args.no_owner, no_acl=args.no_acl, jobs=args.jobs,
+                                            replace=args.clean, globals=args.globals),
                              on_progress=_progress(sys.stderr, f"restore {bid}"))
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -159,7 +162,7 @@ def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     from chalicelib import wiring
-    from chalicelib.physical.snapshots import start_snapshot
+    from chalicelib.physical.start import start_snapshot
 
     o = start_snapshot(wiring.snapshot_services(), args.target, trigger="on-demand")
     out.write(json.dumps(o.as_dict()) + "\n" if args.json else
@@ -169,7 +172,7 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     from chalicelib import wiring
-    from chalicelib.physical.snapshots import prune
+    from chalicelib.physical.prune import prune
 
     r = prune(wiring.snapshot_services(), dry_run=args.dry_run, targets=[args.target] if args.target else None)
     if args.json:
@@ -193,7 +196,7 @@ def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
     rules = lifecycle_rules(cfg.settings, Layout(cfg.settings.prefix).failed_prefix)
     if args.apply:
         wiring.client("s3").put_bucket_lifecycle_configuration(
-            Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": rules})
+            Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": cast("list[LifecycleRuleTypeDef]", rules)})
         out.write(f"applied {len(rules)} lifecycle rules to {cfg.settings.bucket}\n")
     else:
         out.write(json.dumps({"Rules": rules}, indent=2) + "\n")
@@ -237,6 +240,7 @@ def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifeboat", description="PostgreSQL backups and restores on AWS.")
     p.add_argument("--config", help="configuration file or ssm:/path (default: $LIFEBOAT_CONFIG)")
+    p.add_argument("--region", help="AWS region of the clients (default: $AWS_REGION, else the AWS SDK's)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the structured log lines")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("validate", help="check the configuration").set_defaults(func=cmd_validate)
@@ -256,12 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
     r = sub.add_parser("restore", help="restore a logical backup into a new database")
     r.add_argument("backup_id")
-    r.add_argument("--database", required=True, help="name of the new database (must not exist)")
+    r.add_argument("--database", required=True, help="name of the new database (must not exist, unless --clean)")
     r.add_argument("--into-target", help="server to restore on (default: the backup's own target)")
-    r.add_argument("--schema", action="append", default=[])
-    r.add_argument("--table", action="append", default=[])
-    r.add_argument("--no-owner", action="store_true")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--schema", action="append", default=[], metavar="NAME",
+                   help="restore only this schema (exact name; repeatable; with --table: their union)")
+    r.add_argument("--table", action="append", default=[], metavar="[SCHEMA.]TABLE",
+                   help="restore only this table (exact name, any schema unless qualified; repeatable)")
+    r.add_argument("--globals", action="store_true",
+                   help="first create the backup's roles the server lacks (existing roles are never altered)")
+    r.add_argument("--jobs", type=int, default=1, help="pg_restore -j: download, verify, restore in parallel")
+    r.add_argument("--clean", action="store_true",
+                   help="replace an existing database: restore beside it, verify, swap; the old one is kept renamed")
+    r.add_argument("--confirm", metavar="NAME", help="with --clean: the database name again, to confirm")
+    r.add_argument("--no-owner", action="store_true", help="pg_restore --no-owner: objects owned by the login")
+    r.add_argument("--no-acl", action="store_true", help="pg_restore --no-acl: skip GRANT/REVOKE")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(func=cmd_restore)
     rs = sub.add_parser("restores", help="restore jobs started through the API (recent, or one by id)")
     rs.add_argument("restore_id", nargs="?")
@@ -293,16 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
-    if args.config:
-        os.environ["LIFEBOAT_CONFIG"] = args.config
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    from chalicelib import wiring
     from chalicelib.observability import logger
 
     logger.setLevel("INFO" if args.verbose else "ERROR")
     try:
-        func: Callable[[argparse.Namespace, TextIO], int] = args.func
-        return func(args, out)
-    except (ConfigError, BadRequestError, NotFoundError) as exc:
+        # The options go over the environment for this command only; no metrics unless POWERTOOLS_METRICS_DISABLED
+        # asks for them (a Fargate task's environment does).
+        with wiring.configured(config=args.config, region=args.region, metrics=False):
+            func: Callable[[argparse.Namespace, TextIO], int] = args.func
+            return func(args, out)
+    except (ConfigError, BadRequestError, NotFoundError, ConflictError) as exc:
         sys.stderr.write(f"lifeboat: {exc}\n")
         return 2
     except LifeboatError as exc:

@@ -191,6 +191,9 @@ class Catalog:
         return sorted(ids, reverse=True)
 
     def manifest(self, bid: BackupId) -> Manifest:
+        if bid.kind != "logical":
+            raise BadRequestError(f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form"
+                                  " (POST /restores with its backup_id, new_id ...), not as a dump")
         key = self.layout.manifest_key(bid)
         if self.store.head(key) is None:
             raise NotFoundError(f"no complete backup {bid} (no manifest at {key})")

@@ -1,7 +1,9 @@
 """Logical restores: a complete backup streamed from the store into pg_restore, verified twice.
 
 Safety rules: a restore goes into a database that does not exist yet (ConflictError otherwise) and
-that this run creates; the object's size is checked before and its SHA-256 while streaming; if
+that this run creates; everything that can be refused is refused before it is created (a missing or
+resized object, an archive newer than the server, a selection that names nothing); the object's
+SHA-256 is checked while streaming, to the last byte even when pg_restore stopped reading early; if
 anything fails, including a checksum mismatch found at the end, the new database is dropped, so a
 failed restore leaves nothing behind. After success the restored row counts are compared with the
 counts recorded at backup time.
@@ -16,12 +18,21 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from chalicelib.adapters.pgtools import ChildProcess, Deadline, Toolbox, conninfo_dbname, minimal_env, watchdog
+from chalicelib.adapters.pgtools import (
+    ChildProcess,
+    Deadline,
+    PgTool,
+    Toolbox,
+    conninfo_dbname,
+    minimal_env,
+    watchdog,
+)
 from chalicelib.adapters.postgres import Login, connect, count_rows, database_exists, server_version
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import (
@@ -33,9 +44,12 @@ from chalicelib.errors import (
     RestoreError,
 )
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
+from chalicelib.logical.roles import apply_globals
+from chalicelib.logical.selection import Selection, entry_ids, restore_list
 from chalicelib.observability import logger, record
 
 CHUNK = 1024 * 1024
+MAX_TOC_HEAD = 256 * 1024 * 1024  # far beyond the table of contents of 100,000 tables
 MAX_IDENTIFIER = 63
 
 
@@ -47,6 +61,11 @@ class RestoreOptions:
     no_acl: bool = False
     jobs: int = 1
     replace: bool = False  # swap the verified copy in place of an existing database (kept, renamed)
+    globals: bool = False  # create the backup's roles that the server lacks, before the restore
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.of(self.schemas, self.tables)
 
 
 @dataclass
@@ -59,6 +78,7 @@ class RestoreResult:
     verification: dict[str, Any] = field(default_factory=dict)
     replaced_database_kept_as: str | None = None
     recovered: bool = False
+    roles: dict[str, list[str]] | None = None  # with globals: the roles created and the statements skipped
 
     @property
     def verified(self) -> bool:
@@ -74,7 +94,8 @@ def validate_database_name(name: str) -> str:
 
 
 
-def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: bool = True) -> list[str]:
+def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: bool = True,
+                    list_file: Path | None = None) -> list[str]:
     args = [f"--dbname={conninfo_dbname(database)}", "--exit-on-error", "--no-password"]
     if single_transaction:
         args.append("--single-transaction")
@@ -82,8 +103,8 @@ def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: boo
         args.append("--no-owner")
     if opts.no_acl:
         args.append("--no-acl")
-    args.extend(f"--schema={s}" for s in opts.schemas)
-    args.extend(f"--table={t}" for t in opts.tables)
+    if list_file is not None:  # a selective restore: the entries chosen by selection.restore_list
+        args.append(f"--use-list={list_file}")
     return args
 
 
@@ -100,19 +121,29 @@ def _create_database(login: Login, name: str) -> None:
 def _drop_database(login: Login, name: str) -> None:
     from psycopg import sql
 
-    with connect(login) as conn:
+    with connect(maintenance_login(login, name)) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], opts: RestoreOptions) -> dict[str, Any]:
-    """Compare restored row counts with the manifest's; a selective restore compares what it restored."""
+def maintenance_login(login: Login, *avoid: str) -> Login:
+    """A session for CREATE/DROP/RENAME DATABASE that is not inside a database being renamed or dropped
+    (a session cannot rename the database it is connected to, and terminating its users would end it)."""
+    if login.database not in avoid:
+        return login
+    return login.with_database("postgres" if "postgres" not in avoid else "template1")
+
+
+def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selection: Selection) -> dict[str, Any]:
+    """Compare restored row counts with the manifest's; a selective restore compares the tables it chose."""
     if expected is None:
         return {"match": None, "reason": "the backup recorded no row counts"}
-    selective = bool(opts.schemas or opts.tables)
-    wanted = {t: n for t, n in expected.items() if not selective or t in actual}
+    wanted = {t: n for t, n in expected.items() if t in selection.tables_in(expected)} if selection else expected
     mismatched = {t: {"expected": n, "restored": actual.get(t)} for t, n in wanted.items() if actual.get(t) != n}
-    return {"match": not mismatched and bool(wanted or not expected), "tables_checked": len(wanted),
-            "rows_checked": sum(wanted.values()), "mismatches": mismatched}
+    result: dict[str, Any] = {"match": not mismatched, "tables_checked": len(wanted),
+                              "rows_checked": sum(wanted.values()), "mismatches": mismatched}
+    if selection and not wanted:
+        result.update(match=None, reason="the selection holds no tables of the backup")
+    return result
 
 
 def _marker(state: str, restore_id: str, backup_id: str) -> str:
@@ -134,33 +165,83 @@ def _comment(login: Login, name: str, text: str) -> None:
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text)))
 
 
-def _swap(login: Login, database: str, work: str, stamp: str) -> str:
-    """Put the verified copy in place of `database`; the old one is kept under a new name, not dropped."""
-    import psycopg
+def _rename(conn: Any, old: str, new: str) -> None:
     from psycopg import sql
 
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+class SwapError(RestoreError):
+    """The verified copy could not be put in place; `original_in_place` says whether the name was restored."""
+
+    def __init__(self, message: str, original_in_place: bool) -> None:
+        super().__init__(message)
+        self.original_in_place = original_in_place
+
+
+def _swap(login: Login, database: str, work: str, stamp: str) -> str:
+    """Put the verified copy in place of `database`; the old one is kept under a new name, not dropped.
+
+    Runs from a maintenance session (never inside either database). If the second rename fails, the
+    original is renamed back, so the name always points at a complete database.
+    """
+    import psycopg
+
     kept = f"{database[:40]}_replaced_{stamp}"[:MAX_IDENTIFIER]
-    with connect(login) as conn:
+    with connect(maintenance_login(login, database, work)) as conn:
         try:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(database),
-                                                                         sql.Identifier(kept)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                         " AND pid <> pg_backend_pid()", (database,))
+            _rename(conn, database, kept)
         except psycopg.Error as exc:
-            raise RestoreError(f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
-                               f" {login.user} must own it; it is unchanged") from None
-        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(work), sql.Identifier(database)))
+            raise SwapError(f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
+                            f" {login.user} must own it (or have CREATEDB and be a member of its owner);"
+                            " it is unchanged", original_in_place=True) from None
+        try:
+            _rename(conn, work, database)
+        except psycopg.Error as exc:
+            cause = str(exc).strip()
+            try:
+                _rename(conn, kept, database)
+            except psycopg.Error as back:
+                raise SwapError(f"the verified copy could not be renamed to {database!r} ({cause}) and the"
+                                f" original could not be renamed back ({str(back).strip()}): the original is"
+                                f" {kept!r} and the verified copy {work!r}; rename one of them to {database!r}",
+                                original_in_place=False) from None
+            raise SwapError(f"the verified copy could not be renamed to {database!r} ({cause}); the original"
+                            " database was put back under its name, unchanged", original_in_place=True) from None
     return kept
 
 
-def _create_schemas(login: Login, database: str, schemas: tuple[str, ...]) -> None:
-    """pg_restore --schema restores the schema's objects but not the schema itself: create it first."""
+def _create_schemas(login: Login, database: str, schemas: list[str]) -> None:
+    """pg_restore -n restores the schema's objects but not the schema itself: create it first."""
     from psycopg import sql
 
-    plain = [s for s in schemas if not any(c in s for c in "*?\"") and s != "public"]
-    if plain:
+    if schemas:
         with connect(login.with_database(database)) as conn:
-            for schema in plain:
+            for schema in schemas:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+def _check_objects(store: BackupStore, parts: list[ManifestObject]) -> None:
+    for part in parts:
+        head = store.head(part.key)
+        if head is None or head.size != part.size:
+            raise IntegrityError(f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
+                                 f" {part.size}: the object was changed or truncated; refusing to restore it")
+
+
+def _check_compatible(manifest: Manifest, server_major: int, selection: Selection) -> None:
+    """Refusals that need no database: a downgrade, a table the backup does not have."""
+    if manifest.pg_dump_version > server_major:
+        raise BadRequestError(f"{manifest.backup_id} was written by pg_dump {manifest.pg_dump_version} (PostgreSQL"
+                              f" {manifest.server_version}); PostgreSQL {server_major} cannot load it: restore into"
+                              f" PostgreSQL {manifest.pg_dump_version} or newer")
+    if selection and manifest.row_counts is not None:
+        unknown = selection.unknown_tables(manifest.row_counts)
+        if unknown:
+            raise BadRequestError(f"{manifest.backup_id} has no table {', '.join(unknown)} (names are exact and"
+                                  " case-sensitive: table or schema.table)")
 
 
 def restore_logical(
@@ -185,14 +266,16 @@ def restore_logical(
     """
     opts = opts or RestoreOptions()
     validate_database_name(database)
+    selection = opts.selection
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
-    manifest: Manifest = catalog.manifest(BackupId.parse(backup_id))
+    bid = BackupId.parse(backup_id)
+    manifest: Manifest = catalog.manifest(bid)
     # The objects to restore from: one archive, or the files of a directory-format dump.
     parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
     t0 = time.monotonic()
     existing = _database_comment(login, database)
     if existing is not None and existing == _marker("restored", restore_id, backup_id):
-        return _finish(login, database, manifest, opts, backup_id, 0, t0, 0, recovered=True)
+        return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
     if existing is not None and not opts.replace:
         raise ConflictError(f"database {database!r} already exists on {login.host}: restore into a new name"
                             " (replacing a database needs clean=true and confirm=<name>)")
@@ -202,51 +285,62 @@ def restore_logical(
         if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
             raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
         _drop_database(login, work)  # our own interrupted attempt
-    for part in parts:
-        head = store.head(part.key)
-        if head is None or head.size != part.size:
-            raise IntegrityError(f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
-                                 f" {part.size}: the object was changed or truncated; refusing to restore it")
+    _check_objects(store, parts)
     server_major = server_version(login)[0] // 10000
+    _check_compatible(manifest, server_major, selection)
     pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
                               purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
                                       f" into PostgreSQL {server_major}")
-    _create_database(login, work)
-    _comment(login, work, _marker("restoring", restore_id, backup_id))
-    kept: str | None = None
-    try:
-        _create_schemas(login, work, opts.schemas)
-        if opts.jobs > 1 or manifest.format == "directory":
-            restored = _parallel_restore(store, parts, manifest.format, pg_restore, login, work, opts, on_progress,
-                                         workdir, deadline)
-        else:
-            restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work, opts,
-                                               on_progress, deadline)
-        result = _finish(login, work, manifest, opts, backup_id, restored, t0, pg_restore.major)
-        if work != database:
-            kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
-    except BaseException as failure:
-        record("RestoreFailed", 1, "Count", manifest.target)
-        failure.lifeboat_recorded = True  # type: ignore[attr-defined]  # run_restore_job must not count it twice
+    with ExitStack() as scratch:
+        tmp = Path(scratch.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-")))
+        local: Path | None = None
+        if opts.jobs > 1 or manifest.format == "directory":  # pg_restore -j needs a seekable archive
+            local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
+        list_file: Path | None = None
+        missing_schemas: list[str] = []
+        if selection:
+            list_file, missing_schemas = _resolve_selection(store, parts[0].key, local, pg_restore, selection,
+                                                            selection.schemas_needed(manifest.row_counts), tmp)
+        roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
+        _create_database(login, work)
+        _comment(login, work, _marker("restoring", restore_id, backup_id))
+        kept: str | None = None
         try:
-            _drop_database(login, work)
-        except Exception as exc:
-            logger.warning("could not drop the partly restored database", extra={"database": work,
-                                                                                  "error": str(exc)})
-        raise
+            _create_schemas(login, work, missing_schemas)
+            if local is not None:
+                restored = sum(p.size for p in parts)
+                _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
+            else:
+                restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work,
+                                                   opts, on_progress, deadline, list_file)
+            result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
+            if work != database:
+                kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
+        except BaseException as failure:
+            record("RestoreFailed", 1, "Count", manifest.target)
+            failure.lifeboat_recorded = True  # type: ignore[attr-defined]  # run_restore_job must not count it twice
+            if isinstance(failure, SwapError) and not failure.original_in_place:
+                raise  # the verified copy may be the only database left under any name: keep it
+            try:
+                _drop_database(login, work)
+            except Exception as exc:  # any cleanup failure: the original failure is the one to report
+                logger.warning("could not drop the partly restored database", extra={"database": work,
+                                                                                      "error": str(exc)})
+            raise
     _comment(login, database, _marker("restored", restore_id, backup_id))
     result.database = database
     result.replaced_database_kept_as = kept
+    result.roles = roles
     record("RestoreSucceeded", 1, "Count", manifest.target)
     record("RestoreBytes", restored, "Bytes", manifest.target)
     return result
 
 
-def _finish(login: Login, database: str, manifest: Manifest, opts: RestoreOptions, backup_id: str, restored: int,
+def _finish(login: Login, database: str, manifest: Manifest, selection: Selection, backup_id: str, restored: int,
             t0: float, pg_restore_major: int, recovered: bool = False) -> RestoreResult:
     with connect(login.with_database(database)) as conn:
         actual = count_rows(conn)
-    verification = verify_counts(manifest.row_counts, actual, opts)
+    verification = verify_counts(manifest.row_counts, actual, selection)
     if verification["match"] is False:
         raise IntegrityError(f"restored row counts differ from the backup's: {verification['mismatches']}")
     return RestoreResult(backup_id, database, restored, time.monotonic() - t0, pg_restore_major, verification,
@@ -259,71 +353,155 @@ def _deadline_error(deadline: Deadline | None) -> DeadlineError:
                          " database was dropped: restore large archives on the long-running worker")
 
 
-def _parallel_restore(store: BackupStore, parts: list[ManifestObject], fmt: str, tool: Any, login: Login,
-                      database: str, opts: RestoreOptions, on_progress: Callable[[int], None] | None,
-                      workdir: Path | None, deadline: Deadline | None = None) -> int:
-    """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage, verify every
-    object's SHA-256, restore, delete."""
-    total = 0
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as tmp:
-        need, free = sum(p.size for p in parts), shutil.disk_usage(tmp).free
-        if need > free:
-            raise RestoreError(f"the archive needs {need} bytes of ephemeral storage but {free} are free:"
-                               " give the function more /tmp, restore with jobs=1 (custom format streams),"
-                               " or restore on the long-running worker")
-        root = Path(tmp) / "dump"
-        root.mkdir()
-        for part in parts:
-            path = root / part.key.rsplit("/", 1)[-1] if fmt == "directory" else Path(tmp) / "archive.dump"
-            body, _ = store.open_stream(part.key)
-            sha = hashlib.sha256()
-            with body, path.open("wb") as f:
-                while chunk := body.read(CHUNK):
-                    if deadline and deadline.seconds_left() <= 0:
-                        raise _deadline_error(deadline)
-                    sha.update(chunk)
-                    f.write(chunk)
-                    total += len(chunk)
-                    if on_progress:
-                        on_progress(total)
-            if sha.hexdigest() != part.sha256:
-                raise IntegrityError(f"{part.key} does not match its manifest's SHA-256: the object was tampered"
-                                     " with or corrupted; nothing was restored")
-        source = root if fmt == "directory" else Path(tmp) / "archive.dump"
-        jobs = max(opts.jobs, 1)
-        args = [*pg_restore_args(database, opts, single_transaction=jobs == 1), f"--jobs={jobs}", str(source)]
-        child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
-                             login.context, capture_stdout=False)
-        with child, watchdog(child, deadline) as fired:
-            try:
-                child.check()
-            except PgToolError as exc:
-                if fired.is_set():
-                    raise _deadline_error(deadline) from None
-                raise RestoreError(str(exc)) from None
-    return total
-
-
-def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any, login: Login, database: str,
-                            opts: RestoreOptions, on_progress: Callable[[int], None] | None,
-                            deadline: Deadline | None = None) -> int:
-    body, _size = store.open_stream(key)
+def _read_verified(store: BackupStore, part: ManifestObject, deadline: Deadline | None) -> Iterator[bytes]:
+    """The object's chunks; raises IntegrityError after the last one if its SHA-256 is not the manifest's."""
+    body, _ = store.open_stream(part.key)
     sha = hashlib.sha256()
+    with body:
+        while chunk := body.read(CHUNK):
+            if deadline and deadline.seconds_left() <= 0:
+                raise _deadline_error(deadline)
+            sha.update(chunk)
+            yield chunk
+    if sha.hexdigest() != part.sha256:
+        raise IntegrityError(f"{part.key} does not match its manifest's SHA-256: the object was tampered"
+                             " with or corrupted; nothing was restored")
+
+
+def _download(store: BackupStore, parts: list[ManifestObject], fmt: str, tmp: Path,
+              on_progress: Callable[[int], None] | None, deadline: Deadline | None) -> Path:
+    """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage and verify
+    every object's SHA-256 before anything is created."""
+    need, free = sum(p.size for p in parts), shutil.disk_usage(tmp).free
+    if need > free:
+        raise RestoreError(f"the archive needs {need} bytes of ephemeral storage but {free} are free:"
+                           " give the function more /tmp, restore with jobs=1 (custom format streams),"
+                           " or restore on the long-running worker")
+    root = tmp / "dump"
+    root.mkdir()
     total = 0
-    child = ChildProcess(tool, pg_restore_args(database, opts), minimal_env(login.with_database(database).env()),
-                         login.secrets, login.context, stdin=subprocess.PIPE, capture_stdout=False)
-    with child, body, watchdog(child, deadline) as fired:
-        stdin = child.stdin_pipe
-        try:
-            while chunk := body.read(CHUNK):
-                sha.update(chunk)
-                stdin.write(chunk)
+    for part in parts:
+        path = root / part.key.rsplit("/", 1)[-1] if fmt == "directory" else tmp / "archive.dump"
+        with path.open("wb") as f:
+            for chunk in _read_verified(store, part, deadline):
+                f.write(chunk)
                 total += len(chunk)
                 if on_progress:
                     on_progress(total)
+    return root if fmt == "directory" else tmp / "archive.dump"
+
+
+def _restore_local(tool: PgTool, source: Path, login: Login, database: str, opts: RestoreOptions,
+                   list_file: Path | None, deadline: Deadline | None) -> None:
+    jobs = max(opts.jobs, 1)
+    args = [*pg_restore_args(database, opts, single_transaction=jobs == 1, list_file=list_file), f"--jobs={jobs}",
+            str(source)]
+    child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
+                         login.context, capture_stdout=False)
+    with child, watchdog(child, deadline) as fired:
+        try:
+            child.check()
+        except PgToolError as exc:
+            if fired.is_set():
+                raise _deadline_error(deadline) from None
+            raise RestoreError(str(exc)) from None
+
+
+def _listing(tool: PgTool, archive: Path, filters: list[str]) -> str:
+    """`pg_restore --list` of an archive, restricted by -n/-t filters (pg_restore matches the names)."""
+    child = ChildProcess(tool, ["--list", *filters, str(archive)], minimal_env({}))
+    with child:
+        out = child.stdout.read()
+        child.check()
+    return out.decode("utf-8", "replace")
+
+
+def _archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None:
+    """The head of a streamed custom-format archive, as much as `pg_restore --list` reads of it: the table of
+    contents, without the data. Streamed archives carry no data offsets, so the head lists like the whole."""
+    body, _ = store.open_stream(key)
+    child = ChildProcess(tool, ["--list"], minimal_env({}), stdin=subprocess.PIPE, capture_stdout=False)
+    written = 0
+    with child, body, path.open("wb") as head:
+        try:
+            while child.poll() is None and (chunk := body.read(CHUNK)):
+                head.write(chunk)
+                written += len(chunk)
+                if written > MAX_TOC_HEAD:
+                    raise RestoreError(f"{key}: the table of contents is not within the first {MAX_TOC_HEAD}"
+                                       " bytes; restore the whole backup, or select on a worker with jobs > 1")
+                child.stdin_pipe.write(chunk)
         except BrokenPipeError:
-            pass  # pg_restore stopped reading: its exit status and stderr say why
+            pass  # pg_restore has read the table of contents and exited
         finally:
+            with contextlib.suppress(BrokenPipeError):
+                child.stdin_pipe.close()
+        child.check()
+
+
+def _resolve_selection(store: BackupStore, key: str, local: Path | None, tool: PgTool, selection: Selection,
+                       schemas: list[str], tmp: Path) -> tuple[Path, list[str]]:
+    """The `-L` list of a selective restore, and the schemas to create first (those the archive has no
+    CREATE SCHEMA for); a name that matches nothing is refused before anything exists."""
+    archive = local
+    if archive is None:
+        archive = tmp / "toc-head.dump"
+        _archive_head(store, key, tool, archive)
+    chosen: set[str] = set()
+    empty = []
+    for what, filters in selection.filters():
+        ids = entry_ids(_listing(tool, archive, filters))
+        if not ids:
+            empty.append(what)
+        chosen.update(ids)
+    if empty:
+        raise BadRequestError(f"the backup has no {', '.join(empty)}: names are exact and case-sensitive"
+                              " (tables as table or schema.table)")
+    text, in_archive = restore_list(_listing(tool, archive, []), chosen, schemas)
+    path = tmp / "restore.list"
+    path.write_text(text)
+    return path, [s for s in schemas if s not in in_archive]
+
+
+def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: Manifest) -> str:
+    """The run's globals.sql: in the backup's own manifest, or (one database of a whole-server run) the run's."""
+    sources = [manifest] if manifest.databases is not None or not bid.database else [
+        catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind))]
+    for source in sources:
+        for obj in source.objects:
+            if obj.role == "globals":
+                return b"".join(_read_verified(store, obj, None)).decode()
+    raise BadRequestError(f"{bid} has no roles to restore: the target was backed up without logical.globals")
+
+
+def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: PgTool, login: Login, database: str,
+                            opts: RestoreOptions, on_progress: Callable[[int], None] | None,
+                            deadline: Deadline | None = None, list_file: Path | None = None) -> int:
+    body, _size = store.open_stream(key)
+    sha = hashlib.sha256()
+    total = 0
+    child = ChildProcess(tool, pg_restore_args(database, opts, list_file=list_file),
+                         minimal_env(login.with_database(database).env()), login.secrets, login.context,
+                         stdin=subprocess.PIPE, capture_stdout=False)
+    with child, body, watchdog(child, deadline) as fired:
+        stdin: IO[bytes] | None = child.stdin_pipe
+        while chunk := body.read(CHUNK):
+            if fired.is_set() or (deadline and deadline.seconds_left() <= 0):
+                raise _deadline_error(deadline)
+            sha.update(chunk)
+            total += len(chunk)
+            if stdin is not None:
+                try:
+                    stdin.write(chunk)
+                except BrokenPipeError:
+                    # pg_restore stops reading once a selection's entries are done (or on an error): the
+                    # rest is still read and hashed, so the whole object is verified either way.
+                    with contextlib.suppress(BrokenPipeError):
+                        stdin.close()
+                    stdin = None
+            if on_progress:
+                on_progress(total)
+        if stdin is not None:
             with contextlib.suppress(BrokenPipeError):
                 stdin.close()
         try:
@@ -331,10 +509,7 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: Any
         except PgToolError as exc:
             if fired.is_set():
                 raise _deadline_error(deadline) from None
-            # Finish hashing: a corrupted object is the more useful diagnosis than pg_restore's complaint.
-            while chunk := body.read(CHUNK):
-                sha.update(chunk)
-            if sha.hexdigest() != sha256:
+            if sha.hexdigest() != sha256:  # a corrupted object is the more useful diagnosis
                 raise IntegrityError(f"{key} does not match its manifest's SHA-256: the object was tampered"
                                      " with or corrupted; nothing was restored") from None
             raise RestoreError(str(exc)) from None

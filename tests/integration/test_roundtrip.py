@@ -130,8 +130,8 @@ def test_restore_command_round_trip(config_path: Path, pg: PostgresServer, aws: 
         assert code == 0, out.getvalue()
         assert "verified: 4 tables" in out.getvalue()
         assert counts(pg, "shop_restored") == counts(pg, "shop")
-        # Never overwrite: the same restore again is refused.
-        assert main(["restore", "logical:shop:20261129T030000Z", "--database", "shop_restored"], out=io.StringIO()) == 1
+        # Never overwrite: the same restore again is refused, as bad input (exit 2).
+        assert main(["restore", "logical:shop:20261129T030000Z", "--database", "shop_restored"], out=io.StringIO()) == 2
     finally:
         pg.psql("DROP DATABASE IF EXISTS shop_restored")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib import wiring
-from chalicelib.errors import PgToolError
+from chalicelib.errors import BadRequestError, PgToolError
 from chalicelib.logical.dump import run_logical_backup
 from chalicelib.logical.restore import restore_logical
 from devstack import pgbin
@@ -98,8 +98,14 @@ def test_older_pg_restore_is_not_used_for_a_newer_archive(aws: LocalStack, serve
     monkeypatch.setenv("LIFEBOAT_PG_ROOTS", str(only14))
     svc = wiring.backup_services()
     login = svc.credentials.login(svc.config.target("pg14").connection)  # type: ignore[arg-type]
-    with pytest.raises(PgToolError, match=r"archive written by pg_dump 17 .* needs pg_restore 17 or newer"):
+    # A 17 archive into a 14 server is a downgrade: refused before anything is created, whatever is bundled.
+    with pytest.raises(BadRequestError, match=r"written by pg_dump 17 .* PostgreSQL 14 cannot load it"):
         restore_logical(svc.store, svc.catalog, svc.toolbox, outcome.backup_id, login, "never_created")
     assert servers[14].psql("SELECT count(*) FROM pg_database WHERE datname = 'never_created'") == "0"
+    # A 17 archive into a 17 server with only pg_restore 14 bundled: the older tool is never used.
+    login17 = svc.credentials.login(svc.config.target("pg17").connection)  # type: ignore[arg-type]
+    with pytest.raises(PgToolError, match=r"archive written by pg_dump 17 .* needs pg_restore 17 or newer"):
+        restore_logical(svc.store, svc.catalog, svc.toolbox, outcome.backup_id, login17, "never_created")
+    assert servers[17].psql("SELECT count(*) FROM pg_database WHERE datname = 'never_created'") == "0"
 
 

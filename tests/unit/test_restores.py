@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chalicelib.errors import BadRequestError, LifeboatError
 from chalicelib.logical.restore import RestoreOptions, pg_restore_args, validate_database_name, verify_counts
+from chalicelib.logical.selection import Selection
 
 EXPECTED = {"public.orders": 120, "public.customers": 30, "sales.invoices": 7, "public.empty": 0}
 
 
 def test_full_restore_matches() -> None:
     actual = {**EXPECTED, "public.created_later": 5}  # extra tables do not matter
-    assert verify_counts(EXPECTED, actual, RestoreOptions()) == {
+    assert verify_counts(EXPECTED, actual, Selection()) == {
         "match": True, "tables_checked": 4, "rows_checked": 157, "mismatches": {}}
 
 
 def test_full_restore_mismatch_and_missing_table() -> None:
     actual = {"public.orders": 119, "public.customers": 30, "public.empty": 0}
-    result = verify_counts(EXPECTED, actual, RestoreOptions())
+    result = verify_counts(EXPECTED, actual, Selection())
     assert result["match"] is False
     assert result["mismatches"] == {
         "public.orders": {"expected": 120, "restored": 119},
@@ -27,31 +30,38 @@ def test_full_restore_mismatch_and_missing_table() -> None:
     assert (result["tables_checked"], result["rows_checked"]) == (4, 157)
 
 
-@pytest.mark.parametrize("opts", [RestoreOptions(schemas=("sales",)), RestoreOptions(tables=("invoices",))])
-def test_selective_restore_compares_only_what_it_restored(opts: RestoreOptions) -> None:
-    result = verify_counts(EXPECTED, {"sales.invoices": 7}, opts)
+@pytest.mark.parametrize("selection", [Selection.of(["sales"], []), Selection.of([], ["invoices"]),
+                                       Selection.of([], ["sales.invoices"])])
+def test_selective_restore_compares_only_what_it_chose(selection: Selection) -> None:
+    result = verify_counts(EXPECTED, {"sales.invoices": 7}, selection)
     assert result == {"match": True, "tables_checked": 1, "rows_checked": 7, "mismatches": {}}
 
 
 def test_selective_restore_mismatch() -> None:
-    result = verify_counts(EXPECTED, {"sales.invoices": 6}, RestoreOptions(schemas=("sales",)))
+    result = verify_counts(EXPECTED, {"sales.invoices": 6}, Selection.of(["sales"], []))
     assert result["match"] is False
     assert result["mismatches"] == {"sales.invoices": {"expected": 7, "restored": 6}}
 
 
 def test_selective_restore_that_restored_nothing_does_not_match() -> None:
-    result = verify_counts(EXPECTED, {}, RestoreOptions(tables=("no_such_table",)))
+    result = verify_counts(EXPECTED, {}, Selection.of([], ["public.orders"]))
     assert result["match"] is False
-    assert result["tables_checked"] == 0
+    assert result["mismatches"] == {"public.orders": {"expected": 120, "restored": None}}
+
+
+def test_a_selected_table_is_compared_even_when_another_schema_has_one_of_that_name() -> None:
+    expected = {"public.invoices": 3, "sales.invoices": 7}
+    result = verify_counts(expected, {"sales.invoices": 7}, Selection.of([], ["sales.invoices"]))
+    assert result == {"match": True, "tables_checked": 1, "rows_checked": 7, "mismatches": {}}
 
 
 def test_no_counts_recorded() -> None:
-    assert verify_counts(None, {"public.orders": 1}, RestoreOptions()) == {
+    assert verify_counts(None, {"public.orders": 1}, Selection()) == {
         "match": None, "reason": "the backup recorded no row counts"}
 
 
 def test_empty_database_matches() -> None:
-    assert verify_counts({}, {}, RestoreOptions())["match"] is True
+    assert verify_counts({}, {}, Selection())["match"] is True
 
 
 def test_pg_restore_args_default() -> None:
@@ -61,9 +71,9 @@ def test_pg_restore_args_default() -> None:
 
 def test_pg_restore_args_everything() -> None:
     opts = RestoreOptions(schemas=("sales", "Weird Schema"), tables=("orders", "it's"), no_owner=True, no_acl=True)
-    assert pg_restore_args("shop_restored", opts, single_transaction=False) == [
+    assert pg_restore_args("shop_restored", opts, single_transaction=False, list_file=Path("/tmp/x/restore.list")) == [
         "--dbname=dbname='shop_restored'", "--exit-on-error", "--no-password", "--no-owner", "--no-acl",
-        "--schema=sales", "--schema=Weird Schema", "--table=orders", "--table=it's"]
+        "--use-list=/tmp/x/restore.list"]
 
 
 @pytest.mark.parametrize("name", ["x host=evil.example.com", "postgresql://evil.example.com/x"])
