@@ -33,6 +33,13 @@ def _run_as_owner() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
+def real_clock_env() -> dict[str, str]:
+    """The environment without libfaketime: the suite may run with its clock shifted (README, "Tests on
+    another date"), but PostgreSQL's timers (statement_timeout, lock_timeout) never fire under libfaketime.
+    The server keeps the real clock, which also proves no test compares the shifted clock with now()."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+
+
 @dataclass
 class PostgresServer:
     bin_dir: Path
@@ -56,7 +63,7 @@ class PostgresServer:
 
     def _as_owner(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*_run_as_owner(), *args], check=True, text=True, capture_output=True,
-                              **kw)  # type: ignore[call-overload]
+                              env=real_clock_env(), **kw)  # type: ignore[call-overload]
 
     def start(self) -> PostgresServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
