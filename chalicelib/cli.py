@@ -13,7 +13,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from chalicelib import wiring
+from chalicelib.entrypoints import dispatch_tick
 from chalicelib.errors import BadRequestError, ConfigError, ConflictError, LifeboatError, NotFoundError
+from chalicelib.logical.catalog import BackupId, Layout
+from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.restore import RestoreOptions, restore_logical
+from chalicelib.observability import logger
+from chalicelib.physical.catalog import list_snapshots
+from chalicelib.physical.prune import prune
+from chalicelib.physical.start import start_snapshot
+from chalicelib.restore import service
+from chalicelib.restore.service import run_restore_job
+from chalicelib.scheduling.retention import lifecycle_rules
 
 if TYPE_CHECKING:
     from types_boto3_s3.type_defs import LifecycleRuleTypeDef
@@ -47,17 +59,12 @@ def _human(n: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-
     cfg = wiring.load_config()
     out.write(f"configuration OK: {len(cfg.targets)} target(s), bucket {cfg.settings.bucket}\n")
     return 0
 
 
 def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-    from chalicelib.logical.dump import run_logical_backup
-
     svc = wiring.backup_services()
     outcome = run_logical_backup(svc, args.target, _slot(args.slot), trigger=args.trigger, database=args.database,
                                  on_progress=_progress(sys.stderr, f"backup {args.target}"))
@@ -76,8 +83,6 @@ def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-
     cfg = wiring.load_config()
     catalog = wiring.catalog(cfg)
     names = [args.target] if args.target else [t.name for t in cfg.targets]
@@ -86,7 +91,6 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Any] = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
     physical = [name for name in names if cfg.target(name).physical is not None]
     if physical:
-        from chalicelib.physical.catalog import list_snapshots
 
         snapshots = wiring.snapshot_services(cfg)
         rows.extend(e for name in physical for e in list_snapshots(snapshots, name))
@@ -106,10 +110,6 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-    from chalicelib.logical.catalog import BackupId
-    from chalicelib.logical.restore import RestoreOptions, restore_logical
-
     cfg = wiring.load_config()
     bid = BackupId.parse(args.backup_id)
     into = cfg.target(args.into_target or bid.target)
@@ -140,8 +140,6 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
     """The API's restore jobs: recent ones, or one (advanced first, like GET /restores/{id})."""
-    from chalicelib import wiring
-    from chalicelib.restore import service
 
     svc = wiring.api_services()
     jobs = [service.get_restore(svc, args.restore_id)] if args.restore_id else svc.jobs.recent(limit=args.limit)
@@ -161,9 +159,6 @@ def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-    from chalicelib.physical.start import start_snapshot
-
     o = start_snapshot(wiring.snapshot_services(), args.target, trigger="on-demand")
     out.write(json.dumps(o.as_dict()) + "\n" if args.json else
               f"{o.backup_id}  {o.status}  {' '.join(o.resource_ids)}  {o.retention_class}  {o.reason}\n")
@@ -171,9 +166,6 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-    from chalicelib.physical.prune import prune
-
     r = prune(wiring.snapshot_services(), dry_run=args.dry_run, targets=[args.target] if args.target else None)
     if args.json:
         out.write(json.dumps(r.as_dict(), indent=2) + "\n")
@@ -188,10 +180,6 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib import wiring
-    from chalicelib.logical.catalog import Layout
-    from chalicelib.scheduling.retention import lifecycle_rules
-
     cfg = wiring.load_config()
     rules = lifecycle_rules(cfg.settings, Layout(cfg.settings.prefix).failed_prefix)
     if args.apply:
@@ -204,8 +192,6 @@ def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_dispatch(args: argparse.Namespace, out: TextIO) -> int:
-    from chalicelib.entrypoints import dispatch_tick
-
     result = dispatch_tick(args.at or datetime.now(UTC).isoformat())
     out.write(json.dumps(result, indent=2) + "\n")
     return 0
@@ -225,8 +211,6 @@ def _slot(text: str | None) -> datetime | None:
 
 def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:
     """Run a restore job the API created, as the restore worker would (exit 1 when it failed)."""
-    from chalicelib import wiring
-    from chalicelib.restore.service import run_restore_job
 
     job = run_restore_job(wiring.api_services(), args.restore_id)
     if args.json:
@@ -238,6 +222,7 @@ def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # long because it is the command line's table of contents: one add_argument a line, read top to bottom.
     p = argparse.ArgumentParser(prog="lifeboat", description="PostgreSQL backups and restores on AWS.")
     p.add_argument("--config", help="configuration file or ssm:/path (default: $LIFEBOAT_CONFIG)")
     p.add_argument("--region", help="AWS region of the clients (default: $AWS_REGION, else the AWS SDK's)")
@@ -306,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
-    from chalicelib import wiring
-    from chalicelib.observability import logger
 
     logger.setLevel("INFO" if args.verbose else "ERROR")
     try:

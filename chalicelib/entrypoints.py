@@ -8,21 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chalicelib import wiring
+from chalicelib.adapters.pgtools import Deadline
+from chalicelib.api import ApiServices
 from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
+from chalicelib.fargate import route_backup, route_restore
+from chalicelib.logical.dump import BackupServices, run_logical_backup
 from chalicelib.observability import logger, record, traced
-
-if TYPE_CHECKING:
-    from chalicelib.api import ApiServices
-    from chalicelib.logical.dump import BackupServices
-    from chalicelib.scheduling.dispatch import DueBackup
+from chalicelib.physical.prune import prune
+from chalicelib.physical.start import start_snapshot
+from chalicelib.physical.sweep import sweep
+from chalicelib.restore.service import run_restore_job
+from chalicelib.scheduling.dispatch import DueBackup, run_dispatch
 
 
 def dispatch_tick(event_time: str | None) -> dict[str, Any]:
-    from chalicelib.scheduling.dispatch import run_dispatch
-
     tick = datetime.fromisoformat(event_time.replace("Z", "+00:00")) if event_time else datetime.now(UTC)
     cfg = wiring.load_config()
     due = run_dispatch(cfg, tick, wiring.backup_queue(cfg), wiring.dispatch_cursor())
@@ -34,9 +36,6 @@ def dispatch_tick(event_time: str | None) -> dict[str, Any]:
 def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
     """One due backup from the queue. Malformed messages and unknown targets are dropped (retrying
     cannot fix them); every other failure is raised so SQS retries it and, in the end, dead-letters it."""
-    from chalicelib.adapters.pgtools import Deadline
-    from chalicelib.logical.dump import run_logical_backup
-    from chalicelib.scheduling.dispatch import DueBackup
 
     try:
         due = DueBackup.from_message(body)
@@ -47,7 +46,6 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
     if due.kind == "physical":
-        from chalicelib.physical.start import start_snapshot
 
         try:
             started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
@@ -74,7 +72,6 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
     """One restore job from the queue; the job record carries its outcome, so nothing is re-raised."""
     import json
 
-    from chalicelib.restore.service import run_restore_job
 
     try:
         restore_id = str(json.loads(body)["restore_id"])
@@ -94,25 +91,19 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
 
 def _beyond_lambda_backup(svc: BackupServices, due: DueBackup) -> dict[str, Any] | None:
     """The worker's result when the backup was handed to a Fargate task; None to run it here."""
-    from chalicelib.fargate import route_backup
 
     return route_backup(svc, due, wiring.fargate_launcher())
 
 
 def _beyond_lambda_restore(svc: ApiServices, restore_id: str) -> dict[str, Any] | None:
     """The worker's result when the restore was handed to a Fargate task; None to run it here."""
-    from chalicelib.fargate import route_restore
 
     return route_restore(svc, restore_id, wiring.fargate_launcher(), wiring.jobs())
 
 
 def sweep_snapshots() -> dict[str, Any]:
-    from chalicelib.physical.sweep import sweep
-
     return sweep(wiring.snapshot_services()).as_dict()
 
 
 def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:
-    from chalicelib.physical.prune import prune
-
     return prune(wiring.snapshot_services(), dry_run=dry_run).as_dict()

@@ -35,22 +35,22 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from chalicelib.adapters.dynamo import delegation_key
+from pydantic import ValidationError
+
+from chalicelib.adapters.dynamo import JobStore, delegation_key
+from chalicelib.adapters.ecs import EcsTasks
+from chalicelib.adapters.postgres import CredentialResolver, connect
+from chalicelib.adapters.s3 import BackupStore
 from chalicelib.config import Connection, Logical, Settings, Target
 from chalicelib.errors import LifeboatError
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest
+from chalicelib.logical.dump import BackupServices
 from chalicelib.observability import logger, record
-
-if TYPE_CHECKING:
-    from chalicelib.adapters.dynamo import JobStore
-    from chalicelib.adapters.ecs import EcsTasks
-    from chalicelib.adapters.postgres import CredentialResolver
-    from chalicelib.adapters.s3 import BackupStore
-    from chalicelib.api import ApiServices
-    from chalicelib.logical.dump import BackupServices
-    from chalicelib.scheduling.dispatch import DueBackup
+from chalicelib.restore.model import RestoreServices
+from chalicelib.restore.requests import LogicalRestoreRequest
+from chalicelib.scheduling.dispatch import DueBackup
 
 Runner = Literal["lambda", "fargate"]
 DEFAULT_CONTAINER = "lifeboat"  # the container name in the stack's task definition (stack/names.py)
@@ -206,8 +206,6 @@ def previous_run_seconds(store: BackupStore, catalog: Catalog, target: str, data
     """How long the previous run of a target (one database of it) took: the newest complete backup's
     duration, or the newest failed attempt's when that is newer and longer (an attempt stopped at the
     Lambda deadline ran for nearly the whole limit). None when it never ran or the catalog cannot tell."""
-    from pydantic import ValidationError
-
     durations: list[float] = []
     try:
         newest = next((bid for bid in catalog.backup_ids(target) if bid.database == database), None)
@@ -231,9 +229,7 @@ def _newest_failure(store: BackupStore, catalog: Catalog, target: str) -> Manife
 def database_size(credentials: CredentialResolver, connection: Connection, database: str = "") -> int | None:
     """pg_database_size of the database a backup dumps; None when it cannot be read (the backup then
     reports the real problem with its own error and failure record)."""
-    import psycopg
-
-    from chalicelib.adapters.postgres import connect
+    import psycopg  # heavy (libpq): only a backup that measures its database loads it here
 
     try:
         login = credentials.login(connection)
@@ -258,7 +254,7 @@ def _delegate(claims: JobStore | None, key: str, launch: Callable[[], str]) -> s
         return None
     try:
         return launch()
-    except BaseException as exc:
+    except BaseException as exc:  # any failed launch releases the record so a retry may launch; re-raised
         if claims is not None:
             with contextlib.suppress(LifeboatError):
                 claims.finish(key, "FAILED", {"error": str(exc)[:1000]})
@@ -303,14 +299,10 @@ def route_backup(svc: BackupServices, due: DueBackup, launcher: FargateLauncher 
             "reason": decision.reason}
 
 
-def route_restore(svc: ApiServices, restore_id: str, launcher: FargateLauncher | None, claims: JobStore | None
+def route_restore(svc: RestoreServices, restore_id: str, launcher: FargateLauncher | None, claims: JobStore | None
                   ) -> dict[str, Any] | None:
     """Before the restore worker restores: launch the Fargate task instead when this logical restore will
     not fit. The job stays PENDING for the task to start (a note in its progress says where it runs)."""
-    from pydantic import ValidationError
-
-    from chalicelib.restore.requests import LogicalRestoreRequest
-
     if launcher is None:
         return None
     try:

@@ -14,7 +14,21 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from chalicelib import config as config_module
 from chalicelib import env as env_module
+from chalicelib.adapters.dynamo import DispatchCursor, JobStore, RestoreJobTable
+from chalicelib.adapters.ecs import EcsTasks
+from chalicelib.adapters.pgtools import Toolbox
+from chalicelib.adapters.postgres import CredentialResolver
+from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
+from chalicelib.adapters.sqs import Queue
+from chalicelib.api import ApiServices
+from chalicelib.config import Config
 from chalicelib.errors import ConfigError
+from chalicelib.fargate import FargateLauncher
+from chalicelib.logical.catalog import Catalog, Layout
+from chalicelib.logical.dump import BackupServices
+from chalicelib.physical.model import SnapshotServices
+from chalicelib.restore.model import RestoreJobStore, RestoreQueue
+from chalicelib.scheduling.dispatch import BackupQueue
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -26,17 +40,6 @@ if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
     from types_boto3_ssm import SSMClient
 
-    from chalicelib.adapters.dynamo import DispatchCursor, JobStore
-    from chalicelib.adapters.pgtools import Toolbox
-    from chalicelib.adapters.postgres import CredentialResolver
-    from chalicelib.adapters.s3 import S3Store
-    from chalicelib.api import ApiServices
-    from chalicelib.config import Config
-    from chalicelib.fargate import FargateLauncher
-    from chalicelib.logical.catalog import Catalog
-    from chalicelib.logical.dump import BackupServices
-    from chalicelib.physical.model import SnapshotServices
-    from chalicelib.scheduling.dispatch import BackupQueue
 
 
 def settings() -> env_module.Env:
@@ -142,8 +145,6 @@ def load_config() -> Config:
 
 
 def store(cfg: Config) -> S3Store:
-    from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
-
     s = cfg.settings
     return S3Store(
         client("s3"),
@@ -156,27 +157,20 @@ def store(cfg: Config) -> S3Store:
 
 
 def catalog(cfg: Config) -> Catalog:
-    from chalicelib.logical.catalog import Catalog, Layout
-
     return Catalog(store(cfg), Layout(cfg.settings.prefix))
 
 
 def jobs() -> JobStore | None:
-    from chalicelib.adapters.dynamo import JobStore
-
     table = settings().jobs_table
     return JobStore(client("dynamodb"), table) if table else None
 
 
 def toolbox() -> Toolbox:
-    from chalicelib.adapters.pgtools import Toolbox
-
     return Toolbox(list(settings().pg_roots))
 
 
 def credentials() -> CredentialResolver:
     """Database logins: Secrets Manager and RDS IAM tokens, clients made when first needed."""
-    from chalicelib.adapters.postgres import CredentialResolver
 
     return CredentialResolver(
         secrets_client=lambda: client("secretsmanager"),
@@ -186,9 +180,6 @@ def credentials() -> CredentialResolver:
 
 
 def backup_services(cfg: Config | None = None) -> BackupServices:
-    from chalicelib.logical.catalog import Catalog, Layout
-    from chalicelib.logical.dump import BackupServices
-
     cfg = cfg or load_config()
     s3 = store(cfg)
     return BackupServices(
@@ -206,9 +197,6 @@ def has_backup_queue() -> bool:
 
 
 def backup_queue(cfg: Config | None = None) -> BackupQueue:
-    from chalicelib.adapters.sqs import Queue
-    from chalicelib.scheduling.dispatch import BackupQueue
-
     url = settings().backup_queue_url
     if not url:
         raise ConfigError("LIFEBOAT_BACKUP_QUEUE_URL is not set: the dispatcher needs the backup queue's URL")
@@ -216,18 +204,11 @@ def backup_queue(cfg: Config | None = None) -> BackupQueue:
 
 
 def dispatch_cursor() -> DispatchCursor | None:
-    from chalicelib.adapters.dynamo import DispatchCursor
-
     table = settings().jobs_table
     return DispatchCursor(client("dynamodb"), table) if table else None
 
 
 def api_services(cfg: Config | None = None) -> ApiServices:
-    from chalicelib.adapters.dynamo import RestoreJobTable
-    from chalicelib.adapters.sqs import Queue
-    from chalicelib.api import ApiServices
-    from chalicelib.restore.model import RestoreJobStore, RestoreQueue
-
     cfg = cfg or load_config()
     table, queue = settings().jobs_table, settings().restore_queue_url
     if not table or not queue:
@@ -250,8 +231,6 @@ def regional_client(service: str, region_name: str) -> Any:
 
 
 def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
-    from chalicelib.physical.model import SnapshotServices
-
     cfg = cfg or load_config()
     return SnapshotServices(
         config=cfg,
@@ -269,9 +248,6 @@ def snapshot_services(cfg: Config | None = None) -> SnapshotServices:
 
 
 def fargate_launcher() -> FargateLauncher | None:
-    from chalicelib.adapters.ecs import EcsTasks
-    from chalicelib.fargate import FargateLauncher
-
     s = settings()
     if not s.fargate_cluster or not s.fargate_task_definition:
         return None

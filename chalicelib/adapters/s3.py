@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message, http_status
 from chalicelib.errors import StorageError
+from chalicelib.observability import logger
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -103,30 +105,22 @@ class BackupStore(Protocol):
     def open_uploads(self, prefix: str) -> list[str]: ...
 
 
-def _explain(exc: Exception, bucket: str, key: str | None = None) -> StorageError:
+def _explain(exc: BaseException, bucket: str, key: str | None = None) -> StorageError:
     """A botocore error as a StorageError saying what to fix."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix"
-                                " settings.bucket")
-        if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-            return StorageError(f"access denied to {where}: the role needs s3 access to this bucket"
-                                " (and kms:GenerateDataKey/Decrypt on its key)")
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return StorageError(f"{where} does not exist")
-        if code.startswith("KMS") or "KMS" in code:
-            return StorageError(f"KMS refused the key for {where} ({code}): check settings.kms_key_id and the"
-                                " key policy")
-        message = exc.response.get("Error", {}).get("Message", "")
-        return StorageError(f"S3 error on {where}: {code or status}: {message}")
-    if isinstance(exc, BotoCoreError):
-        return StorageError(f"cannot reach S3 for {where}: {exc}")
-    return StorageError(f"S3 transfer to {where} failed: {exc}")
+    code, status = error_code(exc), http_status(exc)
+    if code == "NoSuchBucket":
+        return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix settings.bucket")
+    if code in ("AccessDenied", "403", "Forbidden") or status == 403:
+        return StorageError(f"access denied to {where}: the role needs s3 access to this bucket"
+                            " (and kms:GenerateDataKey/Decrypt on its key)")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return StorageError(f"{where} does not exist")
+    if "KMS" in code:
+        return StorageError(f"KMS refused the key for {where} ({code}): check settings.kms_key_id and the key policy")
+    if code or status:
+        return StorageError(f"S3 error on {where}: {code or status}: {error_message(exc)}")
+    return StorageError(f"cannot reach S3 for {where}: {exc}")
 
 
 class S3Store:
@@ -159,7 +153,7 @@ class S3Store:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                                    Tagging=urllib.parse.urlencode(dict(tags or {})), **self._encryption())
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
         return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1)
 
@@ -197,7 +191,7 @@ class S3Store:
     def open_stream(self, key: str) -> tuple[BinaryIO, int]:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
         return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
 
@@ -207,26 +201,22 @@ class S3Store:
             for page in pages:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("LastModified"))
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, prefix) from exc
 
     def head(self, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
-
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except AWS_ERRORS as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise _explain(exc, self.bucket, key) from exc
-        except Exception as exc:
             raise _explain(exc, self.bucket, key) from exc
         return ObjectInfo(key, int(resp["ContentLength"]), resp.get("LastModified"))
 
     def tags(self, key: str) -> dict[str, str]:
         try:
             resp = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
         return {t["Key"]: t["Value"] for t in resp["TagSet"]}
 
@@ -236,7 +226,7 @@ class S3Store:
             try:
                 resp = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
-            except Exception as exc:
+            except AWS_ERRORS as exc:
                 raise _explain(exc, self.bucket, batch[0]) from exc
             if resp.get("Errors"):
                 err = resp["Errors"][0]
@@ -245,7 +235,7 @@ class S3Store:
     def open_uploads(self, prefix: str) -> list[str]:
         try:
             resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, prefix) from exc
         return [u["Key"] for u in resp.get("Uploads", [])]
 
@@ -273,7 +263,7 @@ class _MultipartUpload:
                 Bucket=store.bucket, Key=self.key, ContentType=self.content_type,
                 Tagging=urllib.parse.urlencode(dict(self.tags)), **store._encryption(),
             )["UploadId"]
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             raise _explain(exc, store.bucket, self.key) from exc
         futures: list[Future[dict[str, Any]]] = []
         total = 0
@@ -302,9 +292,9 @@ class _MultipartUpload:
             try:
                 self.client.complete_multipart_upload(
                     Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-            except Exception as exc:
+            except AWS_ERRORS as exc:
                 raise _explain(exc, store.bucket, self.key) from exc
-        except BaseException:
+        except BaseException:  # whatever stops the upload (error, deadline, interrupt) aborts it; re-raised
             with self.cond:
                 self.failure = self.failure or RuntimeError("aborted")
                 self.cond.notify_all()
@@ -330,7 +320,7 @@ class _MultipartUpload:
             resp = self.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
                                            PartNumber=number, Body=data)
             return {"PartNumber": number, "ETag": resp["ETag"]}
-        except Exception as exc:
+        except AWS_ERRORS as exc:
             err = _explain(exc, self.store.bucket, self.key)
             with self.cond:
                 self.failure = self.failure or err
@@ -344,8 +334,6 @@ class _MultipartUpload:
     def _abort(self, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
-        except Exception:
-            from chalicelib.observability import logger
-
+        except AWS_ERRORS:
             logger.warning("could not abort multipart upload; the lifecycle rule will remove it",
                            extra={"key": self.key})

@@ -17,9 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from chalicelib.adapters.dynamo import backup_claim_key
+from chalicelib.adapters.dynamo import JobStore, backup_claim_key
 from chalicelib.adapters.pgtools import (
     ChildProcess,
     Deadline,
@@ -32,17 +31,14 @@ from chalicelib.adapters.pgtools import (
     scrub,
     watchdog,
 )
-from chalicelib.adapters.postgres import CredentialResolver, Login, exported_snapshot, server_version
+from chalicelib.adapters.postgres import CredentialResolver, Login, connect, exported_snapshot, server_version
 from chalicelib.adapters.s3 import BackupStore, PutResult
 from chalicelib.config import Config, Logical, Target
 from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.observability import logger, record
+from chalicelib.scheduling.dispatch import DueBackup
 from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, classify
-
-if TYPE_CHECKING:
-    from chalicelib.adapters.dynamo import JobStore
-    from chalicelib.scheduling.dispatch import DueBackup
 
 
 @dataclass
@@ -112,7 +108,7 @@ def _dumping(child: ChildProcess, deadline: Deadline | None) -> Iterator[None]:
                     " unfinished: run this target on the long-running worker (see 'When you outgrow Lambda')"
                 ) from None
             raise
-        except BaseException:
+        except BaseException:  # an upload failure or an interrupt: stop the tool, then re-raise
             child.stop("the upload failed")
             raise
 
@@ -215,6 +211,8 @@ def run_logical_backup(
 
 def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
             deadline: Deadline | None, on_progress: Callable[[int], None] | None, claim_key: str) -> BackupOutcome:
+    # long because it is one backup's whole sequence (snapshot, dumps, manifest last) inside the one try whose
+    # except records the failure: split, the cleanup would have to follow the pieces.
     started = svc.clock()
     t0 = time.monotonic()
     written: list[str] = []
@@ -265,7 +263,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             retention_policy=target.retention, snapshot_id=facts.snapshot_id, row_counts=facts.row_counts,
         )
         svc.catalog.write_manifest(manifest, tags)  # last: from here on the backup exists
-    except BaseException as exc:
+    except BaseException as exc:  # whatever ends the attempt is recorded as its failure, then re-raised
         _record_failure(svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key)
         raise
     seconds = time.monotonic() - t0
@@ -284,8 +282,6 @@ PROVIDER_DATABASES = ("rdsadmin", "azure_maintenance", "azure_sys", "cloudsqladm
 
 
 def list_databases(login: Login, exclude: list[str]) -> list[str]:
-    from chalicelib.adapters.postgres import connect
-
     with connect(login) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
                             " ORDER BY datname").fetchall()
@@ -296,8 +292,6 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
                 deadline: Deadline | None, claim_key: str) -> BackupOutcome:
     """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
     per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
-    from chalicelib.scheduling.dispatch import DueBackup
-
     started = svc.clock()
     written: list[str] = []
     login: Login | None = None
@@ -324,7 +318,7 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
             retention_policy=target.retention, databases=databases,
         )
         svc.catalog.write_manifest(manifest, tags)
-    except BaseException as exc:
+    except BaseException as exc:  # whatever ends the attempt is recorded as its failure, then re-raised
         _record_failure(svc, target, bid, trigger, started, written, exc, login, facts, claim_key)
         raise
     if svc.claims:

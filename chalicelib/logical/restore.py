@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -45,11 +45,11 @@ from chalicelib.errors import (
 )
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
 from chalicelib.logical.roles import apply_globals
-from chalicelib.logical.selection import Selection, entry_ids, restore_list
+from chalicelib.logical.selection import Selection
+from chalicelib.logical.toc import resolve_selection
 from chalicelib.observability import logger, record
 
 CHUNK = 1024 * 1024
-MAX_TOC_HEAD = 256 * 1024 * 1024  # far beyond the table of contents of 100,000 tables
 MAX_IDENTIFIER = 63
 
 
@@ -276,6 +276,47 @@ def restore_logical(
     existing = _database_comment(login, database)
     if existing is not None and existing == _marker("restored", restore_id, backup_id):
         return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
+    work = _work_database(login, database, existing, opts, restore_id)
+    _check_objects(store, parts)
+    server_major = server_version(login)[0] // 10000
+    _check_compatible(manifest, server_major, selection)
+    pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
+                              purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
+                                      f" into PostgreSQL {server_major}")
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as scratch:
+        tmp = Path(scratch)
+        local: Path | None = None
+        if opts.jobs > 1 or manifest.format == "directory":  # pg_restore -j needs a seekable archive
+            local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
+        list_file: Path | None = None
+        missing_schemas: list[str] = []
+        if selection:
+            list_file, missing_schemas = resolve_selection(store, parts[0].key, local, pg_restore, selection,
+                                                           selection.schemas_needed(manifest.row_counts), tmp)
+        roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
+        _create_database(login, work)
+        _comment(login, work, _marker("restoring", restore_id, backup_id))
+        with _dropped_on_failure(login, work, manifest.target):
+            _create_schemas(login, work, missing_schemas)
+            if local is not None:
+                restored = sum(p.size for p in parts)
+                _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
+            else:
+                restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work,
+                                                   opts, on_progress, deadline, list_file)
+            result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
+            kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
+    _comment(login, database, _marker("restored", restore_id, backup_id))
+    result.database = database
+    result.replaced_database_kept_as = kept
+    result.roles = roles
+    record("RestoreSucceeded", 1, "Count", manifest.target)
+    record("RestoreBytes", restored, "Bytes", manifest.target)
+    return result
+
+
+def _work_database(login: Login, database: str, existing: str | None, opts: RestoreOptions, restore_id: str) -> str:
+    """The database this run creates: `database` itself, or (replacing one) a side database swapped in later."""
     if existing is not None and not opts.replace:
         raise ConflictError(f"database {database!r} already exists on {login.host}: restore into a new name"
                             " (replacing a database needs clean=true and confirm=<name>)")
@@ -285,55 +326,25 @@ def restore_logical(
         if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
             raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
         _drop_database(login, work)  # our own interrupted attempt
-    _check_objects(store, parts)
-    server_major = server_version(login)[0] // 10000
-    _check_compatible(manifest, server_major, selection)
-    pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
-                              purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
-                                      f" into PostgreSQL {server_major}")
-    with ExitStack() as scratch:
-        tmp = Path(scratch.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-")))
-        local: Path | None = None
-        if opts.jobs > 1 or manifest.format == "directory":  # pg_restore -j needs a seekable archive
-            local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
-        list_file: Path | None = None
-        missing_schemas: list[str] = []
-        if selection:
-            list_file, missing_schemas = _resolve_selection(store, parts[0].key, local, pg_restore, selection,
-                                                            selection.schemas_needed(manifest.row_counts), tmp)
-        roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
-        _create_database(login, work)
-        _comment(login, work, _marker("restoring", restore_id, backup_id))
-        kept: str | None = None
+    return work
+
+
+@contextmanager
+def _dropped_on_failure(login: Login, work: str, target: str) -> Iterator[None]:
+    """A failed restore leaves nothing behind: the database it created is dropped."""
+    try:
+        yield
+    except BaseException as failure:  # whatever ends the attempt drops what it created; re-raised
+        record("RestoreFailed", 1, "Count", target)
+        failure.lifeboat_recorded = True  # type: ignore[attr-defined]  # run_restore_job must not count it twice
+        if isinstance(failure, SwapError) and not failure.original_in_place:
+            raise  # the verified copy may be the only database left under any name: keep it
         try:
-            _create_schemas(login, work, missing_schemas)
-            if local is not None:
-                restored = sum(p.size for p in parts)
-                _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
-            else:
-                restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work,
-                                                   opts, on_progress, deadline, list_file)
-            result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
-            if work != database:
-                kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S"))
-        except BaseException as failure:
-            record("RestoreFailed", 1, "Count", manifest.target)
-            failure.lifeboat_recorded = True  # type: ignore[attr-defined]  # run_restore_job must not count it twice
-            if isinstance(failure, SwapError) and not failure.original_in_place:
-                raise  # the verified copy may be the only database left under any name: keep it
-            try:
-                _drop_database(login, work)
-            except Exception as exc:  # any cleanup failure: the original failure is the one to report
-                logger.warning("could not drop the partly restored database", extra={"database": work,
-                                                                                      "error": str(exc)})
-            raise
-    _comment(login, database, _marker("restored", restore_id, backup_id))
-    result.database = database
-    result.replaced_database_kept_as = kept
-    result.roles = roles
-    record("RestoreSucceeded", 1, "Count", manifest.target)
-    record("RestoreBytes", restored, "Bytes", manifest.target)
-    return result
+            _drop_database(login, work)
+        except Exception as exc:  # any cleanup failure: the original failure is the one to report
+            logger.warning("could not drop the partly restored database", extra={"database": work,
+                                                                                  "error": str(exc)})
+        raise
 
 
 def _finish(login: Login, database: str, manifest: Manifest, selection: Selection, backup_id: str, restored: int,
@@ -405,62 +416,6 @@ def _restore_local(tool: PgTool, source: Path, login: Login, database: str, opts
             if fired.is_set():
                 raise _deadline_error(deadline) from None
             raise RestoreError(str(exc)) from None
-
-
-def _listing(tool: PgTool, archive: Path, filters: list[str]) -> str:
-    """`pg_restore --list` of an archive, restricted by -n/-t filters (pg_restore matches the names)."""
-    child = ChildProcess(tool, ["--list", *filters, str(archive)], minimal_env({}))
-    with child:
-        out = child.stdout.read()
-        child.check()
-    return out.decode("utf-8", "replace")
-
-
-def _archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None:
-    """The head of a streamed custom-format archive, as much as `pg_restore --list` reads of it: the table of
-    contents, without the data. Streamed archives carry no data offsets, so the head lists like the whole."""
-    body, _ = store.open_stream(key)
-    child = ChildProcess(tool, ["--list"], minimal_env({}), stdin=subprocess.PIPE, capture_stdout=False)
-    written = 0
-    with child, body, path.open("wb") as head:
-        try:
-            while child.poll() is None and (chunk := body.read(CHUNK)):
-                head.write(chunk)
-                written += len(chunk)
-                if written > MAX_TOC_HEAD:
-                    raise RestoreError(f"{key}: the table of contents is not within the first {MAX_TOC_HEAD}"
-                                       " bytes; restore the whole backup, or select on a worker with jobs > 1")
-                child.stdin_pipe.write(chunk)
-        except BrokenPipeError:
-            pass  # pg_restore has read the table of contents and exited
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                child.stdin_pipe.close()
-        child.check()
-
-
-def _resolve_selection(store: BackupStore, key: str, local: Path | None, tool: PgTool, selection: Selection,
-                       schemas: list[str], tmp: Path) -> tuple[Path, list[str]]:
-    """The `-L` list of a selective restore, and the schemas to create first (those the archive has no
-    CREATE SCHEMA for); a name that matches nothing is refused before anything exists."""
-    archive = local
-    if archive is None:
-        archive = tmp / "toc-head.dump"
-        _archive_head(store, key, tool, archive)
-    chosen: set[str] = set()
-    empty = []
-    for what, filters in selection.filters():
-        ids = entry_ids(_listing(tool, archive, filters))
-        if not ids:
-            empty.append(what)
-        chosen.update(ids)
-    if empty:
-        raise BadRequestError(f"the backup has no {', '.join(empty)}: names are exact and case-sensitive"
-                              " (tables as table or schema.table)")
-    text, in_archive = restore_list(_listing(tool, archive, []), chosen, schemas)
-    path = tmp / "restore.list"
-    path.write_text(text)
-    return path, [s for s in schemas if s not in in_archive]
 
 
 def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: Manifest) -> str:

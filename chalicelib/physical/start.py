@@ -197,7 +197,7 @@ def _start_app_consistent(
             stopped_at=svc.clock().isoformat(),
         )
         svc.store.put_bytes(key, json.dumps(document, indent=2).encode(), content_type="application/json")
-    except BaseException:
+    except BaseException:  # any failure (or interrupt) after the snapshots started: discard them, re-raise
         driver.discard(svc, region, tags, made)  # without its label an app-consistent set cannot be restored as one
         raise
     logger.info("backup mode bracket complete", extra={"start_lsn": label.start_lsn, "stop_lsn": label.stop_lsn})

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
 from chalicelib.errors import StorageError
@@ -23,6 +24,7 @@ class FakeS3:
         self.uploads: dict[str, dict[int, bytes]] = {}
         self.aborted: list[str] = []
         self.lock = threading.Lock()
+        self.part_error: Exception | None = None
 
     def create_multipart_upload(self, **kw: Any) -> dict[str, str]:
         upload_id = f"u{len(self.uploads)}"
@@ -32,7 +34,8 @@ class FakeS3:
     def upload_part(self, UploadId: str, PartNumber: int, Body: bytes, **kw: Any) -> dict[str, str]:
         time.sleep(self.delay)
         if PartNumber == self.fail_part:
-            raise RuntimeError("injected part failure")
+            injected = ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "UploadPart")
+            raise self.part_error or injected
         with self.lock:
             self.uploads[UploadId][PartNumber] = bytes(Body)
         return {"ETag": f'"{PartNumber}"'}
@@ -92,7 +95,16 @@ def test_held_bytes_stay_within_the_budget(delay: float) -> None:
 def test_a_failed_part_aborts_and_raises() -> None:
     client = FakeS3(fail_part=2)
     store, _ = watched_store(client, budget=12 * MiB, part=6 * MiB)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="InternalError: injected"):
+        store.put_stream("k", io.BytesIO(b"x" * (20 * MiB)))
+    assert client.aborted and "k" not in client.objects
+
+
+def test_a_programming_error_in_a_part_surfaces_as_itself_and_still_aborts() -> None:
+    client = FakeS3(fail_part=2)
+    client.part_error = RuntimeError("a bug, not S3")
+    store, _ = watched_store(client, budget=12 * MiB, part=6 * MiB)
+    with pytest.raises(RuntimeError, match="a bug, not S3"):
         store.put_stream("k", io.BytesIO(b"x" * (20 * MiB)))
     assert client.aborted and "k" not in client.objects
 
