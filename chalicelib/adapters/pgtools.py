@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -303,25 +304,34 @@ class ChildProcess:
                     stream.close()
 
 
+WATCH_INTERVAL = 0.2  # seconds between the watchdog's looks at the deadline
+
+
 @contextmanager
 def watchdog(child: ChildProcess, deadline: Deadline | None) -> Iterator[threading.Event]:
     """Kill the child when the deadline comes, leaving the margin to abort and record the failure.
 
     The event is set when the watchdog fired, so callers can report a DeadlineError, not a tool error.
+    A thread that sleeps in short steps rather than threading.Timer: plain sleeps, no timed lock waits,
+    which libfaketime (the suite's run on another date) cannot handle.
     """
     fired = threading.Event()
     if deadline is None:
         yield fired
         return
+    done = threading.Event()
 
-    def stop() -> None:
-        fired.set()
-        child.stop("the invocation's time limit is near")
+    def watch() -> None:
+        while not done.is_set():
+            left = deadline.seconds_left()
+            if left <= 0:
+                fired.set()
+                child.stop("the invocation's time limit is near")
+                return
+            time.sleep(min(WATCH_INTERVAL, left))
 
-    timer = threading.Timer(max(0.0, deadline.seconds_left()), stop)
-    timer.daemon = True
-    timer.start()
+    threading.Thread(target=watch, name="deadline-watchdog", daemon=True).start()
     try:
         yield fired
     finally:
-        timer.cancel()
+        done.set()
