@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint unit demo layers package bench clean
+.PHONY: venv test lint unit demo test-shifted layers package bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: venv lint
@@ -26,6 +27,13 @@ test: venv lint
 
 demo: venv
 	$(PY) -m devstack.demo
+
+# The date-sensitive suites with the test process's clock a year ahead (README, "Tests on another date").
+FAKETIME_LIB ?= $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1))
+test-shifted: venv
+	@test -n "$(FAKETIME_LIB)" || { echo "libfaketime is missing: apt-get install faketime"; exit 2; }
+	FAKETIME=+365d LD_PRELOAD=$(FAKETIME_LIB) $(VENV)/bin/pytest -q -p no:cacheprovider \
+	  tests/physical tests/integration tests/reliability tests/adapters
 
 # PostgreSQL client Lambda layers (see layers/README.md): layers/dist/pg-clients-{x86_64,arm64}.zip
 LAYER_ARCH ?= all

@@ -18,10 +18,11 @@ from chalice.local import LambdaContext
 
 @contextmanager
 def client(app: Any, max_runtime_ms: int = 900_000, project_dir: str = ".") -> Iterator[chalice.test.Client]:
-    original = chalice.test.LambdaContext
-    chalice.test.LambdaContext = functools.partial(LambdaContext, max_runtime_ms=max_runtime_ms)  # type: ignore[misc]
+    test_module: Any = chalice.test  # its LambdaContext is patched: the module is not typed for that
+    original = test_module.LambdaContext
+    test_module.LambdaContext = functools.partial(LambdaContext, max_runtime_ms=max_runtime_ms)
     try:
         with chalice.test.Client(app, stage_name="local", project_dir=project_dir) as c:
             yield c
     finally:
-        chalice.test.LambdaContext = original  # type: ignore[misc]
+        test_module.LambdaContext = original

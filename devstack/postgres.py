@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 SUPERUSER = "postgres"
@@ -40,11 +41,31 @@ def real_clock_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
 
 
+@cache
+def tls_certificates() -> Path:
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1, made once per process."""
+    d = Path(tempfile.mkdtemp(prefix="lifeboat-certs-"))
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lifeboat-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+        "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-out", "server.crt", "-extfile", "san.ext")
+    return d
+
+
 @dataclass
 class PostgresServer:
     bin_dir: Path
     port: int = field(default_factory=free_port)
-    ssl: bool = False
+    # TLS on by default: stored passwords are sent only with SCRAM channel binding, which needs it (the
+    # product's configuration refuses sslmode disable with a password unless weak_auth says otherwise).
+    ssl: bool = True
     settings: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lifeboat-pg-")))
     major: int = 0
@@ -62,8 +83,10 @@ class PostgresServer:
         return self.base_dir / "server.log"
 
     def _as_owner(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*_run_as_owner(), *args], check=True, text=True, capture_output=True,
-                              env=real_clock_env(), **kw)  # type: ignore[call-overload]
+        done: subprocess.CompletedProcess[str] = subprocess.run(
+            [*_run_as_owner(), *args], check=True, text=True, capture_output=True, env=real_clock_env(),
+            **kw)  # type: ignore[call-overload]
+        return done
 
     def start(self) -> PostgresServer:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -102,18 +125,11 @@ class PostgresServer:
 
     def _make_certs(self) -> None:
         d = self.base_dir
-        def ssl(*args: str) -> None:
-            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lifeboat-test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt")
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr")
-        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-out", "server.crt", "-extfile", "san.ext")
+        certs = tls_certificates()
+        shutil.copy(certs / "ca.crt", d / "ca.crt")
         for name in ("server.crt", "server.key"):
             target = self.data_dir / name
-            shutil.copy(d / name, target)
+            shutil.copy(certs / name, target)
             os.chmod(target, 0o600)
             if os.geteuid() == 0:
                 shutil.chown(target, "postgres", "postgres")

@@ -14,12 +14,13 @@ Every record expires through the table's TTL attribute `expires_at` (seconds sin
 
 Restore jobs are listed without reading the claims: two sparse global secondary indexes whose key
 attributes only restore-job items carry (GLOBAL_SECONDARY_INDEXES; the stack and devstack create them):
-- `by_kind`: `kind` = "restore", sorted by `created_at`. GET /restores is one Query, newest first.
-- `running`: `running` = "restore" while, and only while, the job is RUNNING, sorted by `created_at`. The
-  restore sweeper reads only the running jobs. A filter on `by_kind` would have saved an index, but a
-  filter is applied after the read: every two minutes the sweeper would read (and pay for) every restore
-  job of the last 90 days to find the few that run. The second index costs one extra index write when a
-  job starts and one when it ends, and nothing else.
+- `by_kind`: `kind` = "restore", sorted by `created_at`. GET .../restores is a Query, newest first.
+- `running`: `running` = "restore" while, and only while, the job is unfinished (PENDING or RUNNING), sorted
+  by `created_at`. The restore sweeper reads the RUNNING ones (a filter on `status`, over unfinished jobs
+  only), and the restore quotas count the unfinished ones of the last day (`active`). A filter on `by_kind`
+  would have saved an index, but a filter is applied after the read: every two minutes the sweeper would
+  read (and pay for) every restore job of the last 90 days to find the few that run. The second index
+  costs one extra index write when a job is created and one when it ends, and nothing else.
 Both indexes have a single partition key value ("restore"): restore jobs are made by people, a handful an
 hour, far below one partition's write limit. Items written before the indexes existed carry neither
 attribute and are not listed (they expire within 90 days, or are indexed again on their next write).
@@ -36,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -46,7 +47,12 @@ from chalicelib.errors import StorageError
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
     from types_boto3_dynamodb import DynamoDBClient
-    from types_boto3_dynamodb.type_defs import AttributeValueTypeDef, QueryInputTypeDef
+    from types_boto3_dynamodb.type_defs import (
+        AttributeDefinitionTypeDef,
+        AttributeValueTypeDef,
+        GlobalSecondaryIndexTypeDef,
+        QueryInputTypeDef,
+    )
 
 # --- the key formats ---------------------------------------------------------------------------------
 
@@ -81,17 +87,17 @@ def restore_job_key(restore_id: str) -> str:
 BY_KIND_INDEX = "by_kind"
 RUNNING_INDEX = "running"
 KIND = "kind"  # "restore" on every restore job: the partition key of BY_KIND_INDEX
-RUNNING = "running"  # "restore" on a RUNNING restore job only: the partition key of RUNNING_INDEX
+RUNNING = "running"  # "restore" on an unfinished (PENDING or RUNNING) restore job only: RUNNING_INDEX's key
 CREATED_AT = "created_at"  # the sort key of both: ISO 8601 in UTC with microseconds, so it sorts as text
 RESTORE_KIND = "restore"
 
 # What the table definition adds for the indexes (devstack/local.py, the stack's JobsTable).
-INDEX_ATTRIBUTE_DEFINITIONS: list[dict[str, str]] = [
+INDEX_ATTRIBUTE_DEFINITIONS: list[AttributeDefinitionTypeDef] = [
     {"AttributeName": KIND, "AttributeType": "S"},
     {"AttributeName": RUNNING, "AttributeType": "S"},
     {"AttributeName": CREATED_AT, "AttributeType": "S"},
 ]
-GLOBAL_SECONDARY_INDEXES: list[dict[str, Any]] = [
+GLOBAL_SECONDARY_INDEXES: list[GlobalSecondaryIndexTypeDef] = [
     {
         "IndexName": index,
         "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
@@ -248,8 +254,8 @@ class RestoreJobTable:
             EXPIRES_AT: _n(_epoch(record.created_at + RECORD_LIFETIME)),
             KIND: _s(RESTORE_KIND),
         }
-        if record.status == "RUNNING":
-            item[RUNNING] = _s(RESTORE_KIND)  # a full put: leaving RUNNING drops it, and the job leaves the index
+        if record.status in ("PENDING", "RUNNING"):
+            item[RUNNING] = _s(RESTORE_KIND)  # a full put: finishing drops it, and the job leaves the index
         if lease_until:
             item["lease_until"] = _n(_epoch(lease_until))
         return item
@@ -296,23 +302,38 @@ class RestoreJobTable:
         return self._put(record, lease_until, "#s = :running OR #s = :pending",
                          {":running": _s("RUNNING"), ":pending": _s("PENDING")})
 
-    def recent(self, limit: int) -> list[str]:
-        """The newest `limit` jobs' documents, newest first: one Query on the by_kind index."""
-        return self._query(BY_KIND_INDEX, KIND, limit, pages=1)
+    def recent(self, limit: int, pages: int | None = 1) -> list[str]:
+        """The newest `limit` jobs' documents, newest first: a Query on the by_kind index (one page by default)."""
+        return self._query(BY_KIND_INDEX, KIND, limit, pages=pages)
 
     def running(self, limit: int) -> list[str]:
-        """The documents of up to `limit` RUNNING jobs, newest first (the running index)."""
-        return self._query(RUNNING_INDEX, RUNNING, limit)
+        """The documents of up to `limit` RUNNING jobs, newest first (the running index, PENDING filtered out)."""
+        return self._query(RUNNING_INDEX, RUNNING, limit, status="RUNNING")
 
-    def _query(self, index: str, hash_key: str, limit: int, pages: int | None = None) -> list[str]:
+    def active(self, limit: int, since: datetime) -> list[str]:
+        """The documents of up to `limit` unfinished (PENDING or RUNNING) jobs created at `since` or later."""
+        return self._query(RUNNING_INDEX, RUNNING, limit, since=since)
+
+    def _query(self, index: str, hash_key: str, limit: int, pages: int | None = None, status: str | None = None,
+               since: datetime | None = None) -> list[str]:
         if limit <= 0:
             return []
         docs: list[str] = []
+        condition, values = "#k = :k", {":k": _s(RESTORE_KIND)}
+        names = {"#k": hash_key}
+        if since is not None:
+            condition += " AND #c >= :since"
+            names["#c"] = CREATED_AT
+            values[":since"] = _s(_sortable(since))
         request: QueryInputTypeDef = {
-            "TableName": self.table, "IndexName": index, "KeyConditionExpression": "#k = :k",
-            "ExpressionAttributeNames": {"#k": hash_key}, "ExpressionAttributeValues": {":k": _s(RESTORE_KIND)},
+            "TableName": self.table, "IndexName": index, "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
             "ScanIndexForward": False, "Limit": limit,
         }
+        if status is not None:
+            request["FilterExpression"] = "#s = :s"
+            names["#s"] = "status"
+            values[":s"] = _s(status)
         try:
             while True:
                 resp = self.client.query(**request)
