@@ -115,7 +115,7 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     into = cfg.target(args.into_target or bid.target)
     if into.connection is None:
         raise BadRequestError(f"target {into.name!r} has no connection to restore into")
-    login = wiring.credentials().login(into.connection)
+    login = wiring.credentials().restore_login(into.connection)
     catalog = wiring.catalog(cfg)
     if args.clean and args.confirm != args.database:
         raise BadRequestError(f"--clean replaces database {args.database!r}: add --confirm {args.database}")
@@ -139,7 +139,7 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
-    """The API's restore jobs: recent ones, or one (advanced first, like GET /restores/{id})."""
+    """The API's restore jobs: recent ones, or one (as recorded: the restore sweeper advances them)."""
 
     svc = wiring.api_services()
     jobs = [service.get_restore(svc, args.restore_id)] if args.restore_id else svc.jobs.recent(limit=args.limit)

@@ -81,3 +81,15 @@ class FargateError(LifeboatError):
     """ECS could not start the long-running task (capacity, network, roles, a missing task definition)."""
 
     code = "fargate_failed"
+
+
+class ForbiddenError(LifeboatError):
+    """The configuration does not allow this: a destination, an instance class, an instance to attach to."""
+
+    code = "forbidden"
+
+
+class TooManyRestoresError(LifeboatError):
+    """A restore quota (settings.max_running_restores, a target's max_running_restores) is reached."""
+
+    code = "too_many_restores"

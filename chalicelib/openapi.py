@@ -53,8 +53,17 @@ class RestoreList(BaseModel):
     restores: list[RestoreJob]
 
 
-MODELS: list[type[BaseModel]] = [LogicalRestoreRequest, SnapshotRestoreRequest, PointInTimeRestoreRequest,
-                                 BackupRequest, RestoreJob, ErrorResponse, BackupList, BackupQueued, RestoreList]
+MODELS: list[type[BaseModel]] = [
+    LogicalRestoreRequest,
+    SnapshotRestoreRequest,
+    PointInTimeRestoreRequest,
+    BackupRequest,
+    RestoreJob,
+    ErrorResponse,
+    BackupList,
+    BackupQueued,
+    RestoreList,
+]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -69,6 +78,74 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": "error", **_json(_ref("ErrorResponse"))} for c in codes}
 
 
+TARGET = {
+    "name": "target",
+    "in": "path",
+    "required": True,
+    "description": "a configured target; IAM policies grant execute-api:Invoke per target on this path",
+    "schema": {"type": "string"},
+}
+
+
+def _paths() -> dict[str, Any]:
+    restore_body = {
+        "oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"), _ref("PointInTimeRestoreRequest")]
+    }
+    idempotency_key = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128}}
+    job = {"description": "the job", **_json(_ref("RestoreJob"))}
+    return {
+        "/targets/{target}/backups": {
+            "get": {
+                "summary": "the target's catalog, newest first",
+                "parameters": [TARGET, {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
+                "responses": {
+                    "200": {"description": "backups", **_json(_ref("BackupList"))},
+                    **_errors(400, 404, 500, 502, 503),
+                },
+            },
+            "post": {
+                "summary": "an on-demand backup of the target",
+                "parameters": [TARGET],
+                "requestBody": _json(_ref("BackupRequest")),
+                "responses": {
+                    "202": {"description": "queued", **_json(_ref("BackupQueued"))},
+                    **_errors(400, 404, 500, 502, 503),
+                },
+            },
+        },
+        "/targets/{target}/restores": {
+            "post": {
+                "summary": "restore one of the target's backups (or its instance to a point in time) into a"
+                " configured target",
+                "parameters": [TARGET, idempotency_key],
+                "requestBody": _json(restore_body),
+                "responses": {
+                    "202": {**job, "headers": {"Location": {"schema": {"type": "string"}}}},
+                    **_errors(400, 403, 404, 409, 429, 500, 502, 503),
+                },
+            },
+            "get": {
+                "summary": "recent restores of the target's backups",
+                "parameters": [TARGET],
+                "responses": {
+                    "200": {"description": "jobs", **_json(_ref("RestoreList"))},
+                    **_errors(404, 500, 502, 503),
+                },
+            },
+        },
+        "/targets/{target}/restores/{restore_id}": {
+            "get": {
+                "summary": "one restore's status (read only: the restore sweeper advances it)",
+                "parameters": [
+                    TARGET,
+                    {"name": "restore_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {"200": job, **_errors(404, 500, 502, 503)},
+            },
+        },
+    }
+
+
 def build() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for model in MODELS:
@@ -76,49 +153,22 @@ def build() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     iam: list[dict[str, list[str]]] = [{"sigv4": []}]
-    restore_body = {"oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"),
-                              _ref("PointInTimeRestoreRequest")]}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "pg-lifeboat", "version": "1", "description": "Backups and restores of PostgreSQL."},
+        "info": {"title": "pg-lifeboat", "version": "2", "description": "Backups and restores of PostgreSQL."},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"sigv4": {"type": "apiKey", "name": "Authorization", "in": "header",
-                                          "x-amazon-apigateway-authtype": "awsSigv4"}},
+            "securitySchemes": {
+                "sigv4": {
+                    "type": "apiKey",
+                    "name": "Authorization",
+                    "in": "header",
+                    "x-amazon-apigateway-authtype": "awsSigv4",
+                }
+            },
         },
         "security": iam,
-        "paths": {
-            "/backups": {
-                "get": {"summary": "the catalog of a target, newest first",
-                        "parameters": [{"name": "target", "in": "query", "required": True,
-                                        "schema": {"type": "string"}},
-                                       {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
-                        "responses": {"200": {"description": "backups", **_json(_ref("BackupList"))},
-                                      **_errors(400, 404, 500, 502, 503)}},
-                "post": {"summary": "an on-demand backup", "requestBody": _json(_ref("BackupRequest")),
-                         "responses": {"202": {"description": "queued", **_json(_ref("BackupQueued"))},
-                                       **_errors(400, 404, 500, 502, 503)}},
-            },
-            "/restores": {
-                "post": {"summary": "start a restore",
-                         "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string",
-                                                                                               "maxLength": 128}}],
-                         "requestBody": _json(restore_body),
-                         "responses": {"202": {"description": "the job", **_json(_ref("RestoreJob")),
-                                               "headers": {"Location": {"schema": {"type": "string"}}}},
-                                       **_errors(400, 404, 409, 500, 502, 503)}},
-                "get": {"summary": "recent restores",
-                        "responses": {"200": {"description": "jobs", **_json(_ref("RestoreList"))},
-                                      **_errors(500, 502, 503)}},
-            },
-            "/restores/{restore_id}": {
-                "get": {"summary": "one restore's status",
-                        "parameters": [{"name": "restore_id", "in": "path", "required": True,
-                                        "schema": {"type": "string"}}],
-                        "responses": {"200": {"description": "the job", **_json(_ref("RestoreJob"))},
-                                      **_errors(404, 500, 502, 503)}},
-            },
-        },
+        "paths": _paths(),
     }
 
 

@@ -162,8 +162,12 @@ _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
      "connecting to {host}:{port} timed out: check security groups and the route from the function's VPC"),
     (re.compile(r"no pg_hba\.conf entry", re.I),
      "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode}): allow it or change sslmode"),
+    # sslmode verify-full (the default) and verify-ca: no CA file, a certificate from another CA, another name.
     (re.compile(r"certificate verify failed|certificate.*(not|doesn't) match|root certificate file", re.I),
-     "TLS verification of {host} failed: check sslrootcert and that the host name matches the certificate"),
+     "TLS verification of {host} failed (sslmode {sslmode}): set connection.sslrootcert to the CA that signed"
+     " the server's certificate (unset: the layer's RDS CA bundle) and connect by the host name the certificate"
+     " names, or use verify-ca; if the certificate is not the server's, something is in the middle (no"
+     " credential was sent to it)"),
     (re.compile(r"server does not support SSL|SSL off", re.I),
      "the server does not offer TLS but sslmode is {sslmode}: enable ssl on the server or relax sslmode"),
     (re.compile(r'database "[^"]+" does not exist', re.I),
@@ -175,7 +179,9 @@ _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
      " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout"),
     (re.compile(r"aborting because of server version mismatch", re.I),
      "pg_dump is older than the server: add the server's major to the layer"),
-    (re.compile(r"terminating connection|server closed the connection unexpectedly|connection to server .* lost",
+    # Over TLS a vanished server reads as "SSL SYSCALL error: EOF detected" or "SSL connection has been closed".
+    (re.compile(r"terminating connection|server closed the connection unexpectedly|connection to server .* lost"
+                r"|SSL SYSCALL error: EOF detected|SSL connection has been closed unexpectedly",
                 re.I), "the server closed the connection during the run (restart, failover or admin kill)"),
 ]
 

@@ -25,6 +25,10 @@ from chalicelib.logical.catalog import Catalog
 from chalicelib.physical.model import SnapshotServices
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
+JobKind = Literal["logical", "snapshot", "point_in_time"]
+RECENT_SCAN = 1000
+# A job unfinished for longer (its worker and every redelivery died) no longer counts against the quotas.
+ACTIVE_WINDOW = timedelta(hours=24)
 
 
 def new_restore_id() -> str:
@@ -38,9 +42,14 @@ class JobError(BaseModel):
 
 class RestoreJob(BaseModel):
     restore_id: str
-    kind: Literal["logical", "snapshot", "point_in_time"]
+    kind: JobKind
     status: Status = "PENDING"
     target: str
+    into_target: str | None = Field(
+        default=None,
+        description="the configured target restored into (what the"
+        " quotas count; snapshot and point-in-time restores: the target itself)",
+    )
     backup_id: str | None = None
     request: dict[str, Any]
     created_at: datetime
@@ -82,8 +91,14 @@ class RestoreJobStore:
     def start(self, job: RestoreJob, lease: timedelta) -> RestoreJob | None:
         """PENDING (or RUNNING with an expired lease) → RUNNING; None if another worker has it or it ended."""
         now = datetime.now(UTC)
-        started = job.model_copy(update={"status": "RUNNING", "started_at": job.started_at or now,
-                                         "updated_at": now, "attempts": job.attempts + 1})
+        started = job.model_copy(
+            update={
+                "status": "RUNNING",
+                "started_at": job.started_at or now,
+                "updated_at": now,
+                "attempts": job.attempts + 1,
+            }
+        )
         return started if self.records.start(self._record(started), now + lease, now) else None
 
     def save(self, job: RestoreJob, lease: timedelta | None = None) -> RestoreJob:
@@ -96,9 +111,17 @@ class RestoreJobStore:
             return self.get(job.restore_id)
         return job
 
-    def recent(self, limit: int = 50) -> list[RestoreJob]:
-        """The newest jobs, newest first (one index query: the claims in the same table are not read)."""
-        return self._jobs(self.records.recent(limit))
+    def recent(self, limit: int = 50, target: str | None = None) -> list[RestoreJob]:
+        """The newest jobs (of one target's backups), newest first (index queries: claims are not read).
+        For one target, up to RECENT_SCAN of all targets' newest jobs are looked through."""
+        if target is None:
+            return self._jobs(self.records.recent(limit))
+        mine = [j for j in self._jobs(self.records.recent(RECENT_SCAN, pages=None)) if j.target == target]
+        return mine[:limit]
+
+    def active(self, within: timedelta = ACTIVE_WINDOW, limit: int = 1000) -> list[RestoreJob]:
+        """Unfinished (PENDING or RUNNING) jobs created within `within`: what the restore quotas count."""
+        return self._jobs(self.records.active(limit, datetime.now(UTC) - within))
 
     def running(self, limit: int = 500) -> list[RestoreJob]:
         """Jobs that are RUNNING, newest first (their own index: neither claims nor finished jobs are read)."""

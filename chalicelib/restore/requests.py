@@ -2,17 +2,20 @@
 
 Bodies are validated with pydantic (unknown fields rejected); every problem becomes a BadRequestError
 listing the fields to fix. The worker reads a job's request back through the same models.
+
+A caller names things, never places: a backup, a configured target to restore into, a database name. No
+host, user, secret or CA comes from a request (chalicelib.restore.access decides what a target allows).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from chalicelib.config import Connection
 from chalicelib.errors import BadRequestError
+from chalicelib.logical.catalog import BackupId
 
 DatabaseName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")]
 # RDS instance and cluster identifiers: a letter first, then letters, digits, single hyphens; 1-63.
@@ -27,15 +30,10 @@ class _Body(BaseModel):
 
 
 class Into(_Body):
-    target: TargetName | None = None
-    connection: Connection | None = None
+    target: TargetName | None = Field(
+        default=None, description="a configured target: the backup's own (the default) or one its restore_into lists"
+    )
     database: DatabaseName
-
-    @model_validator(mode="after")
-    def _one_server(self) -> Self:
-        if (self.target is None) == (self.connection is None):
-            raise ValueError("give exactly one of into.target or into.connection")
-        return self
 
 
 class LogicalOptions(_Body):
@@ -46,6 +44,7 @@ class LogicalOptions(_Body):
     confirm: DatabaseName | None = None
     no_owner: bool = False
     no_acl: bool = False
+    globals: bool = Field(default=False, description="first create the backup's roles the server lacks")
 
 
 class LogicalRestoreRequest(_Body):
@@ -67,7 +66,10 @@ class SnapshotRestoreRequest(_Body):
 
 
 class PointInTimeRestoreRequest(_Body):
-    target: TargetName
+    target: TargetName = Field(
+        description="the target whose RDS instance or Aurora cluster is restored (the"
+        " path's; may be left out of the body)"
+    )
     point_in_time: datetime | Literal["latest"]
     new_id: ResourceId
     instance_class: AwsId | None = None
@@ -87,10 +89,21 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_restore_request(body: dict[str, Any]) -> RestoreRequest:
+def source_target(req: RestoreRequest) -> str:
+    """The target whose backup (or instance) a request restores: what the API path names."""
+    if isinstance(req, PointInTimeRestoreRequest):
+        return req.target
+    return BackupId.parse(req.backup_id).target
+
+
+def parse_restore_request(body: dict[str, Any], path_target: str | None = None) -> RestoreRequest:
+    """The request in `body`; with `path_target` (POST /targets/{target}/restores) it must restore that target's
+    backup (a point-in-time body may leave its target out)."""
     model: type[LogicalRestoreRequest] | type[SnapshotRestoreRequest] | type[PointInTimeRestoreRequest]
     if "point_in_time" in body:
         model = PointInTimeRestoreRequest
+        if path_target is not None and "target" not in body:
+            body = {**body, "target": path_target}
     elif isinstance(body.get("backup_id"), str) and body["backup_id"].startswith("snapshot:"):
         model = SnapshotRestoreRequest
     elif "backup_id" in body:
@@ -98,6 +111,12 @@ def parse_restore_request(body: dict[str, Any]) -> RestoreRequest:
     else:
         raise BadRequestError("give backup_id (a logical dump or a snapshot) or target + point_in_time")
     try:
-        return model.model_validate(body)
+        req = model.model_validate(body)
     except ValidationError as exc:
         raise BadRequestError(describe_validation_error(exc)) from None
+    if path_target is not None and source_target(req) != path_target:
+        raise BadRequestError(
+            f"this request restores target {source_target(req)!r}, not {path_target!r}: post it to"
+            f" /targets/{source_target(req)}/restores"
+        )
+    return req

@@ -49,7 +49,7 @@ def test_scheduled_snapshot_and_combined_catalog(aws: LocalStack, pg: PostgresSe
         listing = out.getvalue()
         assert "logical:shop:20261129T030000Z" in listing and "snapshot:shop:20261129T030000Z" in listing
 
-        response = c.http.get("/backups?target=shop&kind=snapshot")
+        response = c.http.get("/targets/shop/backups?kind=snapshot")
         body = json.loads(response.body)
         assert response.status_code == 200
         assert [b["backup_id"] for b in body["backups"]] == ["snapshot:shop:20261129T030000Z"]

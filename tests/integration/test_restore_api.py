@@ -17,6 +17,7 @@ from devstack.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 BACKUP_ID = "logical:shop:20261129T030000Z"
+RESTORES = "/targets/shop/restores"
 
 
 @pytest.fixture
@@ -42,8 +43,12 @@ def run_restore_worker(c: Any) -> list[Any]:
     url = os.environ["LIFEBOAT_RESTORE_QUEUE_URL"]
     out = []
     for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        out.extend(c.lambda_.invoke("restore_worker", c.events.generate_sqs_event(
-            message_bodies=[message["Body"]], queue_name="pg-lifeboat-restores")).payload)
+        out.extend(
+            c.lambda_.invoke(
+                "restore_worker",
+                c.events.generate_sqs_event(message_bodies=[message["Body"]], queue_name="pg-lifeboat-restores"),
+            ).payload
+        )
         sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
     return out
 
@@ -65,58 +70,82 @@ def cleanup_dbs(pg: PostgresServer) -> Iterator[list[str]]:
 
 def test_logical_restore_into_new_database(api: Any, pg: PostgresServer, cleanup_dbs: list[str]) -> None:
     cleanup_dbs.append("shop_api")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_api"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_api"}})
     assert r.status_code == 202, r.body
     job = json.loads(r.body)
-    assert job["status"] == "PENDING" and r.headers["Location"] == f"/restores/{job['restore_id']}"
+    assert job["status"] == "PENDING" and r.headers["Location"] == f"{RESTORES}/{job['restore_id']}"
     assert run_restore_worker(api) == [{"restore_id": job["restore_id"], "status": "SUCCEEDED"}]
-    status, done = get_json(api, f"/restores/{job['restore_id']}")
+    status, done = get_json(api, f"{RESTORES}/{job['restore_id']}")
     assert status == 200 and done["status"] == "SUCCEEDED", done
     assert done["result"]["verification"]["match"] is True
     assert done["result"]["verification"]["tables_checked"] == 4
     assert done["progress"]["bytes_restored"] > 0
     assert done["started_at"] and done["finished_at"]
     assert pg.psql("SELECT count(*) FROM sales.orders", dbname="shop_api") == "4000"
-    status, listing = get_json(api, "/restores")
+    status, listing = get_json(api, RESTORES)
     assert [j["restore_id"] for j in listing["restores"]] == [job["restore_id"]]
 
 
 def test_schema_selection(api: Any, pg: PostgresServer, cleanup_dbs: list[str]) -> None:
     cleanup_dbs.append("shop_sales")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_sales"},
-                                "options": {"schemas": ["sales"], "no_owner": True}})
+    r = post(
+        api,
+        RESTORES,
+        {
+            "backup_id": BACKUP_ID,
+            "into": {"target": "shop", "database": "shop_sales"},
+            "options": {"schemas": ["sales"], "no_owner": True},
+        },
+    )
     assert r.status_code == 202, r.body
     run_restore_worker(api)
-    _, done = get_json(api, f"/restores/{json.loads(r.body)['restore_id']}")
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
     assert done["status"] == "SUCCEEDED", done
     assert done["result"]["verification"]["tables_checked"] == 2
-    assert pg.psql("SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname IN"
-                   " ('sales', 'inventory')", dbname="shop_sales") == "sales"
+    assert (
+        pg.psql(
+            "SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname IN"
+            " ('sales', 'inventory')",
+            dbname="shop_sales",
+        )
+        == "sales"
+    )
 
 
 def test_existing_database_is_409(api: Any) -> None:
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop"}})
     assert r.status_code == 409
     assert json.loads(r.body)["error"] == "conflict"
 
 
 def test_clean_without_confirm_is_409(api: Any) -> None:
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop"},
-                                "options": {"clean": True}})
+    r = post(
+        api,
+        RESTORES,
+        {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop"}, "options": {"clean": True}},
+    )
     assert r.status_code == 409
     assert "confirm" in json.loads(r.body)["message"]
 
 
-def test_clean_with_confirm_replaces_and_keeps_the_old_database(api: Any, pg: PostgresServer,
-                                                                cleanup_dbs: list[str]) -> None:
+def test_clean_with_confirm_replaces_and_keeps_the_old_database(
+    api: Any, pg: PostgresServer, cleanup_dbs: list[str]
+) -> None:
     cleanup_dbs.append("shop_target")
     pg.psql("CREATE DATABASE shop_target OWNER lifeboat_backup")
     pg.psql("CREATE TABLE marker (x int); INSERT INTO marker VALUES (42)", dbname="shop_target")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_target"},
-                                "options": {"clean": True, "confirm": "shop_target"}})
+    r = post(
+        api,
+        RESTORES,
+        {
+            "backup_id": BACKUP_ID,
+            "into": {"target": "shop", "database": "shop_target"},
+            "options": {"clean": True, "confirm": "shop_target"},
+        },
+    )
     assert r.status_code == 202, r.body
     run_restore_worker(api)
-    _, done = get_json(api, f"/restores/{json.loads(r.body)['restore_id']}")
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
     assert done["status"] == "SUCCEEDED", done
     kept = done["result"]["replaced_database_kept_as"]
     assert kept and kept.startswith("shop_target_replaced_")
@@ -130,10 +159,10 @@ def test_tampered_object_is_refused(api: Any, aws: LocalStack, pg: PostgresServe
     data = bytearray(s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     s3.put_object(Bucket=aws.bucket, Key=key, Body=bytes(data))
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_tampered"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_tampered"}})
     assert r.status_code == 202
     run_restore_worker(api)
-    _, done = get_json(api, f"/restores/{json.loads(r.body)['restore_id']}")
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
     assert done["status"] == "FAILED"
     assert done["error"]["code"] == "integrity_failed", done
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'shop_tampered'") == "0"
@@ -144,9 +173,9 @@ def test_truncated_object_is_refused(api: Any, aws: LocalStack, pg: PostgresServ
     key = "logical/shop/2026/11/29/20261129T030000Z/database.dump"
     data = s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
     s3.put_object(Bucket=aws.bucket, Key=key, Body=data[: len(data) // 2])
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_truncated"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_truncated"}})
     run_restore_worker(api)
-    _, done = get_json(api, f"/restores/{json.loads(r.body)['restore_id']}")
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
     assert done["status"] == "FAILED" and done["error"]["code"] == "integrity_failed"
     assert "truncated" in done["error"]["message"]
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'shop_truncated'") == "0"
@@ -154,16 +183,18 @@ def test_truncated_object_is_refused(api: Any, aws: LocalStack, pg: PostgresServ
 
 def test_idempotent_retry_returns_the_same_job(api: Any) -> None:
     body = {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_idem"}}
-    first = post(api, "/restores", body, {"Idempotency-Key": "k-123"})
-    second = post(api, "/restores", body, {"Idempotency-Key": "k-123"})
+    first = post(api, RESTORES, body, {"Idempotency-Key": "k-123"})
+    second = post(api, RESTORES, body, {"Idempotency-Key": "k-123"})
     assert first.status_code == second.status_code == 202
     assert json.loads(first.body)["restore_id"] == json.loads(second.body)["restore_id"]
-    other = post(api, "/restores", {**body, "into": {"target": "shop", "database": "shop_other"}},
-                 {"Idempotency-Key": "k-123"})
+    other = post(
+        api, RESTORES, {**body, "into": {"target": "shop", "database": "shop_other"}}, {"Idempotency-Key": "k-123"}
+    )
     assert other.status_code == 409
     sqs = boto3.client("sqs")
-    attrs = sqs.get_queue_attributes(QueueUrl=os.environ["LIFEBOAT_RESTORE_QUEUE_URL"],
-                                     AttributeNames=["ApproximateNumberOfMessages"])
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=os.environ["LIFEBOAT_RESTORE_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
     assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"
 
 
@@ -176,67 +207,90 @@ def test_worker_crash_after_restore_is_recovered(api: Any, pg: PostgresServer, c
     from chalicelib.restore import service as restores
 
     cleanup_dbs.append("shop_crash")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_crash"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_crash"}})
     restore_id = json.loads(r.body)["restore_id"]
     svc = wiring.api_services()
     job = svc.jobs.get(restore_id)
     # The first worker: takes the job, restores, then dies (no save). Its lease has run out.
     svc.jobs.start(job, timedelta(seconds=-1))
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
-    restores.restore_logical(svc.catalog.store, svc.catalog, svc.toolbox, BACKUP_ID, login, "shop_crash",
-                             restore_id=restore_id)
+    restores.restore_logical(
+        svc.catalog.store, svc.catalog, svc.toolbox, BACKUP_ID, login, "shop_crash", restore_id=restore_id
+    )
     pg.psql("CREATE TABLE sales.added_after (x int)", dbname="shop_crash")  # a second restore would fail on this
     assert run_restore_worker(api) == [{"restore_id": restore_id, "status": "SUCCEEDED"}]
-    _, done = get_json(api, f"/restores/{restore_id}")
+    _, done = get_json(api, f"{RESTORES}/{restore_id}")
     assert done["status"] == "SUCCEEDED" and done["result"]["recovered"] is True
     assert done["attempts"] == 2
     assert pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'added_after'", dbname="shop_crash") == "1"
 
 
-@pytest.mark.parametrize(("body", "status", "needle"), [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x"}, "surprise": 1}, 400, "surprise"),
-    ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": 5}}, 400, "into.database"),
-    ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x; DROP"}}, 400, "into.database"),
-    ({"backup_id": BACKUP_ID, "into": {"database": "x"}}, 400, "exactly one of into.target"),
-    ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x"}, "options": {"jobs": 99}}, 400, "jobs"),
-    ({"backup_id": "logical:shop:20200101T000000Z", "into": {"target": "shop", "database": "x"}}, 404, "no complete"),
-    ({"backup_id": "logical:nope:20200101T000000Z", "into": {"target": "shop", "database": "x"}}, 404,
-     "unknown target"),
-    ({"backup_id": "logical:shop:garbage", "into": {"target": "shop", "database": "x"}}, 400, "not a backup id"),
-    ({"backup_id": BACKUP_ID, "into": {"target": "nope", "database": "x"}}, 404, "unknown target"),
-    ({"target": "shop", "point_in_time": "latest", "new_id": "-bad-"}, 400, "new_id"),
-    ({}, 400, "give backup_id"),
-    (b"{" + b" " * 20000 + b"}", 400, "limit"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x"}, "surprise": 1}, 400, "surprise"),
+        ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": 5}}, 400, "into.database"),
+        ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x; DROP"}}, 400, "into.database"),
+        (
+            {"backup_id": BACKUP_ID, "into": {"database": "x", "connection": {"host": "127.0.0.1", "user": "u"}}},
+            400,
+            "into.connection",
+        ),
+        ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "x"}, "options": {"jobs": 99}}, 400, "jobs"),
+        (
+            {"backup_id": "logical:shop:20200101T000000Z", "into": {"target": "shop", "database": "x"}},
+            404,
+            "no complete",
+        ),
+        (
+            {"backup_id": "logical:nope:20200101T000000Z", "into": {"target": "shop", "database": "x"}},
+            400,
+            "post it to /targets/nope/restores",
+        ),
+        ({"backup_id": "logical:shop:garbage", "into": {"target": "shop", "database": "x"}}, 400, "not a backup id"),
+        ({"backup_id": BACKUP_ID, "into": {"target": "nope", "database": "x"}}, 403, "restored into 'shop' only"),
+        ({"target": "shop", "point_in_time": "latest", "new_id": "-bad-"}, 400, "new_id"),
+        ({}, 400, "give backup_id"),
+        (b"{" + b" " * 20000 + b"}", 400, "limit"),
+    ],
+)
 def test_bad_input_gets_a_clear_4xx(api: Any, body: Any, status: int, needle: str) -> None:
-    r = post(api, "/restores", body)
+    r = post(api, RESTORES, body)
     assert r.status_code == status, r.body
     doc = json.loads(r.body)
     assert set(doc) == {"error", "message"} and needle in doc["message"], doc
 
 
 def test_list_backups_and_on_demand_backup(api: Any) -> None:
-    status, listing = get_json(api, "/backups?target=shop")
+    status, listing = get_json(api, "/targets/shop/backups")
     assert status == 200 and [b["backup_id"] for b in listing["backups"]] == [BACKUP_ID]
-    assert get_json(api, "/backups")[0] == 400
-    assert get_json(api, "/backups?target=nope")[0] == 404
-    r = post(api, "/backups", {"target": "shop", "kind": "logical"})
+    assert get_json(api, "/targets/shop/backups?kind=weird")[0] == 400
+    assert get_json(api, "/targets/nope/backups")[0] == 404
+    assert post(api, "/targets/shop/backups", {"target": "shop"}).status_code == 400  # the path names the target
+    r = post(api, "/targets/shop/backups", {"kind": "logical"})
     assert r.status_code == 202 and json.loads(r.body)["status"] == "QUEUED"
     messages = boto3.client("sqs").receive_message(QueueUrl=os.environ["LIFEBOAT_BACKUP_QUEUE_URL"]).get("Messages")
     assert messages and json.loads(messages[0]["Body"])["target"] == "shop"
-    assert get_json(api, "/restores/r-doesnotexist")[0] == 404
+    assert get_json(api, f"{RESTORES}/r-doesnotexist")[0] == 404
 
 
 def test_replace_without_ownership_fails_cleanly(api: Any, pg: PostgresServer, cleanup_dbs: list[str]) -> None:
     cleanup_dbs.append("shop_foreign")
     pg.psql("CREATE DATABASE shop_foreign")  # owned by the superuser, not by the restoring role
     pg.psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)", dbname="shop_foreign")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_foreign"},
-                                "options": {"clean": True, "confirm": "shop_foreign"}})
+    r = post(
+        api,
+        RESTORES,
+        {
+            "backup_id": BACKUP_ID,
+            "into": {"target": "shop", "database": "shop_foreign"},
+            "options": {"clean": True, "confirm": "shop_foreign"},
+        },
+    )
     run_restore_worker(api)
-    _, done = get_json(api, f"/restores/{json.loads(r.body)['restore_id']}")
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
     assert done["status"] == "FAILED" and "must own it" in done["error"]["message"], done
     assert pg.psql("SELECT x FROM keep", dbname="shop_foreign") == "7"
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'shop_foreign_lifeboat_%'") == "0"
@@ -250,7 +304,7 @@ def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkey
     from chalicelib import wiring
     from chalicelib.restore import service as restores
 
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_late"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_late"}})
     restore_id = json.loads(r.body)["restore_id"]
     svc = wiring.api_services()
     real_open = svc.catalog.store.open_stream
@@ -285,7 +339,7 @@ def test_cli_lists_restore_jobs(api: Any, cleanup_dbs: list[str]) -> None:
     from chalicelib.cli import main
 
     cleanup_dbs.append("shop_cli_list")
-    r = post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_cli_list"}})
+    r = post(api, RESTORES, {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop_cli_list"}})
     restore_id = json.loads(r.body)["restore_id"]
     run_restore_worker(api)
     out = io.StringIO()
@@ -295,3 +349,17 @@ def test_cli_lists_restore_jobs(api: Any, cleanup_dbs: list[str]) -> None:
     assert main(["restores", restore_id, "--json"], out=out) == 0
     assert json.loads(out.getvalue())[0]["status"] == "SUCCEEDED"
     assert main(["restores", "r-missing"], out=io.StringIO()) == 2
+
+
+def test_options_globals_applies_the_roles_first(api: Any, pg: PostgresServer, cleanup_dbs: list[str]) -> None:
+    """options.globals: the backup's roles that the server lacks are created (here: none is missing)."""
+    cleanup_dbs.append("shop_globals")
+    r = post(
+        api, RESTORES, {"backup_id": BACKUP_ID, "into": {"database": "shop_globals"}, "options": {"globals": True}}
+    )
+    assert r.status_code == 202, r.body
+    run_restore_worker(api)
+    _, done = get_json(api, f"{RESTORES}/{json.loads(r.body)['restore_id']}")
+    assert done["status"] == "SUCCEEDED", done
+    assert done["request"]["options"]["globals"] is True
+    assert done["result"]["roles"]["created"] == [] and "lifeboat_backup" in str(done["result"]["roles"]["skipped"])

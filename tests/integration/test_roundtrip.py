@@ -74,10 +74,11 @@ def test_scheduled_backup_round_trip(config_path: Path, pg: PostgresServer, pg_r
     assert manifest["compression"] == ("gzip:6" if pg.major < 16 else "zstd:1")
     assert manifest["server_version_num"] // 10000 == pg.major
     assert manifest["row_counts"]["sales.orders"] == 4000
-    assert manifest["retention_class"] == "yearly"  # the first backup ever
-    for key in keys:
+    # Sunday 29 November: the next slot (Monday) starts another ISO week, so this one is the newest of its week.
+    assert manifest["retention_class"] == "weekly"
+    for key in keys:  # the target's newest backup: kept whatever its class (keep_last)
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=aws.bucket, Key=key)["TagSet"]}
-        assert tags["retention"] == "yearly" and tags["retention-policy"] == "default"
+        assert tags["retention"] == "keep" and tags["retention-policy"] == "default"
     head = s3.head_object(Bucket=aws.bucket, Key=prefix + "database.dump")
     assert head["ServerSideEncryption"] == "AES256"
 

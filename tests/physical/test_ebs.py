@@ -132,7 +132,8 @@ def app_consistent(
         "database": "postgres",
         "user": user,
         "password_secret": secret(f"lifeboat/{user}", password),
-        "sslmode": "disable",
+        "sslmode": "verify-full",
+        "sslrootcert": str(server.ca_file),
     }
     cfg = env.config([target])
     return env.services(cfg, credentials=CredentialResolver(secrets_client=env.clients("secretsmanager", SOURCE)))

@@ -1,4 +1,5 @@
-"""API and identifier security: IAM on every route, bounded bodies, database names that stay names."""
+"""API and identifier security: IAM on every route (each naming its target), bounded bodies, database names that
+stay names, and no caller-chosen server."""
 
 from __future__ import annotations
 
@@ -33,8 +34,15 @@ def test_every_route_has_an_iam_authorizer() -> None:
 
     routes = lambda_app.app.routes
     entries = [(path, method, entry) for path, methods in routes.items() for method, entry in methods.items()]
-    assert {(p, m) for p, m, _ in entries} >= {("/backups", "GET"), ("/backups", "POST"), ("/restores", "POST"),
-                                              ("/restores", "GET"), ("/restores/{restore_id}", "GET")}
+    assert {(p, m) for p, m, _ in entries} == {
+        ("/targets/{target}/backups", "GET"),
+        ("/targets/{target}/backups", "POST"),
+        ("/targets/{target}/restores", "POST"),
+        ("/targets/{target}/restores", "GET"),
+        ("/targets/{target}/restores/{restore_id}", "GET"),
+    }
+    # Per-target IAM: a route without the target in its path would let a caller past a policy that names one.
+    assert all(p.startswith("/targets/{target}/") for p, _, _ in entries)
     unprotected = [f"{m} {p}" for p, m, e in entries if not isinstance(e.authorizer, IAMAuthorizer)]
     assert unprotected == [], f"routes without an IAM authorizer: {unprotected}"
 
@@ -50,13 +58,13 @@ def api(aws: LocalStack, pg: PostgresServer, write_lifeboat_config: ConfigWriter
 def post_routes() -> list[str]:
     import app as lambda_app
 
-    return sorted(p for p, methods in lambda_app.app.routes.items() if "POST" in methods and "{" not in p)
+    return sorted(p.replace("{target}", "shop") for p, methods in lambda_app.app.routes.items() if "POST" in methods)
 
 
 @pytest.mark.parametrize("path", post_routes())
 def test_bodies_over_16_kib_get_a_4xx(api: Any, path: str) -> None:
     limit = 16 * 1024
-    padded = json.dumps({"target": "shop"}).encode()
+    padded = json.dumps({"kind": "logical"}).encode()
     at_limit = padded[:-1] + b" " * (limit - len(padded)) + b"}"
     assert len(at_limit) == limit
     r = flows.post(api, path, at_limit)
@@ -83,19 +91,29 @@ HOSTILE_NAMES = [
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_database_names_are_refused_with_400(api: Any, name: str) -> None:
-    for body in ({"backup_id": BACKUP_ID, "into": {"target": "shop", "database": name}},
-                 {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": "shop"},
-                  "options": {"clean": True, "confirm": name}}):
-        r = flows.post(api, "/restores", body)
+    for body in (
+        {"backup_id": BACKUP_ID, "into": {"target": "shop", "database": name}},
+        {
+            "backup_id": BACKUP_ID,
+            "into": {"target": "shop", "database": "shop"},
+            "options": {"clean": True, "confirm": name},
+        },
+    ):
+        r = flows.post(api, "/targets/shop/restores", body)
         assert r.status_code == 400, (name, r.status_code, r.body)
         assert json.loads(r.body)["error"] == "bad_request"
 
 
-@pytest.mark.parametrize("name", ["dbname=postgres host=127.0.0.2 port=1", "x' OR 1=1 --",
-                                  "postgresql://evil@127.0.0.2:1/postgres"])
-def test_library_restore_treats_the_name_as_a_name(aws: LocalStack, pg: PostgresServer,
-                                                   write_lifeboat_config: ConfigWriter,
-                                                   stray_databases: Callable[[], set[str]], name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["dbname=postgres host=127.0.0.2 port=1", "x' OR 1=1 --", "postgresql://evil@127.0.0.2:1/postgres"]
+)
+def test_library_restore_treats_the_name_as_a_name(
+    aws: LocalStack,
+    pg: PostgresServer,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+    name: str,
+) -> None:
     """restore_logical accepts any 1-63 byte name (the API is stricter) and it must stay a database name for
     CREATE DATABASE, pg_restore --dbname and the verification: read as libpq settings it would connect
     to 127.0.0.2:1 and fail."""
@@ -124,9 +142,9 @@ def odd_database(pg: PostgresServer) -> Iterator[str]:
     pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_backup_with_globals_of_a_database_named_like_a_connection_string(aws: LocalStack, odd_database: str,
-                                                                           write_lifeboat_config: ConfigWriter
-                                                                           ) -> None:
+def test_backup_with_globals_of_a_database_named_like_a_connection_string(
+    aws: LocalStack, odd_database: str, write_lifeboat_config: ConfigWriter
+) -> None:
     write_lifeboat_config(aws, database=odd_database, globals=True)
     outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED"
@@ -142,6 +160,7 @@ class PasswordTrap:
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
         self.passwords: list[str] = []
+        self.connections = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -152,6 +171,7 @@ class PasswordTrap:
                 conn, _ = self.sock.accept()
             except OSError:
                 continue
+            self.connections += 1
             with conn:
                 conn.settimeout(5)
                 with contextlib.suppress(OSError, struct.error):
@@ -189,14 +209,30 @@ class PasswordTrap:
         self.sock.close()
 
 
-def test_restore_api_never_sends_a_stored_password_to_a_caller_chosen_host(api: Any, aws: LocalStack) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "/tmp", "/var/run/postgresql", "evil.example.com"])
+def test_restore_api_never_sends_a_stored_password_to_a_caller_chosen_host(
+    api: Any, aws: LocalStack, host: str
+) -> None:
+    """No caller-chosen server at all: into.connection (and so a host, a Unix-socket path, a user, a secret or
+    a CA) is refused by the schema before anything is read or connected to; nothing is queued."""
     trap = PasswordTrap()
     try:
-        r = flows.post(api, "/restores", {"backup_id": BACKUP_ID, "into": {"database": "loot", "connection": {
-            "host": "127.0.0.1", "port": trap.port, "user": "anyone", "password_secret": aws.secret_arn,
-            "sslmode": "disable"}}})
-        flows.drain_restores(api)
+        connection = {
+            "host": host,
+            "port": trap.port,
+            "user": "anyone",
+            "password_secret": aws.secret_arn,
+            "sslmode": "disable",
+        }
+        r = flows.post(
+            api,
+            "/targets/shop/restores",
+            {"backup_id": BACKUP_ID, "into": {"database": "loot", "connection": connection}},
+        )
+        ran = flows.drain_restores(api)
     finally:
         trap.close()
     assert BACKUP_PASSWORD not in trap.passwords, f"the API sent the password to 127.0.0.1:{trap.port}"
-    assert r.status_code in (400, 403), r.body
+    assert trap.connections == 0 and ran == []
+    assert r.status_code == 400, r.body
+    assert "into.connection: Extra inputs are not permitted" in json.loads(r.body)["message"]

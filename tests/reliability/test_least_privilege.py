@@ -97,16 +97,17 @@ def _exercise(recorder: OperationRecorder, stack: LocalStack, pg: PostgresServer
                 wiring.client("s3").meta.events.unregister("before-send.s3.UploadPart", handler)
         backup_id = "logical:shop:20261129T030000Z"
         with _cold(recorder, "api_handler"):
-            assert flows.get(c, "/backups?target=shop")[0] == 200
-            assert flows.post(c, "/backups", {"target": "shop"}).status_code == 202
-            r = flows.post(c, "/restores", {"backup_id": backup_id, "into": {"target": "shop", "database": "lp_ok"}},
+            assert flows.get(c, "/targets/shop/backups")[0] == 200
+            assert flows.post(c, "/targets/shop/backups", {"kind": "logical"}).status_code == 202
+            r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
+                                                         "into": {"target": "shop", "database": "lp_ok"}},
                            {"Idempotency-Key": "least-privilege-1"})
             assert r.status_code == 202, r.body
             restore_id = json.loads(r.body)["restore_id"]
-            assert flows.get(c, "/restores")[0] == 200
-            assert flows.get(c, f"/restores/{restore_id}")[0] == 200
-            assert flows.post(c, "/restores", {"backup_id": backup_id, "into": {"target": "shop",
-                                                                              "database": "shop"}}).status_code == 409
+            assert flows.get(c, "/targets/shop/restores")[0] == 200
+            assert flows.get(c, f"/targets/shop/restores/{restore_id}")[0] == 200
+            assert flows.post(c, "/targets/shop/restores", {"backup_id": backup_id, "into": {
+                "target": "shop", "database": "shop"}}).status_code == 409
         bodies = flows.receive_all(stack.restore_queue_url)  # the event source's work, not the function's
         with _cold(recorder, "restore_worker"):
             assert [r for b in bodies for r in flows.restore_worker(c, b)] == [
@@ -117,7 +118,8 @@ def _exercise(recorder: OperationRecorder, stack: LocalStack, pg: PostgresServer
         data[len(data) // 2] ^= 0xFF
         s3.put_object(Bucket=stack.bucket, Key=key, Body=bytes(data))
         with _cold(recorder, "api_handler"):
-            r = flows.post(c, "/restores", {"backup_id": backup_id, "into": {"target": "shop", "database": "lp_bad"}})
+            r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
+                                                         "into": {"target": "shop", "database": "lp_bad"}})
             assert r.status_code == 202, r.body
         bodies = flows.receive_all(stack.restore_queue_url)
         with _cold(recorder, "restore_worker"):

@@ -231,3 +231,12 @@ def test_globals_restore_into_a_fresh_server_equals_the_source(
     assert result.roles is not None and {"scope_app", "scope_reader", "lifeboat_backup"} <= set(result.roles["created"])
     assert not any(s.startswith("CREATE ROLE postgres") for s in result.roles["failed"])
     assert pg_dump_of(fresh_server, SOURCE) == pg_dump_of(pg, SOURCE)
+
+
+def test_replacing_with_a_selection_is_refused_before_anything_exists(
+        backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]) -> None:
+    svc, backup_id = backed_up
+    with pytest.raises(BadRequestError, match="a selection .* goes into a new database"):
+        restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), SOURCE,
+                        RestoreOptions(replace=True, tables=("sales.customers",)))
+    assert stray_databases() == set()

@@ -66,8 +66,10 @@ def setup(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pyte
     nasty_secret = json.dumps({"engine": "postgres", "host": "127.0.0.1", "username": NASTY_USER, "password": NASTY})
     nasty = sm.create_secret(Name="lifeboat/nasty", SecretString=nasty_secret)["ARN"]
     wrong = sm.create_secret(Name="lifeboat/wrong", SecretString=WRONG)["ARN"]
+    shop = target("shop", pg.port, aws.secret_arn, globals=True)
+    shop["restore_into"] = ["nasty", "wrongpw", "nodb"]
     targets = [
-        target("shop", pg.port, aws.secret_arn, globals=True),
+        shop,
         target("nasty", pg.port, nasty, user=NASTY_USER, schedule=None, globals=True),
         target("wrongpw", pg.port, wrong, schedule=None),
         target("nodb", pg.port, nasty, database="no_such_db", user=NASTY_USER, schedule=None),
@@ -110,7 +112,8 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
             {"backup_id": backup_id, "into": {"target": "nodb", "database": "x3"}},
         ]
         for request in requests:
-            r = flows.post(c, "/restores", request, {"Idempotency-Key": f"k-{len(bodies)}"})
+            source = str(request["backup_id"]).split(":")[1]
+            r = flows.post(c, f"/targets/{source}/restores", request, {"Idempotency-Key": f"k-{len(bodies)}"})
             bodies.append(r.body.decode() if isinstance(r.body, bytes) else str(r.body))
         assert [json.loads(b).get("status", json.loads(b).get("error")) for b in bodies] == [
             "PENDING", "PENDING", "database_unreachable", "bad_request", "database_unreachable"]
@@ -120,10 +123,12 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
         data = bytearray(s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
         s3.put_object(Bucket=aws.bucket, Key=key, Body=bytes(data))
-        r = flows.post(c, "/restores", {"backup_id": backup_id, "into": {"target": "nasty", "database": "nasty_bad"}})
+        r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
+                                                     "into": {"target": "nasty", "database": "nasty_bad"}})
         bodies.append(r.body.decode() if isinstance(r.body, bytes) else str(r.body))
         assert [r["status"] for r in flows.drain_restores(c)] == ["FAILED"]
-        for path in ("/restores", "/backups?target=shop", "/backups?target=nasty"):
+        for path in ("/targets/shop/restores", "/targets/nasty/restores", "/targets/shop/backups",
+                     "/targets/nasty/backups"):
             bodies.append(json.dumps(flows.get(c, path)[1]))
     out = io.StringIO()
     assert main(["restore", "logical:nasty:20261129T030000Z", "--database", "nasty_cli", "--no-owner",

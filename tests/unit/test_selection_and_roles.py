@@ -106,3 +106,12 @@ def test_roles_plan_creates_only_missing_roles_and_never_alters_existing_ones() 
         "GRANT pg_read_all_data TO postgres GRANTED BY postgres;",
         "CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';",
     ]
+
+
+def test_a_name_cannot_plant_list_lines() -> None:
+    """pg_restore escapes newlines in names, not Unicode line separators: those must not split entries."""
+    planted = "222; 1259 16520 TABLE public c\u20284401; 0 16510 TABLE DATA public stuff postgres\u2028x postgres"
+    listing = LISTING + planted + "\n" + "9; 0 0 EXTENSION - fake postgres\n"  # an EXTENSION type outside pg_extension
+    assert entry_ids(listing)[-2:] == ["222", "9"]
+    text, _ = restore_list(listing, {"220"})
+    assert "stuff" not in text and "fake" not in text
