@@ -48,7 +48,7 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
     if due.kind == "physical":
 
         try:
-            started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger="schedule")
+            started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger=due.trigger)
         except BadRequestError as exc:  # a target without a physical section: retrying cannot help
             logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
             return {"status": "REJECTED", "error": str(exc)}
@@ -59,7 +59,7 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     svc.fan_out = wiring.backup_queue(svc.config).send if wiring.has_backup_queue() else None
     with traced("logical_backup", target=due.target):
-        outcome = run_logical_backup(svc, due.target, due.slot, trigger="schedule", deadline=deadline,
+        outcome = run_logical_backup(svc, due.target, due.slot, trigger=due.trigger, deadline=deadline,
                                      database=due.database)
     return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
 

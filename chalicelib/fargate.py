@@ -167,7 +167,7 @@ class FargateLauncher:
     @staticmethod
     def backup_command(due: DueBackup) -> list[str]:
         """What the task runs: the worker's backup, for the same slot (so it claims the same run)."""
-        command = ["-v", "backup", due.target, "--slot", due.slot.astimezone(UTC).isoformat(), "--trigger", "schedule",
+        command = ["-v", "backup", due.target, "--slot", due.slot.astimezone(UTC).isoformat(), "--trigger", due.trigger,
                    "--json"]  # one JSON line in the task's log (the outcome and manifest)
         if due.database:
             command += ["--database", due.database]

@@ -71,6 +71,7 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime | None = None
+    retain_until: datetime | None = None  # S3 Object Lock (HEAD shows it to a caller with s3:GetObjectRetention)
 
 
 class BackupStore(Protocol):
@@ -99,6 +100,10 @@ class BackupStore(Protocol):
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def tags(self, key: str) -> dict[str, str]: ...
+
+    def put_tags(self, key: str, tags: Mapping[str, str]) -> None: ...
+
+    def lock(self, key: str, mode: str, until: datetime) -> None: ...
 
     def delete(self, keys: list[str]) -> None: ...
 
@@ -211,7 +216,8 @@ class S3Store:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _explain(exc, self.bucket, key) from exc
-        return ObjectInfo(key, int(resp["ContentLength"]), resp.get("LastModified"))
+        return ObjectInfo(key, int(resp["ContentLength"]), resp.get("LastModified"),
+                          resp.get("ObjectLockRetainUntilDate"))
 
     def tags(self, key: str) -> dict[str, str]:
         try:
@@ -220,7 +226,31 @@ class S3Store:
             raise _explain(exc, self.bucket, key) from exc
         return {t["Key"]: t["Value"] for t in resp["TagSet"]}
 
+    def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the object's tags (its current version's)."""
+        try:
+            self.client.put_object_tagging(
+                Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+        except AWS_ERRORS as exc:
+            raise _explain(exc, self.bucket, key) from exc
+
+    def lock(self, key: str, mode: str, until: datetime) -> None:
+        """S3 Object Lock on the object's current version: no one can delete that version before `until`, and
+        without s3:BypassGovernanceRetention (GOVERNANCE) or at all (COMPLIANCE) no one can shorten the lock.
+        Extending it is always allowed."""
+        retention: Any = {"Mode": mode, "RetainUntilDate": until}  # mode: GOVERNANCE | COMPLIANCE (settings)
+        try:
+            self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention)
+        except AWS_ERRORS as exc:
+            if error_code(exc) == "InvalidRequest":
+                raise StorageError(f"s3://{self.bucket}/{key} cannot be locked: {error_message(exc)} (the bucket needs"
+                                   " Object Lock enabled, as the stack creates it; or unset"
+                                   " settings.object_lock_mode)") from exc
+            raise _explain(exc, self.bucket, key) from exc
+
     def delete(self, keys: list[str]) -> None:
+        """Plain deletes: in a versioned bucket each adds a delete marker, the data stays a noncurrent version until
+        the lifecycle expires it (and, if locked, until its lock ends). No version is ever deleted here."""
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
             try:

@@ -1,8 +1,12 @@
 """What backups exist: ids, the key layout, and manifests.
 
-A logical backup is complete exactly when its manifest exists: the manifest is written last, after
-every object it lists. Objects without a manifest are never listed and never restored. Ids and keys
-are formatted and parsed here and nowhere else.
+A logical backup is complete exactly when its manifest exists *and* every object it lists is in the bucket with
+its size: the manifest is written last, after every object it lists. Objects without a manifest are never listed
+and never restored, and neither is a manifest whose objects are missing (a phantom: it is reported as not
+complete, never listed). Ids and keys are formatted and parsed here and nowhere else.
+
+A manifest PUT whose outcome is unknown (an error after the request may have landed: a lost acknowledgement, a
+timeout) is resolved by reading back before the attempt is called complete or failed: see write_manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from urllib.parse import quote, unquote
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.adapters.s3 import BackupStore
-from chalicelib.errors import BadRequestError, NotFoundError
+from chalicelib.errors import BadRequestError, NotFoundError, StorageError
+from chalicelib.observability import logger
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47})(?:/([A-Za-z0-9_.%~-]{1,200}))?:(\d{8}T\d{6}Z)$")
@@ -167,6 +172,16 @@ class Manifest(BaseModel):
         return (self.finished_at - self.started_at).total_seconds()
 
 
+class ManifestNotWritten(StorageError):
+    """The manifest write failed, and reading back found no manifest left (none landed, or it was removed): the
+    attempt's objects may be deleted."""
+
+
+class ManifestLeftBehind(StorageError):
+    """The manifest write failed, the backup is not complete, and its manifest could not be removed: the objects
+    must stay with it (never a manifest without its objects). The next delivery finds it incomplete and redoes it."""
+
+
 class Catalog:
     """Reads and writes manifests through a BackupStore."""
 
@@ -175,38 +190,126 @@ class Catalog:
         self.layout = layout
 
     def write_manifest(self, manifest: Manifest, tags: dict[str, str]) -> None:
+        """Write the manifest, the last write of a backup. When the PUT raises, its outcome is unknown (the request
+        may have landed and only its answer been lost), so it is read back: the manifest and every object it lists
+        are HEADed; all there with their sizes: the backup is complete and this returns. Otherwise the manifest is
+        removed first (its objects only after that, by the caller) and ManifestNotWritten is raised, or, when the
+        manifest cannot be removed, ManifestLeftBehind (the caller then keeps the objects)."""
         bid = BackupId.parse(manifest.backup_id)
-        self.store.put_bytes(self.layout.manifest_key(bid), manifest.model_dump_json(indent=2).encode(),
-                             tags=tags, content_type="application/json")
+        key = self.layout.manifest_key(bid)
+        body = manifest.model_dump_json(indent=2).encode()
+        try:
+            self.store.put_bytes(key, body, tags=tags, content_type="application/json")
+        except StorageError as exc:
+            self._resolve_unknown_write(bid, manifest, key, len(body), exc)
+
+    def _resolve_unknown_write(self, bid: BackupId, manifest: Manifest, key: str, size: int,
+                               exc: StorageError) -> None:
+        try:
+            stored = self.store.head(key)
+            problems = (["the manifest"] if stored is None
+                        else [f"{key} ({stored.size} bytes, not {size})"] if stored.size != size
+                        else self._missing_by_head(manifest))
+        except StorageError as read_exc:
+            stored, problems = None, [f"cannot read back: {read_exc}"]
+        if not problems:
+            logger.warning("the manifest write reported an error, but the manifest and every object it lists are"
+                           " in the bucket: the backup is complete", extra={"backup_id": str(bid), "error": str(exc)})
+            return
+        if problems == ["the manifest"]:
+            raise ManifestNotWritten(f"writing the manifest of {bid} failed and it is not in the bucket: the backup is"
+                                     f" not complete ({exc})") from exc
+        try:
+            self.store.delete([key])
+        except StorageError as delete_exc:
+            raise ManifestLeftBehind(
+                f"writing the manifest of {bid} failed ({exc}); reading back found it incomplete"
+                f" ({'; '.join(problems)}), and removing the manifest failed too ({delete_exc}): its objects are kept;"
+                " the next delivery finds the backup incomplete and backs the slot up again") from exc
+        raise ManifestNotWritten(f"writing the manifest of {bid} failed ({exc}); reading back found the backup not"
+                                 f" complete ({'; '.join(problems)}): the manifest was removed") from exc
+
+    def _missing_by_head(self, manifest: Manifest) -> list[str]:
+        problems = []
+        for obj in manifest.objects:
+            head = self.store.head(obj.key)
+            if head is None or head.size != obj.size:
+                problems.append(_problem(obj, head.size if head else None))
+        return problems
+
+    def missing_objects(self, manifest: Manifest, sizes: dict[str, int] | None = None) -> list[str]:
+        """The objects a manifest lists that are not in the bucket (empty: the backup is complete). `sizes`: a
+        listing already made (key -> size); without one, one LIST of the backup's folder. An object that is there
+        with another size is not missing: the restore refuses it by its size and SHA-256 (IntegrityError)."""
+        if sizes is None:
+            prefix = self.layout.backup_prefix(BackupId.parse(manifest.backup_id))
+            sizes = {o.key: o.size for o in self.store.list_objects(prefix)}
+        return [_problem(o, None) for o in manifest.objects if o.key not in sizes]
+
+    def read_manifest(self, bid: BackupId) -> Manifest | None:
+        """The manifest as it is in the bucket, complete or not (None: there is none)."""
+        key = self.layout.manifest_key(bid)
+        if self.store.head(key) is None:
+            return None
+        return Manifest.model_validate(json.loads(self.store.get_bytes(key)))
+
+    def remove_manifest(self, bid: BackupId) -> None:
+        """Take an incomplete backup out of the catalog (a plain delete: a delete marker in a versioned bucket)."""
+        self.store.delete([self.layout.manifest_key(bid)])
 
     def write_failure(self, manifest: Manifest) -> None:
         bid = BackupId.parse(manifest.backup_id)
         self.store.put_bytes(self.layout.failed_key(bid), manifest.model_dump_json(indent=2).encode(),
                              content_type="application/json")
 
-    def backup_ids(self, target: str) -> list[BackupId]:
-        """Complete backups of a target, newest first (one LIST, no GETs)."""
-        ids = [bid for obj in self.store.list_objects(self.layout.target_prefix(target))
-               if (bid := self.layout.parse_manifest_key(obj.key)) is not None]
-        return sorted(ids, reverse=True)
+    def listing(self, target: str) -> dict[str, int]:
+        """Every object of a target's backups: key -> size (one LIST)."""
+        return {o.key: o.size for o in self.store.list_objects(self.layout.target_prefix(target))}
+
+    def backup_ids(self, target: str, listing: dict[str, int] | None = None) -> list[BackupId]:
+        """Backups of a target that have a manifest, newest first (one LIST, no GETs). Whether every object a
+        manifest lists is there is checked when the manifest is read (manifest, list_backups)."""
+        keys = self.listing(target) if listing is None else listing
+        return sorted((bid for key in keys if (bid := self.layout.parse_manifest_key(key)) is not None), reverse=True)
 
     def manifest(self, bid: BackupId) -> Manifest:
+        """The manifest of a complete backup; NotFoundError when there is none, or when objects it lists are not
+        in the bucket (the backup is not complete, and says which)."""
         if bid.kind != "logical":
             raise BadRequestError(f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form"
                                   " (POST /restores with its backup_id, new_id ...), not as a dump")
-        key = self.layout.manifest_key(bid)
-        if self.store.head(key) is None:
-            raise NotFoundError(f"no complete backup {bid} (no manifest at {key})")
-        return Manifest.model_validate(json.loads(self.store.get_bytes(key)))
+        found = self.read_manifest(bid)
+        if found is None:
+            raise NotFoundError(f"no complete backup {bid} (no manifest at {self.layout.manifest_key(bid)})")
+        missing = self.missing_objects(found)
+        if missing:
+            raise NotFoundError(f"backup {bid} is not complete: its manifest lists objects that are not in the bucket:"
+                                f" {'; '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        return found
 
     def list_backups(self, target: str, limit: int = 50) -> list[Manifest]:
-        ids = self.backup_ids(target)[:limit]
+        """Complete backups of a target, newest first: one LIST, one GET per manifest; a manifest whose objects
+        are not all in that listing is left out (and logged)."""
+        listing = self.listing(target)
+        ids = self.backup_ids(target, listing)
+        complete: list[Manifest] = []
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(self.manifest, ids))
+            while ids and len(complete) < limit:
+                batch, ids = ids[:limit - len(complete)], ids[limit - len(complete):]
+                for manifest in pool.map(self.read_manifest, batch):
+                    if manifest is None:
+                        continue
+                    missing = self.missing_objects(manifest, listing)
+                    if missing:
+                        logger.warning("not listed: its manifest lists objects that are not in the bucket",
+                                       extra={"backup_id": manifest.backup_id, "missing": missing[:5]})
+                    else:
+                        complete.append(manifest)
+        return complete
 
     def latest(self, target: str) -> Manifest | None:
-        ids = self.backup_ids(target)
-        return self.manifest(ids[0]) if ids else None
+        found = self.list_backups(target, limit=1)
+        return found[0] if found else None
 
     def previous_success(self, target: str, before: datetime, database: str = "") -> datetime | None:
         """Slot of the newest complete backup (of the same database) strictly before `before`."""
@@ -218,3 +321,7 @@ class Catalog:
     def failures(self, target: str) -> list[Manifest]:
         keys = sorted((o.key for o in self.store.list_objects(f"{self.layout.failed_prefix}{target}/")), reverse=True)
         return [Manifest.model_validate(json.loads(self.store.get_bytes(k))) for k in keys]
+
+
+def _problem(obj: ManifestObject, size: int | None) -> str:
+    return f"{obj.key} ({'missing' if size is None else f'{size} bytes, not {obj.size}'})"

@@ -1,11 +1,14 @@
 """Logical backups: pg_dump (and pg_dumpall --globals-only) streamed into the backup store.
 
 Order of work, which is what makes a backup trustworthy:
-1. skip the slot if its manifest exists or another attempt holds its claim;
+1. skip the slot if it is complete (its manifest exists and every object it lists is there) or another attempt
+   holds its claim; a manifest whose objects are missing is not complete: it is removed and the slot backed up again;
 2. export a snapshot in a repeatable-read transaction and count rows in it;
 3. stream pg_dump --snapshot into a multipart upload that completes only if pg_dump exited 0;
-4. write the manifest last. On any failure: no manifest, no open upload, objects of the attempt
-   deleted, a FAILED record under failed/, a failure metric, and an error that says what to fix.
+4. write the manifest last (a PUT whose outcome is unknown is resolved by reading back: Catalog.write_manifest).
+   On any failure: no manifest, no open upload, objects of the attempt deleted (the manifest first), a FAILED
+   record under failed/, a failure metric, and an error that says what to fix;
+5. once complete: the keep_last retention tags and the Object Lock (chalicelib.logical.protect).
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ from chalicelib.adapters.postgres import CredentialResolver, Login, connect, exp
 from chalicelib.adapters.s3 import BackupStore, PutResult
 from chalicelib.config import Config, Logical, Target
 from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
-from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
+from chalicelib.logical.catalog import (
+    BackupId,
+    Catalog,
+    Manifest,
+    ManifestLeftBehind,
+    ManifestNotWritten,
+    ManifestObject,
+)
+from chalicelib.logical.protect import protect
 from chalicelib.observability import logger, record
 from chalicelib.scheduling.dispatch import DueBackup
-from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, classify
+from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG, backup_class
 
 
 @dataclass
@@ -193,8 +204,10 @@ def run_logical_backup(
     log = logger
     log.append_keys(target=target.name, backup_id=str(bid))
     try:
-        if svc.store.head(svc.catalog.layout.manifest_key(bid)) is not None:
-            log.info("backup already complete; nothing to do")
+        existing = _existing(svc, bid)
+        if existing is not None:
+            log.info("backup already complete; nothing to do but its retention tags and lock")
+            _protect(svc, existing)
             return BackupOutcome("SKIPPED", str(bid), reason="already complete")
         claim_key = backup_claim_key(str(bid))
         # Without a deadline (CLI, Fargate) a run may take hours: hold the slot for a day.
@@ -209,6 +222,37 @@ def run_logical_backup(
         log.remove_keys(["target", "backup_id"])
 
 
+def _existing(svc: BackupServices, bid: BackupId) -> Manifest | None:
+    """The slot's manifest when the backup is complete. A manifest whose objects are not all in the bucket is not
+    complete (a phantom: an interrupted clean-up, objects deleted by hand): it is removed, and the slot is backed up
+    again unless its claim says an attempt finished it (then the slot ends with nothing, never with a phantom)."""
+    found = svc.catalog.read_manifest(bid)
+    if found is None:
+        return None
+    missing = svc.catalog.missing_objects(found)
+    if not missing:
+        return found
+    logger.error("the manifest of this backup lists objects that are not in the bucket: it is not complete; removing"
+                 " the manifest", extra={"missing": missing[:10]})
+    try:
+        svc.catalog.remove_manifest(bid)
+    except StorageError as exc:
+        raise StorageError(f"backup {bid} is not complete (its manifest lists objects that are not in the bucket:"
+                           f" {'; '.join(missing[:5])}), and its manifest could not be removed: {exc}") from exc
+    return None
+
+
+def _protect(svc: BackupServices, manifest: Manifest) -> None:
+    """Retention tags and Object Lock once a backup is complete (chalicelib.logical.protect)."""
+    try:
+        protect(svc.store, svc.catalog, svc.config, manifest, svc.clock())
+    except StorageError as exc:
+        logger.error("backup complete, but its retention tags or lock could not be set",
+                     extra={"backup_id": manifest.backup_id, "error": str(exc)})
+        raise StorageError(f"backup {manifest.backup_id} is complete, but setting its retention tags or Object Lock"
+                           f" failed: {exc}; a redelivery of the same slot repeats it") from exc
+
+
 def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
             deadline: Deadline | None, on_progress: Callable[[int], None] | None, claim_key: str) -> BackupOutcome:
     # long because it is one backup's whole sequence (snapshot, dumps, manifest last) inside the one try whose
@@ -216,6 +260,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     started = svc.clock()
     t0 = time.monotonic()
     written: list[str] = []
+    manifest_key: list[str] = []  # set once the manifest PUT starts: its outcome may then be unknown
     login: Login | None = None
     facts_for_record: dict[str, object] = {}
     try:
@@ -231,8 +276,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             if compression != opts.compression:
                 logger.warning("compression not available in this pg_dump; using gzip",
                                extra={"configured": opts.compression, "pg_dump": pg_dump.major})
-            previous = svc.catalog.previous_success(target.name, bid.stamp, bid.database)
-            retention_class = classify(bid.stamp, previous, policy)
+            retention_class = backup_class(bid.stamp, trigger, opts.schedule, policy)
             tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
             log_extra = {"pg_dump": pg_dump.major, "server": facts.server_version, "retention": retention_class.value,
                          "database_size": facts.database_size}
@@ -262,9 +306,11 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             started_at=started, finished_at=finished, retention_class=retention_class.value,
             retention_policy=target.retention, snapshot_id=facts.snapshot_id, row_counts=facts.row_counts,
         )
+        manifest_key.append(svc.catalog.layout.manifest_key(bid))
         svc.catalog.write_manifest(manifest, tags)  # last: from here on the backup exists
     except BaseException as exc:  # whatever ends the attempt is recorded as its failure, then re-raised
-        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key)
+        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key,
+                        manifest_key)
         raise
     seconds = time.monotonic() - t0
     if svc.claims:
@@ -274,6 +320,7 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
     record("BackupSucceeded", 1, "Count", target.name)
     record("BackupBytes", manifest.size, "Bytes", target.name)
     record("BackupDuration", seconds, "Seconds", target.name)
+    _protect(svc, manifest)
     return BackupOutcome("SUCCEEDED", str(bid), manifest)
 
 
@@ -294,6 +341,7 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
     per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
     started = svc.clock()
     written: list[str] = []
+    manifest_key: list[str] = []
     login: Login | None = None
     facts: dict[str, object] = {}
     try:
@@ -302,8 +350,7 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
         databases = list_databases(login, opts.exclude_databases)
         version_num, version = server_version(login)
         facts.update(server_version=version, server_version_num=version_num)
-        retention_class = classify(bid.stamp, svc.catalog.previous_success(target.name, bid.stamp),
-                                   svc.config.policy_for(target))
+        retention_class = backup_class(bid.stamp, trigger, opts.schedule, svc.config.policy_for(target))
         tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
         pg_dumpall = svc.toolbox.pick("pg_dumpall", version_num // 10000)
         globals_key = svc.catalog.layout.globals_key(bid)
@@ -317,9 +364,10 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
             started_at=started, finished_at=svc.clock(), retention_class=retention_class.value,
             retention_policy=target.retention, databases=databases,
         )
+        manifest_key.append(svc.catalog.layout.manifest_key(bid))
         svc.catalog.write_manifest(manifest, tags)
     except BaseException as exc:  # whatever ends the attempt is recorded as its failure, then re-raised
-        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts, claim_key)
+        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts, claim_key, manifest_key)
         raise
     if svc.claims:
         svc.claims.finish(claim_key, "SUCCEEDED", {"databases": str(len(databases))})
@@ -330,18 +378,34 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
     else:
         for item in due:
             run_logical_backup(svc, item.target, item.slot, trigger=trigger, deadline=deadline, database=item.database)
+    _protect(svc, manifest)
     return BackupOutcome("SUCCEEDED", str(bid), manifest, reason=f"{len(databases)} databases")
 
 
 def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger: str, started: datetime,
                     written: list[str], exc: BaseException, login: Login | None, facts: dict[str, object],
-                    claim_key: str) -> None:
+                    claim_key: str, manifest_key: list[str]) -> None:
+    """Clean-up without delete-version rights: each plain delete leaves a delete marker, and the data a noncurrent
+    version that the lifecycle expires (objects of an attempt that never completed are not locked). Never a
+    manifest without its objects: a manifest whose write failed in an unknown way is removed first, and when it
+    cannot be, the objects stay."""
     secrets = login.secrets if login else ()
     message = scrub(str(exc) if isinstance(exc, LifeboatError) else f"{type(exc).__name__}: {exc}", secrets)
     logger.error("backup failed", extra={"error": message, "error_code": getattr(exc, "code", "internal_error")})
     record("BackupFailed", 1, "Count", target.name)
     cleanups: list[Callable[[], None]] = []
-    if written:
+    if isinstance(exc, ManifestLeftBehind):
+        logger.error("the incomplete backup's manifest could not be removed: its objects are kept with it",
+                     extra={"objects": written[:10]})
+    elif manifest_key and not isinstance(exc, ManifestNotWritten):  # the manifest PUT was interrupted: it may be there
+
+        def manifest_then_objects() -> None:
+            svc.store.delete(manifest_key)  # when this fails, the objects stay
+            if written:
+                svc.store.delete(written)
+
+        cleanups.append(manifest_then_objects)
+    elif written:
         cleanups.append(lambda: svc.store.delete(written))
     failure = Manifest(
         backup_id=str(bid), status="FAILED", target=target.name, slot=bid.stamp, trigger=trigger,

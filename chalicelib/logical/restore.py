@@ -264,9 +264,13 @@ def restore_logical(
     of the same `restore_id` (a worker that died after pg_restore finished) recognises its own work by
     the database comment and verifies it again instead of restoring twice.
     """
+    # long because it is the order of a restore, refusals first: each step is a call, and the order is the point.
     opts = opts or RestoreOptions()
     validate_database_name(database)
     selection = opts.selection
+    if opts.replace and selection:
+        raise BadRequestError("replacing a database restores all of it: a selection (schemas, tables) goes into a"
+                              " new database instead")
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
     bid = BackupId.parse(backup_id)
     manifest: Manifest = catalog.manifest(bid)

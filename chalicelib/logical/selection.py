@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from chalicelib.errors import BadRequestError
 
 # `<dump id>; <catalog oid> <object oid> <TYPE> ...`: the first three fields never contain names.
-_TOC_ENTRY = re.compile(r"^(\d+); \d+ \d+ (.*)$")
+_TOC_ENTRY = re.compile(r"^(\d+); (\d+) \d+ (.*)$")
+PG_EXTENSION_CATALOG = "3079"  # pg_extension's oid: the catalog of every EXTENSION entry
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,14 @@ class Selection:
         return unknown
 
 
+def _lines(listing: str) -> list[str]:
+    """pg_restore ends entries with "\n" and escapes newlines in names; str.splitlines would also split at the
+    Unicode line separators a table name may contain, and so read a line an object's name planted."""
+    return listing.split("\n")
+
+
 def entry_ids(listing: str) -> list[str]:
-    return [m.group(1) for line in listing.splitlines() if (m := _TOC_ENTRY.match(line))]
+    return [m.group(1) for line in _lines(listing) if (m := _TOC_ENTRY.match(line))]
 
 
 def _schema_entry(rest: str, schemas: Iterable[str]) -> str | None:
@@ -125,14 +132,17 @@ def restore_list(full_listing: str, chosen: set[str], schemas: Iterable[str] = (
     CREATE SCHEMA the archive holds (the others are created before the restore)."""
     wanted = list(schemas)
     lines, found = [], {"public"}
-    for line in full_listing.splitlines():
+    for line in _lines(full_listing):
         m = _TOC_ENTRY.match(line)
         if not m:
             continue
-        rest = m.group(2)
+        rest = m.group(3)
         schema = _schema_entry(rest, wanted)
         if schema is not None:
             found.add(schema)
-        if m.group(1) in chosen or schema is not None or rest.startswith(("EXTENSION ", "COMMENT - EXTENSION ")):
+        extension = (m.group(2) == PG_EXTENSION_CATALOG and rest.startswith("EXTENSION - ")) or rest.startswith(
+            "COMMENT - EXTENSION "
+        )
+        if m.group(1) in chosen or schema is not None or extension:
             lines.append(line)
     return "\n".join(lines) + "\n", found

@@ -26,11 +26,14 @@ class DueBackup:
     kind: str
     slot: datetime
     database: str = ""  # one database of a whole-server target
+    trigger: str = "schedule"  # "on-demand" from the API: such backups have their own retention class
 
     def message(self) -> str:
         doc = {"target": self.target, "kind": self.kind, "slot": self.slot.isoformat()}
         if self.database:
             doc["database"] = self.database
+        if self.trigger != "schedule":
+            doc["trigger"] = self.trigger
         return json.dumps(doc)
 
     @property
@@ -42,7 +45,8 @@ class DueBackup:
         try:
             doc = json.loads(body)
             slot = datetime.fromisoformat(doc["slot"]).astimezone(UTC)
-            return cls(str(doc["target"]), str(doc.get("kind", "logical")), slot, str(doc.get("database", "")))
+            return cls(str(doc["target"]), str(doc.get("kind", "logical")), slot, str(doc.get("database", "")),
+                       str(doc.get("trigger", "schedule")))
         except (ValueError, KeyError, TypeError) as exc:
             raise BadRequestError(f"not a backup message: {body[:200]!r} ({exc})") from None
 

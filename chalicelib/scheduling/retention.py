@@ -1,21 +1,38 @@
 """Grandfather-father-son retention: which class a backup belongs to, and how long each class lives.
 
-Pure functions: the class of a run is decided from its slot and the previous successful backup; S3
-lifecycle rules (not Lambda code) then expire logical backups by their `retention` tag.
+Pure functions. One GFS semantic for dumps and snapshots: a period (ISO week, month, year) is represented by its
+*newest* successful backup. Snapshots are pruned by that rule directly (`snapshots_to_keep`). Logical backups are
+expired by S3 lifecycle rules on their `retention` tag, which cannot see "newest", so:
+- when a logical backup completes, its class is decided by looking ahead to the schedule's next slot (the newest
+  backup of a month is the one whose next slot falls in another month), and recorded in its manifest;
+- the newest `keep_last` complete backups of a target carry the tag `keep`, which no lifecycle rule expires: a
+  target never loses its newest good backup, whatever months of failures follow;
+- when a backup drops out of the newest `keep_last` it gets its class back, raised to the longest period whose end
+  lies between it and the next newer scheduled backup (so when the last slots of a month failed, the newest backup
+  that did succeed still represents the month, as snapshots_to_keep would choose).
+On-demand backups (any trigger but `schedule`) have their own class `ondemand`, kept `ondemand_days` (default: like
+daily), so a first test backup is not kept as a yearly one for three years.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 from chalicelib.config import RetentionPolicy, Settings
+from chalicelib.scheduling.schedules import Schedule
 
 RETENTION_TAG = "retention"
 POLICY_TAG = "retention-policy"
+KEEP = "keep"  # the retention tag of a target's newest keep_last backups: no lifecycle rule expires it
 FAILED_RECORD_DAYS = 30
+# Versions made noncurrent (a deleted or overwritten object, a failed attempt's objects) stay this long by default:
+# the window to undo a deletion. Locked versions stay locked whatever this says.
+NONCURRENT_VERSION_DAYS = 30
+KEEP_LOCK_DAYS = NONCURRENT_VERSION_DAYS  # the rolling lock of the newest keep_last backups (lock_days)
+SCHEDULED = "schedule"  # the trigger of scheduled backups; any other trigger is on-demand
 
 
 class RetentionClass(StrEnum):
@@ -23,13 +40,17 @@ class RetentionClass(StrEnum):
     WEEKLY = "weekly"
     MONTHLY = "monthly"
     YEARLY = "yearly"
+    ONDEMAND = "ondemand"
+
+
+GFS = (RetentionClass.DAILY, RetentionClass.WEEKLY, RetentionClass.MONTHLY, RetentionClass.YEARLY)  # by rank
 
 
 def classify(slot: datetime, previous: datetime | None, policy: RetentionPolicy) -> RetentionClass:
     """The first successful backup of a year, month or ISO week is promoted to that class.
 
-    Deciding from the previous success (not from the calendar day of the slot) works for any schedule:
-    a weekly schedule on Sundays still yields one monthly backup per month.
+    Only the tag snapshots carry for people to read (`lifeboat list`): the snapshot pruner decides from slots
+    (snapshots_to_keep), and logical backups are classified by `backup_class`.
     """
     if policy.yearly_years and (previous is None or previous.year != slot.year):
         return RetentionClass.YEARLY
@@ -40,8 +61,38 @@ def classify(slot: datetime, previous: datetime | None, policy: RetentionPolicy)
     return RetentionClass.DAILY
 
 
+def newest_class(slot: datetime, following: datetime | None, policy: RetentionPolicy) -> RetentionClass:
+    """The class a backup earns as the newest of its periods: the longest enabled period (year, month, ISO week)
+    whose end lies between it and the backup that follows it; daily otherwise. Nothing following: it is the
+    newest of every period."""
+    periods: tuple[tuple[RetentionClass, int, Callable[[datetime], int]], ...] = (
+        (RetentionClass.YEARLY, policy.yearly_years, _year),
+        (RetentionClass.MONTHLY, policy.monthly_months, _month),
+        (RetentionClass.WEEKLY, policy.weekly_weeks, _iso_week),
+    )
+    for cls, count, period in periods:
+        if count and (following is None or period(following) != period(slot)):
+            return cls
+    return RetentionClass.DAILY
+
+
+def next_slot(schedule: str | None, slot: datetime) -> datetime | None:
+    """The schedule's first slot after `slot` (None: no schedule, or none within 400 days)."""
+    if not schedule:
+        return None
+    return next(Schedule.parse(schedule).slots(slot, slot + timedelta(days=400), limit=1), None)
+
+
+def backup_class(slot: datetime, trigger: str, schedule: str | None, policy: RetentionPolicy) -> RetentionClass:
+    """The class recorded in a logical backup's manifest when it completes."""
+    if trigger != SCHEDULED:
+        return RetentionClass.ONDEMAND
+    return newest_class(slot, next_slot(schedule, slot), policy)
+
+
 def class_days(policy: RetentionPolicy) -> dict[RetentionClass, int]:
-    """Days to keep each enabled class; longer classes never expire before shorter ones."""
+    """Days to keep each enabled class; longer classes never expire before shorter ones. On-demand backups are
+    kept `ondemand_days` (default: daily_days)."""
     days = {
         RetentionClass.DAILY: policy.daily_days,
         RetentionClass.WEEKLY: policy.weekly_weeks * 7,
@@ -49,15 +100,74 @@ def class_days(policy: RetentionPolicy) -> dict[RetentionClass, int]:
         RetentionClass.YEARLY: policy.yearly_years * 366,
     }
     floor = 0
-    for cls in RetentionClass:
+    for cls in GFS:
         if days[cls]:
             days[cls] = max(days[cls], floor)
             floor = days[cls]
+    days[RetentionClass.ONDEMAND] = policy.ondemand_days or policy.daily_days
     return {cls: d for cls, d in days.items() if d}
 
 
+# --- Logical backups: keep_last and Object Lock ------------------------------------------------------------------
+
+
+class LogicalFacts(NamedTuple):
+    """What the keep pass knows about one complete logical backup (of one target and database)."""
+
+    id: str
+    slot: datetime
+    retention_class: str  # recorded in its manifest when it completed
+    scheduled: bool = True  # trigger == schedule
+
+
+def retention_tags(backups: Iterable[LogicalFacts], policy: RetentionPolicy) -> dict[str, str]:
+    """The retention tag each complete backup should carry: `keep` for the newest keep_last (whatever their class),
+    every other backup its class: an on-demand one `ondemand`, a scheduled one its recorded class raised to the
+    longest period whose end lies between it and the next newer scheduled backup. Pure; any order in."""
+    ordered = sorted(backups, key=lambda b: (b.slot, b.id), reverse=True)
+    tags: dict[str, str] = {}
+    newer_scheduled: datetime | None = None
+    for index, item in enumerate(ordered):
+        if index < policy.keep_last:
+            tags[item.id] = KEEP
+        elif not item.scheduled:
+            tags[item.id] = RetentionClass.ONDEMAND.value
+        else:
+            tags[item.id] = _raised(item, newer_scheduled, policy).value
+        if item.scheduled:
+            newer_scheduled = item.slot
+    return tags
+
+
+def _raised(item: LogicalFacts, newer: datetime | None, policy: RetentionPolicy) -> RetentionClass:
+    recorded = RetentionClass(item.retention_class) if item.retention_class in set(GFS) else RetentionClass.DAILY
+    if newer is None:  # no newer scheduled backup is known: keep what was decided at completion
+        return recorded
+    earned = newest_class(item.slot, newer, policy)
+    return max(recorded, earned, key=GFS.index)
+
+
+def lock_days(tag: str, policy: RetentionPolicy, retention_class: str | None = None) -> int:
+    """How long a backup carrying this retention tag is locked (S3 Object Lock), counted from when the lock is set:
+    its class's days (a tag this version does not know: the longest class). A `keep` backup is locked for its own
+    class's days (`retention_class`, from its manifest) and at least KEEP_LOCK_DAYS, extended on every completed
+    backup while it stays among the newest. Locking every `keep` backup for the longest class instead would keep
+    every daily backup (each was once the newest) for years; 30 days costs nothing more than lifecycle already
+    keeps (a daily backup lives its days plus NONCURRENT_VERSION_DAYS as a noncurrent version) and outlasts a
+    month of failed backups (the dead-man alarm fires after one missed slot)."""
+    days = class_days(policy)
+    longest = max(days.values())
+    if tag == KEEP:
+        return max(KEEP_LOCK_DAYS, lock_days(retention_class, policy) if retention_class else 0)
+    try:
+        return days.get(RetentionClass(tag), longest)
+    except ValueError:
+        return longest
+
+
 def lifecycle_rules(settings: Settings, failed_prefix: str, abort_multipart_days: int = 1) -> list[dict[str, Any]]:
-    """S3 lifecycle rules for the backup bucket, one per (policy, class): tags never overlap."""
+    """S3 lifecycle rules for the backup bucket, one per (policy, class): tags never overlap. No rule matches the
+    tag `keep`: a target's newest keep_last backups never expire."""
     rules: list[dict[str, Any]] = [
         {
             "ID": "lifeboat-abort-incomplete-uploads",
@@ -82,7 +192,7 @@ def lifecycle_rules(settings: Settings, failed_prefix: str, abort_multipart_days
                     "Tags": [{"Key": RETENTION_TAG, "Value": cls.value}, {"Key": POLICY_TAG, "Value": name}],
                 }},
                 "Expiration": {"Days": days},
-                "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
             })
     if len(rules) > 1000:
         raise ValueError(f"{len(rules)} lifecycle rules exceed S3's limit of 1,000: use fewer retention policies")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from stack import names
 from stack.template.app_model import QUEUE_LOGICAL
-from stack.template.intrinsics import Json, getatt, if_, ref, sub
+from stack.template.intrinsics import Json, if_, ref
+from stack.template.storage import key_arn
+
+# The settings document the functions need to write what the stack protects: its bucket, its KMS key (the bucket
+# policy refuses any other encryption) and the Object Lock mode of complete backups.
+SETTINGS_LOCKED = '{"bucket": "${Bucket}", "kms_key_id": "${Key}", "object_lock_mode": "${Mode}"}'
+SETTINGS_UNLOCKED = '{"bucket": "${Bucket}", "kms_key_id": "${Key}"}'
 
 
 def outputs(stage: str, arch: str | None) -> Json:
+    variables: Json = {"Bucket": ref("BackupBucket"), "Key": key_arn()}
     out: Json = {
         "BucketName": {"Value": ref("BackupBucket"), "Description": "settings.bucket"},
-        "KmsKeyArn": {"Value": if_("CreateKmsKey", getatt("BackupKey", "Arn"), ref("KmsKeyArn"))},
+        "KmsKeyArn": {"Value": key_arn()},
         "JobsTableName": {"Value": ref("JobsTable")},
         "AlarmTopicArn": {"Value": ref("AlarmTopic")},
         "DatabaseAccessPolicyArn": {"Value": ref("DatabaseAccessPolicy")},
@@ -19,8 +26,12 @@ def outputs(stage: str, arch: str | None) -> Json:
             "Description": "SSM parameter holding the settings JSON (targets under /targets/)",
         },
         "SettingsJson": {
-            "Value": sub('{"bucket": "${BackupBucket}"}'),
-            "Description": "Minimal settings for the SettingsParameter",
+            "Value": if_(
+                "HasObjectLock",
+                {"Fn::Sub": [SETTINGS_LOCKED, {**variables, "Mode": ref("ObjectLockMode")}]},
+                {"Fn::Sub": [SETTINGS_UNLOCKED, variables]},
+            ),
+            "Description": "Minimal settings for the SettingsParameter: the bucket, its KMS key, the Object Lock mode",
         },
     }
     for kind in names.QUEUE_KINDS:

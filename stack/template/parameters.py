@@ -38,16 +38,12 @@ def _bucket_parameters(stage: str, retention: dict[str, Json]) -> Json:
         },
         "ObjectLockMode": {
             "Type": "String",
-            "Default": "NONE",
-            "AllowedValues": ["NONE", "GOVERNANCE", "COMPLIANCE"],
-            "Description": "S3 Object Lock default retention mode; decide before the first deploy",
-        },
-        "ObjectLockRetentionDays": {
-            "Type": "Number",
-            "Default": 7,
-            "MinValue": 1,
-            "MaxValue": 36500,
-            "Description": "Default Object Lock retention when ObjectLockMode is set",
+            "Default": "GOVERNANCE",
+            "AllowedValues": ["GOVERNANCE", "COMPLIANCE", "NONE"],
+            "Description": "S3 Object Lock mode of complete backups (locked until their retention class ends):"
+            " GOVERNANCE (only a principal with s3:BypassGovernanceRetention, which no function has, may shorten or"
+            " remove a lock) or COMPLIANCE (nobody may, not even the account root); NONE turns Object Lock off."
+            " Decide before the first deploy",
         },
         **retention,
         "GlacierTransitionDays": {

@@ -3,6 +3,13 @@
 Lifecycle rules come from chalicelib.scheduling.retention.lifecycle_rules; only the days of the default policy
 (and the noncurrent-version days) become parameters, defaulting to the rules' own days.
 
+Immutable by default: versioning and S3 Object Lock are on (ObjectLockMode, GOVERNANCE unless COMPLIANCE is chosen),
+without a default retention: the backup worker locks a backup's objects when its manifest makes it complete, until
+its retention class ends (chalicelib.logical.protect), so the objects of an attempt that never completed are not
+locked and its clean-up's plain deletes only leave delete markers. No function may delete a version or bypass,
+shorten or reconfigure a lock (tests/stack/test_immutable.py). The bucket policy refuses any PutObject that names
+another encryption than aws:kms with the stack's key.
+
 The bucket and the key are retained when the stack is deleted: deleting a stack never deletes backups,
 nor the key that decrypts them.
 """
@@ -15,6 +22,11 @@ from stack.template.app_model import retention_rules
 from stack.template.intrinsics import Json, getatt, if_, ref, sub
 
 RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
+
+
+def key_arn() -> Json:
+    """The bucket's KMS key: the stack's own, or the one given as KmsKeyArn."""
+    return if_("CreateKmsKey", getatt("BackupKey", "Arn"), ref("KmsKeyArn"))
 
 
 def _days_parameter(default: int, description: str) -> Json:
@@ -60,7 +72,9 @@ def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
         }
     )
     params["NoncurrentVersionDays"] = _days_parameter(
-        noncurrent_default, "Days a deleted or overwritten object version is kept (the window to undo a deletion)"
+        noncurrent_default,
+        "Days a deleted or overwritten object version is kept (the window to undo a deletion); a locked version"
+        " stays at least until its lock ends",
     )
     return [_cfn_rule(r) for r in rules], params
 
@@ -147,7 +161,6 @@ def _key() -> Json:
 
 
 def _bucket(rules: list[Json]) -> Json:
-    key_arn = if_("CreateKmsKey", getatt("BackupKey", "Arn"), ref("KmsKeyArn"))
     return {
         "Type": "AWS::S3::Bucket",
         **RETAIN,
@@ -163,22 +176,16 @@ def _bucket(rules: list[Json]) -> Json:
             "BucketEncryption": {
                 "ServerSideEncryptionConfiguration": [
                     {
-                        "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
+                        "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn()},
                         "BucketKeyEnabled": True,
                     }
                 ]
             },
             "VersioningConfiguration": {"Status": "Enabled"},
+            # No default retention: a backup's objects are locked when it is complete (in ObjectLockMode, passed to
+            # the functions as settings.object_lock_mode by the SettingsJson output), not while it is written.
             "ObjectLockEnabled": if_("HasObjectLock", True),
-            "ObjectLockConfiguration": if_(
-                "HasObjectLock",
-                {
-                    "ObjectLockEnabled": "Enabled",
-                    "Rule": {
-                        "DefaultRetention": {"Mode": ref("ObjectLockMode"), "Days": ref("ObjectLockRetentionDays")}
-                    },
-                },
-            ),
+            "ObjectLockConfiguration": if_("HasObjectLock", {"ObjectLockEnabled": "Enabled"}),
             "LifecycleConfiguration": {
                 "Rules": rules,
                 "TransitionDefaultMinimumObjectSize": "all_storage_classes_128K",
@@ -189,9 +196,10 @@ def _bucket(rules: list[Json]) -> Json:
 
 
 def _bucket_policy() -> Json:
-    """TLS 1.2 or later only."""
+    """TLS 1.2 or later only, and every object written with the stack's KMS key."""
     bucket_arn = getatt("BackupBucket", "Arn")
-    everything = [bucket_arn, {"Fn::Join": ["", [bucket_arn, "/*"]]}]
+    objects = {"Fn::Join": ["", [bucket_arn, "/*"]]}
+    everything = [bucket_arn, objects]
     return {
         "Type": "AWS::S3::BucketPolicy",
         "Properties": {
@@ -215,10 +223,45 @@ def _bucket_policy() -> Json:
                         "Resource": everything,
                         "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}},
                     },
+                    *_kms_only(objects),
                 ],
             },
         },
     }
+
+
+SSE = "s3:x-amz-server-side-encryption"
+SSE_KEY = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+SSE_C = "s3:x-amz-server-side-encryption-customer-algorithm"
+
+
+def _kms_only(objects: Json) -> list[Json]:
+    """Refuse every PutObject that asks for an encryption other than aws:kms with the stack's key.
+
+    The conditions test the headers where a request has them: CreateMultipartUpload and PutObject carry them (the
+    app's S3Store always sends aws:kms and the key when settings.kms_key_id is set, as the SettingsJson output
+    sets it), UploadPart and CompleteMultipartUpload never do (their parts inherit the upload's encryption), and a
+    PutObject without them gets the bucket's default encryption, which is aws:kms with the same key. So: no
+    AES256, no aws:kms with another key or without one (S3 would use the aws/s3 managed key), no SSE-C."""
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": objects}
+    return [
+        {
+            "Sid": "DenyNonKmsEncryption",
+            **deny,
+            "Condition": {"StringNotEquals": {SSE: "aws:kms"}, "Null": {SSE: "false"}},
+        },
+        {
+            "Sid": "DenyOtherKmsKeys",
+            **deny,
+            "Condition": {"StringNotEquals": {SSE_KEY: key_arn()}, "Null": {SSE_KEY: "false"}},
+        },
+        {
+            "Sid": "DenyKmsWithoutTheKey",
+            **deny,
+            "Condition": {"StringEquals": {SSE: "aws:kms"}, "Null": {SSE_KEY: "true"}},
+        },
+        {"Sid": "DenyCustomerKeys", **deny, "Condition": {"Null": {SSE_C: "false"}}},
+    ]
 
 
 def _jobs_table() -> Json:

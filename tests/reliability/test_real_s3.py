@@ -60,10 +60,11 @@ def test_scheduled_backup_round_trip(real_s3: LocalStack, seaweed: SeaweedFS, pg
     for obj in manifest["objects"]:
         body = s3.get_object(Bucket=real_s3.bucket, Key=obj["key"])["Body"].read()
         assert len(body) == obj["size"] and hashlib.sha256(body).hexdigest() == obj["sha256"]
-    for key in keys:
+    for key in keys:  # the target's newest backup: `keep` (keep_last), which no lifecycle rule expires
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=real_s3.bucket, Key=key)["TagSet"]}
-        assert tags == {"retention": "yearly", "retention-policy": "default", "target": "shop"}, (key, tags)
+        assert tags == {"retention": "keep", "retention-policy": "default", "target": "shop"}, (key, tags)
         assert s3.head_object(Bucket=real_s3.bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    assert manifest["retention_class"] == "weekly"  # Sunday: the newest of its ISO week
     assert "BackupSucceeded" in emf_metrics(capsys.readouterr().out)
     # Nothing went to moto's S3.
     moto_s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
@@ -83,7 +84,7 @@ def test_multipart_dump_of_more_than_two_parts(real_s3: LocalStack, seaweed: Sea
     assert head["ContentLength"] == dump.size and head["ServerSideEncryption"] == "AES256"
     # Tagging sent on CreateMultipartUpload lands on the completed object.
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=real_s3.bucket, Key=dump.key)["TagSet"]}
-    assert tags["retention"] == "yearly" and tags["target"] == "shop"
+    assert tags["retention"] == "keep" and tags["target"] == "shop"
     sha = hashlib.sha256()
     for chunk in s3.get_object(Bucket=real_s3.bucket, Key=dump.key)["Body"].iter_chunks(1024 * 1024):
         sha.update(chunk)

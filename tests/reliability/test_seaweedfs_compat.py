@@ -46,7 +46,8 @@ def test_what_s3store_sends_is_accepted(real_s3: LocalStack, s3_proxy: FaultProx
     assert {s.status for s in [*create, *parts, *complete, *puts]} == {200}
     cmu = create[0].headers
     assert cmu["x-amz-server-side-encryption"] == "AES256"
-    assert cmu["x-amz-tagging"] == "retention=yearly&retention-policy=default&target=shop"
+    # The class recorded at completion (Sunday: the newest of its ISO week); the worker re-tags to `keep` afterwards.
+    assert cmu["x-amz-tagging"] == "retention=weekly&retention-policy=default&target=shop"
     assert "x-amz-checksum-algorithm" not in cmu  # so CompleteMultipartUpload needs no per-part checksums
     for seen in [*parts, *puts]:
         assert seen.headers.get("x-amz-sdk-checksum-algorithm") == "CRC32", seen.headers

@@ -77,13 +77,17 @@ def test_settings_file_adds_every_policy_with_fixed_days(tmp_path: Path) -> None
     )
     rules, params = lifecycle(f)
     short = [r for r in rules if r["Id"].startswith("lifeboat-short-")]
-    assert [(r["Id"], r["ExpirationInDays"]) for r in short] == [("lifeboat-short-daily", 3)]
+    assert [(r["Id"], r["ExpirationInDays"]) for r in short] == [
+        ("lifeboat-short-daily", 3),
+        ("lifeboat-short-ondemand", 3),
+    ]
     assert all(r.get("Prefix") == "pg/" for r in rules if r["Id"] != "lifeboat-failed-records")
     assert set(params) == {
         "DailyRetentionDays",
         "WeeklyRetentionDays",
         "MonthlyRetentionDays",
         "YearlyRetentionDays",
+        "OndemandRetentionDays",
         "NoncurrentVersionDays",
     }
 

@@ -135,7 +135,7 @@ def test_object_lock_follows_its_parameter(packaged: Packaged) -> None:
     props = packaged.resources["BackupBucket"]["Properties"]
     assert props["ObjectLockEnabled"]["Fn::If"][0] == "HasObjectLock"
     assert props["ObjectLockConfiguration"]["Fn::If"][0] == "HasObjectLock"
-    assert packaged.template["Parameters"]["ObjectLockMode"]["Default"] == "NONE"
+    assert packaged.template["Parameters"]["ObjectLockMode"]["Default"] == "GOVERNANCE"  # on by default
 
 
 def test_every_bucket_policy_denies_insecure_transport(packaged: Packaged) -> None:

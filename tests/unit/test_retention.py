@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from chalicelib.config import RetentionPolicy, Settings
 from chalicelib.scheduling.retention import (
     FAILED_RECORD_DAYS,
+    NONCURRENT_VERSION_DAYS,
     POLICY_TAG,
     RETENTION_TAG,
     RetentionClass,
@@ -24,6 +25,7 @@ from chalicelib.scheduling.retention import (
 from chalicelib.scheduling.schedules import Schedule
 
 D, W, M, Y = RetentionClass.DAILY, RetentionClass.WEEKLY, RetentionClass.MONTHLY, RetentionClass.YEARLY
+OD = RetentionClass.ONDEMAND
 POLICY = RetentionPolicy()
 
 
@@ -121,7 +123,12 @@ def test_daily_schedule_promotes_the_first_run_of_each_week_month_and_year() -> 
 
 
 def test_class_days_default() -> None:
-    assert class_days(POLICY) == {D: 7, W: 35, M: 372, Y: 1098}
+    assert class_days(POLICY) == {D: 7, W: 35, M: 372, Y: 1098, OD: 7}
+
+
+def test_ondemand_backups_are_kept_like_daily_unless_told() -> None:
+    assert class_days(RetentionPolicy(daily_days=10))[OD] == 10
+    assert class_days(RetentionPolicy(daily_days=10, ondemand_days=2))[OD] == 2
 
 
 @pytest.mark.parametrize(
@@ -139,12 +146,12 @@ def test_class_days_monotonic(policy: RetentionPolicy) -> None:
 
 def test_class_days_raises_shorter_longer_classes_to_the_floor() -> None:
     assert class_days(RetentionPolicy(daily_days=60, weekly_weeks=1, monthly_months=1, yearly_years=1)) == {
-        D: 60, W: 60, M: 60, Y: 366}
+        D: 60, W: 60, M: 60, Y: 366, OD: 60}
 
 
 def test_class_days_omits_disabled_classes() -> None:
-    assert class_days(RetentionPolicy(weekly_weeks=0, yearly_years=0)) == {D: 7, M: 372}
-    assert class_days(RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)) == {D: 7}
+    assert class_days(RetentionPolicy(weekly_weeks=0, yearly_years=0)) == {D: 7, M: 372, OD: 7}
+    assert class_days(RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)) == {D: 7, OD: 7}
 
 
 # --- lifecycle_rules --------------------------------------------------------------------------------------------------
@@ -173,10 +180,11 @@ def test_lifecycle_rules_default() -> None:
         {"ID": f"lifeboat-default-{cls}", "Status": "Enabled",
          "Filter": {"And": {"Prefix": "pg/", "Tags": [{"Key": RETENTION_TAG, "Value": cls},
                                                       {"Key": POLICY_TAG, "Value": "default"}]}},
-         "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
-        for cls, days in (("daily", 7), ("weekly", 35), ("monthly", 372), ("yearly", 1098))
+         "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}
+        for cls, days in (("daily", 7), ("weekly", 35), ("monthly", 372), ("yearly", 1098), ("ondemand", 7))
     ]
     assert (RETENTION_TAG, POLICY_TAG) == ("retention", "retention-policy")
+    assert NONCURRENT_VERSION_DAYS == 30
 
 
 def test_one_rule_per_policy_and_enabled_class() -> None:
@@ -185,9 +193,9 @@ def test_one_rule_per_policy_and_enabled_class() -> None:
                 "archive": RetentionPolicy(daily_days=30, weekly_weeks=0)}
     rules = expiration_rules(lifecycle_rules(settings(retention_policies=policies), "failed/"))
     assert [r["ID"] for r in rules] == [
-        "lifeboat-archive-daily", "lifeboat-archive-monthly", "lifeboat-archive-yearly",
+        "lifeboat-archive-daily", "lifeboat-archive-monthly", "lifeboat-archive-yearly", "lifeboat-archive-ondemand",
         "lifeboat-default-daily", "lifeboat-default-weekly", "lifeboat-default-monthly", "lifeboat-default-yearly",
-        "lifeboat-short-daily",
+        "lifeboat-default-ondemand", "lifeboat-short-daily", "lifeboat-short-ondemand",
     ]
     for rule in rules:
         tags = {t["Key"]: t["Value"] for t in rule["Filter"]["And"]["Tags"]}
@@ -210,21 +218,32 @@ def test_expiration_filters_never_overlap() -> None:
     prefixes = {r["Filter"]["And"]["Prefix"] for r in rules}
     assert prefixes == {"db/"}
     pairs = [tuple(sorted((t["Key"], t["Value"]) for t in r["Filter"]["And"]["Tags"])) for r in rules]
-    assert len(pairs) == len(set(pairs)) == 16
+    assert len(pairs) == len(set(pairs)) == 20
     assert all({k for k, _ in p} == {RETENTION_TAG, POLICY_TAG} for p in pairs)
     ids = [r["ID"] for r in lifecycle_rules(settings(retention_policies=policies), "failed/")]
     assert len(ids) == len(set(ids))
 
 
 def test_rule_limit() -> None:
-    # 2 fixed rules + 4 per full policy: 249 full policies and one with two classes make exactly 1,000.
-    policies = {f"p{i:03d}": RetentionPolicy() for i in range(248)}
+    # 2 fixed rules + 5 per full policy (4 GFS classes and ondemand): 199 full policies and one with three classes
+    # (daily, monthly, ondemand) make exactly 1,000.
+    policies = {f"p{i:03d}": RetentionPolicy() for i in range(198)}
     policies["default"] = RetentionPolicy()
-    policies["zz-two"] = RetentionPolicy(weekly_weeks=0, yearly_years=0)
+    policies["zz-three"] = RetentionPolicy(weekly_weeks=0, yearly_years=0)
     assert len(lifecycle_rules(settings(retention_policies=policies), "failed/")) == 1000
-    policies["zz-one-more"] = RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)
-    with pytest.raises(ValueError, match="1001 lifecycle rules exceed S3's limit of 1,000"):
+    policies["zz-two-more"] = RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)
+    with pytest.raises(ValueError, match="1002 lifecycle rules exceed S3's limit of 1,000"):
         lifecycle_rules(settings(retention_policies=policies), "failed/")
+
+
+def test_no_rule_expires_keep() -> None:
+    from chalicelib.scheduling.retention import KEEP
+
+    rules = lifecycle_rules(settings(retention_policies={"default": RetentionPolicy(), "b": RetentionPolicy()}), "f/")
+    values = {t["Value"] for r in expiration_rules(rules) for t in r["Filter"]["And"]["Tags"]
+              if t["Key"] == RETENTION_TAG}
+    assert values == {"daily", "weekly", "monthly", "yearly", "ondemand"}
+    assert KEEP not in values
 
 
 def test_rule_ids_are_unique_even_for_long_policy_names() -> None:
