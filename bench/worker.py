@@ -222,7 +222,8 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
     catalog = wiring.catalog(cfg)
     conn = cfg.targets[0].connection
     assert conn is not None
-    login = Login(conn.host, conn.port, "postgres", os.environ["BENCH_PGUSER"], "disable",
+    # TLS verified as configured (devstack.local.target: verify-full against the devstack CA), as in production.
+    login = Login(conn.host, conn.port, "postgres", os.environ["BENCH_PGUSER"], conn.sslmode, conn.sslrootcert,
                   password=os.environ["BENCH_PGPASSWORD"])
     _warm_imports()
     hwm_before = vm_kib("VmHWM")

@@ -136,6 +136,7 @@ def start_restore_once(
     only until the invocation's deadline, not for the record's whole day: a retry then runs. Without one
     (chalice local, tests) the in-progress record lasts as long as the record.
     """
+    # long because Powertools' idempotency is set up here, lazily (cold starts): imports, config, the call.
     if not idempotency_key:
         return start_restore(svc, req).public()
     if not table:

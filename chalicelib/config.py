@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chalicelib.errors import ConfigError
+from chalicelib.errors import ConfigError, NotFoundError
 from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -41,16 +41,68 @@ class Connection(_Model):
         default=None, description="Secrets Manager ARN or name: a plain string, or JSON with a 'password' key"
     )
     iam_auth: bool = Field(default=False, description="log in with an RDS IAM authentication token")
-    sslmode: SSLModes = "require"
-    sslrootcert: str | None = Field(default=None, description="CA bundle; default: the RDS bundle in the layer")
+    # verify-full by default: `require` encrypts but checks no certificate, so anyone in the middle reads the data
+    # and, with a stored password, chooses the SCRAM work factor (README, "Passwords on the wire").
+    sslmode: SSLModes = "verify-full"
+    sslrootcert: str | None = Field(
+        default=None, description="CA of the server's certificate; default: the RDS CA bundle in the layer"
+    )
     connect_timeout: int = Field(default=10, ge=1, le=300)
+    # Restores get their own login: the backup login should be read-only (pg_read_all_data), the restore
+    # login needs CREATEDB and owns what it restores. Without restore_user, restores use the backup login.
+    restore_user: str | None = Field(default=None, min_length=1, description="the login restores use")
+    restore_password_secret: str | None = Field(default=None, description="restore_user's password secret")
+    restore_iam_auth: bool = Field(default=False, description="restore_user logs in with an RDS IAM token")
+    # A stored password is sent only with require_auth=scram-sha-256 and channel_binding=require (libpq), so a
+    # server that asks for a cleartext or md5 password, or sits between us and the real one, gets nothing.
+    weak_auth: bool = Field(
+        default=False,
+        description="opt out: send stored passwords by whatever method the"
+        " server asks (md5, cleartext); logged on every login",
+    )
+    weak_tls: bool = Field(
+        default=False,
+        description="opt out: allow sslmode require with a stored password; the server's certificate is not"
+        " checked, so a machine in the middle sees the data and chooses the SCRAM work factor (use a long"
+        " random password); logged on every login",
+    )
 
     @model_validator(mode="after")
     def _one_credential(self) -> Self:
         if self.password_secret and self.iam_auth:
             raise ValueError("set either password_secret or iam_auth, not both")
-        if self.iam_auth and self.sslmode in ("disable", "allow", "prefer"):
-            raise ValueError("iam_auth needs sslmode require or stricter (RDS refuses tokens without TLS)")
+        if self.restore_password_secret and self.restore_iam_auth:
+            raise ValueError("set either restore_password_secret or restore_iam_auth, not both")
+        if (self.restore_password_secret or self.restore_iam_auth) and not self.restore_user:
+            raise ValueError("restore_password_secret and restore_iam_auth need restore_user (the login they are for)")
+        return self
+
+    @model_validator(mode="after")
+    def _verified_tls(self) -> Self:
+        verified = self.sslmode in ("verify-ca", "verify-full")
+        if (self.iam_auth or self.restore_iam_auth) and not verified:
+            raise ValueError(
+                f"iam_auth needs sslmode verify-full or verify-ca, not {self.sslmode!r}: the token goes as a"
+                " cleartext password (RDS asks for it so), and only a checked server certificate keeps it from"
+                " a machine in the middle; use verify-full (the default) with sslrootcert unset (the layer's"
+                " RDS CA bundle) or set to your server's CA"
+            )
+        stored = bool(self.password_secret or self.restore_password_secret)
+        if stored and self.sslmode in ("disable", "allow", "prefer") and not self.weak_auth:
+            raise ValueError(
+                f"sslmode {self.sslmode!r} with a stored password: passwords are sent only with SCRAM"
+                " channel binding, which needs TLS; use sslmode verify-full (the default), or set"
+                " weak_auth: true to send the password without that protection"
+            )
+        if stored and self.sslmode == "require" and not (self.weak_tls or self.weak_auth):
+            raise ValueError(
+                "sslmode 'require' with a stored password: require checks no certificate, so a machine in the"
+                " middle reads the data and chooses the SCRAM work factor to crack the password offline; use"
+                " sslmode verify-full (the default) with sslrootcert set to your server's CA (unset: the"
+                " layer's RDS CA bundle), or set weak_tls: true to accept that (with a long random password)"
+            )
+        if self.weak_tls and self.sslmode != "require":
+            raise ValueError(f"weak_tls only allows sslmode 'require'; with {self.sslmode!r} remove it")
         return self
 
 
@@ -70,8 +122,10 @@ class Logical(_Model):
     row_counts: bool = Field(default=True, description="exact per-table counts from the dump's snapshot")
     # Where the dump (and a logical restore of it) runs: chalicelib.fargate decides "auto".
     runner: Literal["auto", "lambda", "fargate"] = Field(
-        default="auto", description="auto: Lambda unless the last run or the database size predicts it will not fit;"
-                                    " fargate: a large database, always the ECS Fargate task; lambda: never delegate")
+        default="auto",
+        description="auto: Lambda unless the last run or the database size predicts it will not fit;"
+        " fargate: a large database, always the ECS Fargate task; lambda: never delegate",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -111,6 +165,26 @@ class Logical(_Model):
         return self.compression.split(":", 1)[0]
 
 
+class PhysicalRestore(_Model):
+    """What a snapshot or point-in-time restore of this target may ask for. Anything else is refused (403);
+    an empty list allows only the AWS default (the parameter is not sent). A request that leaves out a subnet
+    group, security groups or (EBS) availability zone gets the first listed one (none listed: AWS's default,
+    and for EBS any zone)."""
+
+    instance_classes: list[str] = Field(default_factory=list, description="RDS/Aurora instance classes")
+    subnet_groups: list[str] = Field(default_factory=list, description="DB subnet groups")
+    security_group_ids: list[str] = Field(default_factory=list, description="VPC security groups")
+    parameter_groups: list[str] = Field(default_factory=list, description="DB (or DB cluster) parameter groups")
+    attach_to_instances: list[str] = Field(
+        default_factory=list,
+        description="EC2 instances restored EBS volumes"
+        " may be attached to (each also needs the tag lifeboat:restore-target=true)",
+    )
+    availability_zones: list[str] = Field(
+        default_factory=list, description="EBS: availability zones the new volumes may go to (empty: any)"
+    )
+
+
 class Physical(_Model):
     """Snapshots: an RDS instance, an Aurora cluster, or the EBS volumes of PostgreSQL on EC2."""
 
@@ -125,6 +199,7 @@ class Physical(_Model):
     region: str | None = Field(default=None, description="region of the source; default: the function's")
     copy_to_region: str | None = None
     copy_kms_key_id: str | None = Field(default=None, description="destination-region KMS key for the copy")
+    restore: PhysicalRestore = Field(default_factory=PhysicalRestore)
 
     _schedule = field_validator("schedule")(Logical._schedule.__func__)  # type: ignore[attr-defined]
 
@@ -148,7 +223,19 @@ class RetentionPolicy(_Model):
     weekly_weeks: int = Field(default=5, ge=0, le=520)
     monthly_months: int = Field(default=12, ge=0, le=1200)
     yearly_years: int = Field(default=3, ge=0, le=100)
-    keep_last: int = Field(default=1, ge=1, le=1000, description="snapshots: always keep this many")
+    keep_last: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="the newest this many complete backups (logical"
+        " backups and snapshots) never expire, whatever their class",
+    )
+    ondemand_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36500,
+        description="on-demand logical backups (trigger other than schedule); default: daily_days",
+    )
 
 
 class Target(_Model):
@@ -158,6 +245,11 @@ class Target(_Model):
     physical: Physical | None = None
     retention: str = "default"
     tags: dict[str, str] = Field(default_factory=dict)
+    restore_into: list[str] = Field(
+        default_factory=list,
+        description="other targets this target's backups may be restored into (the target itself always may)",
+    )
+    max_running_restores: int = Field(default=2, ge=1, le=100, description="PENDING + RUNNING restores into it")
 
     @model_validator(mode="after")
     def _needs(self) -> Self:
@@ -184,6 +276,10 @@ class Settings(_Model):
     bucket: str
     prefix: str = Field(default="", description="key prefix inside the bucket, e.g. 'pg/'")
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; SSE-S3 when unset")
+    # S3 Object Lock: when a manifest makes a backup complete, its objects are locked in this mode until its
+    # retention class ends (chalicelib.logical.protect). The bucket must have Object Lock enabled (the stack's
+    # SettingsJson output sets this from ObjectLockMode); None: nothing is locked.
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
     retention_policies: dict[str, RetentionPolicy] = Field(default_factory=lambda: {"default": RetentionPolicy()})
     # 6 MiB is the smallest first part whose growing plan still reaches S3's 5 TiB object limit.
     part_size_mib: int = Field(default=8, ge=6, le=512)
@@ -193,16 +289,32 @@ class Settings(_Model):
     dispatch_lookback_minutes: int = Field(default=5, ge=1, le=1440)
     per_server_concurrency: int = Field(default=2, ge=1, le=50, description="concurrent dumps per server")
     metrics_namespace: str = "PgLifeboat"
+    max_running_restores: int = Field(
+        default=10, ge=1, le=1000, description="PENDING + RUNNING restores, all targets together"
+    )
     # Beyond Lambda (chalicelib.fargate): a run predicted to need more than fargate_share of the workers'
     # Lambda timeout goes to the ECS Fargate task instead.
-    lambda_timeout_seconds: int = Field(default=900, ge=60, le=900, description="the backup and restore workers'"
-                                        " Lambda timeout (.chalice/config.json)")
-    fargate_share: float = Field(default=0.5, gt=0, le=1, description="share of lambda_timeout_seconds above which"
-                                 " the last run's duration (or the predicted one) sends a run to Fargate")
-    fargate_bytes_per_second: int = Field(default=20_000_000, ge=100_000, description="pg_database_size bytes a"
-                                          " Lambda dumps per second: predicts the duration of a target's first run")
-    lambda_ephemeral_storage_mib: int = Field(default=512, ge=512, le=10240, description="the restore worker's"
-                                              " /tmp: a parallel restore of a larger archive goes to Fargate")
+    lambda_timeout_seconds: int = Field(
+        default=900, ge=60, le=900, description="the backup and restore workers' Lambda timeout (.chalice/config.json)"
+    )
+    fargate_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="share of lambda_timeout_seconds above which"
+        " the last run's duration (or the predicted one) sends a run to Fargate",
+    )
+    fargate_bytes_per_second: int = Field(
+        default=20_000_000,
+        ge=100_000,
+        description="pg_database_size bytes a Lambda dumps per second: predicts the duration of a target's first run",
+    )
+    lambda_ephemeral_storage_mib: int = Field(
+        default=512,
+        ge=512,
+        le=10240,
+        description="the restore worker's /tmp: a parallel restore of a larger archive goes to Fargate",
+    )
 
     @field_validator("bucket")
     @classmethod
@@ -224,8 +336,10 @@ class Settings(_Model):
             raise ValueError("retention_policies needs a 'default' policy")
         for name in self.retention_policies:
             if not POLICY_NAME.fullmatch(name):
-                raise ValueError(f"retention policy {name!r}: use 1-40 lowercase letters, digits and hyphens"
-                                 " (it becomes an S3 tag value and part of lifecycle rule ids)")
+                raise ValueError(
+                    f"retention policy {name!r}: use 1-40 lowercase letters, digits and hyphens"
+                    " (it becomes an S3 tag value and part of lifecycle rule ids)"
+                )
         return self
 
 
@@ -245,14 +359,21 @@ class Config(_Model):
                     f"target {target.name!r}: retention policy {target.retention!r} is not in"
                     f" settings.retention_policies ({', '.join(sorted(self.settings.retention_policies))})"
                 )
+        by_name = {t.name: t for t in self.targets}
+        for target in self.targets:
+            for name in target.restore_into:
+                if name not in by_name:
+                    raise ValueError(f"target {target.name!r}: restore_into names {name!r}, which is not a target")
+                if by_name[name].connection is None:
+                    raise ValueError(
+                        f"target {target.name!r}: restore_into names {name!r}, which has no connection to restore into"
+                    )
         return self
 
     def target(self, name: str) -> Target:
         for target in self.targets:
             if target.name == name:
                 return target
-        from chalicelib.errors import NotFoundError
-
         known = ", ".join(t.name for t in self.targets[:20]) or "none configured"
         raise NotFoundError(f"unknown target {name!r} (known: {known})")
 
@@ -300,6 +421,7 @@ def load_file(path: str | Path) -> Config:
 
 def load_ssm(path: str, ssm_client: Any = None, max_age: int = 300) -> Config:
     """Settings from `<path>/settings`, targets from each parameter under `<path>/targets/` (cached)."""
+    # Powertools Parameters (and boto3 under it) load only when the configuration lives in SSM: a file needs neither.
     from aws_lambda_powertools.utilities import parameters
     from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
@@ -311,8 +433,7 @@ def load_ssm(path: str, ssm_client: Any = None, max_age: int = 300) -> Config:
             targets_raw = provider.get_multiple(f"{base}/targets", max_age=max_age, decrypt=True, recursive=True)
         else:
             settings_raw = parameters.get_parameter(f"{base}/settings", max_age=max_age, decrypt=True)
-            targets_raw = parameters.get_parameters(f"{base}/targets", max_age=max_age, decrypt=True,
-                                                    recursive=True)
+            targets_raw = parameters.get_parameters(f"{base}/targets", max_age=max_age, decrypt=True, recursive=True)
     except GetParameterError as exc:
         raise ConfigError(f"cannot read the configuration from SSM {base}: {exc}") from None
     try:

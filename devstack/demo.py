@@ -28,7 +28,7 @@ def step(text: str) -> None:
 
 
 def restore_through_api(backup_id: str, restore_queue_url: str, server: Any) -> None:
-    """POST /restores on `chalice local`, run the restore worker, GET the job until it is done."""
+    """POST /targets/shop/restores on `chalice local`, run the restore worker, GET the job."""
     import boto3
 
     import app as lambda_app
@@ -36,16 +36,30 @@ def restore_through_api(backup_id: str, restore_queue_url: str, server: Any) -> 
     from devstack.postgres import free_port
 
     port = free_port()
-    step(f"chalice local on 127.0.0.1:{port}: POST /restores")
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "chalice"), "local", "--no-autoreload", "--stage", "local",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step(f"chalice local on 127.0.0.1:{port}: POST /targets/shop/restores")
+    proc = subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "chalice"),
+            "local",
+            "--no-autoreload",
+            "--stage",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(base + "/restores", timeout=2).read()
+                urllib.request.urlopen(base + "/targets/shop/restores", timeout=2).read()
                 break
             except urllib.error.HTTPError:
                 break
@@ -54,26 +68,44 @@ def restore_through_api(backup_id: str, restore_queue_url: str, server: Any) -> 
                     raise
                 time.sleep(0.2)
         body = {"backup_id": backup_id, "into": {"target": "shop", "database": "shop_restored"}}
-        request = urllib.request.Request(base + "/restores", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json", "Idempotency-Key": "demo-1"})
+        request = urllib.request.Request(
+            base + "/targets/shop/restores",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": "demo-1"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
-            job = json.loads(response.read())
-            print(f"    {response.status} Location: {response.headers['Location']}  status {job['status']}")
+            job, location = json.loads(response.read()), response.headers["Location"]
+            print(f"    {response.status} Location: {location}  status {job['status']}")
         step("the restore worker takes the job from the restore queue")
         sqs = boto3.client("sqs")
         with client(lambda_app.app, project_dir=str(REPO)) as chalice:
             for message in sqs.receive_message(QueueUrl=restore_queue_url).get("Messages", []):
-                print("    " + str(chalice.lambda_.invoke("restore_worker", chalice.events.generate_sqs_event(
-                    message_bodies=[message["Body"]], queue_name="pg-lifeboat-restores")).payload))
+                print(
+                    "    "
+                    + str(
+                        chalice.lambda_.invoke(
+                            "restore_worker",
+                            chalice.events.generate_sqs_event(
+                                message_bodies=[message["Body"]], queue_name="pg-lifeboat-restores"
+                            ),
+                        ).payload
+                    )
+                )
                 sqs.delete_message(QueueUrl=restore_queue_url, ReceiptHandle=message["ReceiptHandle"])
         step(f"GET {job['restore_id']}")
-        with urllib.request.urlopen(f"{base}/restores/{job['restore_id']}", timeout=30) as response:
+        with urllib.request.urlopen(base + location, timeout=30) as response:
             done = json.loads(response.read())
         v = done["result"].get("verification", {})
-        print(f"    status {done['status']}: {done['result'].get('database')} on {done['result'].get('host')},"
-              f" {done['progress'].get('bytes_restored')} bytes, pg_restore {done['result'].get('pg_restore_version')}")
-        print(f"    verified: {v.get('tables_checked')} tables and {v.get('rows_checked')} rows match the manifest"
-              if v.get("match") else f"    verification: {v}")
+        print(
+            f"    status {done['status']}: {done['result'].get('database')} on {done['result'].get('host')},"
+            f" {done['progress'].get('bytes_restored')} bytes, pg_restore {done['result'].get('pg_restore_version')}"
+        )
+        print(
+            f"    verified: {v.get('tables_checked')} tables and {v.get('rows_checked')} rows match the manifest"
+            if v.get("match")
+            else f"    verification: {v}"
+        )
         rows = server.psql("SELECT count(*) FROM sales.orders", dbname="shop_restored")
         print(f"    sales.orders in shop_restored: {rows} rows")
     finally:
@@ -109,8 +141,13 @@ def main() -> int:
         import boto3
 
         boto3.client("rds").create_db_instance(
-            DBInstanceIdentifier="shop-db", DBInstanceClass="db.t3.micro", Engine="postgres", AllocatedStorage=20,
-            MasterUsername="admin", MasterUserPassword="demo-only-password")
+            DBInstanceIdentifier="shop-db",
+            DBInstanceClass="db.t3.micro",
+            Engine="postgres",
+            AllocatedStorage=20,
+            MasterUsername="admin",
+            MasterUserPassword="demo-only-password",
+        )
         shop = target("shop", server.port, stack.secret_arn, schedule="cron(0 3 * * ? *)", globals=True)
         # The same target is also an RDS instance (in the emulator): a nightly snapshot beside the dump.
         shop["physical"] = {"method": "rds_instance", "db_instance_id": "shop-db", "schedule": "cron(0 3 * * ? *)"}
@@ -124,17 +161,24 @@ def main() -> int:
         from devstack.chalice_local import client
 
         with client(lambda_app.app, project_dir=str(REPO)) as chalice:
-            event = chalice.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
-                                                     detail={}, resources=[])
+            event = chalice.events.generate_cw_event(
+                source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+            )
             event["time"] = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
             dispatched = chalice.lambda_.invoke("dispatcher", event).payload
             print(f"    queued: {dispatched['dispatched']}")
-            step("the backup worker takes each message: pg_dump streams into S3 (manifest last);"
-                 " the RDS snapshot is started, not waited for")
+            step(
+                "the backup worker takes each message: pg_dump streams into S3 (manifest last);"
+                " the RDS snapshot is started, not waited for"
+            )
             sqs = boto3.client("sqs")
             for message in sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10).get("Messages", []):
-                result = chalice.lambda_.invoke("backup_worker", chalice.events.generate_sqs_event(
-                    message_bodies=[message["Body"]], queue_name="pg-lifeboat-backups")).payload
+                result = chalice.lambda_.invoke(
+                    "backup_worker",
+                    chalice.events.generate_sqs_event(
+                        message_bodies=[message["Body"]], queue_name="pg-lifeboat-backups"
+                    ),
+                ).payload
                 print(f"    {result}")
                 sqs.delete_message(QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"])
                 if result[0]["backup_id"].startswith("logical:"):

@@ -43,19 +43,24 @@ def real_clock_env() -> dict[str, str]:
 
 @cache
 def tls_certificates() -> Path:
-    """A throwaway CA and a server certificate for localhost and 127.0.0.1, made once per process."""
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1, made once per process: every devstack
+    server presents it, and targets verify it (sslmode verify-full, sslrootcert ca.crt: devstack.local.target)."""
     d = Path(tempfile.mkdtemp(prefix="lifeboat-certs-"))
 
+    # Verified by clients on the real clock (pg_dump children) and a year ahead (make test-shifted: psycopg in the
+    # test process): made on the real clock, valid for 1000 days.
     def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, env=real_clock_env())
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lifeboat-test-ca",
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1000", "-subj", "/CN=lifeboat-test-ca",
         "-keyout", "ca.key", "-out", "ca.crt")
     ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
         "-out", "server.csr")
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    # IP:127.0.0.1 for libpq 15+; libpq 14 (the layer's oldest pg_dump) compares a host given as an address only
+    # with DNS names, hence DNS:127.0.0.1 too.
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:127.0.0.1\n")
     ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-out", "server.crt", "-extfile", "san.ext")
+        "-days", "1000", "-out", "server.crt", "-extfile", "san.ext")
     return d
 
 
@@ -63,8 +68,8 @@ def tls_certificates() -> Path:
 class PostgresServer:
     bin_dir: Path
     port: int = field(default_factory=free_port)
-    # TLS on by default: stored passwords are sent only with SCRAM channel binding, which needs it (the
-    # product's configuration refuses sslmode disable with a password unless weak_auth says otherwise).
+    # TLS on by default, with a certificate clients verify (ca_file): the product's default sslmode is
+    # verify-full, and stored passwords are sent only with SCRAM channel binding, which needs TLS.
     ssl: bool = True
     settings: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lifeboat-pg-")))

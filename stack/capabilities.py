@@ -21,7 +21,9 @@ CAPABILITIES = (
     "snapshots:sweep",
     "snapshots:prune",
     "snapshots:keys",
+    "restores:check",
     "restores:run",
+    "restores:advance",
     "fargate:run",
     *(f"{verb}:{kind}" for verb in ("send", "consume") for kind in names.QUEUE_KINDS),
 )
@@ -95,8 +97,8 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
         return _bucket_statements(stage, capability.removeprefix("bucket:"))
     if capability.startswith("snapshots:"):
         return _snapshot_statements(capability.removeprefix("snapshots:"))
-    if capability == "restores:run":
-        return _restore_statements()
+    if capability.startswith("restores:"):
+        return _restore_statements(capability.removeprefix("restores:"))
     verb, _, kind = capability.partition(":")
     if verb in ("send", "consume"):
         return _queue_statements(stage, verb, kind)
@@ -132,6 +134,12 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
                     "s3:GetObjectTagging",
                     "s3:PutObject",
                     "s3:PutObjectTagging",
+                    # Locks a complete backup (S3 Object Lock); without s3:BypassGovernanceRetention it can only
+                    # set or extend a lock, never shorten one. GetObjectRetention: HEAD then shows the current lock.
+                    "s3:PutObjectRetention",
+                    "s3:GetObjectRetention",
+                    # Plain deletes only (a failed attempt's objects): in the versioned bucket each leaves a delete
+                    # marker, and no version can be removed without s3:DeleteObjectVersion, which no function has.
                     "s3:DeleteObject",
                     "s3:AbortMultipartUpload",
                     "s3:ListMultipartUploadParts",
@@ -175,7 +183,20 @@ RDS_SNAPSHOTS = [
     f"arn:aws:rds:*:*:cluster-snapshot:{names.SNAPSHOT_ID_PREFIX}*",
 ]
 EBS_SNAPSHOTS = "arn:aws:ec2:*::snapshot/*"
+# EC2 authorizes a snapshot that a call creates under an ARN whose id is `*` (it has none yet), and an existing
+# one under its id (snap-...). `${*}` is IAM's literal `*` (a special policy variable), so a Resource element
+# alone tells a CopySnapshot's new snapshot from its source (AWS Storage Blog, "Enhancing resource-level
+# permissions for copying Amazon EBS snapshots").
+EXISTING_EBS_SNAPSHOTS = "arn:aws:ec2:*::snapshot/snap-*"
+NEW_EBS_SNAPSHOT = "arn:aws:ec2:*::snapshot/${*}"
 MANAGED = {"StringEquals": {f"aws:ResourceTag/{names.MANAGED_TAG[0]}": names.MANAGED_TAG[1]}}
+NOT_YET_MANAGED = {f"aws:ResourceTag/{names.MANAGED_TAG[0]}": "true"}  # a Null test: the tag is absent
+AS_MANAGED = {f"aws:RequestTag/{names.MANAGED_TAG[0]}": names.MANAGED_TAG[1]}
+# The operator opts a source in to snapshots: the RDS instance or Aurora cluster, the EC2 instance
+# (physical.ec2_instance_id) or each volume (physical.volume_ids without an instance) carries this tag.
+BACKUP_SOURCE_TAG = ("lifeboat:backup-source", "true")
+BACKUP_SOURCE = {"StringEquals": {f"aws:ResourceTag/{BACKUP_SOURCE_TAG[0]}": BACKUP_SOURCE_TAG[1]}}
+OBSERVED_ONLY = {"ForAllValues:StringEquals": {"aws:TagKeys": ["lifeboat:observed"]}}
 
 
 def _snapshot_statements(what: str) -> list[Statement]:
@@ -208,53 +229,139 @@ def _snapshot_statements(what: str) -> list[Statement]:
     raise ValueError(f"unknown capability snapshots:{what}")
 
 
+# Snapshots of opted-in sources only (BACKUP_SOURCE_TAG), born managed. From the Service Authorization Reference:
+# - rds:CreateDBSnapshot: db* (the source instance: aws:ResourceTag, rds:db-tag), snapshot* (the new snapshot:
+#   aws:RequestTag, aws:TagKeys).
+# - rds:CreateDBClusterSnapshot: cluster* (the source: aws:ResourceTag, rds:cluster-tag), cluster-snapshot* (new:
+#   aws:RequestTag).
+# - rds:AddTagsToResource (RDS checks it for the tags a create call sets): the snapshot, aws:ResourceTag and
+#   aws:RequestTag. Allowed only on a snapshot that is not managed yet (the one being created; an existing
+#   managed snapshot cannot be re-tagged as another target's), and only as managed.
+# - ec2:CreateSnapshot: volume* (the source: aws:ResourceTag), snapshot* (new: aws:RequestTag).
+# - ec2:CreateSnapshots: instance* (the source: aws:ResourceTag), volume (the instance's volumes, not tag-scoped:
+#   the instance is the opted-in source), snapshot* (new: aws:RequestTag).
+# - ec2:CreateTags with ec2:CreateAction CreateSnapshot(s): the new snapshots' tags only.
 def _take_snapshots() -> list[Statement]:
+    creates = ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot"]
     return [
         {
-            "Sid": "CreateRdsSnapshots",
+            "Sid": "SnapshotOptedInRdsSources",
             "Effect": "Allow",
-            "Action": ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
-            "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*", *RDS_SNAPSHOTS],
+            "Action": creates,
+            "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*"],
+            "Condition": BACKUP_SOURCE,
         },
         {
-            "Sid": "CreateEbsSnapshots",
+            "Sid": "CreateManagedRdsSnapshots",
+            "Effect": "Allow",
+            "Action": creates,
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": {"StringEquals": AS_MANAGED},
+        },
+        {
+            "Sid": "TagNewRdsSnapshots",
+            "Effect": "Allow",
+            "Action": ["rds:AddTagsToResource"],
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": {"Null": NOT_YET_MANAGED, "StringEquals": AS_MANAGED},
+        },
+        {
+            "Sid": "SnapshotOptedInVolumes",
+            "Effect": "Allow",
+            "Action": ["ec2:CreateSnapshot"],
+            "Resource": "arn:aws:ec2:*:*:volume/*",
+            "Condition": BACKUP_SOURCE,
+        },
+        {
+            "Sid": "SnapshotOptedInInstances",
+            "Effect": "Allow",
+            "Action": ["ec2:CreateSnapshots"],
+            "Resource": "arn:aws:ec2:*:*:instance/*",
+            "Condition": BACKUP_SOURCE,
+        },
+        {
+            "Sid": "SnapshotTheirVolumes",
+            "Effect": "Allow",
+            "Action": ["ec2:CreateSnapshots"],
+            "Resource": "arn:aws:ec2:*:*:volume/*",
+        },
+        {
+            "Sid": "CreateManagedEbsSnapshots",
             "Effect": "Allow",
             "Action": ["ec2:CreateSnapshots", "ec2:CreateSnapshot"],
-            "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*", EBS_SNAPSHOTS],
+            "Resource": EBS_SNAPSHOTS,
+            "Condition": {"StringEquals": AS_MANAGED},
         },
         {
             "Sid": "TagNewEbsSnapshots",
             "Effect": "Allow",
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateSnapshots", "CreateSnapshot"]}},
+            "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateSnapshots", "CreateSnapshot"], **AS_MANAGED}},
         },
     ]
 
 
+# The sweeper marks finished snapshots (the tag lifeboat:observed and no other, on managed snapshots only) and
+# copies them to copy_to_region, as managed copies of managed snapshots:
+# - rds:CopyDBSnapshot / rds:CopyDBClusterSnapshot: the source (aws:ResourceTag: managed) and the new copy
+#   (aws:RequestTag; both lifeboat-* names). RDS names the copy, so the two cannot be told apart by ARN: the new
+#   copy's statement needs the managed request tag and a snapshot not managed yet, which a lifeboat-* snapshot
+#   the stack made never is (it is created managed); what it still allows is copying a lifeboat-* snapshot made
+#   outside the stack.
+# - ec2:CopySnapshot: snapshot* for the source (snap-..., aws:ResourceTag: managed) and for the new copy (ARN
+#   NEW_EBS_SNAPSHOT, aws:RequestTag: managed). ec2:CreateTags with ec2:CreateAction CopySnapshot: its tags.
 def _sweep_snapshots() -> list[Statement]:
-    """Mark finished snapshots, copy them to the copy region (encrypted ones: snapshots:keys)."""
+    copies = ["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"]
     return [
         {
-            "Sid": "TagAndCopyRdsSnapshots",
+            "Sid": "MarkManagedRdsSnapshots",
             "Effect": "Allow",
-            "Action": ["rds:AddTagsToResource", "rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"],
+            "Action": ["rds:AddTagsToResource"],
             "Resource": RDS_SNAPSHOTS,
+            "Condition": {**MANAGED, **OBSERVED_ONLY},
         },
-        {"Sid": "CopyEbsSnapshots", "Effect": "Allow", "Action": ["ec2:CopySnapshot"], "Resource": EBS_SNAPSHOTS},
+        {
+            "Sid": "CopyManagedRdsSnapshots",
+            "Effect": "Allow",
+            "Action": copies,
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": MANAGED,
+        },
+        {
+            "Sid": "NewManagedRdsCopies",
+            "Effect": "Allow",
+            "Action": [*copies, "rds:AddTagsToResource"],
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": {"Null": NOT_YET_MANAGED, "StringEquals": AS_MANAGED},
+        },
+        {
+            "Sid": "CopyManagedEbsSnapshots",
+            "Effect": "Allow",
+            "Action": ["ec2:CopySnapshot"],
+            "Resource": EXISTING_EBS_SNAPSHOTS,
+            "Condition": MANAGED,
+        },
+        {
+            "Sid": "NewManagedEbsCopies",
+            "Effect": "Allow",
+            "Action": ["ec2:CopySnapshot"],
+            "Resource": NEW_EBS_SNAPSHOT,
+            "Condition": {"StringEquals": AS_MANAGED},
+        },
         {
             "Sid": "TagEbsCopies",
             "Effect": "Allow",
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": {"StringEquals": {"ec2:CreateAction": "CopySnapshot"}},
+            "Condition": {"StringEquals": {"ec2:CreateAction": "CopySnapshot", **AS_MANAGED}},
         },
         {
-            "Sid": "TagManagedEbsSnapshots",
+            "Sid": "MarkManagedEbsSnapshots",
             "Effect": "Allow",
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": MANAGED,
+            "Condition": {**MANAGED, **OBSERVED_ONLY},
         },
     ]
 
@@ -285,37 +392,163 @@ def _snapshot_keys() -> list[Statement]:
     ]
 
 
-def _restore_statements() -> list[Statement]:
-    """Snapshot and point-in-time restores create new RDS instances/clusters and EBS volumes, always tagged
-    lifeboat:restore-id (chalicelib.restore.snapshot): RDS creation is allowed only with that tag in the
-    request, and only volumes carrying it are attached."""
-    restore_tag = f"{names.RESTORE_TAG}"
+# What snapshot and point-in-time restores may touch, and the IAM condition keys that scope it. From the
+# Service Authorization Reference (resource types of each action, and the condition keys each supports):
+# - rds:RestoreDBInstanceFromDBSnapshot: db* (the new instance: aws:RequestTag), snapshot* (the source:
+#   aws:ResourceTag, rds:snapshot-tag), subgrp, pg, og, secgrp.
+# - rds:RestoreDBClusterFromSnapshot: cluster* (new: aws:RequestTag), cluster-snapshot (source: aws:ResourceTag,
+#   rds:cluster-snapshot-tag), snapshot (aws:ResourceTag), cluster-pg, subgrp, og.
+# - rds:RestoreDBInstanceToPointInTime / rds:RestoreDBClusterToPointInTime: db* / cluster* (new: aws:RequestTag),
+#   db / cluster (the source: aws:ResourceTag: the operator opts it in with PITR_SOURCE_TAG), pg / cluster-pg,
+#   subgrp, og, secgrp.
+# - rds:CreateDBInstance (an Aurora cluster's instance): db* (new: aws:RequestTag), cluster (the cluster it joins:
+#   aws:ResourceTag: a restore's, tagged lifeboat:restore-id), og, pg, subgrp (not sent: the cluster's apply).
+# - rds:AddTagsToResource (checked for the tags a create call sets): db, cluster, aws:RequestTag, aws:TagKeys.
+# - ec2:CreateVolume: volume* (aws:RequestTag), snapshot (the source: aws:ResourceTag).
+# - ec2:AttachVolume: instance* and volume*, both with aws:ResourceTag.
+# A new RDS instance or cluster and an existing one are the same resource type, and a resource being created has
+# no resource tags yet: IAM tells them apart only by name. So a restore's new RDS identifiers start with
+# RESTORED_RDS_PREFIX (chalicelib.restore.plan.NEW_ID_PREFIX, enforced by the API and the worker); creating and
+# tagging is allowed under that prefix only, so an existing instance or cluster of the operator can be neither
+# re-tagged (into a "restore") nor extended, and a point-in-time restore reads only an opted-in source (or an
+# earlier restore's copy, itself named lifeboat-*).
+# aws:RequestTag is a request key: it is in the context of every resource of the call, so a statement that
+# tests it must not list the snapshot or source resources (any would pass); they get their own statements on
+# aws:ResourceTag. Subnet groups, parameter groups and option groups: named `lifeboat-*` (pg, cluster-pg and og
+# also AWS's own `default.*`/`default:*`). What IAM cannot express: physical.restore's allow-lists live in SSM
+# and the policies are generated at package time, so IAM allows any lifeboat-* group and the allow-list is the
+# API's and the worker's check; VpcSecurityGroupIds are not RDS resources (IAM cannot scope them at all); and a
+# request without DBSubnetGroupName names no group (RDS then uses the default VPC's): the worker always sends
+# the first allowed subnet group and PubliclyAccessible=False, IAM cannot require either.
+RESTORED_RDS_PREFIX = "lifeboat-"
+RESTORE_TARGET_TAG = ("lifeboat:restore-target", "true")  # the operator tags the instances volumes may go to
+PITR_SOURCE_TAG = ("lifeboat:pitr-source", "true")  # the operator tags the instances/clusters PIT may restore
+RESTORED_RDS = [
+    f"arn:aws:rds:*:*:db:{RESTORED_RDS_PREFIX}*",
+    f"arn:aws:rds:*:*:cluster:{RESTORED_RDS_PREFIX}*",
+]
+RESTORE_GROUPS = [
+    f"arn:aws:rds:*:*:subgrp:{RESTORED_RDS_PREFIX}*",
+    f"arn:aws:rds:*:*:pg:{RESTORED_RDS_PREFIX}*",
+    f"arn:aws:rds:*:*:cluster-pg:{RESTORED_RDS_PREFIX}*",
+    f"arn:aws:rds:*:*:og:{RESTORED_RDS_PREFIX}*",
+    "arn:aws:rds:*:*:pg:default.*",
+    "arn:aws:rds:*:*:cluster-pg:default.*",
+    "arn:aws:rds:*:*:og:default:*",
+]
+RDS_RESTORE_ACTIONS = [
+    "rds:RestoreDBInstanceFromDBSnapshot",
+    "rds:RestoreDBClusterFromSnapshot",
+    "rds:RestoreDBInstanceToPointInTime",
+    "rds:RestoreDBClusterToPointInTime",
+]
+PIT_ACTIONS = ["rds:RestoreDBInstanceToPointInTime", "rds:RestoreDBClusterToPointInTime"]
+RESTORE_TAG_KEYS = [names.RESTORE_TAG, "lifeboat:target"]  # the tags chalicelib.restore.plan.tags sets
+TAGGED_BY_A_RESTORE = {
+    "StringLike": {f"aws:RequestTag/{names.RESTORE_TAG}": "r-*"},
+    "ForAllValues:StringEquals": {"aws:TagKeys": RESTORE_TAG_KEYS},
+}
+A_RESTORES = {"StringLike": {f"aws:ResourceTag/{names.RESTORE_TAG}": "r-*"}}
+
+
+def _describe_restore_resources() -> Statement:
+    return {
+        "Sid": "DescribeRestoreResources",
+        "Effect": "Allow",
+        "Action": ["rds:DescribeDBInstances", "rds:DescribeDBClusters"],
+        "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*"],
+    }
+
+
+def _restored_cluster_instances() -> list[Statement]:
+    """rds:CreateDBInstance: a new lifeboat-* instance, only into a restore's cluster."""
     return [
         {
-            "Sid": "DescribeRestoreResources",
+            "Sid": "CreateRestoredClusterInstances",
             "Effect": "Allow",
-            "Action": ["rds:DescribeDBInstances", "rds:DescribeDBClusters"],
-            "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*"],
+            "Action": ["rds:CreateDBInstance", "rds:AddTagsToResource"],
+            "Resource": f"arn:aws:rds:*:*:db:{RESTORED_RDS_PREFIX}*",
+            "Condition": TAGGED_BY_A_RESTORE,
         },
         {
-            "Sid": "RestoreRds",
+            "Sid": "IntoRestoredClustersOnly",
             "Effect": "Allow",
-            "Action": [
-                "rds:RestoreDBInstanceFromDBSnapshot",
-                "rds:RestoreDBClusterFromSnapshot",
-                "rds:RestoreDBInstanceToPointInTime",
-                "rds:RestoreDBClusterToPointInTime",
-                "rds:CreateDBInstance",
-                "rds:AddTagsToResource",
-            ],
-            "Resource": "arn:aws:rds:*:*:*",
-            "Condition": {"StringLike": {f"aws:RequestTag/{restore_tag}": "*"}},
+            "Action": ["rds:CreateDBInstance"],
+            "Resource": f"arn:aws:rds:*:*:cluster:{RESTORED_RDS_PREFIX}*",
+            "Condition": A_RESTORES,
+        },
+    ]
+
+
+def _restore_statements(what: str) -> list[Statement]:
+    """restores:check (the API: look only), restores:run (the worker: start restores from managed snapshots
+    and point-in-time), restores:advance (the sweeper: an Aurora cluster's instance, attaching EBS volumes)."""
+    if what == "check":
+        return [_describe_restore_resources()]
+    if what == "advance":
+        return [
+            _describe_restore_resources(),
+            *_restored_cluster_instances(),
+            {
+                "Sid": "AttachRestoredVolumes",
+                "Effect": "Allow",
+                "Action": ["ec2:AttachVolume"],
+                "Resource": "arn:aws:ec2:*:*:volume/*",
+                "Condition": {"StringLike": {f"aws:ResourceTag/{names.RESTORE_TAG}": "*"}},
+            },
+            {
+                "Sid": "AttachToRestoreTargets",
+                "Effect": "Allow",
+                "Action": ["ec2:AttachVolume"],
+                "Resource": "arn:aws:ec2:*:*:instance/*",
+                "Condition": {"StringEquals": {f"aws:ResourceTag/{RESTORE_TARGET_TAG[0]}": RESTORE_TARGET_TAG[1]}},
+            },
+        ]
+    if what != "run":
+        raise ValueError(f"unknown capability restores:{what}")
+    return [
+        _describe_restore_resources(),
+        {
+            "Sid": "RestoreRdsIntoNewResources",
+            "Effect": "Allow",
+            "Action": [*RDS_RESTORE_ACTIONS, "rds:AddTagsToResource"],
+            "Resource": RESTORED_RDS,
+            "Condition": TAGGED_BY_A_RESTORE,
+        },
+        {
+            "Sid": "PointInTimeFromOptedInSources",
+            "Effect": "Allow",
+            "Action": PIT_ACTIONS,
+            "Resource": ["arn:aws:rds:*:*:db:*", "arn:aws:rds:*:*:cluster:*"],
+            "Condition": {"StringEquals": {f"aws:ResourceTag/{PITR_SOURCE_TAG[0]}": PITR_SOURCE_TAG[1]}},
+        },
+        {
+            "Sid": "RestoreIntoLifeboatGroups",
+            "Effect": "Allow",
+            "Action": RDS_RESTORE_ACTIONS,
+            "Resource": RESTORE_GROUPS,
+        },
+        *_restored_cluster_instances(),
+        {
+            "Sid": "RestoreFromManagedRdsSnapshots",
+            "Effect": "Allow",
+            "Action": ["rds:RestoreDBInstanceFromDBSnapshot", "rds:RestoreDBClusterFromSnapshot"],
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": MANAGED,
         },
         {
             "Sid": "CreateRestoreVolumes",
             "Effect": "Allow",
             "Action": ["ec2:CreateVolume"],
-            "Resource": ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*::snapshot/*"],
+            "Resource": "arn:aws:ec2:*:*:volume/*",
+            "Condition": TAGGED_BY_A_RESTORE,
+        },
+        {
+            "Sid": "FromManagedEbsSnapshots",
+            "Effect": "Allow",
+            "Action": ["ec2:CreateVolume"],
+            "Resource": EBS_SNAPSHOTS,
+            "Condition": MANAGED,
         },
         {
             "Sid": "TagRestoreVolumes",
@@ -323,19 +556,6 @@ def _restore_statements() -> list[Statement]:
             "Action": ["ec2:CreateTags"],
             "Resource": "arn:aws:ec2:*:*:volume/*",
             "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
-        },
-        {
-            "Sid": "AttachRestoredVolumes",
-            "Effect": "Allow",
-            "Action": ["ec2:AttachVolume"],
-            "Resource": "arn:aws:ec2:*:*:volume/*",
-            "Condition": {"StringLike": {f"aws:ResourceTag/{restore_tag}": "*"}},
-        },
-        {
-            "Sid": "AttachToInstances",
-            "Effect": "Allow",
-            "Action": ["ec2:AttachVolume"],
-            "Resource": "arn:aws:ec2:*:*:instance/*",
         },
     ]
 

@@ -18,11 +18,12 @@ adds them as the DatabaseAccessPolicy managed policy (`database` below; see stac
 names the stack's task definition, cluster and roles (fargate_launch_policy). The task's own role holds
 TASK_ACCESS, a subset of the two workers' capabilities (task_policy).
 
-Snapshot and restore capabilities scope by what chalicelib.physical.snapshots and snapshot_restores do: RDS
-snapshot ids start with `lifeboat-`, deletion needs the `lifeboat:managed=true` tag, restores create
-resources only when tagged `lifeboat:restore-id`. Describe calls that IAM cannot scope are the only
-actions on Resource "*" (capabilities.UNSCOPED_ACTIONS; the tests hold the files to that). What each
-capability grants is stack/capabilities.py.
+Snapshot and restore capabilities scope by what chalicelib.physical and chalicelib.restore.snapshot do: RDS
+snapshot ids start with `lifeboat-`, deletion and restores need the `lifeboat:managed=true` tag on the
+snapshot, restores create resources only when tagged `lifeboat:restore-id`, and volumes are attached only to
+instances the operator tagged `lifeboat:restore-target=true` (by the sweeper alone). Describe calls that IAM
+cannot scope are the only actions on Resource "*" (capabilities.UNSCOPED_ACTIONS; the tests hold the files to
+that). What each capability grants is stack/capabilities.py.
 
 Adding a function is one line in ACCESS, e.g. a scheduled job that reads the catalog:
     "catalog_report": ("config", "bucket:read"),
@@ -73,8 +74,8 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "fargate:run",
     ),
     # The REST API checks the target database exists, lists restore jobs (Query on an index), deduplicates requests with
-    # Powertools Idempotency (which deletes its record when a request fails), checks snapshot and
-    # point-in-time restore requests, and advances a running restore when asked for it.
+    # Powertools Idempotency (which deletes its record when a request fails), and checks snapshot and
+    # point-in-time restore requests (describe calls only: it starts, advances and attaches nothing).
     "api_handler": (
         "config",
         "jobs:api",
@@ -83,12 +84,12 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "send:restores",
         "database",
         "snapshots:read",
-        "restores:run",
-        "snapshots:keys",
+        "restores:check",
     ),
     "snapshot_sweeper": ("config", "snapshots:read", "snapshots:sweep", "snapshots:keys"),
     "snapshot_pruner": ("config", "bucket:prune", "snapshots:read", "snapshots:prune"),
-    "restore_sweeper": ("config", "jobs:list", "snapshots:read", "restores:run", "snapshots:keys"),
+    # Advances snapshot restores: an Aurora cluster's first instance, EBS volumes attached to tagged instances only.
+    "restore_sweeper": ("config", "jobs:list", "snapshots:read", "restores:advance", "snapshots:keys"),
 }
 TEMPLATE_CAPABILITIES = frozenset({"database", "fargate:run"})  # granted by the template, not by the policy files
 

@@ -9,10 +9,13 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.adapters.aws_errors import AWS_ERRORS
 from chalicelib.adapters.pgtools import explain, scrub
-from chalicelib.errors import DatabaseConnectionError, SecretError
+from chalicelib.errors import ConfigError, DatabaseConnectionError, SecretError
+from chalicelib.observability import logger
 
 if TYPE_CHECKING:
     import psycopg
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from chalicelib.config import Connection, Logical
 
 DEFAULT_CA_BUNDLE = "/opt/pg/certs/rds-ca-bundle.pem"
+VERIFIED_SSLMODES = ("verify-ca", "verify-full")  # the sslmodes that check the server's certificate
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 
@@ -39,7 +43,10 @@ class Login:
     password: str | None = field(default=None, repr=False)
     application_name: str = "pg-lifeboat"
     credential_source: str = "no password"  # for error messages: which secret, or IAM
-    require_auth: str | None = None  # libpq require_auth, e.g. "!password": never send a cleartext password
+    # libpq's guards for a stored password (strong_auth): SCRAM only, bound to the TLS channel. A server that
+    # asks for md5 or a cleartext password, or trusts us without proof, is refused before anything is sent.
+    require_auth: str | None = None
+    channel_binding: str | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -65,7 +72,9 @@ class Login:
         if self.password:
             env["PGPASSWORD"] = self.password
         if self.require_auth:
-            env["PGREQUIREAUTH"] = self.require_auth
+            env["PGREQUIREAUTH"] = self.require_auth  # libpq 16+; older ones ignore it (channel binding still holds)
+        if self.channel_binding:
+            env["PGCHANNELBINDING"] = self.channel_binding
         return env
 
     def psycopg_kwargs(self) -> dict[str, Any]:
@@ -78,9 +87,28 @@ class Login:
             kwargs["sslrootcert"] = self.sslrootcert
         if self.password:
             kwargs["password"] = self.password
-        if self.require_auth:
+        if self.require_auth and libpq_has_require_auth():
             kwargs["require_auth"] = self.require_auth
+        if self.channel_binding:
+            kwargs["channel_binding"] = self.channel_binding
         return kwargs
+
+
+def strong_auth(login: Login) -> Login:
+    """`login` with its password sent only by SCRAM-SHA-256 with channel binding (needs TLS).
+
+    channel_binding=require alone (libpq 13+) already refuses md5, cleartext and "trust": every method but
+    SCRAM-SHA-256-PLUS. require_auth=scram-sha-256 (libpq 16+) says the same again where libpq knows it.
+    """
+    return replace(login, require_auth="scram-sha-256", channel_binding="require")
+
+
+@cache
+def libpq_has_require_auth() -> bool:
+    """Whether the libpq psycopg uses knows require_auth (16+); an older one rejects it as an unknown option."""
+    import psycopg  # heavy (~50 ms): only once a connection is made
+
+    return psycopg.pq.version() >= 160000
 
 
 class CredentialResolver:
@@ -97,21 +125,47 @@ class CredentialResolver:
         self._provider: Any = None
 
     def login(self, conn: Connection) -> Login:
+        """The backup login (connection.user)."""
+        return self._login(conn, conn.user, conn.password_secret, conn.iam_auth)
+
+    def restore_login(self, conn: Connection) -> Login:
+        """The login restores use: connection.restore_user when set, the backup login otherwise."""
+        if conn.restore_user is None:
+            return self.login(conn)
+        return self._login(conn, conn.restore_user, conn.restore_password_secret, conn.restore_iam_auth)
+
+    def _login(self, conn: Connection, user: str, secret: str | None, iam_auth: bool) -> Login:
         password: str | None = None
         source = "no password (trust, certificate or .pgpass)"
-        if conn.password_secret:
-            password = self._secret_password(conn.password_secret)
-            source = f"secret {conn.password_secret}"
-        elif conn.iam_auth:
-            password = self._iam_token(conn)
+        if secret:
+            password = self._secret_password(secret)
+            source = f"secret {secret}"
+        elif iam_auth:
+            if conn.sslmode not in VERIFIED_SSLMODES:  # the config refuses this; no token for an unchecked server
+                raise ConfigError(f"{user}@{conn.host}: iam_auth needs sslmode verify-full or verify-ca")
+            password = self._iam_token(conn, user)
             source = "an RDS IAM token (the user needs the rds_iam role and the function rds-db:connect)"
         rootcert = conn.sslrootcert
-        if rootcert is None and conn.sslmode in ("verify-ca", "verify-full") and os.path.exists(self.ca_bundle):
+        if rootcert is None and conn.sslmode in VERIFIED_SSLMODES and os.path.exists(self.ca_bundle):
             rootcert = self.ca_bundle
-        return Login(conn.host, conn.port, conn.database, conn.user, conn.sslmode, rootcert,
-                     conn.connect_timeout, password, credential_source=source)
+        login = Login(conn.host, conn.port, conn.database, user, conn.sslmode, rootcert,
+                      conn.connect_timeout, password, credential_source=source)
+        if not secret:
+            # An IAM token goes as RDS asks (a cleartext password): only to a server whose certificate the CA
+            # vouches for (sslmode verify-ca/verify-full, checked above and by the config).
+            return login
+        if conn.weak_auth:
+            logger.warning("connection.weak_auth: the stored password is sent by whatever method the server asks"
+                           " (md5, cleartext), without channel binding", extra={"host": conn.host, "user": user})
+            return login
+        if conn.sslmode not in VERIFIED_SSLMODES:  # require, allowed by weak_tls only
+            logger.warning("connection.weak_tls: the server's certificate is not checked (sslmode require): a"
+                           " machine in the middle reads the data and chooses the SCRAM work factor for the"
+                           " stored password", extra={"host": conn.host, "user": user})
+        return strong_auth(login)
 
     def _secret_password(self, secret_id: str) -> str:
+        # Powertools Parameters loads only when a password is read from Secrets Manager (not for IAM or trust).
         from aws_lambda_powertools.utilities.parameters import SecretsProvider
         from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
@@ -143,17 +197,17 @@ class CredentialResolver:
             raise SecretError(f"secret {secret_id!r} is empty")
         return value
 
-    def _iam_token(self, conn: Connection) -> str:
+    def _iam_token(self, conn: Connection, user: str) -> str:
         if self.rds_client is None:
-            raise SecretError(f"{conn.user}@{conn.host} uses IAM authentication but no RDS client was given"
+            raise SecretError(f"{user}@{conn.host} uses IAM authentication but no RDS client was given"
                               " (chalicelib.wiring.credentials() passes one)")
         if callable(self.rds_client):
             self.rds_client = self.rds_client()
         try:
             return str(self.rds_client.generate_db_auth_token(DBHostname=conn.host, Port=conn.port,
-                                                              DBUsername=conn.user))
-        except Exception as exc:
-            raise SecretError(f"cannot create an RDS IAM token for {conn.user}@{conn.host}: {exc}") from None
+                                                              DBUsername=user))
+        except AWS_ERRORS as exc:
+            raise SecretError(f"cannot create an RDS IAM token for {user}@{conn.host}: {exc}") from None
 
 
 def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -182,7 +236,10 @@ def database_exists(login: Login, name: str) -> bool:
 def connection_error(exc: Exception, login: Login) -> DatabaseConnectionError:
     text = scrub(str(exc).strip(), login.secrets)
     advice, _ = explain(text, login.context)
-    first = text.splitlines()[-1] if text else type(exc).__name__
+    # libpq's own reason ("... failed: root certificate file ... does not exist"), not its hint after it (which
+    # for TLS suggests turning certificate verification off).
+    reasons = [line for line in text.splitlines() if "failed:" in line] or text.splitlines()
+    first = reasons[-1] if reasons else type(exc).__name__
     return DatabaseConnectionError(f"{advice} ({first})" if advice else f"cannot connect to {login.host}:"
                                    f"{login.port}/{login.database} as {login.user}: {first}")
 

@@ -15,6 +15,7 @@ from chalicelib.observability import logger
 from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, utc
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
 from chalicelib.physical.names import (
+    BACKUP_SOURCE_TAG,
     COPY_OF_TAG,
     MANAGED_TAG,
     MANAGED_VALUE,
@@ -169,7 +170,8 @@ class EbsDriver(Driver):
             )
         if code.startswith(("InvalidInstanceID", "InvalidVolume")):
             return SnapshotError(f"{what}: {error_message(exc)}: fix the target's physical section (ids and region)")
-        return aws_failure(exc, what, region, "ec2:CreateSnapshot(s) and ec2:CreateTags")
+        hint = f"ec2:CreateSnapshot(s) and ec2:CreateTags (and the source must carry {BACKUP_SOURCE_TAG}=true)"
+        return aws_failure(exc, what, region, hint)
 
     def discard(
         self, svc: SnapshotServices, region: str, tags: Mapping[str, str], made: Sequence[SnapshotResource]

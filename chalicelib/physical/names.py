@@ -25,6 +25,9 @@ OBSERVED_TAG = "lifeboat:observed"
 COPY_OF_TAG = "lifeboat:copy-of"
 LABEL_TAG = "lifeboat:backup-label"
 PINNED_TAG = "pinned"
+# The operator opts a source in to snapshots with BACKUP_SOURCE_TAG=true (on the RDS instance or Aurora cluster,
+# the EC2 instance, or each listed volume): the backup worker's IAM policy snapshots nothing else.
+BACKUP_SOURCE_TAG = "lifeboat:backup-source"
 NAME_TAG = "Name"
 
 SLOT_TAG_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

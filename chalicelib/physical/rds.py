@@ -12,7 +12,7 @@ from chalicelib.adapters.aws_errors import error_code, error_message
 from chalicelib.errors import SnapshotError
 from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, utc
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
-from chalicelib.physical.names import copy_tags, tag_dict, tag_list
+from chalicelib.physical.names import BACKUP_SOURCE_TAG, copy_tags, tag_dict, tag_list
 
 RDS_MANUAL_SNAPSHOT_QUOTA = 100
 
@@ -129,7 +129,8 @@ class RdsDriver(Driver):
                 f"{source_id} in {region} cannot be snapshotted now ({error_message(exc)});"
                 " the delivery will be retried"
             )
-        return aws_failure(exc, f"creating {self.noun} {identifier}", region, f"rds:{self.create}")
+        hint = f"rds:{self.create} (and {source_id} must carry the tag {BACKUP_SOURCE_TAG}=true)"
+        return aws_failure(exc, f"creating {self.noun} {identifier}", region, hint)
 
     def tag(self, svc: SnapshotServices, members: Sequence[SnapshotResource], tags: Mapping[str, str]) -> None:
         for m in members:

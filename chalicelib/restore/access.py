@@ -6,6 +6,8 @@ Refusals are ForbiddenError (403), saying what is allowed, and TooManyRestoresEr
 
 from __future__ import annotations
 
+from typing import cast
+
 from chalicelib.config import Config, Physical, Target
 from chalicelib.errors import BadRequestError, ForbiddenError, TooManyRestoresError
 from chalicelib.restore.model import RestoreJob, RestoreJobStore
@@ -64,6 +66,27 @@ def check_physical(physical: Physical, req: SnapshotRestoreRequest | PointInTime
     _allowed("parameter_group", req.parameter_group, allow.parameter_groups, "parameter_groups")
     if isinstance(req, SnapshotRestoreRequest):
         _allowed("attach_to_instance", req.attach_to_instance, allow.attach_to_instances, "attach_to_instances")
+        if allow.availability_zones:  # empty: any zone (an EBS restore must name one)
+            _allowed("availability_zone", req.availability_zone, allow.availability_zones, "availability_zones")
+
+
+def with_defaults[R: SnapshotRestoreRequest | PointInTimeRestoreRequest](physical: Physical, req: R) -> R:
+    """The request as it is carried out: a subnet group, security groups or (EBS) availability zone left out
+    is the first one physical.restore lists, so a non-empty allow-list is never bypassed by omission (AWS's
+    default VPC may be public). Nothing listed: the field stays out and AWS's default applies."""
+    allow = physical.restore
+    update: dict[str, object] = {}
+    if req.subnet_group is None and allow.subnet_groups:
+        update["subnet_group"] = allow.subnet_groups[0]
+    if not req.security_group_ids and allow.security_group_ids:
+        update["security_group_ids"] = [allow.security_group_ids[0]]
+    if _needs_zone(req) and allow.availability_zones:
+        update["availability_zone"] = allow.availability_zones[0]
+    return cast(R, req.model_copy(update=update)) if update else req
+
+
+def _needs_zone(req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> bool:
+    return isinstance(req, SnapshotRestoreRequest) and req.availability_zone is None
 
 
 def _allowed(field: str, value: str | None, allowed: list[str], listed_in: str) -> None:

@@ -18,8 +18,12 @@ from chalicelib.errors import BadRequestError
 from chalicelib.logical.catalog import BackupId
 
 DatabaseName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")]
-# RDS instance and cluster identifiers: a letter first, then letters, digits, single hyphens; 1-63.
-ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z](-?[A-Za-z0-9])*$", max_length=63)]
+# RDS instance and cluster identifiers: a letter first, then letters, digits, single hyphens. At most 54 (RDS allows
+# 63): an Aurora restore's instance is `<new_id>-<8 hex digits of the restore id>`. A new_id must also start with
+# `lifeboat-` (chalicelib.restore.snapshot.NEW_ID_PREFIX, checked there): IAM lets restores create nothing else.
+NEW_ID_MAX = 54
+ResourceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z](-?[A-Za-z0-9])*$", max_length=NEW_ID_MAX)]
+NEW_ID_HELP = "the new DB instance or cluster identifier: starts with lifeboat-, at most 54 characters"
 Pattern = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 AwsId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:/-]{1,255}$")]
 TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=48)]
@@ -55,13 +59,15 @@ class LogicalRestoreRequest(_Body):
 
 class SnapshotRestoreRequest(_Body):
     backup_id: Annotated[str, StringConstraints(pattern=r"^snapshot:")]
-    new_id: ResourceId | None = Field(default=None, description="new DB instance or cluster identifier")
+    new_id: ResourceId | None = Field(default=None, description=NEW_ID_HELP)
     instance_class: AwsId | None = None
     subnet_group: AwsId | None = None
     security_group_ids: list[AwsId] = Field(default_factory=list, max_length=5)
     parameter_group: AwsId | None = None
     region: AwsId | None = Field(default=None, description="restore from the copy in this region (DR)")
-    availability_zone: AwsId | None = Field(default=None, description="EBS: where the new volumes go")
+    availability_zone: AwsId | None = Field(
+        default=None, description="EBS: where the new volumes go (default: the first of availability_zones)"
+    )
     attach_to_instance: AwsId | None = Field(default=None, description="EBS: attach the new volumes here")
 
 
@@ -71,7 +77,7 @@ class PointInTimeRestoreRequest(_Body):
         " path's; may be left out of the body)"
     )
     point_in_time: datetime | Literal["latest"]
-    new_id: ResourceId
+    new_id: ResourceId = Field(description=NEW_ID_HELP)
     instance_class: AwsId | None = None
     subnet_group: AwsId | None = None
     security_group_ids: list[AwsId] = Field(default_factory=list, max_length=5)

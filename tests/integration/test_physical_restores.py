@@ -50,6 +50,8 @@ def write_targets(aws: LocalStack, path: Path, volumes: list[str], attach_to: li
 @pytest.fixture
 def api(aws: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     rds = boto3.client("rds")
+    # The operator opts sources in to point-in-time restores (and to snapshots) with tags.
+    opted_in = [{"Key": "lifeboat:pitr-source", "Value": "true"}, {"Key": "lifeboat:backup-source", "Value": "true"}]
     rds.create_db_instance(
         DBInstanceIdentifier="orders-db",
         DBInstanceClass="db.t3.micro",
@@ -58,12 +60,14 @@ def api(aws: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         MasterUsername="admin",
         MasterUserPassword="not-used-here-1",
         BackupRetentionPeriod=7,
+        Tags=opted_in,
     )
     rds.create_db_cluster(
         DBClusterIdentifier="billing",
         Engine="aurora-postgresql",
         MasterUsername="admin",
         MasterUserPassword="not-used-here-1",
+        Tags=opted_in,
     )
     ec2 = boto3.client("ec2")
     volumes = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=10)["VolumeId"] for _ in range(2)]
@@ -105,30 +109,38 @@ def test_rds_snapshot_restore_creates_a_new_instance(api: Any) -> None:
     start_snapshot(wiring.snapshot_services(), "orders", SLOT)
     r = post(
         api,
-        {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "orders-restored", "instance_class": "db.t3.small"},
+        {
+            "backup_id": "snapshot:orders:20261129T030000Z",
+            "new_id": "lifeboat-orders-restored",
+            "instance_class": "db.t3.small",
+        },
     )
     assert r.status_code == 202, r.body
     assert r.headers["Location"] == f"/targets/orders/restores/{json.loads(r.body)['restore_id']}"
     work(api)
     done = status(api, json.loads(r.body)["restore_id"], "orders")
     assert done["status"] == "SUCCEEDED", done
-    assert done["result"]["instance_id"] == "orders-restored" and done["result"]["endpoint"]
-    instance = boto3.client("rds").describe_db_instances(DBInstanceIdentifier="orders-restored")["DBInstances"][0]
+    assert done["result"]["instance_id"] == "lifeboat-orders-restored" and done["result"]["endpoint"]
+    instance = boto3.client("rds").describe_db_instances(DBInstanceIdentifier="lifeboat-orders-restored")[
+        "DBInstances"
+    ][0]
     assert instance["DBInstanceClass"] == "db.t3.small"
     tags = {t["Key"]: t["Value"] for t in instance["TagList"]}
     assert tags["lifeboat:restore-id"] == done["restore_id"]
-    # RDS never reuses an identifier: the source's own id, or the one just restored, is a 409.
-    for taken in ("orders-db", "orders-restored"):
-        again = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": taken})
-        assert again.status_code == 409, again.body
+    # RDS never reuses an identifier: the one just restored is a 409; a new id not named lifeboat-… is a 400 (the
+    # restore functions' IAM policies create and tag nothing else, so the source's own id is refused as well).
+    again = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "lifeboat-orders-restored"})
+    assert again.status_code == 409, again.body
+    again = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "orders-db"})
+    assert again.status_code == 400 and "must start with 'lifeboat-'" in json.loads(again.body)["message"]
 
 
 def test_unknown_snapshot_is_404_and_missing_new_id_is_400(api: Any) -> None:
-    assert post(api, {"backup_id": "snapshot:orders:20200101T000000Z", "new_id": "x1"}).status_code == 404
+    assert post(api, {"backup_id": "snapshot:orders:20200101T000000Z", "new_id": "lifeboat-x1"}).status_code == 404
     start_snapshot(wiring.snapshot_services(), "orders", SLOT)
     r = post(api, {"backup_id": "snapshot:orders:20261129T030000Z"})
     assert r.status_code == 400 and "new_id" in json.loads(r.body)["message"]
-    r = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "x2"}, target="billing")
+    r = post(api, {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "lifeboat-x2"}, target="billing")
     assert r.status_code == 400 and "/targets/orders/restores" in json.loads(r.body)["message"]
 
 
@@ -146,8 +158,8 @@ def test_settings_outside_the_allow_list_are_403_with_the_allowed_values(
 ) -> None:
     start_snapshot(wiring.snapshot_services(), "orders", SLOT)
     for body in (
-        {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "orders-x", field: value},
-        {"point_in_time": "latest", "new_id": "orders-y", field: value},
+        {"backup_id": "snapshot:orders:20261129T030000Z", "new_id": "lifeboat-orders-x", field: value},
+        {"point_in_time": "latest", "new_id": "lifeboat-orders-y", field: value},
     ):
         r = post(api, body, target="orders")
         assert r.status_code == 403, r.body
@@ -155,7 +167,7 @@ def test_settings_outside_the_allow_list_are_403_with_the_allowed_values(
         assert doc["error"] == "forbidden" and allowed in doc["message"] and "physical.restore" in doc["message"]
     assert (
         boto3.client("rds").describe_db_instances(
-            Filters=[{"Name": "db-instance-id", "Values": ["orders-x", "orders-y"]}]
+            Filters=[{"Name": "db-instance-id", "Values": ["lifeboat-orders-x", "lifeboat-orders-y"]}]
         )["DBInstances"]
         == []
     )
@@ -170,19 +182,19 @@ def test_aurora_restore_is_advanced_by_the_sweeper_never_by_a_get(api: Any) -> N
     def cluster_creating(parsed: dict[str, Any], model: Any, **_: Any) -> None:
         if model.name == "DescribeDBClusters" and state["creating"]:
             for cluster in parsed.get("DBClusters", []):
-                if cluster["DBClusterIdentifier"] == "billing-restored":
+                if cluster["DBClusterIdentifier"] == "lifeboat-billing-restored":
                     cluster["Status"] = "creating"
 
     def members() -> list[Any]:
         return list(
             boto3.client("rds").describe_db_instances(
-                Filters=[{"Name": "db-cluster-id", "Values": ["billing-restored"]}]
+                Filters=[{"Name": "db-cluster-id", "Values": ["lifeboat-billing-restored"]}]
             )["DBInstances"]
         )
 
     rds.meta.events.register("after-call.rds.DescribeDBClusters", cluster_creating)
     try:
-        r = post(api, {"backup_id": "snapshot:billing:20261129T030000Z", "new_id": "billing-restored"})
+        r = post(api, {"backup_id": "snapshot:billing:20261129T030000Z", "new_id": "lifeboat-billing-restored"})
         assert r.status_code == 202, r.body
         work(api)
         restore_id = json.loads(r.body)["restore_id"]
@@ -198,25 +210,30 @@ def test_aurora_restore_is_advanced_by_the_sweeper_never_by_a_get(api: Any) -> N
     finally:
         rds.meta.events.unregister("after-call.rds.DescribeDBClusters", cluster_creating)
     assert done["status"] == "SUCCEEDED", done
-    instance = boto3.client("rds").describe_db_instances(DBInstanceIdentifier="billing-restored-1")["DBInstances"][0]
-    assert instance["DBClusterIdentifier"] == "billing-restored"
+    # The cluster's instance is named after the restore (never an instance that happened to exist already).
+    assert done["result"]["instance_id"] == f"lifeboat-billing-restored-{restore_id[2:10]}"
+    instance = boto3.client("rds").describe_db_instances(DBInstanceIdentifier=done["result"]["instance_id"])[
+        "DBInstances"
+    ][0]
+    assert instance["DBClusterIdentifier"] == "lifeboat-billing-restored"
+    assert {"Key": "lifeboat:restore-id", "Value": restore_id} in instance["TagList"]
     assert instance["DBInstanceClass"] == "db.r6g.large"
     assert sweep(api) == []  # finished jobs are left alone
 
 
 def test_point_in_time_restore_of_an_instance(api: Any) -> None:
-    r = post(api, {"point_in_time": "latest", "new_id": "orders-pitr"}, target="orders")
+    r = post(api, {"point_in_time": "latest", "new_id": "lifeboat-orders-pitr"}, target="orders")
     assert r.status_code == 202, r.body
     work(api)
     done = status(api, json.loads(r.body)["restore_id"], "orders")
     assert done["status"] == "SUCCEEDED", done
     assert done["target"] == "orders" and done["request"]["target"] == "orders"
-    assert boto3.client("rds").describe_db_instances(DBInstanceIdentifier="orders-pitr")["DBInstances"]
+    assert boto3.client("rds").describe_db_instances(DBInstanceIdentifier="lifeboat-orders-pitr")["DBInstances"]
 
 
 def test_point_in_time_outside_the_window_is_400_with_the_window(api: Any) -> None:
     future = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r = post(api, {"target": "orders", "point_in_time": future, "new_id": "orders-pitr2"})
+    r = post(api, {"target": "orders", "point_in_time": future, "new_id": "lifeboat-orders-pitr2"})
     assert r.status_code == 400, r.body
     assert "outside the restorable window" in json.loads(r.body)["message"]
 
@@ -224,7 +241,7 @@ def test_point_in_time_outside_the_window_is_400_with_the_window(api: Any) -> No
 @pytest.mark.parametrize("target", ["gone", "gone-cluster"])
 @pytest.mark.parametrize("when", ["latest", "2026-11-29T03:00:00Z"])
 def test_point_in_time_of_a_source_that_is_gone_is_404_not_500(api: Any, target: str, when: str) -> None:
-    r = post(api, {"point_in_time": when, "new_id": "from-nothing"}, target=target)
+    r = post(api, {"point_in_time": when, "new_id": "lifeboat-from-nothing"}, target=target)
     assert r.status_code == 404, r.body
     message = json.loads(r.body)["message"]
     assert "does not exist" in message and "restore one of its snapshots instead" in message, message
@@ -232,19 +249,17 @@ def test_point_in_time_of_a_source_that_is_gone_is_404_not_500(api: Any, target:
 
 def test_point_in_time_restore_of_aurora_creates_cluster_then_instance(api: Any) -> None:
     when = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r = post(api, {"target": "billing", "point_in_time": when, "new_id": "billing-pitr"})
+    r = post(api, {"target": "billing", "point_in_time": when, "new_id": "lifeboat-billing-pitr"})
     if r.status_code == 400:  # moto may report no restorable window for a new cluster: use latest then
-        r = post(api, {"target": "billing", "point_in_time": "latest", "new_id": "billing-pitr"})
+        r = post(api, {"target": "billing", "point_in_time": "latest", "new_id": "lifeboat-billing-pitr"})
     assert r.status_code == 202, r.body
     work(api)
     done = status(api, json.loads(r.body)["restore_id"], "billing")
     assert done["status"] == "SUCCEEDED", done
     rds = boto3.client("rds")
-    assert rds.describe_db_clusters(DBClusterIdentifier="billing-pitr")["DBClusters"]
-    assert (
-        rds.describe_db_instances(DBInstanceIdentifier="billing-pitr-1")["DBInstances"][0]["DBClusterIdentifier"]
-        == "billing-pitr"
-    )
+    assert rds.describe_db_clusters(DBClusterIdentifier="lifeboat-billing-pitr")["DBClusters"]
+    instance = rds.describe_db_instances(DBInstanceIdentifier=done["result"]["instance_id"])["DBInstances"][0]
+    assert instance["DBClusterIdentifier"] == "lifeboat-billing-pitr"
 
 
 def ec2_instance() -> str:

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from stack import policies
+from chalicelib.physical.names import BACKUP_SOURCE_TAG
+from chalicelib.restore import plan
+from stack import capabilities, policies
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("dev", "prod")
@@ -48,7 +50,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _condition_holds(operator: str, key: str, wanted: Any, context: dict[str, str]) -> bool:
+def _condition_holds(operator: str, key: str, wanted: Any, context: dict[str, Any]) -> bool:
+    if operator == "Null":  # "true": the key is absent; "false": present
+        return (key not in context) == (str(wanted).lower() == "true")
+    if operator == "ForAllValues:StringEquals":  # every value of a multivalued key is listed (absent: true)
+        return all(v in _list(wanted) for v in _list(context.get(key, [])))
     if key not in context:
         return False  # no ...IfExists operators in the files: a missing key fails the condition
     actual = context[key]
@@ -61,12 +67,17 @@ def _condition_holds(operator: str, key: str, wanted: Any, context: dict[str, st
     raise AssertionError(f"the evaluator does not know condition operator {operator}")
 
 
-def statement_allows(statement: dict[str, Any], action: str, resource: Resource, context: dict[str, str]) -> bool:
+def _resource_matches(pattern: str, arn: str) -> bool:
+    """IAM's wildcards; `${*}` is a literal `*` (what EC2 names a snapshot or volume a call creates)."""
+    return fnmatch.fnmatchcase(arn, pattern.replace("[", "[[]").replace("${*}", "[*]"))
+
+
+def statement_allows(statement: dict[str, Any], action: str, resource: Resource, context: dict[str, Any]) -> bool:
     if statement["Effect"] != "Allow":
         return False
     if not any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in _list(statement["Action"])):
         return False
-    if not any(fnmatch.fnmatchcase(resource.arn, r) for r in _list(statement["Resource"])):
+    if not any(_resource_matches(r, resource.arn) for r in _list(statement["Resource"])):
         return False
     return all(
         _condition_holds(op, key, wanted, context)
@@ -82,11 +93,13 @@ def authorized(
     request_tags: dict[str, str] | None = None,
     **context: str,
 ) -> bool:
-    """IAM authorizes a call when every resource it touches is allowed by some statement (no Deny here)."""
+    """IAM authorizes a call when every resource it touches is allowed by some statement (no Deny here). A
+    resource being created has no resource tags; request tags are in every resource's context (and aws:TagKeys)."""
     for resource in resources:
-        keys = {
+        keys: dict[str, Any] = {
             **{f"aws:ResourceTag/{k}": v for k, v in resource.tags.items()},
             **{f"aws:RequestTag/{k}": v for k, v in (request_tags or {}).items()},
+            **({"aws:TagKeys": list(request_tags)} if request_tags else {}),
             **context,
         }
         if not any(statement_allows(st, action, resource, keys) for st in doc["Statement"]):
@@ -107,6 +120,8 @@ UNTAGGED_INSTANCE = Resource(arn("ec2", "instance", "i-0unrelated"), {"Name": "w
 NOT_TRUE_INSTANCE = Resource(arn("ec2", "instance", "i-0maybe"), {"lifeboat:restore-target": "false"})
 MANAGED = {"lifeboat:managed": "true"}
 RESTORE_TAGS = {"lifeboat:restore-id": "r-1", "lifeboat:target": "orders"}
+PITR_SOURCE = {"lifeboat:pitr-source": "true"}
+BACKUP_SOURCE = {"lifeboat:backup-source": "true"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -138,7 +153,7 @@ def test_the_api_starts_advances_and_attaches_nothing(stage: str) -> None:
 @pytest.mark.parametrize("stage", STAGES)
 def test_rds_restores_only_from_managed_snapshots(stage: str) -> None:
     worker = policy(stage, "restore_worker")
-    new_db = Resource(arn("rds", "db", "orders-restored"))
+    new_db = Resource(arn("rds", "db", "lifeboat-orders-restored"))
     managed = Resource(arn("rds", "snapshot", "lifeboat-orders-20261129-030000"), MANAGED)
     unmanaged = Resource(arn("rds", "snapshot", "lifeboat-orders-20261129-030000"))
     foreign = Resource(arn("rds", "snapshot", "prod-before-migration"), MANAGED)
@@ -147,18 +162,17 @@ def test_rds_restores_only_from_managed_snapshots(stage: str) -> None:
     assert not authorized(worker, call, [new_db, unmanaged], RESTORE_TAGS), "a snapshot without lifeboat:managed"
     assert not authorized(worker, call, [new_db, foreign], RESTORE_TAGS), "a snapshot the stack did not name"
     assert not authorized(worker, call, [new_db, managed]), "a new instance without lifeboat:restore-id"
-    cluster = Resource(arn("rds", "cluster", "billing-restored"))
+    cluster = Resource(arn("rds", "cluster", "lifeboat-billing-restored"))
     cluster_snapshot = Resource(arn("rds", "cluster-snapshot", "lifeboat-billing-20261129-030000"), MANAGED)
     untagged_cluster_snapshot = Resource(cluster_snapshot.arn)
     call = "rds:RestoreDBClusterFromSnapshot"
     assert authorized(worker, call, [cluster, cluster_snapshot], RESTORE_TAGS)
     assert not authorized(worker, call, [cluster, untagged_cluster_snapshot], RESTORE_TAGS)
-    # Point in time: the source is the operator's instance; the new one must carry the restore's tag.
-    source = Resource(arn("rds", "db", "orders-db"))
-    assert authorized(
-        worker, "rds:RestoreDBInstanceToPointInTime", [Resource(arn("rds", "db", "o-pitr")), source], RESTORE_TAGS
-    )
-    assert not authorized(worker, "rds:RestoreDBInstanceToPointInTime", [Resource(arn("rds", "db", "o-pitr")), source])
+    # Point in time: the source is the operator's opted-in instance; the new one must carry the restore's tag.
+    source = Resource(arn("rds", "db", "orders-db"), PITR_SOURCE)
+    pitr = Resource(arn("rds", "db", "lifeboat-o-pitr"))
+    assert authorized(worker, "rds:RestoreDBInstanceToPointInTime", [pitr, source], RESTORE_TAGS)
+    assert not authorized(worker, "rds:RestoreDBInstanceToPointInTime", [pitr, source])
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -181,4 +195,110 @@ def test_the_evaluator_knows_every_condition_operator_the_files_use() -> None:
         for st in json.loads(path.read_text())["Statement"]
         for op in st.get("Condition", {})
     }
-    assert used <= {"StringEquals", "StringLike", "Bool"}, used
+    assert used <= {"StringEquals", "StringLike", "Bool", "Null", "ForAllValues:StringEquals"}, used
+
+
+# --- Review 12: sources are the operator's to opt in, and "managed" cannot be forged ---------------------------
+PAYROLL_DB = Resource(arn("rds", "db", "payroll-prod"), {"team": "hr"})  # not a pg-lifeboat source
+UNTAGGED_DB = Resource(arn("rds", "db", "reporting"))
+PROD_CLUSTER = Resource(arn("rds", "cluster", "billing"), {"env": "prod"})
+NEW_DB = Resource(arn("rds", "db", "lifeboat-exfil-copy"))
+NEW_CLUSTER = Resource(arn("rds", "cluster", "lifeboat-exfil-cluster"))
+LIFEBOAT_SUBNETS = Resource(arn("rds", "subgrp", "lifeboat-private"))
+FORGED = {
+    "lifeboat:managed": "true",
+    "lifeboat:target": "orders",
+    "lifeboat:slot": "2026-11-29T03:00:00Z",
+    "lifeboat:set": "snapshot:orders:20261129T030000Z",
+}
+NEW_EBS_SNAPSHOT = Resource("arn:aws:ec2:eu-west-1::snapshot/*")  # EC2's ARN of a snapshot being created
+
+
+def test_the_stack_and_the_code_agree_on_names_and_tags() -> None:
+    assert capabilities.RESTORED_RDS_PREFIX == plan.NEW_ID_PREFIX
+    assert capabilities.PITR_SOURCE_TAG == plan.PITR_SOURCE_TAG
+    assert capabilities.BACKUP_SOURCE_TAG == (BACKUP_SOURCE_TAG, "true")
+    assert [t["Key"] for t in plan.tags("r-1", "orders")] == capabilities.RESTORE_TAG_KEYS
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_point_in_time_restores_read_only_opted_in_sources(stage: str) -> None:
+    worker = policy(stage, "restore_worker")
+    call = "rds:RestoreDBInstanceToPointInTime"
+    for source in (PAYROLL_DB, UNTAGGED_DB, Resource(arn("rds", "db", "orders-db"), {"lifeboat:pitr-source": "no"})):
+        assert not authorized(worker, call, [NEW_DB, source, LIFEBOAT_SUBNETS], RESTORE_TAGS), source
+    opted_in = Resource(arn("rds", "db", "orders-db"), PITR_SOURCE)
+    assert authorized(worker, call, [NEW_DB, opted_in, LIFEBOAT_SUBNETS], RESTORE_TAGS)
+    # the new instance: named lifeboat-*, tagged by the restore and nothing else; groups: lifeboat-*
+    assert not authorized(worker, call, [Resource(arn("rds", "db", "exfil-copy")), opted_in], RESTORE_TAGS)
+    assert not authorized(worker, call, [NEW_DB, opted_in], {**RESTORE_TAGS, "lifeboat:pitr-source": "true"})
+    public = Resource(arn("rds", "subgrp", "default-vpc-public"))
+    assert not authorized(worker, call, [NEW_DB, opted_in, public], RESTORE_TAGS)
+    call = "rds:RestoreDBClusterToPointInTime"
+    assert not authorized(worker, call, [NEW_CLUSTER, PROD_CLUSTER], RESTORE_TAGS)
+    assert authorized(worker, call, [NEW_CLUSTER, Resource(PROD_CLUSTER.arn, PITR_SOURCE)], RESTORE_TAGS)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("function", ["restore_worker", "restore_sweeper"])
+def test_restores_neither_retag_nor_extend_the_operators_resources(stage: str, function: str) -> None:
+    doc = policy(stage, function)
+    for existing in (PAYROLL_DB, UNTAGGED_DB, PROD_CLUSTER):
+        assert not authorized(doc, "rds:AddTagsToResource", [existing], RESTORE_TAGS), existing
+    # an instance joins only a restore's own cluster (a lifeboat-* cluster tagged with a restore id)
+    instance = Resource(arn("rds", "db", "lifeboat-billing-copy-0123abcd"))
+    assert not authorized(doc, "rds:CreateDBInstance", [instance, PROD_CLUSTER], RESTORE_TAGS)
+    assert not authorized(doc, "rds:CreateDBInstance", [instance, NEW_CLUSTER], RESTORE_TAGS)
+    restored = Resource(arn("rds", "cluster", "lifeboat-billing-copy"), {"lifeboat:restore-id": "r-1"})
+    assert authorized(doc, "rds:CreateDBInstance", [instance, restored], RESTORE_TAGS)
+    assert authorized(doc, "rds:AddTagsToResource", [instance], RESTORE_TAGS)
+    assert not authorized(doc, "rds:AddTagsToResource", [instance], {**RESTORE_TAGS, "lifeboat:managed": "true"})
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_backup_worker_snapshots_only_opted_in_sources_as_new_managed_snapshots(stage: str) -> None:
+    worker = policy(stage, "backup_worker")
+    snap = Resource(arn("rds", "snapshot", "lifeboat-orders-20261129-030000"))
+    assert not authorized(worker, "rds:CreateDBSnapshot", [PAYROLL_DB, snap], FORGED)
+    opted_in = Resource(arn("rds", "db", "orders-db"), BACKUP_SOURCE)
+    assert authorized(worker, "rds:CreateDBSnapshot", [opted_in, snap], FORGED)
+    assert authorized(worker, "rds:AddTagsToResource", [snap], FORGED)
+    cluster_snap = Resource(arn("rds", "cluster-snapshot", "lifeboat-billing-20261129-030000"))
+    assert not authorized(worker, "rds:CreateDBClusterSnapshot", [PROD_CLUSTER, cluster_snap], FORGED)
+    billing = Resource(PROD_CLUSTER.arn, BACKUP_SOURCE)
+    assert authorized(worker, "rds:CreateDBClusterSnapshot", [billing, cluster_snap], FORGED)
+    # an existing managed snapshot cannot be re-tagged (as another target's, say)
+    hr = Resource(snap.arn, {"lifeboat:managed": "true", "lifeboat:target": "hr"})
+    assert not authorized(worker, "rds:AddTagsToResource", [hr], FORGED)
+    volume = Resource(arn("ec2", "volume", "vol-0payroll"), {"team": "hr"})
+    assert not authorized(worker, "ec2:CreateSnapshot", [volume, NEW_EBS_SNAPSHOT], FORGED)
+    assert authorized(worker, "ec2:CreateSnapshot", [Resource(volume.arn, BACKUP_SOURCE), NEW_EBS_SNAPSHOT], FORGED)
+    instance = Resource(arn("ec2", "instance", "i-0db"))
+    assert not authorized(worker, "ec2:CreateSnapshots", [instance, volume, NEW_EBS_SNAPSHOT], FORGED)
+    assert authorized(
+        worker, "ec2:CreateSnapshots", [Resource(instance.arn, BACKUP_SOURCE), volume, NEW_EBS_SNAPSHOT], FORGED
+    )
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_snapshot_sweeper_cannot_move_snapshots_between_targets(stage: str) -> None:
+    sweeper = policy(stage, "snapshot_sweeper")
+    hr_snap = Resource(
+        arn("rds", "snapshot", "lifeboat-hr-20261129-030000"), {"lifeboat:managed": "true", "lifeboat:target": "hr"}
+    )
+    assert not authorized(sweeper, "rds:AddTagsToResource", [hr_snap], {"lifeboat:target": "orders"})
+    assert authorized(sweeper, "rds:AddTagsToResource", [hr_snap], {"lifeboat:observed": "done"})
+    foreign = Resource("arn:aws:ec2:eu-west-1::snapshot/snap-0foreign", {"team": "hr"})
+    assert not authorized(sweeper, "ec2:CopySnapshot", [foreign, NEW_EBS_SNAPSHOT], FORGED)
+    managed = Resource("arn:aws:ec2:eu-west-1::snapshot/snap-0managed", {"lifeboat:managed": "true"})
+    assert authorized(sweeper, "ec2:CopySnapshot", [managed, NEW_EBS_SNAPSHOT], FORGED)
+    assert not authorized(sweeper, "ec2:CopySnapshot", [managed, NEW_EBS_SNAPSHOT], {"lifeboat:target": "x"})
+    assert authorized(sweeper, "ec2:CreateTags", [NEW_EBS_SNAPSHOT], FORGED, **{"ec2:CreateAction": "CopySnapshot"})
+    hr_ebs = Resource("arn:aws:ec2:eu-west-1::snapshot/snap-0hr", {"lifeboat:managed": "true"})
+    assert not authorized(sweeper, "ec2:CreateTags", [hr_ebs], {"lifeboat:target": "orders"})
+    assert authorized(sweeper, "ec2:CreateTags", [hr_ebs], {"lifeboat:observed": "done"})
+    # RDS copies: from a managed snapshot into a new (not yet tagged) lifeboat-* snapshot, as managed
+    copy = Resource(arn("rds", "snapshot", "lifeboat-hr-20261129-030000").replace(REGION, "us-west-2"))
+    copy_tags = {**FORGED, "lifeboat:copy-of": hr_snap.arn}
+    assert authorized(sweeper, "rds:CopyDBSnapshot", [hr_snap, copy], copy_tags)
+    assert not authorized(sweeper, "rds:CopyDBSnapshot", [hr_snap, copy], {"lifeboat:target": "orders"})

@@ -236,7 +236,7 @@ def test_globals_restore_into_a_fresh_server_equals_the_source(
 def test_replacing_with_a_selection_is_refused_before_anything_exists(
         backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]) -> None:
     svc, backup_id = backed_up
-    with pytest.raises(BadRequestError, match="a selection .* goes into a new database"):
+    with pytest.raises(BadRequestError, match=r"a selection .* goes into a new database"):
         restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), SOURCE,
                         RestoreOptions(replace=True, tables=("sales.customers",)))
     assert stray_databases() == set()

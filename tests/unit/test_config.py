@@ -46,7 +46,9 @@ def test_minimal_config_parses_with_documented_defaults() -> None:
     assert t.connection is not None
     assert (t.connection.host, t.connection.port, t.connection.database, t.connection.user) == (
         "db.internal", 5432, "postgres", "backup")
-    assert t.connection.sslmode == "require"
+    assert t.connection.sslmode == "verify-full"
+    assert t.connection.sslrootcert is None  # the layer's RDS CA bundle (CredentialResolver)
+    assert (t.connection.weak_auth, t.connection.weak_tls) == (False, False)
     assert t.connection.password_secret is None
     assert t.connection.iam_auth is False
     assert t.logical is None
@@ -169,19 +171,51 @@ def test_password_secret_and_iam_auth_are_exclusive() -> None:
     assert "target 'prod': connection: set either password_secret or iam_auth, not both" in message
 
 
-@pytest.mark.parametrize("sslmode", ["disable", "allow", "prefer"])
-def test_iam_auth_needs_tls(sslmode: str) -> None:
-    conn = {"host": "h", "user": "u", "iam_auth": True, "sslmode": sslmode}
+@pytest.mark.parametrize("sslmode", ["disable", "allow", "prefer", "require"])
+@pytest.mark.parametrize("opt_out", [{}, {"weak_tls": True}, {"weak_auth": True}])
+@pytest.mark.parametrize("login", [{"iam_auth": True}, {"restore_user": "r", "restore_iam_auth": True}])
+def test_iam_auth_needs_a_verified_certificate(sslmode: str, opt_out: dict[str, bool], login: dict[str, Any]) -> None:
+    """The token goes as a cleartext password: only to a server whose certificate a CA vouches for. No opt-out."""
+    conn = {"host": "h", "user": "u", "sslmode": sslmode, **login, **opt_out}
     message = error_of(config(target("prod", connection=conn)))
-    assert "target 'prod': connection: iam_auth needs sslmode require or stricter" in message
+    assert f"target 'prod': connection: iam_auth needs sslmode verify-full or verify-ca, not '{sslmode}'" in message
+    assert "sslrootcert" in message
 
 
-@pytest.mark.parametrize("sslmode", ["require", "verify-ca", "verify-full"])
+@pytest.mark.parametrize("sslmode", ["verify-ca", "verify-full"])
 def test_iam_auth_with_tls_is_fine(sslmode: str) -> None:
     conn = {"host": "h", "user": "u", "iam_auth": True, "sslmode": sslmode}
     t = parse_config(config(target("prod", connection=conn))).targets[0]
     assert t.connection is not None
     assert t.connection.iam_auth is True
+
+
+@pytest.mark.parametrize("secret", [{"password_secret": "s"}, {"restore_user": "r", "restore_password_secret": "s"}])
+def test_a_stored_password_with_unverified_tls_needs_weak_tls(secret: dict[str, str]) -> None:
+    """sslmode require checks no certificate: a machine in the middle chooses the SCRAM work factor."""
+    conn = {"host": "h", "user": "u", "sslmode": "require", **secret}
+    message = error_of(config(target("prod", connection=conn)))
+    assert "target 'prod': connection: sslmode 'require' with a stored password: require checks no certificate" in (
+        message)
+    assert "sslrootcert set to your server's CA" in message and "weak_tls: true" in message
+    for opt_out in ("weak_tls", "weak_auth"):  # weak_auth already sends the password however asked, TLS or not
+        t = parse_config(config(target("prod", connection={**conn, opt_out: True}))).targets[0]
+        assert t.connection is not None and t.connection.sslmode == "require"
+
+
+@pytest.mark.parametrize("sslmode", ["verify-ca", "verify-full"])
+def test_a_stored_password_with_verified_tls_needs_no_opt_out(sslmode: str) -> None:
+    conn = {"host": "h", "user": "u", "sslmode": sslmode, "password_secret": "s"}
+    assert parse_config(config(target("prod", connection=conn))).targets[0].connection is not None
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer", "verify-ca", "verify-full"])
+def test_weak_tls_only_goes_with_require(sslmode: str) -> None:
+    conn = {"host": "h", "user": "u", "sslmode": sslmode, "password_secret": "s", "weak_tls": True}
+    if sslmode in ("disable", "prefer"):
+        conn["weak_auth"] = True  # else the missing TLS is the first complaint
+    message = error_of(config(target("prod", connection=conn)))
+    assert f"connection: weak_tls only allows sslmode 'require'; with '{sslmode}' remove it" in message
 
 
 def test_duplicate_target_names() -> None:
