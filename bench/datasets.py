@@ -44,8 +44,27 @@ class Built:
 
 def _pgbench(pg: PostgresServer, dbname: str, steps: str, scale: int) -> None:
     env = {**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD}
-    subprocess.run([str(pg.bin_dir / "pgbench"), "-i", "-I", steps, "-s", str(scale), "-q", "-h", "127.0.0.1",
-                    "-p", str(pg.port), "-U", SUPERUSER, dbname], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(pg.bin_dir / "pgbench"),
+            "-i",
+            "-I",
+            steps,
+            "-s",
+            str(scale),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            SUPERUSER,
+            dbname,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def _build_pgbench(pg: PostgresServer, ds: Dataset) -> None:
@@ -54,13 +73,16 @@ def _build_pgbench(pg: PostgresServer, ds: Dataset) -> None:
     whole = max(1, round(scale))
     _pgbench(pg, ds.name, "dt", whole)  # drop and create the tables, as pgbench does
     # pgbench's server-side generation ("G"), with a fractional scale for accounts
-    pg.psql(f"""
+    pg.psql(
+        f"""
         INSERT INTO pgbench_branches(bid, bbalance) SELECT bid, 0 FROM generate_series(1, {whole}) AS bid;
         INSERT INTO pgbench_tellers(tid, bid, tbalance)
           SELECT tid, (tid - 1) / 10 + 1, 0 FROM generate_series(1, {whole * 10}) AS tid;
         INSERT INTO pgbench_accounts(aid, bid, abalance, filler)
           SELECT aid, least((aid - 1) / 100000 + 1, {whole}), 0, '' FROM generate_series(1, {accounts}) AS aid;
-    """, dbname=ds.name)  # noqa: S608 (numbers only)
+    """,  # noqa: S608 (numbers only)
+        dbname=ds.name,
+    )
     _pgbench(pg, ds.name, "vp", whole)  # vacuum, primary keys
 
 
@@ -69,7 +91,8 @@ def _build_random(pg: PostgresServer, ds: Dataset) -> None:
     blob_rows = max(100, round(payload_mb * 0.7 * 1024 * 1024 / RANDOM_ROW_BYTES))
     doc_rows = max(100, round(payload_mb * 0.3 * 1024 * 1024 / 700))
     # uuid v4 bytes are 122 random bits in 128: close enough to incompressible for zstd/gzip/lz4.
-    pg.psql(f"""
+    pg.psql(
+        f"""
         CREATE TABLE random_blobs (id bigint PRIMARY KEY, payload bytea NOT NULL);
         ALTER TABLE random_blobs ALTER COLUMN payload SET STORAGE EXTERNAL;
         INSERT INTO random_blobs
@@ -84,7 +107,9 @@ def _build_random(pg: PostgresServer, ds: Dataset) -> None:
             'ts', now() - random() * interval '1000 days',
             'body', (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 14) WHERE g > 0))
           FROM generate_series(1, {doc_rows}) AS g;
-    """, dbname=ds.name)  # noqa: S608 (numbers only)
+    """,  # noqa: S608 (numbers only)
+        dbname=ds.name,
+    )
     pg.psql("VACUUM ANALYZE random_blobs", dbname=ds.name)
     pg.psql("VACUUM ANALYZE random_docs", dbname=ds.name)
 

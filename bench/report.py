@@ -99,12 +99,17 @@ def _backup_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, floa
             f" {peer:.2f} s ({db / MB / peer:,.0f} MB/s) | {mine:.2f} s ({db / MB / mine:,.0f} MB/s) |"
             f" {ratio(vs_limit)} {verdict(vs_limit >= TARGETS['backup_vs_limit'])}"
             f" ({paired(row, 'limit', 'lifeboat')}) |"
-            f" {ratio(vs_peer)} {verdict(vs_peer >= TARGETS['backup_vs_peer'])} ({paired(row, 'peer', 'lifeboat')}) |")
-        busy_cell = (f"{busy:.2f} s (speed {ratio(limit / busy)} of the limit alone)" if not math.isnan(busy)
-                     else "not measured (one PutObject)")
+            f" {ratio(vs_peer)} {verdict(vs_peer >= TARGETS['backup_vs_peer'])} ({paired(row, 'peer', 'lifeboat')}) |"
+        )
+        busy_cell = (
+            f"{busy:.2f} s (speed {ratio(limit / busy)} of the limit alone)"
+            if not math.isnan(busy)
+            else "not measured (one PutObject)"
+        )
         more.append(
             f"| {name} | {nocount:.2f} s ({db / MB / nocount:,.0f} MB/s) | {ratio(limit / nocount)} | {busy_cell} |"
-            f" {sink:.2f} s ({dump / MB / sink:,.0f} MB/s of dump) | {sink / mine:.0%} |")
+            f" {sink:.2f} s ({dump / MB / sink:,.0f} MB/s of dump) | {sink / mine:.0%} |"
+        )
     return [*lines, "", "What the gap is made of:", "", *more], stats
 
 
@@ -127,7 +132,8 @@ def _cpu_rows(r: dict[str, Any]) -> list[str]:
             f" {med(mine, 'cpu_children'):.2f} + {med(mine, 'pg_cpu'):.2f} | {py:.2f} | {med(mine, 's3_cpu'):.2f} |"
             f" {total / med(mine, 'process_seconds'):.2f} |"
             f" {med(row['sink'], 'cpu_self'):.2f} + {med(row['sink'], 's3_cpu'):.2f} |"
-            f" {med(row['peer'], 'cpu'):.2f}, {med(row['peer'], 's3_cpu'):.2f} |")
+            f" {med(row['peer'], 'cpu'):.2f}, {med(row['peer'], 's3_cpu'):.2f} |"
+        )
     return lines
 
 
@@ -146,9 +152,11 @@ def _memory_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
         peak = med(runs, "hwm_kib") / 1024
         worst = max(float(x["hwm_kib"]) for x in runs) / 1024
         peaks[name] = peak
-        lines.append(f"| {name} | {mb(dump)} | {parts} | {before:.0f} MiB | {peak:.0f} / {worst:.0f} MiB |"
-                     f" {peak - before:+.0f} MiB | {med(runs, 'pg_dump_hwm_kib') / 1024:.0f} MiB |"
-                     f" {verdict(worst * MiB / MB <= TARGETS['rss_mb'])} |")
+        lines.append(
+            f"| {name} | {mb(dump)} | {parts} | {before:.0f} MiB | {peak:.0f} / {worst:.0f} MiB |"
+            f" {peak - before:+.0f} MiB | {med(runs, 'pg_dump_hwm_kib') / 1024:.0f} MiB |"
+            f" {verdict(worst * MiB / MB <= TARGETS['rss_mb'])} |"
+        )
     return lines, peaks
 
 
@@ -184,9 +192,11 @@ def _restore_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
         for n in ("1", str(jobs)):
             limit, mine = med(row[f"limit_{n}"]), med(row[f"lifeboat_{n}"])
             worst[f"{name} j{n}"] = limit / mine
-            cells.append(f"{limit:.2f} s ({db / MB / limit:,.0f} MB/s) | {mine:.2f} s ({db / MB / mine:,.0f} MB/s) |"
-                         f" {ratio(limit / mine)} {verdict(limit / mine >= TARGETS['restore_vs_limit'])}"
-                         f" ({paired(row, f'limit_{n}', f'lifeboat_{n}')})")
+            cells.append(
+                f"{limit:.2f} s ({db / MB / limit:,.0f} MB/s) | {mine:.2f} s ({db / MB / mine:,.0f} MB/s) |"
+                f" {ratio(limit / mine)} {verdict(limit / mine >= TARGETS['restore_vs_limit'])}"
+                f" ({paired(row, f'limit_{n}', f'lifeboat_{n}')})"
+            )
         lines.append(f"| {name} | {mb(row['archive_bytes'])} | " + " | ".join(cells) + " |")
     return lines, worst
 
@@ -194,19 +204,30 @@ def _restore_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
 def _coldstart_rows(r: dict[str, Any]) -> tuple[list[str], float]:
     cs = r["coldstart"]
     base = med(cs["boto3"])
-    labels = {"boto3": "`import boto3` (baseline)", "boto3-client": "`import boto3; boto3.client('s3')`",
-              "app": "`import app` + `runtime.backup_services()` (the backup handler's first call)"}
-    lines = ["| what | in-process time (median) | process wall time | vs baseline | peak RSS |",
-             "|---|---:|---:|---:|---:|"]
+    labels = {
+        "boto3": "`import boto3` (baseline)",
+        "boto3-client": "`import boto3; boto3.client('s3')`",
+        "app": "`import app` + `runtime.backup_services()` (the backup handler's first call)",
+    }
+    lines = [
+        "| what | in-process time (median) | process wall time | vs baseline | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for mode, label in labels.items():
         runs = cs[mode]
-        lines.append(f"| {label} | {med(runs) * 1000:.0f} ms | {med(runs, 'process_seconds') * 1000:.0f} ms |"
-                     f" {ratio(med(runs) / base)} | {med(runs, 'hwm_kib') / 1024:.0f} MiB |")
+        lines.append(
+            f"| {label} | {med(runs) * 1000:.0f} ms | {med(runs, 'process_seconds') * 1000:.0f} ms |"
+            f" {ratio(med(runs) / base)} | {med(runs, 'hwm_kib') / 1024:.0f} MiB |"
+        )
     it = cs.get("importtime") or {}
     if it:
-        lines += ["", f"`python -X importtime` of the handler's first call: {it['total_ms']:.0f} ms of imports in all.",
-                  "", "| first-level import | cumulative | | package | self time, all its modules |",
-                  "|---|---:|---|---|---:|"]
+        lines += [
+            "",
+            f"`python -X importtime` of the handler's first call: {it['total_ms']:.0f} ms of imports in all.",
+            "",
+            "| first-level import | cumulative | | package | self time, all its modules |",
+            "|---|---:|---|---|---:|",
+        ]
         rows = max(len(it["first_level"]), len(it["packages"]))
         for i in range(rows):
             a = it["first_level"][i] if i < len(it["first_level"]) else ("", None)
@@ -246,30 +267,44 @@ def render(r: dict[str, Any]) -> str:
         lines, stats = _backup_rows(r)
         worst_limit = min(stats.items(), key=lambda kv: kv[1]["vs_limit"])
         worst_peer = min(stats.items(), key=lambda kv: kv[1]["vs_peer"])
-        summary.append(f"| backup throughput vs `pg_dump` → /dev/null, same settings | ≥ 0.95x |"
-                       f" {', '.join(f'{k} {ratio(v['vs_limit'])}' for k, v in stats.items())}"
-                       f" (`row_counts: false`: {', '.join(ratio(v['nocount_vs_limit']) for v in stats.values())}) |"
-                       f" {verdict(worst_limit[1]['vs_limit'] >= TARGETS['backup_vs_limit'])} |")
-        summary.append(f"| backup throughput vs `pg_dump \\| aws s3 cp -` | ≥ 1.0x |"
-                       f" {', '.join(f'{k} {ratio(v['vs_peer'])}' for k, v in stats.items())} |"
-                       f" {verdict(worst_peer[1]['vs_peer'] >= TARGETS['backup_vs_peer'])} |")
-        sections += ["## 2. Backup throughput", "",
-                     "Wall time of one backup of the whole database; MB/s are database MB (on disk) per second.",
-                     "", *lines, "",
-                     "CPU seconds per run; \"cores busy\" is CPU seconds over wall seconds (the backup's over its"
-                     " whole process, imports included). With 2 cores, every CPU second the upload path and the"
-                     " local S3 server spend is taken from pg_dump and the PostgreSQL server:", "",
-                     *_cpu_rows(r), ""]
+        summary.append(
+            f"| backup throughput vs `pg_dump` → /dev/null, same settings | ≥ 0.95x |"
+            f" {', '.join(f'{k} {ratio(v["vs_limit"])}' for k, v in stats.items())}"
+            f" (`row_counts: false`: {', '.join(ratio(v['nocount_vs_limit']) for v in stats.values())}) |"
+            f" {verdict(worst_limit[1]['vs_limit'] >= TARGETS['backup_vs_limit'])} |"
+        )
+        summary.append(
+            f"| backup throughput vs `pg_dump \\| aws s3 cp -` | ≥ 1.0x |"
+            f" {', '.join(f'{k} {ratio(v["vs_peer"])}' for k, v in stats.items())} |"
+            f" {verdict(worst_peer[1]['vs_peer'] >= TARGETS['backup_vs_peer'])} |"
+        )
+        sections += [
+            "## 2. Backup throughput",
+            "",
+            "Wall time of one backup of the whole database; MB/s are database MB (on disk) per second.",
+            "",
+            *lines,
+            "",
+            'CPU seconds per run; "cores busy" is CPU seconds over wall seconds (the backup\'s over its'
+            " whole process, imports included). With 2 cores, every CPU second the upload path and the"
+            " local S3 server spend is taken from pg_dump and the PostgreSQL server:",
+            "",
+            *_cpu_rows(r),
+            "",
+        ]
         mem_lines, peaks = _memory_rows(r)
         names = list(peaks)
         small, large = names[0], names[1] if len(names) > 1 else names[0]
         flat = peaks[large] / peaks[small]
-        extra = (f"; {names[2]}/{small}: {peaks[names[2]] / peaks[small]:.2f}" if len(names) > 2 else "")
+        extra = f"; {names[2]}/{small}: {peaks[names[2]] / peaks[small]:.2f}" if len(names) > 2 else ""
         worst_rss = max(max(float(x["hwm_kib"]) for x in r["backup"][n]["lifeboat"]) for n in names) / 1024
-        summary.append(f"| peak RSS of the backup process (Python) | ≤ 150 MB | {worst_rss * MiB / MB:.0f} MB |"
-                       f" {verdict(worst_rss * MiB / MB <= TARGETS['rss_mb'])} |")
-        summary.append(f"| peak RSS, large / small | ≤ 1.1 | {flat:.2f}{extra} |"
-                       f" {verdict(flat <= TARGETS['rss_ratio'])} |")
+        summary.append(
+            f"| peak RSS of the backup process (Python) | ≤ 150 MB | {worst_rss * MiB / MB:.0f} MB |"
+            f" {verdict(worst_rss * MiB / MB <= TARGETS['rss_mb'])} |"
+        )
+        summary.append(
+            f"| peak RSS, large / small | ≤ 1.1 | {flat:.2f}{extra} | {verdict(flat <= TARGETS['rss_ratio'])} |"
+        )
         slow = r.get("memory_slow_s3") or []
         slow_lines: list[str] = []
         if slow:
@@ -277,47 +312,77 @@ def render(r: dict[str, Any]) -> str:
             baseline = statistics.median(float(x["rss_before_kib"]) for n in names for x in r["backup"][n]["lifeboat"])
             projected = (baseline / 1024 + growth) * MiB / MB
             budget, part = slow[0]["budget_kib"] / 1024, slow[0]["part_kib"] / 1024
-            summary.append(f"| peak RSS with a slow S3 (in-flight budget full) | ≤ 150 MB | {projected:.0f} MB |"
-                           f" {verdict(projected <= TARGETS['rss_mb'])} |")
+            summary.append(
+                f"| peak RSS with a slow S3 (in-flight budget full) | ≤ 150 MB | {projected:.0f} MB |"
+                f" {verdict(projected <= TARGETS['rss_mb'])} |"
+            )
             slow_lines = [
-                "", f"With a slow S3 the in-flight budget fills, which the local server never lets happen:"
+                "",
+                f"With a slow S3 the in-flight budget fills, which the local server never lets happen:"
                 f" `S3Store.put_stream` (the handler's settings: {budget:.0f} MiB budget, {part:.0f} MiB parts)"
                 f" of {mb(slow[0]['bytes'])} MB against a stub client taking 200 ms per UploadPart grows the"
                 f" process by **{growth:.0f} MiB** (median of {len(slow)}; the budget plus the part being read"
                 f" would be {budget + part:.0f} MiB). Added to the backup process's {baseline / 1024:.0f} MiB"
                 f" before the backup: **{projected:.0f} MB** ({verdict(projected <= TARGETS['rss_mb'])}).",
             ]
-        sections += ["## 3. Memory of the backup process", "",
-                     "Peak RSS (VmHWM) of the Python process that runs `run_logical_backup`; pg_dump's own peak"
-                     " (its VmHWM, sampled every 20 ms) apart. \"Before\" is after imports and client creation.",
-                     "", *mem_lines,
-                     "", f"Ratio of peak RSS, {large} / {small}: **{flat:.2f}**{extra}.", *slow_lines, ""]
+        sections += [
+            "## 3. Memory of the backup process",
+            "",
+            "Peak RSS (VmHWM) of the Python process that runs `run_logical_backup`; pg_dump's own peak"
+            ' (its VmHWM, sampled every 20 ms) apart. "Before" is after imports and client creation.',
+            "",
+            *mem_lines,
+            "",
+            f"Ratio of peak RSS, {large} / {small}: **{flat:.2f}**{extra}.",
+            *slow_lines,
+            "",
+        ]
 
     if r["compression"]:
-        sections += ["## 4. Compression (pg_dump to a file, no upload)", "",
-                     "Median time; DB/dump is the size on disk divided by the archive's size. A combination is"
-                     " repeated while its runs total under 40 s (the slowest ones run once or twice).", "",
-                     *_compression_rows(r), ""]
+        sections += [
+            "## 4. Compression (pg_dump to a file, no upload)",
+            "",
+            "Median time; DB/dump is the size on disk divided by the archive's size. A combination is"
+            " repeated while its runs total under 40 s (the slowest ones run once or twice).",
+            "",
+            *_compression_rows(r),
+            "",
+        ]
 
     if r["restore"]:
         lines, worst = _restore_rows(r)
         w = min(worst.items(), key=lambda kv: kv[1])
-        summary.append(f"| restore throughput vs `pg_restore` from a local file | ≥ 0.90x |"
-                       f" {', '.join(f'{k} {ratio(v)}' for k, v in worst.items())} |"
-                       f" {verdict(w[1] >= TARGETS['restore_vs_limit'])} |")
-        sections += ["## 5. Restore throughput", "",
-                     "Wall time into a new database; MB/s are the source database's MB on disk per second.", "",
-                     *lines, ""]
+        summary.append(
+            f"| restore throughput vs `pg_restore` from a local file | ≥ 0.90x |"
+            f" {', '.join(f'{k} {ratio(v)}' for k, v in worst.items())} |"
+            f" {verdict(w[1] >= TARGETS['restore_vs_limit'])} |"
+        )
+        sections += [
+            "## 5. Restore throughput",
+            "",
+            "Wall time into a new database; MB/s are the source database's MB on disk per second.",
+            "",
+            *lines,
+            "",
+        ]
 
     if r["coldstart"]:
         lines, cs_ratio = _coldstart_rows(r)
-        summary.append(f"| cold start of the backup handler vs `import boto3` | ≤ 1.5x | {ratio(cs_ratio)} |"
-                       f" {verdict(cs_ratio <= TARGETS['coldstart_ratio'])} |")
+        summary.append(
+            f"| cold start of the backup handler vs `import boto3` | ≤ 1.5x | {ratio(cs_ratio)} |"
+            f" {verdict(cs_ratio <= TARGETS['coldstart_ratio'])} |"
+        )
         sections += ["## 6. Cold start", "", *lines, ""]
 
     out += ["## Targets", "", "| target | goal | measured | |", "|---|---|---|---|", *summary, ""]
-    out += [FINDINGS_START, "## Findings", "", "(Written by hand after a run; kept when the report is regenerated.)",
-            FINDINGS_END, ""]
+    out += [
+        FINDINGS_START,
+        "## Findings",
+        "",
+        "(Written by hand after a run; kept when the report is regenerated.)",
+        FINDINGS_END,
+        "",
+    ]
     out += sections
     out += ["## Method", "", *METHOD, ""]
     return "\n".join(out)

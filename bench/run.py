@@ -81,8 +81,9 @@ class Proc:
     stderr: str
 
 
-def run_timed(cmd: Sequence[str], env: dict[str, str], *, stdout: Any = subprocess.PIPE, cwd: Path = REPO,
-              check: bool = True) -> Proc:
+def run_timed(
+    cmd: Sequence[str], env: dict[str, str], *, stdout: Any = subprocess.PIPE, cwd: Path = REPO, check: bool = True
+) -> Proc:
     """Run a command; its wall time, and its rusage (with its waited-for children) from wait4."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), env=env, stdout=stdout, stderr=subprocess.PIPE, cwd=cwd)
@@ -91,8 +92,10 @@ def run_timed(cmd: Sequence[str], env: dict[str, str], *, stdout: Any = subproce
     def drain(name: str, stream: IO[bytes] | None) -> None:
         captured[name] = stream.read() if stream else b""
 
-    readers = [threading.Thread(target=drain, args=("out", proc.stdout if stdout is subprocess.PIPE else None)),
-               threading.Thread(target=drain, args=("err", proc.stderr))]
+    readers = [
+        threading.Thread(target=drain, args=("out", proc.stdout if stdout is subprocess.PIPE else None)),
+        threading.Thread(target=drain, args=("err", proc.stderr)),
+    ]
     for reader in readers:
         reader.start()
     for reader in readers:
@@ -104,8 +107,14 @@ def run_timed(cmd: Sequence[str], env: dict[str, str], *, stdout: Any = subproce
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()
-    result = Proc(seconds, proc.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                  captured["out"].decode(errors="replace"), captured["err"].decode(errors="replace"))
+    result = Proc(
+        seconds,
+        proc.returncode,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss,
+        captured["out"].decode(errors="replace"),
+        captured["err"].decode(errors="replace"),
+    )
     if check and result.code != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])}... exited {result.code}: {result.stderr[-2000:]}")
     return result
@@ -118,7 +127,7 @@ def proc_cpu(pid: int, children: bool = False) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    ticks = sum(int(f) for f in fields[11:15 if children else 13])
+    ticks = sum(int(f) for f in fields[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -127,8 +136,15 @@ class Bench:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.results: dict[str, Any] = {"options": {}, "datasets": {}, "backup": {}, "compression": {},
-                                        "restore": {}, "coldstart": {}, "timings": {}}
+        self.results: dict[str, Any] = {
+            "options": {},
+            "datasets": {},
+            "backup": {},
+            "compression": {},
+            "restore": {},
+            "coldstart": {},
+            "timings": {},
+        }
         self.env: dict[str, str] = {}
         self.built: dict[str, Built] = {}
         self.backups: dict[str, list[dict[str, Any]]] = {}
@@ -150,9 +166,14 @@ class Bench:
         link = pg_roots / str(PG_MAJOR)
         if not link.exists():
             link.symlink_to(root)
-        self.pg = PostgresServer(self.pg_bin, settings={
-            "shared_buffers": "512MB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
-        })
+        self.pg = PostgresServer(
+            self.pg_bin,
+            settings={
+                "shared_buffers": "512MB",
+                "max_wal_size": "8GB",
+                "checkpoint_timeout": "30min",
+            },
+        )
         moto = MotoServer()
         seaweed = SeaweedServer()
         saved = dict(os.environ)
@@ -175,17 +196,40 @@ class Bench:
             stack = provision(BUCKET, "lifeboat/bench", SUPERUSER_PASSWORD)
             # each dataset twice: as configured by default, and without the per-table row counts (the one
             # thing pg-lifeboat does that the limit does not: a count(*) of every table before pg_dump)
-            targets = [target(ds.name + suffix, self.pg.port, stack.secret_arn, database=ds.name, user=SUPERUSER,
-                              schedule=None, compression=COMPRESSION, **extra)
-                       for ds in self.opts.datasets()
-                       for suffix, extra in (("", {}), (NOCOUNT, {"row_counts": False}))]
+            targets = [
+                target(
+                    ds.name + suffix,
+                    self.pg.port,
+                    stack.secret_arn,
+                    database=ds.name,
+                    user=SUPERUSER,
+                    schedule=None,
+                    compression=COMPRESSION,
+                    **extra,
+                )
+                for ds in self.opts.datasets()
+                for suffix, extra in (("", {}), (NOCOUNT, {"row_counts": False}))
+            ]
             config = write_config(self.opts.workdir / "lifeboat.json", BUCKET, targets)
-            self.env = {**os.environ, **aws, **stack.env(), "LIFEBOAT_CONFIG": str(config),
-                        "LIFEBOAT_PG_ROOTS": str(pg_roots), "POWERTOOLS_SERVICE_NAME": "lifeboat",
-                        "POWERTOOLS_METRICS_NAMESPACE": "PgLifeboat", "PYTHONPATH": str(REPO),
-                        "BENCH_PGUSER": SUPERUSER, "BENCH_PGPASSWORD": SUPERUSER_PASSWORD}
-            self.pg_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGHOST": "127.0.0.1",
-                           "PGPORT": str(self.pg.port), "PGUSER": SUPERUSER, "PGPASSWORD": SUPERUSER_PASSWORD}
+            self.env = {
+                **os.environ,
+                **aws,
+                **stack.env(),
+                "LIFEBOAT_CONFIG": str(config),
+                "LIFEBOAT_PG_ROOTS": str(pg_roots),
+                "POWERTOOLS_SERVICE_NAME": "lifeboat",
+                "POWERTOOLS_METRICS_NAMESPACE": "PgLifeboat",
+                "PYTHONPATH": str(REPO),
+                "BENCH_PGUSER": SUPERUSER,
+                "BENCH_PGPASSWORD": SUPERUSER_PASSWORD,
+            }
+            self.pg_env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "PGHOST": "127.0.0.1",
+                "PGPORT": str(self.pg.port),
+                "PGUSER": SUPERUSER,
+                "PGPASSWORD": SUPERUSER_PASSWORD,
+            }
             import boto3
 
             self.s3 = boto3.client("s3")
@@ -202,8 +246,12 @@ class Bench:
             log(f"dataset {ds.name}: generating ~{ds.target_mb:g} MB")
             built = build(self.pg, ds)
             self.built[ds.name] = built
-            self.results["datasets"][ds.name] = {"label": ds.label, "bytes": built.size_bytes,
-                                                 "seconds": built.seconds, "rows": built.rows}
+            self.results["datasets"][ds.name] = {
+                "label": ds.label,
+                "bytes": built.size_bytes,
+                "seconds": built.seconds,
+                "rows": built.rows,
+            }
             log(f"dataset {ds.name}: {built.size_bytes / 1e6:.0f} MB in {built.seconds:.1f} s")
 
     # --- helpers ----------------------------------------------------------------------------------------
@@ -217,8 +265,14 @@ class Bench:
 
     def pg_dump_cmd(self, db: str, compression: str) -> list[str]:
         # What chalicelib.logical.dump.pg_dump_args passes, less --snapshot (nothing to attach to here).
-        return [str(self.pg_bin / "pg_dump"), "--format=custom", "--no-password", "--lock-wait-timeout=60000",
-                f"--compress={compression}", f"--dbname={db}"]
+        return [
+            str(self.pg_bin / "pg_dump"),
+            "--format=custom",
+            "--no-password",
+            "--lock-wait-timeout=60000",
+            f"--compress={compression}",
+            f"--dbname={db}",
+        ]
 
     def server_cpu(self) -> float:
         """CPU seconds of the PostgreSQL server so far: the postmaster and its finished backends.
@@ -230,8 +284,10 @@ class Bench:
         pid = int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
-            kids = sum(len(Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
-                       for tid in os.listdir(f"/proc/{pid}/task"))
+            kids = sum(
+                len(Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+                for tid in os.listdir(f"/proc/{pid}/task")
+            )
             self._pg_background = min(getattr(self, "_pg_background", kids), kids)
             if kids <= self._pg_background:
                 break
@@ -251,30 +307,48 @@ class Bench:
         self.results["options"]["awscli"] = awscli_version.split()[0]
         for rep in range(self.opts.reps):
             for ds in self.opts.datasets():
-                row = self.results["backup"].setdefault(ds.name, {k: [] for k in (
-                    "limit", "peer", "lifeboat", "lifeboat_nocount", "sink", "limit_s3_busy")})
+                row = self.results["backup"].setdefault(
+                    ds.name, {k: [] for k in ("limit", "peer", "lifeboat", "lifeboat_nocount", "sink", "limit_s3_busy")}
+                )
                 log(f"backup {ds.name} rep {rep + 1}/{self.opts.reps}")
                 pg0 = self.server_cpu()
                 with open(os.devnull, "wb") as null:
                     limit = run_timed(self.pg_dump_cmd(ds.name, COMPRESSION), {**self.pg_env}, stdout=null)
-                row["limit"].append({"seconds": limit.seconds, "cpu": limit.cpu, "maxrss_kib": limit.maxrss_kib,
-                                     "pg_cpu": self.server_cpu() - pg0})
+                row["limit"].append(
+                    {
+                        "seconds": limit.seconds,
+                        "cpu": limit.cpu,
+                        "maxrss_kib": limit.maxrss_kib,
+                        "pg_cpu": self.server_cpu() - pg0,
+                    }
+                )
 
                 key = f"peer/{ds.name}/{rep}.dump"
-                script = (f"set -o pipefail; {' '.join(self.pg_dump_cmd(ds.name, COMPRESSION))}"
-                          f" | {aws} s3 cp - s3://{BUCKET}/{key} --sse AES256 --only-show-errors")
+                script = (
+                    f"set -o pipefail; {' '.join(self.pg_dump_cmd(ds.name, COMPRESSION))}"
+                    f" | {aws} s3 cp - s3://{BUCKET}/{key} --sse AES256 --only-show-errors"
+                )
                 weed0 = proc_cpu(self.seaweed.pid)
                 peer = run_timed(["bash", "-c", script], {**self.env, **self.pg_env})
                 size = int(self.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
                 self.s3.delete_object(Bucket=BUCKET, Key=key)
-                row["peer"].append({"seconds": peer.seconds, "cpu": peer.cpu, "bytes": size,
-                                    "s3_cpu": proc_cpu(self.seaweed.pid) - weed0})
+                row["peer"].append(
+                    {
+                        "seconds": peer.seconds,
+                        "cpu": peer.cpu,
+                        "bytes": size,
+                        "s3_cpu": proc_cpu(self.seaweed.pid) - weed0,
+                    }
+                )
 
                 slot = FIRST_SLOT + timedelta(hours=rep)
                 weed0, pg0 = proc_cpu(self.seaweed.pid), self.server_cpu()
                 mine, proc = self.worker("backup", "--target", ds.name, "--slot", slot.isoformat())
-                mine.update(process_seconds=proc.seconds, s3_cpu=proc_cpu(self.seaweed.pid) - weed0,
-                            pg_cpu=self.server_cpu() - pg0)
+                mine.update(
+                    process_seconds=proc.seconds,
+                    s3_cpu=proc_cpu(self.seaweed.pid) - weed0,
+                    pg_cpu=self.server_cpu() - pg0,
+                )
                 row["lifeboat"].append(mine)
                 self.backups.setdefault(ds.name, []).append(mine)
 
@@ -282,8 +356,9 @@ class Bench:
                 row["lifeboat_nocount"].append(mine)
 
                 weed0 = proc_cpu(self.seaweed.pid)
-                free, _ = self.worker("sink", "--bytes", str(row["lifeboat"][-1]["bytes"]), "--key",
-                                      f"sink/{ds.name}/{rep}")
+                free, _ = self.worker(
+                    "sink", "--bytes", str(row["lifeboat"][-1]["bytes"]), "--key", f"sink/{ds.name}/{rep}"
+                )
                 free["s3_cpu"] = proc_cpu(self.seaweed.pid) - weed0
                 row["sink"].append(free)
 
@@ -291,10 +366,23 @@ class Bench:
                 # the emulator's CPU, on this machine's cores, costs pg_dump. Skipped for a dump of one PUT.
                 if row["lifeboat"][-1]["bytes"] < PART_BYTES:
                     continue
-                sink = subprocess.Popen([sys.executable, "-m", "bench.worker", "sink", "--bytes",
-                                         str(row["lifeboat"][-1]["bytes"]), "--key", f"busy/{ds.name}/{rep}",
-                                         "--start-after", str(self.sink_ready_file)],
-                                        env=self.env, cwd=REPO, stdout=subprocess.DEVNULL)
+                sink = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.worker",
+                        "sink",
+                        "--bytes",
+                        str(row["lifeboat"][-1]["bytes"]),
+                        "--key",
+                        f"busy/{ds.name}/{rep}",
+                        "--start-after",
+                        str(self.sink_ready_file),
+                    ],
+                    env=self.env,
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                )
                 try:
                     self._wait_for(self.sink_ready_file)
                     with open(os.devnull, "wb") as null:
@@ -346,7 +434,8 @@ class Bench:
                     with out.open("wb") as f:
                         p = run_timed(self.pg_dump_cmd(ds.name, method), self.pg_env, stdout=f)
                     self.results["compression"].setdefault(ds.name, {}).setdefault(method, []).append(
-                        {"seconds": p.seconds, "bytes": out.stat().st_size, "cpu": p.cpu})
+                        {"seconds": p.seconds, "bytes": out.stat().st_size, "cpu": p.cpu}
+                    )
                     out.unlink()
 
     # --- 5: restore ---------------------------------------------------------------------------------------
@@ -358,8 +447,13 @@ class Bench:
             backup = self.backups[ds.name][0]
             archive = self.opts.workdir / f"{ds.name}.dump"
             self.s3.download_file(BUCKET, backup["key"], str(archive))
-            self.results["restore"][ds.name] = {"archive_bytes": archive.stat().st_size, "limit_1": [],
-                                                f"limit_{jobs}": [], "lifeboat_1": [], f"lifeboat_{jobs}": []}
+            self.results["restore"][ds.name] = {
+                "archive_bytes": archive.stat().st_size,
+                "limit_1": [],
+                f"limit_{jobs}": [],
+                "lifeboat_1": [],
+                f"lifeboat_{jobs}": [],
+            }
         for rep in range(self.opts.reps):
             for ds in self.opts.datasets():
                 log(f"restore {ds.name} rep {rep + 1}/{self.opts.reps}")
@@ -377,8 +471,17 @@ class Bench:
                         p = run_timed([str(self.pg_bin / "pg_restore"), *args, str(archive)], self.pg_env)
                         row[variant].append({"seconds": p.seconds, "cpu": p.cpu, "maxrss_kib": p.maxrss_kib})
                     else:
-                        mine, _ = self.worker("restore", "--backup-id", backup["backup_id"], "--database", db,
-                                              "--jobs", n, "--workdir", str(self.opts.workdir))
+                        mine, _ = self.worker(
+                            "restore",
+                            "--backup-id",
+                            backup["backup_id"],
+                            "--database",
+                            db,
+                            "--jobs",
+                            n,
+                            "--workdir",
+                            str(self.opts.workdir),
+                        )
                         row[variant].append(mine)
                     self.psql(f'DROP DATABASE "{db}" WITH (FORCE)')
                     self.psql("CHECKPOINT")
@@ -397,8 +500,7 @@ class Bench:
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 result["process_seconds"] = proc.seconds
                 self.results["coldstart"].setdefault(mode, []).append(result)
-        code = ("import time; t=time.perf_counter(); import app; from chalicelib import wiring;"
-                " wiring.backup_services()")
+        code = "import time; t=time.perf_counter(); import app; from chalicelib import wiring; wiring.backup_services()"
         proc = run_timed([sys.executable, "-X", "importtime", "-c", code], env)
         self.results["coldstart"]["importtime"] = report.parse_importtime(proc.stderr)
 
@@ -412,27 +514,66 @@ class Bench:
         slot = FIRST_SLOT + timedelta(days=1)
         for i, ds in enumerate(self.opts.datasets()):
             log(f"profile backup {ds.name}")
-            self.worker("backup", "--target", ds.name, "--slot", (slot + timedelta(hours=i)).isoformat(),
-                        "--profile", str(pdir / f"backup-{ds.name}.txt"))
+            self.worker(
+                "backup",
+                "--target",
+                ds.name,
+                "--slot",
+                (slot + timedelta(hours=i)).isoformat(),
+                "--profile",
+                str(pdir / f"backup-{ds.name}.txt"),
+            )
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if spy:
             for i, ds in enumerate(self.opts.datasets()):
                 log(f"py-spy backup {ds.name}")
-                run_timed([spy, "record", "--threads", "--idle", "--rate", "250", "--format", "raw", "--output",
-                           str(pdir / f"pyspy-backup-{ds.name}.txt"), "--", sys.executable, "-m", "bench.worker",
-                           "backup", "--target", ds.name,
-                           "--slot", (slot + timedelta(hours=10 + i)).isoformat()], self.env)
+                run_timed(
+                    [
+                        spy,
+                        "record",
+                        "--threads",
+                        "--idle",
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(pdir / f"pyspy-backup-{ds.name}.txt"),
+                        "--",
+                        sys.executable,
+                        "-m",
+                        "bench.worker",
+                        "backup",
+                        "--target",
+                        ds.name,
+                        "--slot",
+                        (slot + timedelta(hours=10 + i)).isoformat(),
+                    ],
+                    self.env,
+                )
         ds = self.opts.datasets()[-1]
         db = "restored_profile"
         for jobs in ("1", str(self.opts.jobs)):
             log(f"profile restore {ds.name} jobs={jobs}")
-            self.worker("restore", "--backup-id", self.backups[ds.name][0]["backup_id"], "--database", db,
-                        "--jobs", jobs, "--workdir", str(self.opts.workdir),
-                        "--profile", str(pdir / f"restore-{ds.name}-j{jobs}.txt"))
+            self.worker(
+                "restore",
+                "--backup-id",
+                self.backups[ds.name][0]["backup_id"],
+                "--database",
+                db,
+                "--jobs",
+                jobs,
+                "--workdir",
+                str(self.opts.workdir),
+                "--profile",
+                str(pdir / f"restore-{ds.name}-j{jobs}.txt"),
+            )
             self.psql(f'DROP DATABASE "{db}" WITH (FORCE)')
         code = "import app; from chalicelib import wiring; wiring.backup_services()"
-        run_timed([sys.executable, "-m", "pyinstrument", "--no-color", "--outfile",
-                   str(pdir / "coldstart.txt"), "-c", code], self.env)
+        run_timed(
+            [sys.executable, "-m", "pyinstrument", "--no-color", "--outfile", str(pdir / "coldstart.txt"), "-c", code],
+            self.env,
+        )
         log(f"profiles in {pdir}")
 
     # --- the run ----------------------------------------------------------------------------------------
@@ -440,20 +581,31 @@ class Bench:
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         o = self.opts
-        self.results["options"].update(small_mb=o.small_mb, large_mb=o.large_mb, random_mb=o.random_mb,
-                                       reps=o.reps, jobs=o.jobs, sections=list(o.sections),
-                                       compression=COMPRESSION)
+        self.results["options"].update(
+            small_mb=o.small_mb,
+            large_mb=o.large_mb,
+            random_mb=o.random_mb,
+            reps=o.reps,
+            jobs=o.jobs,
+            sections=list(o.sections),
+            compression=COMPRESSION,
+        )
         self.results["machine"] = machine()
         with self.servers():
             self.results["options"]["postgres"] = self.psql("SHOW server_version")
-            self.results["options"]["pg_dump"] = run_timed([str(self.pg_bin / "pg_dump"), "--version"],
-                                                           self.pg_env).stdout.strip()
+            self.results["options"]["pg_dump"] = run_timed(
+                [str(self.pg_bin / "pg_dump"), "--version"], self.pg_env
+            ).stdout.strip()
             self.results["options"]["seaweedfs"] = self.seaweed.version()
             step = time.monotonic()
             self.make_datasets()
             self.results["timings"]["datasets"] = time.monotonic() - step
-            for name, section in (("backup", self.backup_section), ("compression", self.compression_section),
-                                  ("restore", self.restore_section), ("coldstart", self.coldstart_section)):
+            for name, section in (
+                ("backup", self.backup_section),
+                ("compression", self.compression_section),
+                ("restore", self.restore_section),
+                ("coldstart", self.coldstart_section),
+            ):
                 if name in o.sections:
                     step = time.monotonic()
                     section()
@@ -474,10 +626,15 @@ def machine() -> dict[str, Any]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem_kib = int(line.split()[1])
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "max_rss_limit": resource.getrlimit(resource.RLIMIT_AS)[0]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "max_rss_limit": resource.getrlimit(resource.RLIMIT_AS)[0],
+    }
 
 
 def env_float(name: str, default: float) -> float:
@@ -487,27 +644,51 @@ def env_float(name: str, default: float) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0] if __doc__ else "")
-    p.add_argument("--small-mb", type=float, default=env_float("BENCH_SMALL_MB", 200),
-                   help="pgbench dataset, small (MB on disk; env BENCH_SMALL_MB)")
-    p.add_argument("--large-mb", type=float, default=env_float("BENCH_LARGE_MB", 1000),
-                   help="pgbench dataset, large (env BENCH_LARGE_MB)")
-    p.add_argument("--random-mb", type=float, default=env_float("BENCH_RANDOM_MB", 300),
-                   help="random bytea/jsonb dataset (env BENCH_RANDOM_MB)")
+    p.add_argument(
+        "--small-mb",
+        type=float,
+        default=env_float("BENCH_SMALL_MB", 200),
+        help="pgbench dataset, small (MB on disk; env BENCH_SMALL_MB)",
+    )
+    p.add_argument(
+        "--large-mb",
+        type=float,
+        default=env_float("BENCH_LARGE_MB", 1000),
+        help="pgbench dataset, large (env BENCH_LARGE_MB)",
+    )
+    p.add_argument(
+        "--random-mb",
+        type=float,
+        default=env_float("BENCH_RANDOM_MB", 300),
+        help="random bytea/jsonb dataset (env BENCH_RANDOM_MB)",
+    )
     p.add_argument("--reps", type=int, default=int(env_float("BENCH_REPS", 3)), help="repetitions (median)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel restore jobs (default: cores)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="report file ('-' for stdout only)")
     p.add_argument("--json", help="raw measurements (default: WORKDIR/results.json)")
     p.add_argument("--workdir", default=str(REPO / ".cache" / "bench"))
-    p.add_argument("--profile", action="store_true",
-                   help="afterwards, profile a backup, a restore and the cold start (pyinstrument, py-spy)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, profile a backup, a restore and the cold start (pyinstrument, py-spy)",
+    )
     a = p.parse_args(argv)
     sections = tuple(s for s in a.sections.split(",") if s)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    opts = Options(a.small_mb, a.large_mb, a.random_mb, max(1, a.reps), max(1, a.jobs), sections,
-                   None if a.out == "-" else Path(a.out), Path(a.workdir), a.profile)
+    opts = Options(
+        a.small_mb,
+        a.large_mb,
+        a.random_mb,
+        max(1, a.reps),
+        max(1, a.jobs),
+        sections,
+        None if a.out == "-" else Path(a.out),
+        Path(a.workdir),
+        a.profile,
+    )
     opts.json = a.json  # type: ignore[attr-defined]
     return opts
 
@@ -530,4 +711,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -84,29 +84,49 @@ class SeaweedServer:
         return {"AWS_ENDPOINT_URL_S3": self.endpoint}
 
     def command(self) -> list[str]:
-        ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
-                                                "filer.grpc", "s3.grpc")}
+        ports = {
+            name: free_port()
+            for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
+        }
         data = self.base_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         return [
-            str(weed_binary()), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
-            "-master.telemetry=false", f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
-            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}", "-volume.max=0",
+            str(weed_binary()),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master.grpc']}",
+            "-master.telemetry=false",
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume.grpc']}",
+            "-volume.max=0",
             "-volume.preStopSeconds=0",
-            f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
-            "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports['s3.grpc']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={self.base_dir / 's3.sock'}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer.grpc']}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.port.grpc={ports['s3.grpc']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={self.base_dir / 's3.sock'}",
         ]
 
     def start(self, timeout: float = 60) -> SeaweedServer:
         log = self.log_file.open("wb")
         self._log = log
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-               "WEED_S3_SSE_KEK": secrets.token_hex(32)}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "WEED_S3_SSE_KEK": secrets.token_hex(32),
+        }
         env.pop("AWS_SESSION_TOKEN", None)
-        self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.base_dir,
-                                      env=env, start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.base_dir, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -149,6 +169,7 @@ class SeaweedServer:
     def __enter__(self) -> SeaweedServer:
         return self.start() if self._proc is None else self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.destroy()

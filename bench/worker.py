@@ -83,8 +83,10 @@ class ChildPeaks:
 def _usage() -> dict[str, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"cpu_self": me.ru_utime + me.ru_stime, "cpu_children": kids.ru_utime + kids.ru_stime,
-}
+    return {
+        "cpu_self": me.ru_utime + me.ru_stime,
+        "cpu_children": kids.ru_utime + kids.ru_stime,
+    }
 
 
 def _timed(fn: Callable[[], Any], profile: str | None) -> tuple[Any, float]:
@@ -125,9 +127,17 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
     if outcome.status != "SUCCEEDED" or outcome.manifest is None:
         raise SystemExit(f"backup {outcome.backup_id} {outcome.status}: {outcome.reason}")
     dump = outcome.manifest.object("dump")
-    return {"seconds": seconds, "backup_id": outcome.backup_id, "bytes": dump.size, "key": dump.key,
-            "rss_before_kib": rss_before, "hwm_before_kib": hwm_before, "hwm_kib": vm_kib("VmHWM"),
-            "pg_dump_hwm_kib": kids.peaks.get("pg_dump", 0), **_usage()}
+    return {
+        "seconds": seconds,
+        "backup_id": outcome.backup_id,
+        "bytes": dump.size,
+        "key": dump.key,
+        "rss_before_kib": rss_before,
+        "hwm_before_kib": hwm_before,
+        "hwm_kib": vm_kib("VmHWM"),
+        "pg_dump_hwm_kib": kids.peaks.get("pg_dump", 0),
+        **_usage(),
+    }
 
 
 class FreeStream:
@@ -145,7 +155,7 @@ class FreeStream:
             return self.buf
         out = bytearray()
         while len(out) < size:
-            out += self.buf[:size - len(out)]
+            out += self.buf[: size - len(out)]
         return bytes(out)
 
 
@@ -164,8 +174,14 @@ def sink(args: argparse.Namespace) -> dict[str, Any]:
     fn = lambda: store.put_stream(args.key, stream, tags={"target": "sink"})  # type: ignore[arg-type]  # noqa: E731
     result, seconds = _timed(fn, args.profile)
     store.delete([args.key])
-    return {"seconds": seconds, "bytes": result.size, "parts": result.parts, "hwm_before_kib": hwm_before,
-            "hwm_kib": vm_kib("VmHWM"), **_usage()}
+    return {
+        "seconds": seconds,
+        "bytes": result.size,
+        "parts": result.parts,
+        "hwm_before_kib": hwm_before,
+        "hwm_kib": vm_kib("VmHWM"),
+        **_usage(),
+    }
 
 
 class SlowS3:
@@ -208,9 +224,15 @@ def slowsink(args: argparse.Namespace) -> dict[str, Any]:
     store.client = SlowS3(args.delay)  # type: ignore[assignment]
     hwm_before = vm_kib("VmHWM")
     result, seconds = _timed(lambda: store.put_stream("slow", FreshStream(args.bytes)), None)  # type: ignore[arg-type]
-    return {"seconds": seconds, "bytes": result.size, "parts": result.parts, "hwm_before_kib": hwm_before,
-            "hwm_kib": vm_kib("VmHWM"), "budget_kib": store.memory_budget // 1024,
-            "part_kib": store.plan.size(1) // 1024}
+    return {
+        "seconds": seconds,
+        "bytes": result.size,
+        "parts": result.parts,
+        "hwm_before_kib": hwm_before,
+        "hwm_kib": vm_kib("VmHWM"),
+        "budget_kib": store.memory_budget // 1024,
+        "part_kib": store.plan.size(1) // 1024,
+    }
 
 
 def restore(args: argparse.Namespace) -> dict[str, Any]:
@@ -223,18 +245,41 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
     conn = cfg.targets[0].connection
     assert conn is not None
     # TLS verified as configured (devstack.local.target: verify-full against the devstack CA), as in production.
-    login = Login(conn.host, conn.port, "postgres", os.environ["BENCH_PGUSER"], conn.sslmode, conn.sslrootcert,
-                  password=os.environ["BENCH_PGPASSWORD"])
+    login = Login(
+        conn.host,
+        conn.port,
+        "postgres",
+        os.environ["BENCH_PGUSER"],
+        conn.sslmode,
+        conn.sslrootcert,
+        password=os.environ["BENCH_PGPASSWORD"],
+    )
     _warm_imports()
     hwm_before = vm_kib("VmHWM")
     workdir = Path(args.workdir) if args.workdir else None
     with ChildPeaks() as kids:
-        result, seconds = _timed(lambda: restore_logical(
-            catalog.store, catalog, wiring.toolbox(), args.backup_id, login, args.database,
-            RestoreOptions(jobs=args.jobs), workdir=workdir), args.profile)
-    return {"seconds": seconds, "bytes": result.bytes_restored, "verified": result.verified,
-            "hwm_before_kib": hwm_before, "hwm_kib": vm_kib("VmHWM"), "pg_restore_hwm_kib": kids.peaks.get(
-                "pg_restore", 0), **_usage()}
+        result, seconds = _timed(
+            lambda: restore_logical(
+                catalog.store,
+                catalog,
+                wiring.toolbox(),
+                args.backup_id,
+                login,
+                args.database,
+                RestoreOptions(jobs=args.jobs),
+                workdir=workdir,
+            ),
+            args.profile,
+        )
+    return {
+        "seconds": seconds,
+        "bytes": result.bytes_restored,
+        "verified": result.verified,
+        "hwm_before_kib": hwm_before,
+        "hwm_kib": vm_kib("VmHWM"),
+        "pg_restore_hwm_kib": kids.peaks.get("pg_restore", 0),
+        **_usage(),
+    }
 
 
 def coldstart(args: argparse.Namespace) -> dict[str, Any]:
@@ -281,7 +326,12 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--mode", required=True)
     args = parser.parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-        "backup": backup, "sink": sink, "slowsink": slowsink, "restore": restore, "coldstart": coldstart}
+        "backup": backup,
+        "sink": sink,
+        "slowsink": slowsink,
+        "restore": restore,
+        "coldstart": coldstart,
+    }
     result = commands[args.command](args)
     out.write(json.dumps(result) + "\n")
     out.flush()

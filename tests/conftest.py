@@ -70,7 +70,6 @@ def aws(moto_server: MotoServer, pg_roots: Path, monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture
 def config_path(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = write_config(tmp_path / "lifeboat.json", aws.bucket,
-                        [target("shop", pg.port, aws.secret_arn, globals=True)])
+    path = write_config(tmp_path / "lifeboat.json", aws.bucket, [target("shop", pg.port, aws.secret_arn, globals=True)])
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(path))
     return path

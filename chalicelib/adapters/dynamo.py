@@ -100,8 +100,10 @@ INDEX_ATTRIBUTE_DEFINITIONS: list[AttributeDefinitionTypeDef] = [
 GLOBAL_SECONDARY_INDEXES: list[GlobalSecondaryIndexTypeDef] = [
     {
         "IndexName": index,
-        "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
-                      {"AttributeName": CREATED_AT, "KeyType": "RANGE"}],
+        "KeySchema": [
+            {"AttributeName": hash_key, "KeyType": "HASH"},
+            {"AttributeName": CREATED_AT, "KeyType": "RANGE"},
+        ],
         "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["doc", "status"]},
     }
     for index, hash_key in ((BY_KIND_INDEX, KIND), (RUNNING_INDEX, RUNNING))
@@ -132,6 +134,7 @@ def _key(pk: str) -> dict[str, AttributeValueTypeDef]:
 
 # --- slot claims and delegations ---------------------------------------------------------------------
 
+
 class JobStore:
     """Run records keyed by backup_claim_key, snapshot_claim_key or delegation_key."""
 
@@ -139,8 +142,9 @@ class JobStore:
         self.client = client
         self.table = table
 
-    def claim(self, key: str, lease: timedelta, now: datetime | None = None, detail: Mapping[str, str] | None = None
-              ) -> bool:
+    def claim(
+        self, key: str, lease: timedelta, now: datetime | None = None, detail: Mapping[str, str] | None = None
+    ) -> bool:
         detail = _detail(detail)
         now = now or datetime.now(UTC)
         item: dict[str, AttributeValueTypeDef] = {
@@ -153,12 +157,13 @@ class JobStore:
         }
         try:
             self.client.put_item(
-                TableName=self.table, Item=item,
+                TableName=self.table,
+                Item=item,
                 ConditionExpression=(
-                    "attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)"),
+                    "attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)"
+                ),
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":failed": _s("FAILED"), ":running": _s("RUNNING"),
-                                           ":now": _n(_epoch(now))},
+                ExpressionAttributeValues={":failed": _s("FAILED"), ":running": _s("RUNNING"), ":now": _n(_epoch(now))},
             )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
@@ -173,9 +178,13 @@ class JobStore:
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":v{i}": _s(v) for i, v in enumerate(fields.values())}
         try:
-            self.client.update_item(TableName=self.table, Key=_key(key),
-                                    UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
-                                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            self.client.update_item(
+                TableName=self.table,
+                Key=_key(key),
+                UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot update run {key} in DynamoDB table {self.table!r}: {exc}") from exc
 
@@ -198,6 +207,7 @@ def _detail(detail: Mapping[str, str] | None) -> dict[str, str]:
 
 # --- the dispatch cursor -----------------------------------------------------------------------------
 
+
 class DispatchCursor:
     """The last tick dispatched, advanced only forwards (a conditional write)."""
 
@@ -214,9 +224,12 @@ class DispatchCursor:
     def advance(self, tick: datetime) -> bool:
         """Move the cursor to `tick`; False when it already stands there or later."""
         try:
-            self.client.put_item(TableName=self.table, Item={PK: _s(CURSOR_KEY), "tick": _s(tick.isoformat())},
-                                 ConditionExpression="attribute_not_exists(pk) OR tick < :t",
-                                 ExpressionAttributeValues={":t": _s(tick.isoformat())})
+            self.client.put_item(
+                TableName=self.table,
+                Item={PK: _s(CURSOR_KEY), "tick": _s(tick.isoformat())},
+                ConditionExpression="attribute_not_exists(pk) OR tick < :t",
+                ExpressionAttributeValues={":t": _s(tick.isoformat())},
+            )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -227,6 +240,7 @@ class DispatchCursor:
 
 
 # --- restore jobs ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RestoreRecord:
@@ -260,17 +274,27 @@ class RestoreJobTable:
             item["lease_until"] = _n(_epoch(lease_until))
         return item
 
-    def _put(self, record: RestoreRecord, lease_until: datetime | None, condition: str,
-             values: dict[str, AttributeValueTypeDef] | None = None) -> bool:
+    def _put(
+        self,
+        record: RestoreRecord,
+        lease_until: datetime | None,
+        condition: str,
+        values: dict[str, AttributeValueTypeDef] | None = None,
+    ) -> bool:
         """One conditional put; False when the condition failed."""
         try:
             if values:
-                self.client.put_item(TableName=self.table, Item=self._item(record, lease_until),
-                                     ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
-                                     ExpressionAttributeValues=values)
+                self.client.put_item(
+                    TableName=self.table,
+                    Item=self._item(record, lease_until),
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues=values,
+                )
             else:
-                self.client.put_item(TableName=self.table, Item=self._item(record, lease_until),
-                                     ConditionExpression=condition)
+                self.client.put_item(
+                    TableName=self.table, Item=self._item(record, lease_until), ConditionExpression=condition
+                )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -286,21 +310,30 @@ class RestoreJobTable:
     def get(self, restore_id: str) -> str | None:
         """The job's document; None when there is no such job."""
         try:
-            item = self.client.get_item(TableName=self.table, Key=_key(restore_job_key(restore_id)),
-                                        ConsistentRead=True).get("Item")
+            item = self.client.get_item(
+                TableName=self.table, Key=_key(restore_job_key(restore_id)), ConsistentRead=True
+            ).get("Item")
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot read restore {restore_id} from {self.table!r}: {exc}") from exc
         return item["doc"]["S"] if item else None
 
     def start(self, record: RestoreRecord, lease_until: datetime, now: datetime) -> bool:
         """Write the RUNNING `record` over a PENDING job, or over a RUNNING one whose lease ran out."""
-        return self._put(record, lease_until, "#s = :pending OR (#s = :running AND lease_until < :now)",
-                         {":pending": _s("PENDING"), ":running": _s("RUNNING"), ":now": _n(_epoch(now))})
+        return self._put(
+            record,
+            lease_until,
+            "#s = :pending OR (#s = :running AND lease_until < :now)",
+            {":pending": _s("PENDING"), ":running": _s("RUNNING"), ":now": _n(_epoch(now))},
+        )
 
     def update(self, record: RestoreRecord, lease_until: datetime | None = None) -> bool:
         """Write `record` over a job that has not finished; False when it has."""
-        return self._put(record, lease_until, "#s = :running OR #s = :pending",
-                         {":running": _s("RUNNING"), ":pending": _s("PENDING")})
+        return self._put(
+            record,
+            lease_until,
+            "#s = :running OR #s = :pending",
+            {":running": _s("RUNNING"), ":pending": _s("PENDING")},
+        )
 
     def recent(self, limit: int, pages: int | None = 1) -> list[str]:
         """The newest `limit` jobs' documents, newest first: a Query on the by_kind index (one page by default)."""
@@ -314,8 +347,15 @@ class RestoreJobTable:
         """The documents of up to `limit` unfinished (PENDING or RUNNING) jobs created at `since` or later."""
         return self._query(RUNNING_INDEX, RUNNING, limit, since=since)
 
-    def _query(self, index: str, hash_key: str, limit: int, pages: int | None = None, status: str | None = None,
-               since: datetime | None = None) -> list[str]:
+    def _query(
+        self,
+        index: str,
+        hash_key: str,
+        limit: int,
+        pages: int | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+    ) -> list[str]:
         if limit <= 0:
             return []
         docs: list[str] = []
@@ -326,9 +366,13 @@ class RestoreJobTable:
             names["#c"] = CREATED_AT
             values[":since"] = _s(_sortable(since))
         request: QueryInputTypeDef = {
-            "TableName": self.table, "IndexName": index, "KeyConditionExpression": condition,
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
-            "ScanIndexForward": False, "Limit": limit,
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": limit,
         }
         if status is not None:
             request["FilterExpression"] = "#s = :s"
@@ -352,5 +396,6 @@ class RestoreJobTable:
         """Powertools Idempotency's records in this table (IDEMPOTENCY_KEY_PREFIX keys, the same TTL)."""
         from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-        return DynamoDBPersistenceLayer(table_name=self.table, key_attr=PK, expiry_attr=EXPIRES_AT,
-                                        boto3_client=self.client)
+        return DynamoDBPersistenceLayer(
+            table_name=self.table, key_attr=PK, expiry_attr=EXPIRES_AT, boto3_client=self.client
+        )

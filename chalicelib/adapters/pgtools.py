@@ -90,11 +90,15 @@ class Toolbox:
             if major > server_major:
                 return found
         if not available:
-            raise PgToolError(f"no {tool} found under {', '.join(map(str, self.roots))}: attach the pg-clients"
-                              " layer (or set LIFEBOAT_PG_ROOTS)")
+            raise PgToolError(
+                f"no {tool} found under {', '.join(map(str, self.roots))}: attach the pg-clients"
+                " layer (or set LIFEBOAT_PG_ROOTS)"
+            )
         have = ", ".join(str(m) for m in available)
-        raise PgToolError(f"{purpose or 'this server'} needs {tool} {server_major} or newer but the newest bundled is"
-                          f" {max(available)} (majors available: {have}): rebuild the layer with that major")
+        raise PgToolError(
+            f"{purpose or 'this server'} needs {tool} {server_major} or newer but the newest bundled is"
+            f" {max(available)} (majors available: {have}): rebuild the layer with that major"
+        )
 
 
 def effective_compression(configured: str, pg_dump_major: int) -> str:
@@ -123,8 +127,8 @@ def child_processes(parent: int) -> dict[int, str]:
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ")".
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
-            children[int(entry.name)] = stat[stat.index("(") + 1:stat.rindex(")")]
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            children[int(entry.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
     return children
 
 
@@ -151,38 +155,63 @@ def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 # libpq and server messages, in order of precedence, with what the operator should do about them.
 _EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"password authentication failed|authentication failed for user|PAM authentication failed",
-                re.I), "the server refused the credentials for user {user} ({source}): check the password in"
-                       " the secret, or the IAM setup"),
-    (re.compile(r"could not translate host name|Name or service not known|nodename nor servname", re.I),
-     "unknown host {host}: check connection.host"),
-    (re.compile(r"Connection refused", re.I),
-     "nothing accepts connections at {host}:{port}: check host, port and that the server is running"),
-    (re.compile(r"timeout expired|timed out", re.I),
-     "connecting to {host}:{port} timed out: check security groups and the route from the function's VPC"),
-    (re.compile(r"no pg_hba\.conf entry", re.I),
-     "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode}): allow it or change sslmode"),
+    (
+        re.compile(r"password authentication failed|authentication failed for user|PAM authentication failed", re.I),
+        "the server refused the credentials for user {user} ({source}): check the password in"
+        " the secret, or the IAM setup",
+    ),
+    (
+        re.compile(r"could not translate host name|Name or service not known|nodename nor servname", re.I),
+        "unknown host {host}: check connection.host",
+    ),
+    (
+        re.compile(r"Connection refused", re.I),
+        "nothing accepts connections at {host}:{port}: check host, port and that the server is running",
+    ),
+    (
+        re.compile(r"timeout expired|timed out", re.I),
+        "connecting to {host}:{port} timed out: check security groups and the route from the function's VPC",
+    ),
+    (
+        re.compile(r"no pg_hba\.conf entry", re.I),
+        "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode}): allow it or change sslmode",
+    ),
     # sslmode verify-full (the default) and verify-ca: no CA file, a certificate from another CA, another name.
-    (re.compile(r"certificate verify failed|certificate.*(not|doesn't) match|root certificate file", re.I),
-     "TLS verification of {host} failed (sslmode {sslmode}): set connection.sslrootcert to the CA that signed"
-     " the server's certificate (unset: the layer's RDS CA bundle) and connect by the host name the certificate"
-     " names, or use verify-ca; if the certificate is not the server's, something is in the middle (no"
-     " credential was sent to it)"),
-    (re.compile(r"server does not support SSL|SSL off", re.I),
-     "the server does not offer TLS but sslmode is {sslmode}: enable ssl on the server or relax sslmode"),
-    (re.compile(r'database "[^"]+" does not exist', re.I),
-     "database {database} does not exist on {host}: check connection.database"),
+    (
+        re.compile(r"certificate verify failed|certificate.*(not|doesn't) match|root certificate file", re.I),
+        "TLS verification of {host} failed (sslmode {sslmode}): set connection.sslrootcert to the CA that signed"
+        " the server's certificate (unset: the layer's RDS CA bundle) and connect by the host name the certificate"
+        " names, or use verify-ca; if the certificate is not the server's, something is in the middle (no"
+        " credential was sent to it)",
+    ),
+    (
+        re.compile(r"server does not support SSL|SSL off", re.I),
+        "the server does not offer TLS but sslmode is {sslmode}: enable ssl on the server or relax sslmode",
+    ),
+    (
+        re.compile(r'database "[^"]+" does not exist', re.I),
+        "database {database} does not exist on {host}: check connection.database",
+    ),
     (re.compile(r'role "[^"]+" does not exist', re.I), "role {user} does not exist on {host}: check connection.user"),
     # pg_dump waits for its table locks under statement_timeout = lock_wait_timeout.
-    (re.compile(r"could not obtain lock|lock timeout|canceling statement due to (lock|statement) timeout", re.I),
-     "a table stayed locked longer than lock_wait_timeout_seconds: another session holds a conflicting"
-     " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout"),
-    (re.compile(r"aborting because of server version mismatch", re.I),
-     "pg_dump is older than the server: add the server's major to the layer"),
+    (
+        re.compile(r"could not obtain lock|lock timeout|canceling statement due to (lock|statement) timeout", re.I),
+        "a table stayed locked longer than lock_wait_timeout_seconds: another session holds a conflicting"
+        " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout",
+    ),
+    (
+        re.compile(r"aborting because of server version mismatch", re.I),
+        "pg_dump is older than the server: add the server's major to the layer",
+    ),
     # Over TLS a vanished server reads as "SSL SYSCALL error: EOF detected" or "SSL connection has been closed".
-    (re.compile(r"terminating connection|server closed the connection unexpectedly|connection to server .* lost"
-                r"|SSL SYSCALL error: EOF detected|SSL connection has been closed unexpectedly",
-                re.I), "the server closed the connection during the run (restart, failover or admin kill)"),
+    (
+        re.compile(
+            r"terminating connection|server closed the connection unexpectedly|connection to server .* lost"
+            r"|SSL SYSCALL error: EOF detected|SSL connection has been closed unexpectedly",
+            re.I,
+        ),
+        "the server closed the connection during the run (restart, failover or admin kill)",
+    ),
 ]
 
 CONNECTION_PATTERNS = 9  # the first entries above describe failures to connect at all
@@ -196,9 +225,12 @@ def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
     missing = _MISSING_ROLE.search(message)
     if missing and missing.group(1) != context.get("user"):
         # Not the login: a role the archive names (owner, grantee) that this server lacks.
-        return (f"role {missing.group(1)} named in the backup does not exist on {context.get('host', '?')}: restore"
-                " its roles first (--globals / options.globals), create it, or restore with --no-owner"
-                " --no-acl", False)
+        return (
+            f"role {missing.group(1)} named in the backup does not exist on {context.get('host', '?')}: restore"
+            " its roles first (--globals / options.globals), create it, or restore with --no-owner"
+            " --no-acl",
+            False,
+        )
     for index, (pattern, advice) in enumerate(_EXPLANATIONS):
         if pattern.search(message):
             safe = {k: context.get(k, "?") for k in ("user", "host", "port", "sslmode", "database")}

@@ -54,8 +54,14 @@ class Login:
 
     @property
     def context(self) -> dict[str, object]:
-        return {"host": self.host, "port": self.port, "user": self.user, "sslmode": self.sslmode,
-                "database": self.database, "source": self.credential_source}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "database": self.database,
+            "source": self.credential_source,
+        }
 
     def with_database(self, database: str) -> Login:
         return replace(self, database=database)
@@ -63,8 +69,12 @@ class Login:
     def env(self) -> dict[str, str]:
         """libpq environment for a child process (pg_dump, pg_restore, ...)."""
         env = {
-            "PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": self.database, "PGUSER": self.user,
-            "PGSSLMODE": self.sslmode, "PGCONNECT_TIMEOUT": str(self.connect_timeout),
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGDATABASE": self.database,
+            "PGUSER": self.user,
+            "PGSSLMODE": self.sslmode,
+            "PGCONNECT_TIMEOUT": str(self.connect_timeout),
             "PGAPPNAME": self.application_name,
         }
         if self.sslrootcert:
@@ -79,8 +89,12 @@ class Login:
 
     def psycopg_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
-            "sslmode": self.sslmode, "connect_timeout": self.connect_timeout,
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.database,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "connect_timeout": self.connect_timeout,
             "application_name": self.application_name,
         }
         if self.sslrootcert:
@@ -115,9 +129,13 @@ class CredentialResolver:
     """Turns a configured Connection into a Login. Clients are injected (chalicelib.wiring.credentials), each as a
     client or a factory that makes it when first needed; secrets are cached briefly."""
 
-    def __init__(self, secrets_client: SecretsManagerClient | Callable[[], SecretsManagerClient] | None = None,
-                 rds_client: RDSClient | Callable[[], RDSClient] | None = None, ca_bundle: str | None = None,
-                 max_age: int = 300) -> None:
+    def __init__(
+        self,
+        secrets_client: SecretsManagerClient | Callable[[], SecretsManagerClient] | None = None,
+        rds_client: RDSClient | Callable[[], RDSClient] | None = None,
+        ca_bundle: str | None = None,
+        max_age: int = 300,
+    ) -> None:
         self.secrets_client = secrets_client
         self.rds_client = rds_client
         self.ca_bundle = ca_bundle or DEFAULT_CA_BUNDLE
@@ -148,20 +166,35 @@ class CredentialResolver:
         rootcert = conn.sslrootcert
         if rootcert is None and conn.sslmode in VERIFIED_SSLMODES and os.path.exists(self.ca_bundle):
             rootcert = self.ca_bundle
-        login = Login(conn.host, conn.port, conn.database, user, conn.sslmode, rootcert,
-                      conn.connect_timeout, password, credential_source=source)
+        login = Login(
+            conn.host,
+            conn.port,
+            conn.database,
+            user,
+            conn.sslmode,
+            rootcert,
+            conn.connect_timeout,
+            password,
+            credential_source=source,
+        )
         if not secret:
             # An IAM token goes as RDS asks (a cleartext password): only to a server whose certificate the CA
             # vouches for (sslmode verify-ca/verify-full, checked above and by the config).
             return login
         if conn.weak_auth:
-            logger.warning("connection.weak_auth: the stored password is sent by whatever method the server asks"
-                           " (md5, cleartext), without channel binding", extra={"host": conn.host, "user": user})
+            logger.warning(
+                "connection.weak_auth: the stored password is sent by whatever method the server asks"
+                " (md5, cleartext), without channel binding",
+                extra={"host": conn.host, "user": user},
+            )
             return login
         if conn.sslmode not in VERIFIED_SSLMODES:  # require, allowed by weak_tls only
-            logger.warning("connection.weak_tls: the server's certificate is not checked (sslmode require): a"
-                           " machine in the middle reads the data and chooses the SCRAM work factor for the"
-                           " stored password", extra={"host": conn.host, "user": user})
+            logger.warning(
+                "connection.weak_tls: the server's certificate is not checked (sslmode require): a"
+                " machine in the middle reads the data and chooses the SCRAM work factor for the"
+                " stored password",
+                extra={"host": conn.host, "user": user},
+            )
         return strong_auth(login)
 
     def _secret_password(self, secret_id: str) -> str:
@@ -180,8 +213,10 @@ class CredentialResolver:
             if "ResourceNotFound" in text:
                 raise SecretError(f"secret {secret_id!r} does not exist: create it or fix password_secret") from None
             if "AccessDenied" in text:
-                raise SecretError(f"no access to secret {secret_id!r}: grant secretsmanager:GetSecretValue"
-                                  " (and kms:Decrypt on its key) to the function's role") from None
+                raise SecretError(
+                    f"no access to secret {secret_id!r}: grant secretsmanager:GetSecretValue"
+                    " (and kms:Decrypt on its key) to the function's role"
+                ) from None
             raise SecretError(f"cannot read secret {secret_id!r}: {text}") from None
         value = raw.decode() if isinstance(raw, bytes) else str(raw)
         if value.lstrip().startswith("{"):
@@ -190,8 +225,9 @@ class CredentialResolver:
             except ValueError:
                 raise SecretError(f"secret {secret_id!r} looks like JSON but does not parse") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("password"), str):
-                raise SecretError(f"secret {secret_id!r} is JSON without a 'password' string"
-                                  " (RDS-managed secrets have one)")
+                raise SecretError(
+                    f"secret {secret_id!r} is JSON without a 'password' string (RDS-managed secrets have one)"
+                )
             return str(doc["password"])
         if not value:
             raise SecretError(f"secret {secret_id!r} is empty")
@@ -199,13 +235,14 @@ class CredentialResolver:
 
     def _iam_token(self, conn: Connection, user: str) -> str:
         if self.rds_client is None:
-            raise SecretError(f"{user}@{conn.host} uses IAM authentication but no RDS client was given"
-                              " (chalicelib.wiring.credentials() passes one)")
+            raise SecretError(
+                f"{user}@{conn.host} uses IAM authentication but no RDS client was given"
+                " (chalicelib.wiring.credentials() passes one)"
+            )
         if callable(self.rds_client):
             self.rds_client = self.rds_client()
         try:
-            return str(self.rds_client.generate_db_auth_token(DBHostname=conn.host, Port=conn.port,
-                                                              DBUsername=user))
+            return str(self.rds_client.generate_db_auth_token(DBHostname=conn.host, Port=conn.port, DBUsername=user))
         except AWS_ERRORS as exc:
             raise SecretError(f"cannot create an RDS IAM token for {user}@{conn.host}: {exc}") from None
 
@@ -222,8 +259,9 @@ def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
 def server_version(login: Login) -> tuple[int, str]:
     """(server_version_num, server_version) of the server `login` reaches."""
     with connect(login) as conn:
-        row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version')"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+        ).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
 
@@ -240,8 +278,11 @@ def connection_error(exc: Exception, login: Login) -> DatabaseConnectionError:
     # for TLS suggests turning certificate verification off).
     reasons = [line for line in text.splitlines() if "failed:" in line] or text.splitlines()
     first = reasons[-1] if reasons else type(exc).__name__
-    return DatabaseConnectionError(f"{advice} ({first})" if advice else f"cannot connect to {login.host}:"
-                                   f"{login.port}/{login.database} as {login.user}: {first}")
+    return DatabaseConnectionError(
+        f"{advice} ({first})"
+        if advice
+        else f"cannot connect to {login.host}:{login.port}/{login.database} as {login.user}: {first}"
+    )
 
 
 @dataclass(frozen=True)
@@ -321,8 +362,7 @@ def _selected(schema: str, table: str, opts: Logical, visible: bool | None = Non
     return not any(_matches_table(p, schema, table, seen) for p in opts.exclude_tables)
 
 
-def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str, bool], bool] | None = None
-               ) -> dict[str, int]:
+def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str, bool], bool] | None = None) -> dict[str, int]:
     """Exact row counts of every ordinary table, keyed "schema.table"."""
     from psycopg import sql
 
@@ -332,7 +372,8 @@ def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str, bool], b
         " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
         " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
-        " ORDER BY 1, 2").fetchall()
+        " ORDER BY 1, 2"
+    ).fetchall()
     counts: dict[str, int] = {}
     for schema, table, visible in tables:
         if keep is None or keep(schema, table, bool(visible)):
@@ -356,8 +397,10 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
         with conn:
             try:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting("
-                                   "'server_version'), pg_database_size(current_database())").fetchone()
+                row = conn.execute(
+                    "SELECT current_setting('server_version_num')::int, current_setting("
+                    "'server_version'), pg_database_size(current_database())"
+                ).fetchone()
                 assert row is not None
                 try:
                     snap = conn.execute("SELECT pg_export_snapshot()").fetchone()

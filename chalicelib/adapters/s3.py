@@ -88,8 +88,14 @@ class BackupStore(Protocol):
         on_progress: Callable[[int], None] | None = None,
     ) -> PutResult: ...
 
-    def put_bytes(self, key: str, data: bytes, *, tags: Mapping[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> PutResult: ...
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        tags: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> PutResult: ...
 
     def get_bytes(self, key: str) -> bytes: ...
 
@@ -117,8 +123,10 @@ def _explain(exc: BaseException, bucket: str, key: str | None = None) -> Storage
     if code == "NoSuchBucket":
         return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix settings.bucket")
     if code in ("AccessDenied", "403", "Forbidden") or status == 403:
-        return StorageError(f"access denied to {where}: the role needs s3 access to this bucket"
-                            " (and kms:GenerateDataKey/Decrypt on its key)")
+        return StorageError(
+            f"access denied to {where}: the role needs s3 access to this bucket"
+            " (and kms:GenerateDataKey/Decrypt on its key)"
+        )
     if code in ("NoSuchKey", "404", "NotFound"):
         return StorageError(f"{where} does not exist")
     if "KMS" in code:
@@ -153,11 +161,23 @@ class S3Store:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
 
-    def put_bytes(self, key: str, data: bytes, *, tags: Mapping[str, str] | None = None,
-                  content_type: str = "application/octet-stream") -> PutResult:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        tags: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> PutResult:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                                   Tagging=urllib.parse.urlencode(dict(tags or {})), **self._encryption())
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Tagging=urllib.parse.urlencode(dict(tags or {})),
+                **self._encryption(),
+            )
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
         return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1)
@@ -185,8 +205,9 @@ class S3Store:
             return result
         holder = [first]  # handed over, so no frame keeps the first part alive for the whole upload
         del first
-        return _MultipartUpload(self, key, tags or {}, content_type).run(holder, stream, sha, before_complete,
-                                                                         on_progress)
+        return _MultipartUpload(self, key, tags or {}, content_type).run(
+            holder, stream, sha, before_complete, on_progress
+        )
 
     def get_bytes(self, key: str) -> bytes:
         body, _ = self.open_stream(key)
@@ -216,8 +237,9 @@ class S3Store:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _explain(exc, self.bucket, key) from exc
-        return ObjectInfo(key, int(resp["ContentLength"]), resp.get("LastModified"),
-                          resp.get("ObjectLockRetainUntilDate"))
+        return ObjectInfo(
+            key, int(resp["ContentLength"]), resp.get("LastModified"), resp.get("ObjectLockRetainUntilDate")
+        )
 
     def tags(self, key: str) -> dict[str, str]:
         try:
@@ -230,7 +252,8 @@ class S3Store:
         """Replace the object's tags (its current version's)."""
         try:
             self.client.put_object_tagging(
-                Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            )
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
 
@@ -243,19 +266,22 @@ class S3Store:
             self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention)
         except AWS_ERRORS as exc:
             if error_code(exc) == "InvalidRequest":
-                raise StorageError(f"s3://{self.bucket}/{key} cannot be locked: {error_message(exc)} (the bucket needs"
-                                   " Object Lock enabled, as the stack creates it; or unset"
-                                   " settings.object_lock_mode)") from exc
+                raise StorageError(
+                    f"s3://{self.bucket}/{key} cannot be locked: {error_message(exc)} (the bucket needs"
+                    " Object Lock enabled, as the stack creates it; or unset"
+                    " settings.object_lock_mode)"
+                ) from exc
             raise _explain(exc, self.bucket, key) from exc
 
     def delete(self, keys: list[str]) -> None:
         """Plain deletes: in a versioned bucket each adds a delete marker, the data stays a noncurrent version until
         the lifecycle expires it (and, if locked, until its lock ends). No version is ever deleted here."""
         for start in range(0, len(keys), 1000):
-            batch = keys[start:start + 1000]
+            batch = keys[start : start + 1000]
             try:
                 resp = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
             except AWS_ERRORS as exc:
                 raise _explain(exc, self.bucket, batch[0]) from exc
             if resp.get("Errors"):
@@ -285,13 +311,22 @@ class _MultipartUpload:
         self.cond = threading.Condition()
         self.failure: BaseException | None = None
 
-    def run(self, first: list[bytes], stream: IO[bytes], sha: Any, before_complete: Callable[[], None] | None,
-            on_progress: Callable[[int], None] | None) -> PutResult:
+    def run(
+        self,
+        first: list[bytes],
+        stream: IO[bytes],
+        sha: Any,
+        before_complete: Callable[[], None] | None,
+        on_progress: Callable[[int], None] | None,
+    ) -> PutResult:
         store = self.store
         try:
             upload_id = self.client.create_multipart_upload(
-                Bucket=store.bucket, Key=self.key, ContentType=self.content_type,
-                Tagging=urllib.parse.urlencode(dict(self.tags)), **store._encryption(),
+                Bucket=store.bucket,
+                Key=self.key,
+                ContentType=self.content_type,
+                Tagging=urllib.parse.urlencode(dict(self.tags)),
+                **store._encryption(),
             )["UploadId"]
         except AWS_ERRORS as exc:
             raise _explain(exc, store.bucket, self.key) from exc
@@ -303,8 +338,10 @@ class _MultipartUpload:
                 self._reserve(len(data))
                 while data:
                     if len(futures) >= S3_MAX_PARTS:
-                        raise StorageError(f"s3://{store.bucket}/{self.key}: stream exceeds"
-                                           f" {store.plan.capacity()} bytes, the most 10,000 parts can hold")
+                        raise StorageError(
+                            f"s3://{store.bucket}/{self.key}: stream exceeds"
+                            f" {store.plan.capacity()} bytes, the most 10,000 parts can hold"
+                        )
                     futures.append(pool.submit(self._upload_part, upload_id, number, data))
                     total += len(data)
                     if on_progress:
@@ -321,7 +358,8 @@ class _MultipartUpload:
                 before_complete()
             try:
                 self.client.complete_multipart_upload(
-                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
             except AWS_ERRORS as exc:
                 raise _explain(exc, store.bucket, self.key) from exc
         except BaseException:  # whatever stops the upload (error, deadline, interrupt) aborts it; re-raised
@@ -347,8 +385,9 @@ class _MultipartUpload:
 
     def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
         try:
-            resp = self.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
-                                           PartNumber=number, Body=data)
+            resp = self.client.upload_part(
+                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=data
+            )
             return {"PartNumber": number, "ETag": resp["ETag"]}
         except AWS_ERRORS as exc:
             err = _explain(exc, self.store.bucket, self.key)
@@ -365,5 +404,6 @@ class _MultipartUpload:
         try:
             self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
         except AWS_ERRORS:
-            logger.warning("could not abort multipart upload; the lifecycle rule will remove it",
-                           extra={"key": self.key})
+            logger.warning(
+                "could not abort multipart upload; the lifecycle rule will remove it", extra={"key": self.key}
+            )

@@ -59,8 +59,9 @@ class BackupId:
     def parse(cls, text: str) -> BackupId:
         m = _ID.match(text or "")
         if not m:
-            raise BadRequestError(f"{text!r} is not a backup id"
-                                  " (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)")
+            raise BadRequestError(
+                f"{text!r} is not a backup id (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)"
+            )
         try:
             stamp = parse_stamp(m.group(4))
         except ValueError:
@@ -163,8 +164,10 @@ class Manifest(BaseModel):
         if self.databases is not None and role == "dump":
             bid = BackupId.parse(self.backup_id)
             example = bid.for_database(self.databases[0]) if self.databases else bid
-            raise NotFoundError(f"{self.backup_id} is a whole-server run (globals and the list of databases):"
-                                f" restore one of its databases, e.g. {example}")
+            raise NotFoundError(
+                f"{self.backup_id} is a whole-server run (globals and the list of databases):"
+                f" restore one of its databases, e.g. {example}"
+            )
         raise NotFoundError(f"backup {self.backup_id} has no {role} object")
 
     @property
@@ -203,31 +206,41 @@ class Catalog:
         except StorageError as exc:
             self._resolve_unknown_write(bid, manifest, key, len(body), exc)
 
-    def _resolve_unknown_write(self, bid: BackupId, manifest: Manifest, key: str, size: int,
-                               exc: StorageError) -> None:
+    def _resolve_unknown_write(self, bid: BackupId, manifest: Manifest, key: str, size: int, exc: StorageError) -> None:
         try:
             stored = self.store.head(key)
-            problems = (["the manifest"] if stored is None
-                        else [f"{key} ({stored.size} bytes, not {size})"] if stored.size != size
-                        else self._missing_by_head(manifest))
+            problems = (
+                ["the manifest"]
+                if stored is None
+                else [f"{key} ({stored.size} bytes, not {size})"]
+                if stored.size != size
+                else self._missing_by_head(manifest)
+            )
         except StorageError as read_exc:
             stored, problems = None, [f"cannot read back: {read_exc}"]
         if not problems:
-            logger.warning("the manifest write reported an error, but the manifest and every object it lists are"
-                           " in the bucket: the backup is complete", extra={"backup_id": str(bid), "error": str(exc)})
+            logger.warning(
+                "the manifest write reported an error, but the manifest and every object it lists are"
+                " in the bucket: the backup is complete",
+                extra={"backup_id": str(bid), "error": str(exc)},
+            )
             return
         if problems == ["the manifest"]:
-            raise ManifestNotWritten(f"writing the manifest of {bid} failed and it is not in the bucket: the backup is"
-                                     f" not complete ({exc})") from exc
+            raise ManifestNotWritten(
+                f"writing the manifest of {bid} failed and it is not in the bucket: the backup is not complete ({exc})"
+            ) from exc
         try:
             self.store.delete([key])
         except StorageError as delete_exc:
             raise ManifestLeftBehind(
                 f"writing the manifest of {bid} failed ({exc}); reading back found it incomplete"
                 f" ({'; '.join(problems)}), and removing the manifest failed too ({delete_exc}): its objects are kept;"
-                " the next delivery finds the backup incomplete and backs the slot up again") from exc
-        raise ManifestNotWritten(f"writing the manifest of {bid} failed ({exc}); reading back found the backup not"
-                                 f" complete ({'; '.join(problems)}): the manifest was removed") from exc
+                " the next delivery finds the backup incomplete and backs the slot up again"
+            ) from exc
+        raise ManifestNotWritten(
+            f"writing the manifest of {bid} failed ({exc}); reading back found the backup not"
+            f" complete ({'; '.join(problems)}): the manifest was removed"
+        ) from exc
 
     def _missing_by_head(self, manifest: Manifest) -> list[str]:
         problems = []
@@ -259,8 +272,9 @@ class Catalog:
 
     def write_failure(self, manifest: Manifest) -> None:
         bid = BackupId.parse(manifest.backup_id)
-        self.store.put_bytes(self.layout.failed_key(bid), manifest.model_dump_json(indent=2).encode(),
-                             content_type="application/json")
+        self.store.put_bytes(
+            self.layout.failed_key(bid), manifest.model_dump_json(indent=2).encode(), content_type="application/json"
+        )
 
     def listing(self, target: str) -> dict[str, int]:
         """Every object of a target's backups: key -> size (one LIST)."""
@@ -276,15 +290,19 @@ class Catalog:
         """The manifest of a complete backup; NotFoundError when there is none, or when objects it lists are not
         in the bucket (the backup is not complete, and says which)."""
         if bid.kind != "logical":
-            raise BadRequestError(f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form"
-                                  " (POST /restores with its backup_id, new_id ...), not as a dump")
+            raise BadRequestError(
+                f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form"
+                " (POST /restores with its backup_id, new_id ...), not as a dump"
+            )
         found = self.read_manifest(bid)
         if found is None:
             raise NotFoundError(f"no complete backup {bid} (no manifest at {self.layout.manifest_key(bid)})")
         missing = self.missing_objects(found)
         if missing:
-            raise NotFoundError(f"backup {bid} is not complete: its manifest lists objects that are not in the bucket:"
-                                f" {'; '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            raise NotFoundError(
+                f"backup {bid} is not complete: its manifest lists objects that are not in the bucket:"
+                f" {'; '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
         return found
 
     def list_backups(self, target: str, limit: int = 50) -> list[Manifest]:
@@ -295,14 +313,16 @@ class Catalog:
         complete: list[Manifest] = []
         with ThreadPoolExecutor(max_workers=8) as pool:
             while ids and len(complete) < limit:
-                batch, ids = ids[:limit - len(complete)], ids[limit - len(complete):]
+                batch, ids = ids[: limit - len(complete)], ids[limit - len(complete) :]
                 for manifest in pool.map(self.read_manifest, batch):
                     if manifest is None:
                         continue
                     missing = self.missing_objects(manifest, listing)
                     if missing:
-                        logger.warning("not listed: its manifest lists objects that are not in the bucket",
-                                       extra={"backup_id": manifest.backup_id, "missing": missing[:5]})
+                        logger.warning(
+                            "not listed: its manifest lists objects that are not in the bucket",
+                            extra={"backup_id": manifest.backup_id, "missing": missing[:5]},
+                        )
                     else:
                         complete.append(manifest)
         return complete

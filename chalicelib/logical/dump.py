@@ -85,17 +85,23 @@ def compression_args(compression: str, pg_dump_major: int) -> list[str]:
     return [f"--compress={level or 6}"]
 
 
-def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compression: str | None = None
-                 ) -> list[str]:
-    args = [f"--format={opts.format}", "--no-password",
-            f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
-            *compression_args(compression or opts.compression, pg_dump.major)]
+def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compression: str | None = None) -> list[str]:
+    args = [
+        f"--format={opts.format}",
+        "--no-password",
+        f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
+        *compression_args(compression or opts.compression, pg_dump.major),
+    ]
     if opts.format == "directory":
         args.append(f"--jobs={opts.jobs}")
     if snapshot_id:
         args.append(f"--snapshot={snapshot_id}")
-    for flag, patterns in (("--schema", opts.schemas), ("--exclude-schema", opts.exclude_schemas),
-                           ("--table", opts.tables), ("--exclude-table", opts.exclude_tables)):
+    for flag, patterns in (
+        ("--schema", opts.schemas),
+        ("--exclude-schema", opts.exclude_schemas),
+        ("--table", opts.tables),
+        ("--exclude-table", opts.exclude_tables),
+    ):
         args.extend(f"{flag}={p}" for p in patterns)
     return args
 
@@ -124,23 +130,41 @@ def _dumping(child: ChildProcess, deadline: Deadline | None) -> Iterator[None]:
             raise
 
 
-def _stream_tool(svc: BackupServices, tool: PgTool, args: list[str], login: Login, key: str,
-                 tags: dict[str, str], deadline: Deadline | None,
-                 on_progress: Callable[[int], None] | None) -> PutResult:
+def _stream_tool(
+    svc: BackupServices,
+    tool: PgTool,
+    args: list[str],
+    login: Login,
+    key: str,
+    tags: dict[str, str],
+    deadline: Deadline | None,
+    on_progress: Callable[[int], None] | None,
+) -> PutResult:
     child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
     with _dumping(child, deadline):
-        result = svc.store.put_stream(key, child.stdout, tags=tags, before_complete=child.check,
-                                      on_progress=on_progress)
+        result = svc.store.put_stream(
+            key, child.stdout, tags=tags, before_complete=child.check, on_progress=on_progress
+        )
     stored = svc.store.head(key)
     if stored is None or stored.size != result.size:
-        raise StorageError(f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
-                           f" uploading {result.size}")
+        raise StorageError(
+            f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
+            f" uploading {result.size}"
+        )
     return result
 
 
-def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: Login, prefix: str,
-                    tags: dict[str, str], deadline: Deadline | None, on_progress: Callable[[int], None] | None,
-                    written: list[str]) -> list[ManifestObject]:
+def _dump_directory(
+    svc: BackupServices,
+    tool: PgTool,
+    args: list[str],
+    login: Login,
+    prefix: str,
+    tags: dict[str, str],
+    deadline: Deadline | None,
+    on_progress: Callable[[int], None] | None,
+    written: list[str],
+) -> list[ManifestObject]:
     """pg_dump -j into a local directory, each finished file uploaded and deleted while the dump goes on.
 
     Ephemeral storage holds only the files being written (about one table per worker), not the whole
@@ -164,8 +188,9 @@ def _dump_directory(svc: BackupServices, tool: PgTool, args: list[str], login: L
 
     with tempfile.TemporaryDirectory(prefix="lifeboat-dump-") as tmp:
         out = Path(tmp) / "dump"
-        child = ChildProcess(tool, [*args, f"--file={out}"], minimal_env(login.env()), login.secrets, login.context,
-                             capture_stdout=False)
+        child = ChildProcess(
+            tool, [*args, f"--file={out}"], minimal_env(login.env()), login.secrets, login.context, capture_stdout=False
+        )
         with _dumping(child, deadline):
             while child.poll() is None:
                 time.sleep(0.2)
@@ -232,13 +257,18 @@ def _existing(svc: BackupServices, bid: BackupId) -> Manifest | None:
     missing = svc.catalog.missing_objects(found)
     if not missing:
         return found
-    logger.error("the manifest of this backup lists objects that are not in the bucket: it is not complete; removing"
-                 " the manifest", extra={"missing": missing[:10]})
+    logger.error(
+        "the manifest of this backup lists objects that are not in the bucket: it is not complete; removing"
+        " the manifest",
+        extra={"missing": missing[:10]},
+    )
     try:
         svc.catalog.remove_manifest(bid)
     except StorageError as exc:
-        raise StorageError(f"backup {bid} is not complete (its manifest lists objects that are not in the bucket:"
-                           f" {'; '.join(missing[:5])}), and its manifest could not be removed: {exc}") from exc
+        raise StorageError(
+            f"backup {bid} is not complete (its manifest lists objects that are not in the bucket:"
+            f" {'; '.join(missing[:5])}), and its manifest could not be removed: {exc}"
+        ) from exc
     return None
 
 
@@ -247,14 +277,26 @@ def _protect(svc: BackupServices, manifest: Manifest) -> None:
     try:
         protect(svc.store, svc.catalog, svc.config, manifest, svc.clock())
     except StorageError as exc:
-        logger.error("backup complete, but its retention tags or lock could not be set",
-                     extra={"backup_id": manifest.backup_id, "error": str(exc)})
-        raise StorageError(f"backup {manifest.backup_id} is complete, but setting its retention tags or Object Lock"
-                           f" failed: {exc}; a redelivery of the same slot repeats it") from exc
+        logger.error(
+            "backup complete, but its retention tags or lock could not be set",
+            extra={"backup_id": manifest.backup_id, "error": str(exc)},
+        )
+        raise StorageError(
+            f"backup {manifest.backup_id} is complete, but setting its retention tags or Object Lock"
+            f" failed: {exc}; a redelivery of the same slot repeats it"
+        ) from exc
 
 
-def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
-            deadline: Deadline | None, on_progress: Callable[[int], None] | None, claim_key: str) -> BackupOutcome:
+def _backup(
+    svc: BackupServices,
+    target: Target,
+    opts: Logical,
+    bid: BackupId,
+    trigger: str,
+    deadline: Deadline | None,
+    on_progress: Callable[[int], None] | None,
+    claim_key: str,
+) -> BackupOutcome:
     # long because it is one backup's whole sequence (snapshot, dumps, manifest last) inside the one try whose
     # except records the failure: split, the cleanup would have to follow the pieces.
     started = svc.clock()
@@ -274,17 +316,32 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             pg_dump = svc.toolbox.pick("pg_dump", facts.major, purpose=f"a PostgreSQL {facts.server_version} server")
             compression = effective_compression(opts.compression, pg_dump.major)
             if compression != opts.compression:
-                logger.warning("compression not available in this pg_dump; using gzip",
-                               extra={"configured": opts.compression, "pg_dump": pg_dump.major})
+                logger.warning(
+                    "compression not available in this pg_dump; using gzip",
+                    extra={"configured": opts.compression, "pg_dump": pg_dump.major},
+                )
             retention_class = backup_class(bid.stamp, trigger, opts.schedule, policy)
             tags = {RETENTION_TAG: retention_class.value, POLICY_TAG: target.retention, "target": target.name}
-            log_extra = {"pg_dump": pg_dump.major, "server": facts.server_version, "retention": retention_class.value,
-                         "database_size": facts.database_size}
+            log_extra = {
+                "pg_dump": pg_dump.major,
+                "server": facts.server_version,
+                "retention": retention_class.value,
+                "database_size": facts.database_size,
+            }
             logger.info("dump starting", extra=log_extra)
             args = pg_dump_args(opts, pg_dump, facts.snapshot_id, compression)
             if opts.format == "directory":
-                objects = _dump_directory(svc, pg_dump, args, login, svc.catalog.layout.dump_key(bid, "directory"),
-                                          tags, deadline, on_progress, written)
+                objects = _dump_directory(
+                    svc,
+                    pg_dump,
+                    args,
+                    login,
+                    svc.catalog.layout.dump_key(bid, "directory"),
+                    tags,
+                    deadline,
+                    on_progress,
+                    written,
+                )
             else:
                 dump_key = svc.catalog.layout.dump_key(bid)
                 written.append(dump_key)
@@ -294,29 +351,44 @@ def _backup(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, t
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
             written.append(globals_key)
-            g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline,
-                             None)
+            g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
             objects.append(ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256))
         finished = svc.clock()
         manifest = Manifest(
-            backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
-            database=login.database, server_version=facts.server_version,
-            server_version_num=facts.server_version_num, pg_dump_version=pg_dump.major, format=opts.format,
-            compression=compression, objects=objects, size=sum(o.size for o in objects),
-            started_at=started, finished_at=finished, retention_class=retention_class.value,
-            retention_policy=target.retention, snapshot_id=facts.snapshot_id, row_counts=facts.row_counts,
+            backup_id=str(bid),
+            target=target.name,
+            slot=bid.stamp,
+            trigger=trigger,
+            host=login.host,
+            database=login.database,
+            server_version=facts.server_version,
+            server_version_num=facts.server_version_num,
+            pg_dump_version=pg_dump.major,
+            format=opts.format,
+            compression=compression,
+            objects=objects,
+            size=sum(o.size for o in objects),
+            started_at=started,
+            finished_at=finished,
+            retention_class=retention_class.value,
+            retention_policy=target.retention,
+            snapshot_id=facts.snapshot_id,
+            row_counts=facts.row_counts,
         )
         manifest_key.append(svc.catalog.layout.manifest_key(bid))
         svc.catalog.write_manifest(manifest, tags)  # last: from here on the backup exists
     except BaseException as exc:  # whatever ends the attempt is recorded as its failure, then re-raised
-        _record_failure(svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key,
-                        manifest_key)
+        _record_failure(
+            svc, target, bid, trigger, started, written, exc, login, facts_for_record, claim_key, manifest_key
+        )
         raise
     seconds = time.monotonic() - t0
     if svc.claims:
         svc.claims.finish(claim_key, "SUCCEEDED", {"size": str(manifest.size)})
-    logger.info("backup complete", extra={"bytes": manifest.size, "seconds": round(seconds, 3),
-                                          "objects": len(manifest.objects)})
+    logger.info(
+        "backup complete",
+        extra={"bytes": manifest.size, "seconds": round(seconds, 3), "objects": len(manifest.objects)},
+    )
     record("BackupSucceeded", 1, "Count", target.name)
     record("BackupBytes", manifest.size, "Bytes", target.name)
     record("BackupDuration", seconds, "Seconds", target.name)
@@ -330,13 +402,21 @@ PROVIDER_DATABASES = ("rdsadmin", "azure_maintenance", "azure_sys", "cloudsqladm
 
 def list_databases(login: Login, exclude: list[str]) -> list[str]:
     with connect(login) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
-                            " ORDER BY datname").fetchall()
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+        ).fetchall()
     return [str(r[0]) for r in rows if r[0] not in PROVIDER_DATABASES and r[0] not in exclude]
 
 
-def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupId, trigger: str,
-                deadline: Deadline | None, claim_key: str) -> BackupOutcome:
+def _server_run(
+    svc: BackupServices,
+    target: Target,
+    opts: Logical,
+    bid: BackupId,
+    trigger: str,
+    deadline: Deadline | None,
+    claim_key: str,
+) -> BackupOutcome:
     """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
     per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
     started = svc.clock()
@@ -357,12 +437,24 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
         written.append(globals_key)
         g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
         manifest = Manifest(
-            backup_id=str(bid), target=target.name, slot=bid.stamp, trigger=trigger, host=login.host,
-            database="*", server_version=version, server_version_num=version_num,
-            pg_dump_version=pg_dumpall.major, format=opts.format, compression="none",
-            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256)], size=g.size,
-            started_at=started, finished_at=svc.clock(), retention_class=retention_class.value,
-            retention_policy=target.retention, databases=databases,
+            backup_id=str(bid),
+            target=target.name,
+            slot=bid.stamp,
+            trigger=trigger,
+            host=login.host,
+            database="*",
+            server_version=version,
+            server_version_num=version_num,
+            pg_dump_version=pg_dumpall.major,
+            format=opts.format,
+            compression="none",
+            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256)],
+            size=g.size,
+            started_at=started,
+            finished_at=svc.clock(),
+            retention_class=retention_class.value,
+            retention_policy=target.retention,
+            databases=databases,
         )
         manifest_key.append(svc.catalog.layout.manifest_key(bid))
         svc.catalog.write_manifest(manifest, tags)
@@ -382,9 +474,19 @@ def _server_run(svc: BackupServices, target: Target, opts: Logical, bid: BackupI
     return BackupOutcome("SUCCEEDED", str(bid), manifest, reason=f"{len(databases)} databases")
 
 
-def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger: str, started: datetime,
-                    written: list[str], exc: BaseException, login: Login | None, facts: dict[str, object],
-                    claim_key: str, manifest_key: list[str]) -> None:
+def _record_failure(
+    svc: BackupServices,
+    target: Target,
+    bid: BackupId,
+    trigger: str,
+    started: datetime,
+    written: list[str],
+    exc: BaseException,
+    login: Login | None,
+    facts: dict[str, object],
+    claim_key: str,
+    manifest_key: list[str],
+) -> None:
     """Clean-up without delete-version rights: each plain delete leaves a delete marker, and the data a noncurrent
     version that the lifecycle expires (objects of an attempt that never completed are not locked). Never a
     manifest without its objects: a manifest whose write failed in an unknown way is removed first, and when it
@@ -395,8 +497,10 @@ def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger:
     record("BackupFailed", 1, "Count", target.name)
     cleanups: list[Callable[[], None]] = []
     if isinstance(exc, ManifestLeftBehind):
-        logger.error("the incomplete backup's manifest could not be removed: its objects are kept with it",
-                     extra={"objects": written[:10]})
+        logger.error(
+            "the incomplete backup's manifest could not be removed: its objects are kept with it",
+            extra={"objects": written[:10]},
+        )
     elif manifest_key and not isinstance(exc, ManifestNotWritten):  # the manifest PUT was interrupted: it may be there
 
         def manifest_then_objects() -> None:
@@ -408,13 +512,23 @@ def _record_failure(svc: BackupServices, target: Target, bid: BackupId, trigger:
     elif written:
         cleanups.append(lambda: svc.store.delete(written))
     failure = Manifest(
-        backup_id=str(bid), status="FAILED", target=target.name, slot=bid.stamp, trigger=trigger,
+        backup_id=str(bid),
+        status="FAILED",
+        target=target.name,
+        slot=bid.stamp,
+        trigger=trigger,
         host=target.connection.host if target.connection else "",
         database=target.connection.database if target.connection else "",
         server_version=str(facts.get("server_version", "")),
-        server_version_num=int(str(facts.get("server_version_num", 0))), pg_dump_version=0,
-        format="custom", compression=(target.logical or Logical()).compression, started_at=started,
-        finished_at=svc.clock(), retention_class="", retention_policy=target.retention, error=message,
+        server_version_num=int(str(facts.get("server_version_num", 0))),
+        pg_dump_version=0,
+        format="custom",
+        compression=(target.logical or Logical()).compression,
+        started_at=started,
+        finished_at=svc.clock(),
+        retention_class="",
+        retention_policy=target.retention,
+        error=message,
     )
     cleanups.append(lambda: svc.catalog.write_failure(failure))
     if svc.claims:

@@ -91,11 +91,9 @@ def validate_database_name(name: str) -> str:
     return name
 
 
-
-
-
-def pg_restore_args(database: str, opts: RestoreOptions, single_transaction: bool = True,
-                    list_file: Path | None = None) -> list[str]:
+def pg_restore_args(
+    database: str, opts: RestoreOptions, single_transaction: bool = True, list_file: Path | None = None
+) -> list[str]:
     args = [f"--dbname={conninfo_dbname(database)}", "--exit-on-error", "--no-password"]
     if single_transaction:
         args.append("--single-transaction")
@@ -112,8 +110,10 @@ def _create_database(login: Login, name: str) -> None:
     from psycopg import sql
 
     if database_exists(login, name):
-        raise ConflictError(f"database {name!r} already exists on {login.host}: restore into a new name"
-                            " (replacing a database needs clean=true and confirm=<name>)")
+        raise ConflictError(
+            f"database {name!r} already exists on {login.host}: restore into a new name"
+            " (replacing a database needs clean=true and confirm=<name>)"
+        )
     with connect(login) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
 
@@ -139,8 +139,12 @@ def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selec
         return {"match": None, "reason": "the backup recorded no row counts"}
     wanted = {t: n for t, n in expected.items() if t in selection.tables_in(expected)} if selection else expected
     mismatched = {t: {"expected": n, "restored": actual.get(t)} for t, n in wanted.items() if actual.get(t) != n}
-    result: dict[str, Any] = {"match": not mismatched, "tables_checked": len(wanted),
-                              "rows_checked": sum(wanted.values()), "mismatches": mismatched}
+    result: dict[str, Any] = {
+        "match": not mismatched,
+        "tables_checked": len(wanted),
+        "rows_checked": sum(wanted.values()),
+        "mismatches": mismatched,
+    }
     if selection and not wanted:
         result.update(match=None, reason="the selection holds no tables of the backup")
     return result
@@ -153,8 +157,9 @@ def _marker(state: str, restore_id: str, backup_id: str) -> str:
 def _database_comment(login: Login, name: str) -> str | None:
     """None when the database does not exist, else its comment ('' without one)."""
     with connect(login) as conn:
-        row = conn.execute("SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database"
-                           " WHERE datname = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -190,13 +195,18 @@ def _swap(login: Login, database: str, work: str, stamp: str) -> str:
     kept = f"{database[:40]}_replaced_{stamp}"[:MAX_IDENTIFIER]
     with connect(maintenance_login(login, database, work)) as conn:
         try:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
-                         " AND pid <> pg_backend_pid()", (database,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
             _rename(conn, database, kept)
         except psycopg.Error as exc:
-            raise SwapError(f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
-                            f" {login.user} must own it (or have CREATEDB and be a member of its owner);"
-                            " it is unchanged", original_in_place=True) from None
+            raise SwapError(
+                f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
+                f" {login.user} must own it (or have CREATEDB and be a member of its owner);"
+                " it is unchanged",
+                original_in_place=True,
+            ) from None
         try:
             _rename(conn, work, database)
         except psycopg.Error as exc:
@@ -204,12 +214,17 @@ def _swap(login: Login, database: str, work: str, stamp: str) -> str:
             try:
                 _rename(conn, kept, database)
             except psycopg.Error as back:
-                raise SwapError(f"the verified copy could not be renamed to {database!r} ({cause}) and the"
-                                f" original could not be renamed back ({str(back).strip()}): the original is"
-                                f" {kept!r} and the verified copy {work!r}; rename one of them to {database!r}",
-                                original_in_place=False) from None
-            raise SwapError(f"the verified copy could not be renamed to {database!r} ({cause}); the original"
-                            " database was put back under its name, unchanged", original_in_place=True) from None
+                raise SwapError(
+                    f"the verified copy could not be renamed to {database!r} ({cause}) and the"
+                    f" original could not be renamed back ({str(back).strip()}): the original is"
+                    f" {kept!r} and the verified copy {work!r}; rename one of them to {database!r}",
+                    original_in_place=False,
+                ) from None
+            raise SwapError(
+                f"the verified copy could not be renamed to {database!r} ({cause}); the original"
+                " database was put back under its name, unchanged",
+                original_in_place=True,
+            ) from None
     return kept
 
 
@@ -227,21 +242,27 @@ def _check_objects(store: BackupStore, parts: list[ManifestObject]) -> None:
     for part in parts:
         head = store.head(part.key)
         if head is None or head.size != part.size:
-            raise IntegrityError(f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
-                                 f" {part.size}: the object was changed or truncated; refusing to restore it")
+            raise IntegrityError(
+                f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
+                f" {part.size}: the object was changed or truncated; refusing to restore it"
+            )
 
 
 def _check_compatible(manifest: Manifest, server_major: int, selection: Selection) -> None:
     """Refusals that need no database: a downgrade, a table the backup does not have."""
     if manifest.pg_dump_version > server_major:
-        raise BadRequestError(f"{manifest.backup_id} was written by pg_dump {manifest.pg_dump_version} (PostgreSQL"
-                              f" {manifest.server_version}); PostgreSQL {server_major} cannot load it: restore into"
-                              f" PostgreSQL {manifest.pg_dump_version} or newer")
+        raise BadRequestError(
+            f"{manifest.backup_id} was written by pg_dump {manifest.pg_dump_version} (PostgreSQL"
+            f" {manifest.server_version}); PostgreSQL {server_major} cannot load it: restore into"
+            f" PostgreSQL {manifest.pg_dump_version} or newer"
+        )
     if selection and manifest.row_counts is not None:
         unknown = selection.unknown_tables(manifest.row_counts)
         if unknown:
-            raise BadRequestError(f"{manifest.backup_id} has no table {', '.join(unknown)} (names are exact and"
-                                  " case-sensitive: table or schema.table)")
+            raise BadRequestError(
+                f"{manifest.backup_id} has no table {', '.join(unknown)} (names are exact and"
+                " case-sensitive: table or schema.table)"
+            )
 
 
 def restore_logical(
@@ -269,8 +290,9 @@ def restore_logical(
     validate_database_name(database)
     selection = opts.selection
     if opts.replace and selection:
-        raise BadRequestError("replacing a database restores all of it: a selection (schemas, tables) goes into a"
-                              " new database instead")
+        raise BadRequestError(
+            "replacing a database restores all of it: a selection (schemas, tables) goes into a new database instead"
+        )
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
     bid = BackupId.parse(backup_id)
     manifest: Manifest = catalog.manifest(bid)
@@ -284,9 +306,11 @@ def restore_logical(
     _check_objects(store, parts)
     server_major = server_version(login)[0] // 10000
     _check_compatible(manifest, server_major, selection)
-    pg_restore = toolbox.pick("pg_restore", max(server_major, manifest.pg_dump_version),
-                              purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
-                                      f" into PostgreSQL {server_major}")
+    pg_restore = toolbox.pick(
+        "pg_restore",
+        max(server_major, manifest.pg_dump_version),
+        purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version} into PostgreSQL {server_major}",
+    )
     with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as scratch:
         tmp = Path(scratch)
         local: Path | None = None
@@ -295,8 +319,9 @@ def restore_logical(
         list_file: Path | None = None
         missing_schemas: list[str] = []
         if selection:
-            list_file, missing_schemas = resolve_selection(store, parts[0].key, local, pg_restore, selection,
-                                                           selection.schemas_needed(manifest.row_counts), tmp)
+            list_file, missing_schemas = resolve_selection(
+                store, parts[0].key, local, pg_restore, selection, selection.schemas_needed(manifest.row_counts), tmp
+            )
         roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
         _create_database(login, work)
         _comment(login, work, _marker("restoring", restore_id, backup_id))
@@ -306,8 +331,18 @@ def restore_logical(
                 restored = sum(p.size for p in parts)
                 _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
             else:
-                restored = _stream_into_pg_restore(store, parts[0].key, parts[0].sha256, pg_restore, login, work,
-                                                   opts, on_progress, deadline, list_file)
+                restored = _stream_into_pg_restore(
+                    store,
+                    parts[0].key,
+                    parts[0].sha256,
+                    pg_restore,
+                    login,
+                    work,
+                    opts,
+                    on_progress,
+                    deadline,
+                    list_file,
+                )
             result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
             kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
     _comment(login, database, _marker("restored", restore_id, backup_id))
@@ -322,8 +357,10 @@ def restore_logical(
 def _work_database(login: Login, database: str, existing: str | None, opts: RestoreOptions, restore_id: str) -> str:
     """The database this run creates: `database` itself, or (replacing one) a side database swapped in later."""
     if existing is not None and not opts.replace:
-        raise ConflictError(f"database {database!r} already exists on {login.host}: restore into a new name"
-                            " (replacing a database needs clean=true and confirm=<name>)")
+        raise ConflictError(
+            f"database {database!r} already exists on {login.host}: restore into a new name"
+            " (replacing a database needs clean=true and confirm=<name>)"
+        )
     work = f"{database[:40]}_lifeboat_{restore_id[-8:]}" if existing is not None else database
     leftover = _database_comment(login, work) if work != database else None
     if leftover is not None:
@@ -346,26 +383,37 @@ def _dropped_on_failure(login: Login, work: str, target: str) -> Iterator[None]:
         try:
             _drop_database(login, work)
         except Exception as exc:  # any cleanup failure: the original failure is the one to report
-            logger.warning("could not drop the partly restored database", extra={"database": work,
-                                                                                  "error": str(exc)})
+            logger.warning("could not drop the partly restored database", extra={"database": work, "error": str(exc)})
         raise
 
 
-def _finish(login: Login, database: str, manifest: Manifest, selection: Selection, backup_id: str, restored: int,
-            t0: float, pg_restore_major: int, recovered: bool = False) -> RestoreResult:
+def _finish(
+    login: Login,
+    database: str,
+    manifest: Manifest,
+    selection: Selection,
+    backup_id: str,
+    restored: int,
+    t0: float,
+    pg_restore_major: int,
+    recovered: bool = False,
+) -> RestoreResult:
     with connect(login.with_database(database)) as conn:
         actual = count_rows(conn)
     verification = verify_counts(manifest.row_counts, actual, selection)
     if verification["match"] is False:
         raise IntegrityError(f"restored row counts differ from the backup's: {verification['mismatches']}")
-    return RestoreResult(backup_id, database, restored, time.monotonic() - t0, pg_restore_major, verification,
-                         recovered=recovered)
+    return RestoreResult(
+        backup_id, database, restored, time.monotonic() - t0, pg_restore_major, verification, recovered=recovered
+    )
 
 
 def _deadline_error(deadline: Deadline | None) -> DeadlineError:
     margin = deadline.margin_seconds if deadline else 0
-    return DeadlineError(f"stopped {margin:.0f} s before the time limit with the restore unfinished; the new"
-                         " database was dropped: restore large archives on the long-running worker")
+    return DeadlineError(
+        f"stopped {margin:.0f} s before the time limit with the restore unfinished; the new"
+        " database was dropped: restore large archives on the long-running worker"
+    )
 
 
 def _read_verified(store: BackupStore, part: ManifestObject, deadline: Deadline | None) -> Iterator[bytes]:
@@ -379,19 +427,29 @@ def _read_verified(store: BackupStore, part: ManifestObject, deadline: Deadline 
             sha.update(chunk)
             yield chunk
     if sha.hexdigest() != part.sha256:
-        raise IntegrityError(f"{part.key} does not match its manifest's SHA-256: the object was tampered"
-                             " with or corrupted; nothing was restored")
+        raise IntegrityError(
+            f"{part.key} does not match its manifest's SHA-256: the object was tampered"
+            " with or corrupted; nothing was restored"
+        )
 
 
-def _download(store: BackupStore, parts: list[ManifestObject], fmt: str, tmp: Path,
-              on_progress: Callable[[int], None] | None, deadline: Deadline | None) -> Path:
+def _download(
+    store: BackupStore,
+    parts: list[ManifestObject],
+    fmt: str,
+    tmp: Path,
+    on_progress: Callable[[int], None] | None,
+    deadline: Deadline | None,
+) -> Path:
     """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage and verify
     every object's SHA-256 before anything is created."""
     need, free = sum(p.size for p in parts), shutil.disk_usage(tmp).free
     if need > free:
-        raise RestoreError(f"the archive needs {need} bytes of ephemeral storage but {free} are free:"
-                           " give the function more /tmp, restore with jobs=1 (custom format streams),"
-                           " or restore on the long-running worker")
+        raise RestoreError(
+            f"the archive needs {need} bytes of ephemeral storage but {free} are free:"
+            " give the function more /tmp, restore with jobs=1 (custom format streams),"
+            " or restore on the long-running worker"
+        )
     root = tmp / "dump"
     root.mkdir()
     total = 0
@@ -406,13 +464,24 @@ def _download(store: BackupStore, parts: list[ManifestObject], fmt: str, tmp: Pa
     return root if fmt == "directory" else tmp / "archive.dump"
 
 
-def _restore_local(tool: PgTool, source: Path, login: Login, database: str, opts: RestoreOptions,
-                   list_file: Path | None, deadline: Deadline | None) -> None:
+def _restore_local(
+    tool: PgTool,
+    source: Path,
+    login: Login,
+    database: str,
+    opts: RestoreOptions,
+    list_file: Path | None,
+    deadline: Deadline | None,
+) -> None:
     jobs = max(opts.jobs, 1)
-    args = [*pg_restore_args(database, opts, single_transaction=jobs == 1, list_file=list_file), f"--jobs={jobs}",
-            str(source)]
-    child = ChildProcess(tool, args, minimal_env(login.with_database(database).env()), login.secrets,
-                         login.context, capture_stdout=False)
+    args = [
+        *pg_restore_args(database, opts, single_transaction=jobs == 1, list_file=list_file),
+        f"--jobs={jobs}",
+        str(source),
+    ]
+    child = ChildProcess(
+        tool, args, minimal_env(login.with_database(database).env()), login.secrets, login.context, capture_stdout=False
+    )
     with child, watchdog(child, deadline) as fired:
         try:
             child.check()
@@ -424,8 +493,11 @@ def _restore_local(tool: PgTool, source: Path, login: Login, database: str, opts
 
 def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: Manifest) -> str:
     """The run's globals.sql: in the backup's own manifest, or (one database of a whole-server run) the run's."""
-    sources = [manifest] if manifest.databases is not None or not bid.database else [
-        catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind))]
+    sources = (
+        [manifest]
+        if manifest.databases is not None or not bid.database
+        else [catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind))]
+    )
     for source in sources:
         for obj in source.objects:
             if obj.role == "globals":
@@ -433,15 +505,30 @@ def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: 
     raise BadRequestError(f"{bid} has no roles to restore: the target was backed up without logical.globals")
 
 
-def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: PgTool, login: Login, database: str,
-                            opts: RestoreOptions, on_progress: Callable[[int], None] | None,
-                            deadline: Deadline | None = None, list_file: Path | None = None) -> int:
+def _stream_into_pg_restore(
+    store: BackupStore,
+    key: str,
+    sha256: str,
+    tool: PgTool,
+    login: Login,
+    database: str,
+    opts: RestoreOptions,
+    on_progress: Callable[[int], None] | None,
+    deadline: Deadline | None = None,
+    list_file: Path | None = None,
+) -> int:
     body, _size = store.open_stream(key)
     sha = hashlib.sha256()
     total = 0
-    child = ChildProcess(tool, pg_restore_args(database, opts, list_file=list_file),
-                         minimal_env(login.with_database(database).env()), login.secrets, login.context,
-                         stdin=subprocess.PIPE, capture_stdout=False)
+    child = ChildProcess(
+        tool,
+        pg_restore_args(database, opts, list_file=list_file),
+        minimal_env(login.with_database(database).env()),
+        login.secrets,
+        login.context,
+        stdin=subprocess.PIPE,
+        capture_stdout=False,
+    )
     with child, body, watchdog(child, deadline) as fired:
         stdin: IO[bytes] | None = child.stdin_pipe
         while chunk := body.read(CHUNK):
@@ -469,10 +556,14 @@ def _stream_into_pg_restore(store: BackupStore, key: str, sha256: str, tool: PgT
             if fired.is_set():
                 raise _deadline_error(deadline) from None
             if sha.hexdigest() != sha256:  # a corrupted object is the more useful diagnosis
-                raise IntegrityError(f"{key} does not match its manifest's SHA-256: the object was tampered"
-                                     " with or corrupted; nothing was restored") from None
+                raise IntegrityError(
+                    f"{key} does not match its manifest's SHA-256: the object was tampered"
+                    " with or corrupted; nothing was restored"
+                ) from None
             raise RestoreError(str(exc)) from None
     if sha.hexdigest() != sha256:
-        raise IntegrityError(f"{key} has SHA-256 {sha.hexdigest()[:16]}... but the manifest says {sha256[:16]}...:"
-                             " the object was tampered with or corrupted; the restore was rolled back")
+        raise IntegrityError(
+            f"{key} has SHA-256 {sha.hexdigest()[:16]}... but the manifest says {sha256[:16]}...:"
+            " the object was tampered with or corrupted; the restore was rolled back"
+        )
     return total

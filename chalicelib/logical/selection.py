@@ -87,9 +87,7 @@ class Selection:
         chosen = set()
         for key in row_counts:
             schema, _, table = key.partition(".")
-            if schema in self.schemas or any(
-                t.name == table and t.schema in (None, schema) for t in self.tables
-            ):
+            if schema in self.schemas or any(t.name == table and t.schema in (None, schema) for t in self.tables):
                 chosen.add(key)
         return chosen
 
@@ -118,8 +116,11 @@ def _schema_entry(rest: str, schemas: Iterable[str]) -> str | None:
     """The schema a SCHEMA entry (or its ACL or COMMENT) is about, when it is one of `schemas`. public exists
     in every new database: only its grants and comment are taken."""
     for schema in schemas:
-        kinds = ("ACL - SCHEMA", "COMMENT - SCHEMA") if schema == "public" else ("SCHEMA -", "ACL - SCHEMA",
-                                                                                 "COMMENT - SCHEMA")
+        kinds = (
+            ("ACL - SCHEMA", "COMMENT - SCHEMA")
+            if schema == "public"
+            else ("SCHEMA -", "ACL - SCHEMA", "COMMENT - SCHEMA")
+        )
         for prefix in (f"{kind} {schema} " for kind in kinds):
             if rest.startswith(prefix) or rest == prefix.rstrip():
                 return schema

@@ -40,8 +40,10 @@ def archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None
                 head.write(chunk)
                 written += len(chunk)
                 if written > MAX_TOC_HEAD:
-                    raise RestoreError(f"{key}: the table of contents is not within the first {MAX_TOC_HEAD}"
-                                       " bytes; restore the whole backup, or select on a worker with jobs > 1")
+                    raise RestoreError(
+                        f"{key}: the table of contents is not within the first {MAX_TOC_HEAD}"
+                        " bytes; restore the whole backup, or select on a worker with jobs > 1"
+                    )
                 child.stdin_pipe.write(chunk)
         except BrokenPipeError:
             pass  # pg_restore has read the table of contents and exited
@@ -51,8 +53,9 @@ def archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None
         child.check()
 
 
-def resolve_selection(store: BackupStore, key: str, local: Path | None, tool: PgTool, selection: Selection,
-                       schemas: list[str], tmp: Path) -> tuple[Path, list[str]]:
+def resolve_selection(
+    store: BackupStore, key: str, local: Path | None, tool: PgTool, selection: Selection, schemas: list[str], tmp: Path
+) -> tuple[Path, list[str]]:
     """The `-L` list of a selective restore, and the schemas to create first (those the archive has no
     CREATE SCHEMA for); a name that matches nothing is refused before anything exists."""
     archive = local
@@ -67,8 +70,10 @@ def resolve_selection(store: BackupStore, key: str, local: Path | None, tool: Pg
             empty.append(what)
         chosen.update(ids)
     if empty:
-        raise BadRequestError(f"the backup has no {', '.join(empty)}: names are exact and case-sensitive"
-                              " (tables as table or schema.table)")
+        raise BadRequestError(
+            f"the backup has no {', '.join(empty)}: names are exact and case-sensitive"
+            " (tables as table or schema.table)"
+        )
     text, in_archive = restore_list(listing(tool, archive, []), chosen, schemas)
     path = tmp / "restore.list"
     path.write_text(text)

@@ -45,8 +45,13 @@ class DueBackup:
         try:
             doc = json.loads(body)
             slot = datetime.fromisoformat(doc["slot"]).astimezone(UTC)
-            return cls(str(doc["target"]), str(doc.get("kind", "logical")), slot, str(doc.get("database", "")),
-                       str(doc.get("trigger", "schedule")))
+            return cls(
+                str(doc["target"]),
+                str(doc.get("kind", "logical")),
+                slot,
+                str(doc.get("database", "")),
+                str(doc.get("trigger", "schedule")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise BadRequestError(f"not a backup message: {body[:200]!r} ({exc})") from None
 
@@ -102,7 +107,7 @@ class BackupQueue:
         from concurrent.futures import ThreadPoolExecutor
 
         pending = list(items)
-        batches = [pending[i:i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)]
+        batches = [pending[i : i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)]
         if len(batches) <= 1:
             return sum(self._send(b) for b in batches)
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="sqs-send") as pool:
@@ -119,8 +124,7 @@ class BackupQueue:
         return self.queue.send_batch([self._message(d) for d in batch])
 
 
-def run_dispatch(config: Config, tick: datetime, queue: BackupQueue, cursor: DispatchCursor | None
-                 ) -> list[DueBackup]:
+def run_dispatch(config: Config, tick: datetime, queue: BackupQueue, cursor: DispatchCursor | None) -> list[DueBackup]:
     lookback = timedelta(minutes=config.settings.dispatch_lookback_minutes)
     after, until = window(tick, cursor.get() if cursor else None, lookback)
     due = due_backups(config, after, until)

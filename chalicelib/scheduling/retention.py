@@ -184,22 +184,27 @@ def lifecycle_rules(settings: Settings, failed_prefix: str, abort_multipart_days
     ]
     for name, policy in sorted(settings.retention_policies.items()):
         for cls, days in class_days(policy).items():
-            rules.append({
-                "ID": f"lifeboat-{name}-{cls.value}"[:255],
-                "Status": "Enabled",
-                "Filter": {"And": {
-                    "Prefix": settings.prefix,
-                    "Tags": [{"Key": RETENTION_TAG, "Value": cls.value}, {"Key": POLICY_TAG, "Value": name}],
-                }},
-                "Expiration": {"Days": days},
-                "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
-            })
+            rules.append(
+                {
+                    "ID": f"lifeboat-{name}-{cls.value}"[:255],
+                    "Status": "Enabled",
+                    "Filter": {
+                        "And": {
+                            "Prefix": settings.prefix,
+                            "Tags": [{"Key": RETENTION_TAG, "Value": cls.value}, {"Key": POLICY_TAG, "Value": name}],
+                        }
+                    },
+                    "Expiration": {"Days": days},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
+                }
+            )
     if len(rules) > 1000:
         raise ValueError(f"{len(rules)} lifecycle rules exceed S3's limit of 1,000: use fewer retention policies")
     return rules
 
 
 # --- Snapshots: grandfather-father-son by slot time -------------------------------------------------------------
+
 
 class SnapshotFacts(NamedTuple):
     """What the snapshot pruner knows about one backup (an RDS snapshot, or one EBS set of volume snapshots)."""
@@ -277,7 +282,7 @@ def snapshots_to_keep(snapshots: Iterable[SnapshotFacts], policy: RetentionPolic
     if not good:
         return {k: ", ".join(v) for k, v in reasons.items()}
     keep(good[0], "newest successful")
-    for item in good[:policy.keep_last]:
+    for item in good[: policy.keep_last]:
         keep(item, f"last {policy.keep_last}")
     classes: list[tuple[str, int, Callable[[datetime], int]]] = [
         ("daily", policy.daily_days, _day),

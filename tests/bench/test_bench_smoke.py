@@ -20,17 +20,46 @@ def test_bench_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--small-mb", "5", "--large-mb", "10", "--random-mb", "5",
-         "--reps", "1", "--out", str(out), "--json", str(raw), "--workdir", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=BUDGET_SECONDS * 2, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--small-mb",
+            "5",
+            "--large-mb",
+            "10",
+            "--random-mb",
+            "5",
+            "--reps",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=BUDGET_SECONDS * 2,
+        check=False,
     )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert elapsed < BUDGET_SECONDS, f"the smoke run took {elapsed:.0f} s"
 
     text = out.read_text()
-    for heading in ("## Targets", "## 1. Datasets", "## 2. Backup throughput", "## 3. Memory of the backup process",
-                    "## 4. Compression", "## 5. Restore throughput", "## 6. Cold start", "## Method"):
+    for heading in (
+        "## Targets",
+        "## 1. Datasets",
+        "## 2. Backup throughput",
+        "## 3. Memory of the backup process",
+        "## 4. Compression",
+        "## 5. Restore throughput",
+        "## 6. Cold start",
+        "## Method",
+    ):
         assert heading in text, heading
     for dataset in ("pgbench-small", "pgbench-large", "random"):
         assert f"| {dataset} |" in text

@@ -22,9 +22,13 @@ class Ecs:
 
     def env(self) -> dict[str, str]:
         """What the stack sets on the backup and restore workers."""
-        return {"LIFEBOAT_FARGATE_CLUSTER": self.cluster, "LIFEBOAT_FARGATE_TASK_DEFINITION": self.task_definition,
-                "LIFEBOAT_FARGATE_SUBNETS": self.subnet, "LIFEBOAT_FARGATE_SECURITY_GROUPS": self.security_group,
-                "LIFEBOAT_FARGATE_CONTAINER": names.TASK_CONTAINER}
+        return {
+            "LIFEBOAT_FARGATE_CLUSTER": self.cluster,
+            "LIFEBOAT_FARGATE_TASK_DEFINITION": self.task_definition,
+            "LIFEBOAT_FARGATE_SUBNETS": self.subnet,
+            "LIFEBOAT_FARGATE_SECURITY_GROUPS": self.security_group,
+            "LIFEBOAT_FARGATE_CONTAINER": names.TASK_CONTAINER,
+        }
 
 
 @pytest.fixture
@@ -38,11 +42,20 @@ def ecs(aws: LocalStack) -> Ecs:
     client = boto3.client("ecs")
     cluster = client.create_cluster(clusterName=names.ecs_cluster("test"))["cluster"]["clusterName"]
     task_definition = client.register_task_definition(
-        family=names.task_family("test"), requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
-        cpu="1024", memory="2048", runtimePlatform={"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"},
-        containerDefinitions=[{"name": names.TASK_CONTAINER, "image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/"
-                               "pg-lifeboat:1", "essential": True,
-                               "memory": 2048}],  # moto sums container memory even for Fargate: give it one
+        family=names.task_family("test"),
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="1024",
+        memory="2048",
+        runtimePlatform={"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"},
+        containerDefinitions=[
+            {
+                "name": names.TASK_CONTAINER,
+                "image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/pg-lifeboat:1",
+                "essential": True,
+                "memory": 2048,
+            }
+        ],  # moto sums container memory even for Fargate: give it one
     )["taskDefinition"]["taskDefinitionArn"]
     return Ecs(cluster, task_definition, subnet, group)
 
@@ -73,6 +86,7 @@ def run_task_calls() -> Iterator[list[dict[str, Any]]]:
 def tasks(ecs: Ecs) -> list[dict[str, Any]]:
     client = boto3.client("ecs")
     arns = client.list_tasks(cluster=ecs.cluster)["taskArns"]
-    found: list[dict[str, Any]] = client.describe_tasks(cluster=ecs.cluster, tasks=arns, include=["TAGS"])[
-        "tasks"] if arns else []
+    found: list[dict[str, Any]] = (
+        client.describe_tasks(cluster=ecs.cluster, tasks=arns, include=["TAGS"])["tasks"] if arns else []
+    )
     return found

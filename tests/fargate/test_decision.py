@@ -79,16 +79,19 @@ def test_whole_server_run_stays_on_lambda_its_databases_do_not() -> None:
     assert choose_runner(auto, 60.0, None, SETTINGS, database="shop").runner == "lambda"
 
 
-@pytest.mark.parametrize(("runner", "dump_seconds", "size", "downloads", "expected"), [
-    ("auto", 60.0, 100 * MiB, False, "lambda"),
-    ("auto", 300.0, 100 * MiB, False, "fargate"),   # a restore is expected to take twice its dump: 600 > 450
-    ("auto", 200.0, 100 * MiB, False, "lambda"),    # 400 s
-    ("auto", 10.0, 2048 * MiB, False, "lambda"),    # streamed into pg_restore: /tmp does not matter
-    ("auto", 10.0, 2048 * MiB, True, "fargate"),    # a parallel restore downloads 2 GiB into 512 MiB of /tmp
-    ("auto", 10.0, 400 * MiB, True, "lambda"),
-    ("fargate", 1.0, 1, False, "fargate"),
-    ("lambda", 5000.0, 100_000 * MiB, True, "lambda"),
-])
+@pytest.mark.parametrize(
+    ("runner", "dump_seconds", "size", "downloads", "expected"),
+    [
+        ("auto", 60.0, 100 * MiB, False, "lambda"),
+        ("auto", 300.0, 100 * MiB, False, "fargate"),  # a restore is expected to take twice its dump: 600 > 450
+        ("auto", 200.0, 100 * MiB, False, "lambda"),  # 400 s
+        ("auto", 10.0, 2048 * MiB, False, "lambda"),  # streamed into pg_restore: /tmp does not matter
+        ("auto", 10.0, 2048 * MiB, True, "fargate"),  # a parallel restore downloads 2 GiB into 512 MiB of /tmp
+        ("auto", 10.0, 400 * MiB, True, "lambda"),
+        ("fargate", 1.0, 1, False, "fargate"),
+        ("lambda", 5000.0, 100_000 * MiB, True, "lambda"),
+    ],
+)
 def test_restore_decision(runner: str, dump_seconds: float, size: int, downloads: bool, expected: str) -> None:
     assert choose_restore_runner(target(runner=runner), dump_seconds, size, downloads, SETTINGS).runner == expected
 
@@ -103,8 +106,13 @@ def test_restore_of_a_target_no_longer_configured_is_decided_by_its_facts() -> N
 def test_settings_validate_their_ranges() -> None:
     from pydantic import ValidationError
 
-    for bad in ({"fargate_share": 0}, {"fargate_share": 1.5}, {"lambda_timeout_seconds": 901},
-                {"fargate_bytes_per_second": 0}, {"lambda_ephemeral_storage_mib": 100}):
+    for bad in (
+        {"fargate_share": 0},
+        {"fargate_share": 1.5},
+        {"lambda_timeout_seconds": 901},
+        {"fargate_bytes_per_second": 0},
+        {"lambda_ephemeral_storage_mib": 100},
+    ):
         with pytest.raises(ValidationError):
             Settings(bucket="acme-pg-backups", **bad)
     with pytest.raises(ValidationError):
@@ -117,6 +125,8 @@ def test_the_timeout_setting_matches_the_workers() -> None:
     from pathlib import Path
 
     functions = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())[
-        "lambda_functions"]
+        "lambda_functions"
+    ]
     assert {functions[f]["lambda_timeout"] for f in ("backup_worker", "restore_worker")} == {
-        SETTINGS.lambda_timeout_seconds}
+        SETTINGS.lambda_timeout_seconds
+    }

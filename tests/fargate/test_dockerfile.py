@@ -125,8 +125,11 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_build_context_holds_only_what_is_copied() -> None:
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "start from nothing; allow what the Dockerfile copies"
     sources = [src for a in of("COPY") for src in a.split()[:-1] if not src.startswith("--")]
     for src in sources:
@@ -135,9 +138,18 @@ def test_build_context_holds_only_what_is_copied() -> None:
             assert not ignored(path, patterns), f"{path} is copied but .dockerignore excludes it"
             if "layers/dist" not in path:  # built by `make layers`, not committed
                 assert (REPO / path).exists(), path
-    for private in (".venv/bin/python", ".git/config", ".chalice/deployed/dev.json", ".cache/wheelhouse/x.whl",
-                    ".aws/credentials", "out/dev-x86_64/sam.json", "tests/conftest.py", ".env",
-                    "chalicelib/__pycache__/cli.cpython-312.pyc", "layers/dist/pg-clients-x86_64.inputs"):
+    for private in (
+        ".venv/bin/python",
+        ".git/config",
+        ".chalice/deployed/dev.json",
+        ".cache/wheelhouse/x.whl",
+        ".aws/credentials",
+        "out/dev-x86_64/sam.json",
+        "tests/conftest.py",
+        ".env",
+        "chalicelib/__pycache__/cli.cpython-312.pyc",
+        "layers/dist/pg-clients-x86_64.inputs",
+    ):
         assert ignored(private, patterns), f"{private} would be sent to the Docker daemon"
 
 

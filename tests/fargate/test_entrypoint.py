@@ -19,8 +19,9 @@ SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 
 
 def lifeboat(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LIFEBOAT), *args], env=dict(os.environ), capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [str(LIFEBOAT), *args], env=dict(os.environ), capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_the_images_default_command_prints_help() -> None:

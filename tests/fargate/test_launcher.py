@@ -20,17 +20,24 @@ SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 
 
 def launcher(ecs: Ecs, client: Any = None) -> FargateLauncher:
-    return FargateLauncher(EcsTasks(client or wiring.client("ecs")), ecs.cluster, ecs.task_definition, [ecs.subnet],
-                           [ecs.security_group])
+    return FargateLauncher(
+        EcsTasks(client or wiring.client("ecs")), ecs.cluster, ecs.task_definition, [ecs.subnet], [ecs.security_group]
+    )
 
 
-def test_run_backup_starts_one_fargate_task_with_the_backup_command(ecs: Ecs,
-                                                                    run_task_calls: list[dict[str, Any]]) -> None:
+def test_run_backup_starts_one_fargate_task_with_the_backup_command(
+    ecs: Ecs, run_task_calls: list[dict[str, Any]]
+) -> None:
     arn = launcher(ecs).run_backup(DueBackup("shop", "logical", SLOT))
     [call] = run_task_calls
     assert call["launchType"] == "FARGATE" and call["count"] == 1 and call["startedBy"] == STARTED_BY
-    assert call["networkConfiguration"] == {"awsvpcConfiguration": {
-        "subnets": [ecs.subnet], "securityGroups": [ecs.security_group], "assignPublicIp": "DISABLED"}}
+    assert call["networkConfiguration"] == {
+        "awsvpcConfiguration": {
+            "subnets": [ecs.subnet],
+            "securityGroups": [ecs.security_group],
+            "assignPublicIp": "DISABLED",
+        }
+    }
     command = ["-v", "backup", "shop", "--slot", "2026-11-29T03:00:00+00:00", "--trigger", "schedule", "--json"]
     assert call["overrides"] == {"containerOverrides": [{"name": "lifeboat", "command": command}]}
     # What ECS recorded: moto's view of the task.
@@ -40,8 +47,11 @@ def test_run_backup_starts_one_fargate_task_with_the_backup_command(ecs: Ecs,
     assert task["taskDefinitionArn"] == ecs.task_definition
     assert task["overrides"]["containerOverrides"] == [{"name": "lifeboat", "command": command}]
     tags = {t["key"]: t["value"] for t in task["tags"]}
-    assert tags == {"pg-lifeboat:kind": "backup", "pg-lifeboat:target": "shop",
-                    "pg-lifeboat:slot": "2026-11-29T03:00:00+00:00"}
+    assert tags == {
+        "pg-lifeboat:kind": "backup",
+        "pg-lifeboat:target": "shop",
+        "pg-lifeboat:slot": "2026-11-29T03:00:00+00:00",
+    }
     eni = [d["value"] for a in task["attachments"] for d in a["details"] if d["name"] == "subnetId"]
     assert eni == [ecs.subnet]
 
@@ -57,7 +67,10 @@ def test_one_database_of_a_whole_server_target(ecs: Ecs, run_task_calls: list[di
 def test_run_restore(ecs: Ecs, run_task_calls: list[dict[str, Any]]) -> None:
     launcher(ecs).run_restore("r-0123456789abcdef", "shop")
     assert run_task_calls[0]["overrides"]["containerOverrides"][0]["command"] == [
-        "-v", "run-restore", "r-0123456789abcdef"]
+        "-v",
+        "run-restore",
+        "r-0123456789abcdef",
+    ]
     [task] = tasks(ecs)
     assert {"key": "pg-lifeboat:restore-id", "value": "r-0123456789abcdef"} in task["tags"]
 
@@ -73,8 +86,16 @@ def test_no_capacity_is_an_error_with_ecs_reason(ecs: Ecs) -> None:
     """ECS answers 200 with a failures list when it cannot place a task: moto never does, so the
     answer is injected before the request is sent."""
     client = boto3.client("ecs")
-    failures = {"tasks": [], "failures": [{"arn": ecs.task_definition, "reason": "Capacity is unavailable at this"
-                                           " time. Please try again later or in a different availability zone"}]}
+    failures = {
+        "tasks": [],
+        "failures": [
+            {
+                "arn": ecs.task_definition,
+                "reason": "Capacity is unavailable at this"
+                " time. Please try again later or in a different availability zone",
+            }
+        ],
+    }
 
     def no_capacity(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
         return AWSResponse("https://ecs", 200, {}, None), failures  # type: ignore[arg-type]
@@ -92,13 +113,18 @@ def test_ecs_refusal_is_an_error_naming_the_cluster(ecs: Ecs) -> None:
         gone.run_backup(DueBackup("shop", "logical", SLOT))
 
 
-def test_runtime_builds_the_launcher_from_the_stacks_variables(fargate_env: Ecs,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_builds_the_launcher_from_the_stacks_variables(
+    fargate_env: Ecs, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made = wiring.fargate_launcher()
     assert made is not None
     assert (made.cluster, made.task_definition, made.subnets, made.security_groups, made.container) == (
-        fargate_env.cluster, fargate_env.task_definition, [fargate_env.subnet], [fargate_env.security_group],
-        "lifeboat")
+        fargate_env.cluster,
+        fargate_env.task_definition,
+        [fargate_env.subnet],
+        [fargate_env.security_group],
+        "lifeboat",
+    )
     assert made.assign_public_ip is False
     monkeypatch.setenv("LIFEBOAT_FARGATE_SUBNETS", "subnet-a, subnet-b")
     monkeypatch.setenv("LIFEBOAT_FARGATE_ASSIGN_PUBLIC_IP", "ENABLED")

@@ -31,9 +31,14 @@ LIFEBOAT = Path(sys.executable).parent / "lifeboat"
 @pytest.fixture
 def configure(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Write the configuration: one target `shop` with these logical options, and these settings."""
+
     def write(settings: dict[str, Any] | None = None, **logical: Any) -> Path:
-        path = write_config(tmp_path / "lifeboat.json", aws.bucket, [target("shop", pg.port, aws.secret_arn,
-                                                                            **logical)], **(settings or {}))
+        path = write_config(
+            tmp_path / "lifeboat.json",
+            aws.bucket,
+            [target("shop", pg.port, aws.secret_arn, **logical)],
+            **(settings or {}),
+        )
         monkeypatch.setenv("LIFEBOAT_CONFIG", str(path))
         return path
 
@@ -55,8 +60,7 @@ def run_as_the_task(command: list[str]) -> subprocess.CompletedProcess[str]:
     the configuration, the jobs table, AWS (moto here), LIFEBOAT_PG_ROOTS, metrics on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFEBOAT_FARGATE_")}
     env["POWERTOOLS_METRICS_DISABLED"] = "false"
-    return subprocess.run([str(LIFEBOAT), *command], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run([str(LIFEBOAT), *command], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def launched_command(ecs: Ecs) -> list[str]:
@@ -67,8 +71,10 @@ def launched_command(ecs: Ecs) -> list[str]:
 
 # --- backups --------------------------------------------------------------------------------------
 
-def test_marked_large_is_delegated_without_dumping_or_claiming(configure: Any, fargate_env: Ecs,
-                                                              aws: LocalStack) -> None:
+
+def test_marked_large_is_delegated_without_dumping_or_claiming(
+    configure: Any, fargate_env: Ecs, aws: LocalStack
+) -> None:
     configure(runner="fargate")
     result = backup_message(MESSAGE, lambda: 900_000)
     assert result["status"] == "DELEGATED" and result["backup_id"] == BID
@@ -127,11 +133,26 @@ def test_an_attempt_stopped_at_the_deadline_counts(configure: Any, fargate_env: 
     configure()
     svc = wiring.backup_services()
     started = SLOT - timedelta(days=1)
-    svc.catalog.write_failure(Manifest(
-        backup_id="logical:shop:20261128T030000Z", status="FAILED", target="shop", slot=started, host="db",
-        database="shop", server_version="", server_version_num=0, pg_dump_version=0, format="custom",
-        compression="zstd:3", started_at=started, finished_at=started + timedelta(seconds=850), retention_class="",
-        retention_policy="default", error="stopped 60 s before the time limit"))
+    svc.catalog.write_failure(
+        Manifest(
+            backup_id="logical:shop:20261128T030000Z",
+            status="FAILED",
+            target="shop",
+            slot=started,
+            host="db",
+            database="shop",
+            server_version="",
+            server_version_num=0,
+            pg_dump_version=0,
+            format="custom",
+            compression="zstd:3",
+            started_at=started,
+            finished_at=started + timedelta(seconds=850),
+            retention_class="",
+            retention_policy="default",
+            error="stopped 60 s before the time limit",
+        )
+    )
     result = backup_message(MESSAGE, lambda: 900_000)
     assert result["status"] == "DELEGATED" and "previous run took 850 s" in result["reason"], result
 
@@ -142,16 +163,18 @@ def test_small_target_runs_on_lambda(configure: Any, fargate_env: Ecs, aws: Loca
     assert tasks(fargate_env) == [] and claim(f"fargate#backup#{BID}") is None
 
 
-def test_without_fargate_configured_everything_stays_on_lambda(configure: Any, aws: LocalStack,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_fargate_configured_everything_stays_on_lambda(
+    configure: Any, aws: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key in [k for k in os.environ if k.startswith("LIFEBOAT_FARGATE_")]:
         monkeypatch.delenv(key)
     configure(runner="fargate")
     assert backup_message(MESSAGE, lambda: 900_000)["status"] == "SUCCEEDED"
 
 
-def test_a_refused_launch_is_retried(configure: Any, fargate_env: Ecs, aws: LocalStack,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_launch_is_retried(
+    configure: Any, fargate_env: Ecs, aws: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from chalicelib.errors import FargateError
 
     configure(runner="fargate")
@@ -163,11 +186,18 @@ def test_a_refused_launch_is_retried(configure: Any, fargate_env: Ecs, aws: Loca
     assert backup_message(MESSAGE, lambda: 900_000)["status"] == "DELEGATED"
 
 
-def test_whole_server_run_stays_on_lambda_and_its_databases_go(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                                               fargate_env: Ecs,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = target("server", pg.port, aws.secret_arn, database="postgres", all_databases=True, runner="fargate",
-                  exclude_databases=["postgres", "bigshop", "extra1"])
+def test_whole_server_run_stays_on_lambda_and_its_databases_go(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, fargate_env: Ecs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = target(
+        "server",
+        pg.port,
+        aws.secret_arn,
+        database="postgres",
+        all_databases=True,
+        runner="fargate",
+        exclude_databases=["postgres", "bigshop", "extra1"],
+    )
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, [spec])))
     body = json.dumps({"target": "server", "kind": "logical", "slot": SLOT.isoformat()})
     run = backup_message(body, lambda: 900_000)
@@ -181,6 +211,7 @@ def test_whole_server_run_stays_on_lambda_and_its_databases_go(aws: LocalStack, 
 
 # --- restores -------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def restored_db(pg: PostgresServer) -> Iterator[str]:
     name = "shop_from_fargate"
@@ -188,8 +219,9 @@ def restored_db(pg: PostgresServer) -> Iterator[str]:
     pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_large_restore_is_delegated_and_the_task_restores(configure: Any, fargate_env: Ecs, aws: LocalStack,
-                                                          restored_db: str) -> None:
+def test_large_restore_is_delegated_and_the_task_restores(
+    configure: Any, fargate_env: Ecs, aws: LocalStack, restored_db: str
+) -> None:
     from chalicelib.logical.dump import run_logical_backup
     from chalicelib.restore.requests import LogicalRestoreRequest
     from chalicelib.restore.service import start_restore
@@ -197,8 +229,10 @@ def test_large_restore_is_delegated_and_the_task_restores(configure: Any, fargat
     configure(runner="fargate")
     assert run_logical_backup(wiring.backup_services(), "shop", SLOT).status == "SUCCEEDED"
     svc = wiring.api_services()
-    job = start_restore(svc, LogicalRestoreRequest.model_validate(
-        {"backup_id": BID, "into": {"target": "shop", "database": restored_db}}))
+    job = start_restore(
+        svc,
+        LogicalRestoreRequest.model_validate({"backup_id": BID, "into": {"target": "shop", "database": restored_db}}),
+    )
     result = restore_message(json.dumps({"restore_id": job.restore_id}), lambda: 900_000)
     assert result["status"] == "DELEGATED" and result["restore_id"] == job.restore_id, result
     pending = svc.jobs.get(job.restore_id)

@@ -32,15 +32,19 @@ BIG_DB = "bigshop"
 def big_db(pg: PostgresServer) -> str:
     """~25 MB of hex text: its dump spans several 6 MiB parts."""
     pg.psql(f"CREATE DATABASE {BIG_DB} OWNER lifeboat_backup")
-    pg.psql("CREATE TABLE blobs (id int PRIMARY KEY, body text);"
-            "INSERT INTO blobs SELECT g, md5(g::text || random()::text) || md5(random()::text) || md5(random()::text)"
-            " || md5(random()::text) FROM generate_series(1, 200000) g;"
-            "ALTER TABLE blobs OWNER TO lifeboat_backup", dbname=BIG_DB)
+    pg.psql(
+        "CREATE TABLE blobs (id int PRIMARY KEY, body text);"
+        "INSERT INTO blobs SELECT g, md5(g::text || random()::text) || md5(random()::text) || md5(random()::text)"
+        " || md5(random()::text) FROM generate_series(1, 200000) g;"
+        "ALTER TABLE blobs OWNER TO lifeboat_backup",
+        dbname=BIG_DB,
+    )
     return BIG_DB
 
 
-def services(tmp_path: Path, aws: LocalStack, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch,
-             **overrides: object) -> BackupServices:
+def services(
+    tmp_path: Path, aws: LocalStack, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch, **overrides: object
+) -> BackupServices:
     settings = {"part_size_mib": 6, "upload_memory_mib": 16}
     spec = target("shop", pg.port, aws.secret_arn, globals=False)
     for key, value in overrides.items():
@@ -76,27 +80,39 @@ def assert_failure_reported(capsys: pytest.CaptureFixture[str]) -> str:
     return out
 
 
-def test_wrong_password(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_password(
+    aws: LocalStack,
+    pg: PostgresServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     boto3.client("secretsmanager").create_secret(Name="wrong", SecretString="not-the-password")
     svc = services(tmp_path, aws, pg, monkeypatch, password_secret="wrong")
-    with pytest.raises(DatabaseConnectionError,
-                       match=r"refused the credentials for user lifeboat_backup \(secret wrong\)"):
+    with pytest.raises(
+        DatabaseConnectionError, match=r"refused the credentials for user lifeboat_backup \(secret wrong\)"
+    ):
         run_logical_backup(svc, "shop")
     assert_nothing_half_done(aws)
     assert_failure_reported(capsys)
 
 
-def test_unknown_host(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_host(
+    aws: LocalStack,
+    pg: PostgresServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     svc = services(tmp_path, aws, pg, monkeypatch, host="db.invalid")
     with pytest.raises(DatabaseConnectionError, match=r"unknown host db\.invalid: check connection\.host"):
         run_logical_backup(svc, "shop")
     assert_nothing_half_done(aws)
 
 
-def test_connection_refused(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                            ) -> None:
+def test_connection_refused(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from devstack.postgres import free_port
 
     port = free_port()
@@ -124,11 +140,24 @@ def _children_named(name: str) -> list[int]:
     return [pid for pid, comm in child_processes(os.getpid()).items() if comm == name]
 
 
-def test_pg_dump_killed_mid_stream(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pg_dump_killed_mid_stream(
+    aws: LocalStack,
+    pg: PostgresServer,
+    big_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     svc = services(tmp_path, aws, pg, monkeypatch)
-    svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={
-        "connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})})]})  # type: ignore[union-attr]
+    svc.config = svc.config.model_copy(
+        update={
+            "targets": [
+                svc.config.targets[0].model_copy(
+                    update={"connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})}
+                )
+            ]
+        }
+    )  # type: ignore[union-attr]
     parts_seen: list[int] = []
 
     def kill_after_first_part(done: int) -> None:
@@ -166,12 +195,20 @@ def _inject_upload_part_errors(svc: BackupServices, fail: set[int], status: int 
     return calls
 
 
-def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_5xx_on_a_part_is_retried(
+    aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wiring.client.cache_clear()
     svc = services(tmp_path, aws, pg, monkeypatch)
-    svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={
-        "connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})})]})  # type: ignore[union-attr]
+    svc.config = svc.config.model_copy(
+        update={
+            "targets": [
+                svc.config.targets[0].model_copy(
+                    update={"connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})}
+                )
+            ]
+        }
+    )  # type: ignore[union-attr]
     calls = _inject_upload_part_errors(svc, {2}, status=503)
     try:
         outcome = run_logical_backup(svc, "shop")
@@ -181,13 +218,25 @@ def test_s3_5xx_on_a_part_is_retried(aws: LocalStack, pg: PostgresServer, big_db
     assert calls.count(2) == 2  # failed once, retried once
 
 
-def test_s3_persistent_5xx_aborts_the_upload(aws: LocalStack, pg: PostgresServer, big_db: str, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_s3_persistent_5xx_aborts_the_upload(
+    aws: LocalStack,
+    pg: PostgresServer,
+    big_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     wiring.client.cache_clear()
     svc = services(tmp_path, aws, pg, monkeypatch)
-    svc.config = svc.config.model_copy(update={"targets": [svc.config.targets[0].model_copy(update={
-        "connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})})]})  # type: ignore[union-attr]
+    svc.config = svc.config.model_copy(
+        update={
+            "targets": [
+                svc.config.targets[0].model_copy(
+                    update={"connection": svc.config.targets[0].connection.model_copy(update={"database": big_db})}
+                )
+            ]
+        }
+    )  # type: ignore[union-attr]
     calls = _inject_upload_part_errors(svc, {2}, status=500)
     try:
         with pytest.raises(StorageError, match="S3 error"):
@@ -213,8 +262,9 @@ def locked_table(pg: PostgresServer) -> Iterator[None]:
     conn.close()
 
 
-def test_lock_wait_timeout(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           locked_table: None) -> None:
+def test_lock_wait_timeout(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, locked_table: None
+) -> None:
     svc = services(tmp_path, aws, pg, monkeypatch, lock_wait_timeout_seconds=1, row_counts=False)
     started = time.monotonic()
     with pytest.raises(PgToolError, match="stayed locked longer than lock_wait_timeout_seconds"):
@@ -223,8 +273,9 @@ def test_lock_wait_timeout(aws: LocalStack, pg: PostgresServer, tmp_path: Path, 
     assert_nothing_half_done(aws)
 
 
-def test_deadline_stops_the_dump_with_time_to_clean_up(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch, locked_table: None) -> None:
+def test_deadline_stops_the_dump_with_time_to_clean_up(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, locked_table: None
+) -> None:
     svc = services(tmp_path, aws, pg, monkeypatch, row_counts=False)
     start = time.monotonic()
     # A Lambda with 62 s left and a 60 s margin: the watchdog stops pg_dump after ~2 s.
@@ -235,8 +286,9 @@ def test_deadline_stops_the_dump_with_time_to_clean_up(aws: LocalStack, pg: Post
     assert_nothing_half_done(aws)
 
 
-def test_failed_attempt_can_be_retried(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_attempt_can_be_retried(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A FAILED claim does not block the retry that SQS delivers next."""
     from datetime import UTC, datetime
 
@@ -249,15 +301,17 @@ def test_failed_attempt_can_be_retried(aws: LocalStack, pg: PostgresServer, tmp_
     assert run_logical_backup(svc, "shop", slot).status == "SKIPPED"
 
 
-def test_concurrent_duplicate_deliveries(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_duplicate_deliveries(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from datetime import UTC, datetime
 
     slot = datetime(2026, 11, 29, 4, tzinfo=UTC)
     svc = services(tmp_path, aws, pg, monkeypatch)
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(run_logical_backup(svc, "shop", slot).status))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(run_logical_backup(svc, "shop", slot).status)) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

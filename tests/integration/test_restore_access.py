@@ -227,6 +227,7 @@ def test_idempotency_keys_are_scoped_to_the_target_and_caller(api: Any) -> None:
 
 def test_deeply_nested_json_is_a_400_not_a_500(api: Any) -> None:
     depth = 7_000
-    r = api.http.post("/targets/shop/restores", body="[" * depth + "]" * depth,
-                      headers={"Content-Type": "application/json"})
+    r = api.http.post(
+        "/targets/shop/restores", body="[" * depth + "]" * depth, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400, r.body

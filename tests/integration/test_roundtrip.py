@@ -21,20 +21,36 @@ REPO = Path(__file__).resolve().parents[2]
 
 def schema_dump(pg: PostgresServer, pg_roots: Path, db: str) -> str:
     out = subprocess.run(
-        [str(pg_roots / "17" / "bin" / "pg_dump"), "--schema-only", "--no-owner", "-h", "127.0.0.1",
-         "-p", str(pg.port), "-U", "postgres", db],
-        env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True,
+        [
+            str(pg_roots / "17" / "bin" / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            db,
+        ],
+        env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     # \restrict tokens (PostgreSQL 17.6+) are random per run
     return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
 def counts(pg: PostgresServer, db: str) -> str:
-    return pg.psql("SELECT string_agg(t || '=' || n, ',' ORDER BY t) FROM ("
-                   "SELECT 'customers' t, count(*) n FROM sales.customers UNION ALL "
-                   "SELECT 'orders', count(*) FROM sales.orders UNION ALL "
-                   "SELECT 'items', count(*) FROM inventory.items UNION ALL "
-                   "SELECT 'events', count(*) FROM \"Audit Log\".\"Événements\") x", dbname=db)
+    return pg.psql(
+        "SELECT string_agg(t || '=' || n, ',' ORDER BY t) FROM ("
+        "SELECT 'customers' t, count(*) n FROM sales.customers UNION ALL "
+        "SELECT 'orders', count(*) FROM sales.orders UNION ALL "
+        "SELECT 'items', count(*) FROM inventory.items UNION ALL "
+        'SELECT \'events\', count(*) FROM "Audit Log"."Événements") x',
+        dbname=db,
+    )
 
 
 def run_schedule(slot: str = SLOT) -> list[dict[str, object]]:
@@ -43,22 +59,26 @@ def run_schedule(slot: str = SLOT) -> list[dict[str, object]]:
 
     results = []
     with chalice_client(lambda_app.app, project_dir=str(REPO)) as client:
-        event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={},
-                                                resources=[])
+        event = client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
         event["time"] = slot
         client.lambda_.invoke("dispatcher", event)
         sqs = boto3.client("sqs")
         url = os.environ["LIFEBOAT_BACKUP_QUEUE_URL"]
         messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
         for message in messages:
-            response = client.lambda_.invoke("backup_worker", client.events.generate_sqs_event(
-                message_bodies=[message["Body"]], queue_name="pg-lifeboat-backups"))
+            response = client.lambda_.invoke(
+                "backup_worker",
+                client.events.generate_sqs_event(message_bodies=[message["Body"]], queue_name="pg-lifeboat-backups"),
+            )
             results.extend(response.payload)
     return results
 
 
-def test_scheduled_backup_round_trip(config_path: Path, pg: PostgresServer, pg_roots: Path, aws: LocalStack,
-                                     tmp_path: Path) -> None:
+def test_scheduled_backup_round_trip(
+    config_path: Path, pg: PostgresServer, pg_roots: Path, aws: LocalStack, tmp_path: Path
+) -> None:
     results = run_schedule()
     assert [r["status"] for r in results] == ["SUCCEEDED"], results
     backup_id = results[0]["backup_id"]
@@ -89,9 +109,23 @@ def test_scheduled_backup_round_trip(config_path: Path, pg: PostgresServer, pg_r
 
     assert hashlib.sha256(dump_file.read_bytes()).hexdigest() == manifest["objects"][0]["sha256"]
     pg.psql("CREATE DATABASE shop_copy")
-    subprocess.run([str(pg_roots / str(pg.major) / "bin" / "pg_restore"), "--exit-on-error", "-h", "127.0.0.1", "-p",
-                    str(pg.port), "-U", "postgres", "-d", "shop_copy", str(dump_file)],
-                   env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ["PATH"]}, check=True)
+    subprocess.run(
+        [
+            str(pg_roots / str(pg.major) / "bin" / "pg_restore"),
+            "--exit-on-error",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg.port),
+            "-U",
+            "postgres",
+            "-d",
+            "shop_copy",
+            str(dump_file),
+        ],
+        env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ["PATH"]},
+        check=True,
+    )
     try:
         assert schema_dump(pg, pg_roots, "shop_copy") == schema_dump(pg, pg_roots, "shop")
         assert counts(pg, "shop_copy") == counts(pg, "shop")

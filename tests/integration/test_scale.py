@@ -26,10 +26,18 @@ SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 def whole_server(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     pg.psql("DROP DATABASE IF EXISTS extra1")
     pg.psql("CREATE DATABASE extra1 OWNER lifeboat_backup")
-    pg.psql("SET ROLE lifeboat_backup; CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 42)",
-            dbname="extra1")
-    spec = target("server", pg.port, aws.secret_arn, database="postgres", globals=True, all_databases=True,
-                  exclude_databases=["bigshop", "postgres"])
+    pg.psql(
+        "SET ROLE lifeboat_backup; CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 42)", dbname="extra1"
+    )
+    spec = target(
+        "server",
+        pg.port,
+        aws.secret_arn,
+        database="postgres",
+        globals=True,
+        all_databases=True,
+        exclude_databases=["bigshop", "postgres"],
+    )
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, [spec])))
     return "server"
 
@@ -45,14 +53,16 @@ def test_whole_server_run_inline(whole_server: str, pg: PostgresServer) -> None:
     assert "logical:server:20261129T030000Z" in ids
     assert "logical:server/extra1:20261129T030000Z" in ids and "logical:server/shop:20261129T030000Z" in ids
     # The globals are dumped once, by the run; each database has its own dump and counts.
-    run = svc.catalog.manifest(svc.catalog.layout.parse_manifest_key(
-        svc.catalog.layout.manifest_key(outcome_id(outcome.backup_id))))  # type: ignore[arg-type]
+    run = svc.catalog.manifest(
+        svc.catalog.layout.parse_manifest_key(svc.catalog.layout.manifest_key(outcome_id(outcome.backup_id)))
+    )  # type: ignore[arg-type]
     assert [o.role for o in run.objects] == ["globals"]
     extra = svc.catalog.manifest(outcome_id("logical:server/extra1:20261129T030000Z"))
     assert [o.role for o in extra.objects] == ["dump"] and extra.row_counts == {"public.t": 42}
     login = svc.credentials.login(svc.config.target(whole_server).connection)  # type: ignore[arg-type]
-    result = restore_logical(svc.store, svc.catalog, svc.toolbox, "logical:server/extra1:20261129T030000Z",
-                             login, "extra1_restored")
+    result = restore_logical(
+        svc.store, svc.catalog, svc.toolbox, "logical:server/extra1:20261129T030000Z", login, "extra1_restored"
+    )
     try:
         assert result.verified
     finally:
@@ -67,18 +77,17 @@ def outcome_id(text: str) -> Any:
     return BackupId.parse(text)
 
 
-def test_whole_server_run_fans_out_through_fifo_groups(whole_server: str, aws: LocalStack,
-                                                       pg: PostgresServer) -> None:
+def test_whole_server_run_fans_out_through_fifo_groups(whole_server: str, aws: LocalStack, pg: PostgresServer) -> None:
     from chalicelib.entrypoints import backup_message
 
-    result = backup_message(json.dumps({"target": whole_server, "kind": "logical", "slot": SLOT.isoformat()}),
-                            None)
+    result = backup_message(json.dumps({"target": whole_server, "kind": "logical", "slot": SLOT.isoformat()}), None)
     assert result["status"] == "SUCCEEDED"
     sqs = boto3.client("sqs")
     messages = []
     for _ in range(10):
-        got = sqs.receive_message(QueueUrl=aws.queue_url, MaxNumberOfMessages=10,
-                                  AttributeNames=["MessageGroupId"]).get("Messages", [])
+        got = sqs.receive_message(
+            QueueUrl=aws.queue_url, MaxNumberOfMessages=10, AttributeNames=["MessageGroupId"]
+        ).get("Messages", [])
         if not got:
             break
         messages.extend(got)
@@ -94,8 +103,9 @@ def test_whole_server_run_fans_out_through_fifo_groups(whole_server: str, aws: L
     assert backup_message(body, None)["status"] == "SKIPPED"
 
 
-def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_thousand_targets_dispatch_quickly(
+    aws: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The dispatcher's cost at fleet size: wall time and AWS calls for 1,000 due targets on 50 servers.
 
     Sent to a standard queue: moto's FIFO queue checks deduplication against every message it holds, so
@@ -105,8 +115,9 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     from chalicelib.adapters.sqs import Queue
     from chalicelib.scheduling.dispatch import BackupQueue
 
-    queue = BackupQueue(Queue(wiring.client("sqs"),
-                              boto3.client("sqs").create_queue(QueueName="fleet-standard")["QueueUrl"]))
+    queue = BackupQueue(
+        Queue(wiring.client("sqs"), boto3.client("sqs").create_queue(QueueName="fleet-standard")["QueueUrl"])
+    )
     targets = []
     for i in range(1000):
         spec = target(f"db-{i:04d}", 5432, aws.secret_arn, schedule="cron(0 3 * * ? *)")
@@ -136,8 +147,10 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     groups = Counter(f"{d.target}" for d in due)
     assert len(groups) == 1000
     with capsys.disabled():
-        print(f"\n[fleet] 1,000 targets: config load {loaded - started:.2f} s, dispatch {finished - loaded:.2f} s,"
-              f" AWS calls {dict(calls)}")
+        print(
+            f"\n[fleet] 1,000 targets: config load {loaded - started:.2f} s, dispatch {finished - loaded:.2f} s,"
+            f" AWS calls {dict(calls)}"
+        )
     assert finished - loaded < 30  # far inside the dispatcher's 120 s timeout even on moto
     # Messages carry the server's group: 50 servers x 2 lanes at most.
     sent = DueBackup("db-0007", "logical", SLOT)
@@ -146,8 +159,9 @@ def test_a_thousand_targets_dispatch_quickly(aws: LocalStack, tmp_path: Path, mo
     assert message_group(cfg, sent).startswith("server-7.internal:5432#")
 
 
-def test_parallel_directory_dump_and_restore(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_directory_dump_and_restore(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """pg_dump -j into a directory streamed to S3 file by file; pg_restore -j from the verified files."""
     spec = target("shop", pg.port, aws.secret_arn, format="directory", jobs=2)
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, [spec])))
@@ -166,16 +180,18 @@ def test_parallel_directory_dump_and_restore(aws: LocalStack, pg: PostgresServer
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
     from chalicelib.logical.restore import RestoreOptions
 
-    result = restore_logical(svc.store, svc.catalog, svc.toolbox, str(manifest.backup_id), login, "shop_parallel",
-                             RestoreOptions(jobs=2))
+    result = restore_logical(
+        svc.store, svc.catalog, svc.toolbox, str(manifest.backup_id), login, "shop_parallel", RestoreOptions(jobs=2)
+    )
     try:
         assert result.verified and result.verification["tables_checked"] == 4
     finally:
         pg.psql("DROP DATABASE shop_parallel")
 
 
-def test_tampered_directory_file_is_refused(aws: LocalStack, pg: PostgresServer, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_directory_file_is_refused(
+    aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = target("shop", pg.port, aws.secret_arn, format="directory", jobs=2)
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, [spec])))
     svc = wiring.backup_services()

@@ -40,16 +40,21 @@ def roots_14_17(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def configure(tmp_path: Path, aws: LocalStack, servers: dict[int, PostgresServer], roots: Path,
-              monkeypatch: pytest.MonkeyPatch) -> None:
+def configure(
+    tmp_path: Path, aws: LocalStack, servers: dict[int, PostgresServer], roots: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     targets = [target(f"pg{major}", s.port, aws.secret_arn) for major, s in servers.items()]
     monkeypatch.setenv("LIFEBOAT_CONFIG", str(write_config(tmp_path / "c.json", aws.bucket, targets)))
     monkeypatch.setenv("LIFEBOAT_PG_ROOTS", str(roots))
 
 
-def test_each_server_is_dumped_by_its_own_major(aws: LocalStack, servers: dict[int, PostgresServer],
-                                                roots_14_17: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_server_is_dumped_by_its_own_major(
+    aws: LocalStack,
+    servers: dict[int, PostgresServer],
+    roots_14_17: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
     svc = wiring.backup_services()
     for major in (14, 17):
@@ -61,8 +66,13 @@ def test_each_server_is_dumped_by_its_own_major(aws: LocalStack, servers: dict[i
         assert manifest.compression == ("gzip:6" if major == 14 else "zstd:1")
 
 
-def test_migration_from_14_to_17(aws: LocalStack, servers: dict[int, PostgresServer], roots_14_17: Path,
-                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_migration_from_14_to_17(
+    aws: LocalStack,
+    servers: dict[int, PostgresServer],
+    roots_14_17: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
     svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "pg14")
@@ -76,8 +86,9 @@ def test_migration_from_14_to_17(aws: LocalStack, servers: dict[int, PostgresSer
         servers[17].psql("DROP DATABASE shop_from_14")
 
 
-def test_server_newer_than_the_layer_is_refused_clearly(aws: LocalStack, servers: dict[int, PostgresServer],
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_newer_than_the_layer_is_refused_clearly(
+    aws: LocalStack, servers: dict[int, PostgresServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     only14 = tmp_path / "only14"
     only14.mkdir()
     (only14 / "14").symlink_to(pgbin.unpacked(14))
@@ -86,9 +97,13 @@ def test_server_newer_than_the_layer_is_refused_clearly(aws: LocalStack, servers
         run_logical_backup(wiring.backup_services(), "pg17")
 
 
-def test_older_pg_restore_is_not_used_for_a_newer_archive(aws: LocalStack, servers: dict[int, PostgresServer],
-                                                          roots_14_17: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_older_pg_restore_is_not_used_for_a_newer_archive(
+    aws: LocalStack,
+    servers: dict[int, PostgresServer],
+    roots_14_17: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     configure(tmp_path, aws, servers, roots_14_17, monkeypatch)
     svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "pg17")
@@ -107,5 +122,3 @@ def test_older_pg_restore_is_not_used_for_a_newer_archive(aws: LocalStack, serve
     with pytest.raises(PgToolError, match=r"archive written by pg_dump 17 .* needs pg_restore 17 or newer"):
         restore_logical(svc.store, svc.catalog, svc.toolbox, outcome.backup_id, login17, "never_created")
     assert servers[17].psql("SELECT count(*) FROM pg_database WHERE datname = 'never_created'") == "0"
-
-

@@ -71,9 +71,12 @@ def big_db(pg: PostgresServer) -> str:
         if pg.psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{BACKUP_ROLE}'") == "0":
             create_sample(pg, "shop")
         pg.psql(f"CREATE DATABASE {BIG_DB} OWNER {BACKUP_ROLE}")
-        pg.psql(f"SET ROLE {BACKUP_ROLE}; CREATE TABLE blobs (id int PRIMARY KEY, body text);"
-                "INSERT INTO blobs SELECT g, md5(g::text || random()::text) || md5(random()::text)"
-                f" || md5(random()::text) || md5(random()::text) FROM generate_series(1, {BIG_ROWS}) g", dbname=BIG_DB)
+        pg.psql(
+            f"SET ROLE {BACKUP_ROLE}; CREATE TABLE blobs (id int PRIMARY KEY, body text);"
+            "INSERT INTO blobs SELECT g, md5(g::text || random()::text) || md5(random()::text)"
+            f" || md5(random()::text) || md5(random()::text) FROM generate_series(1, {BIG_ROWS}) g",
+            dbname=BIG_DB,
+        )
         pg.psql("VACUUM ANALYZE blobs", dbname=BIG_DB)
     return BIG_DB
 
@@ -85,12 +88,21 @@ ConfigWriter = Callable[..., Path]
 def write_lifeboat_config(pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigWriter:
     """write(stack, database=..., **logical) -> path, with small parts so a 26 MB dump is multipart."""
 
-    def write(stack: LocalStack, database: str = "shop", settings: dict[str, Any] | None = None,
-              connection: dict[str, Any] | None = None, **logical: Any) -> Path:
+    def write(
+        stack: LocalStack,
+        database: str = "shop",
+        settings: dict[str, Any] | None = None,
+        connection: dict[str, Any] | None = None,
+        **logical: Any,
+    ) -> Path:
         spec = target("shop", pg.port, stack.secret_arn, database=database, **logical)
         spec["connection"].update(connection or {})
-        path = write_config(tmp_path / "lifeboat.json", stack.bucket, [spec],
-                            **{"part_size_mib": 6, "upload_memory_mib": 16, **(settings or {})})
+        path = write_config(
+            tmp_path / "lifeboat.json",
+            stack.bucket,
+            [spec],
+            **{"part_size_mib": 6, "upload_memory_mib": 16, **(settings or {})},
+        )
         monkeypatch.setenv("LIFEBOAT_CONFIG", str(path))
         return path
 

@@ -50,14 +50,16 @@ def receive_all(queue_url: str) -> list[str]:
 
 
 def backup_worker(c: Any, body: str) -> list[dict[str, Any]]:
-    payload: list[dict[str, Any]] = c.lambda_.invoke("backup_worker", c.events.generate_sqs_event(
-        message_bodies=[body], queue_name="pg-lifeboat-backups")).payload
+    payload: list[dict[str, Any]] = c.lambda_.invoke(
+        "backup_worker", c.events.generate_sqs_event(message_bodies=[body], queue_name="pg-lifeboat-backups")
+    ).payload
     return payload
 
 
 def restore_worker(c: Any, body: str) -> list[dict[str, Any]]:
-    payload: list[dict[str, Any]] = c.lambda_.invoke("restore_worker", c.events.generate_sqs_event(
-        message_bodies=[body], queue_name="pg-lifeboat-restores")).payload
+    payload: list[dict[str, Any]] = c.lambda_.invoke(
+        "restore_worker", c.events.generate_sqs_event(message_bodies=[body], queue_name="pg-lifeboat-restores")
+    ).payload
     return payload
 
 

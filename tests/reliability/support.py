@@ -57,6 +57,7 @@ def weed_binary() -> Path | None:
 
 # --- SeaweedFS ------------------------------------------------------------------------------------
 
+
 @dataclass
 class SeaweedFS:
     """`weed server -s3` on free loopback ports, with SSE-S3 configured (see `sse_key`).
@@ -95,12 +96,25 @@ class SeaweedFS:
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         p = self.ports
         args = [
-            str(binary), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-            "-master.volumeSizeLimitMB=128", "-volume.max=0", "-s3.allowDeleteBucketNotEmpty",
+            str(binary),
+            "server",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            "-master.volumeSizeLimitMB=128",
+            "-volume.max=0",
+            "-s3.allowDeleteBucketNotEmpty",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "WEED_"))}
         if self.sse_key:
@@ -160,6 +174,7 @@ class SeaweedFS:
 
 # --- a fault-injecting reverse proxy --------------------------------------------------------------
 
+
 @dataclass
 class Seen:
     """One request as the proxy saw it (and what it did about it)."""
@@ -195,7 +210,8 @@ class Seen:
         if self.method == "GET" and ("list-type" in q or self.path.count("/") <= 1):
             return "ListObjectsV2"
         return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
-            self.method, self.method)
+            self.method, self.method
+        )
 
     @property
     def part_number(self) -> int | None:
@@ -213,15 +229,24 @@ Rule = Callable[[Seen], Fault | None]
 
 
 def error_xml(code: str, message: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-            f"<RequestId>lifeboat-fault-proxy</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+        f"<RequestId>lifeboat-fault-proxy</RequestId></Error>"
+    ).encode()
 
 
 class FaultProxy:
     """A reverse proxy on 127.0.0.1 in front of an S3 endpoint; `rules` decide per request what goes wrong."""
 
-    HOP: ClassVar[set[str]] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                               "upgrade"}
+    HOP: ClassVar[set[str]] = {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    }
 
     def __init__(self, upstream: str) -> None:
         parsed = urllib.parse.urlsplit(upstream)
@@ -254,8 +279,7 @@ class FaultProxy:
                 body = self._body()
                 split = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
-                seen = Seen(self.command, split.path, query, {k.lower(): v for k, v in self.headers.items()},
-                            len(body))
+                seen = Seen(self.command, split.path, query, {k.lower(): v for k, v in self.headers.items()}, len(body))
                 fault = proxy.decide(seen)
                 try:
                     self._answer(seen, fault, body)
@@ -365,17 +389,30 @@ def delay(seconds: float, operations: tuple[str, ...] | None = None) -> Rule:
 # --- recording the AWS operations each handler performs -------------------------------------------
 
 S3_ACTIONS = {
-    "HeadObject": "s3:GetObject", "GetObject": "s3:GetObject", "ListObjectsV2": "s3:ListBucket",
-    "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "CreateMultipartUpload": "s3:PutObject",
-    "UploadPart": "s3:PutObject", "CompleteMultipartUpload": "s3:PutObject", "PutObject": "s3:PutObject",
-    "AbortMultipartUpload": "s3:AbortMultipartUpload", "ListMultipartUploads": "s3:ListBucketMultipartUploads",
-    "ListParts": "s3:ListMultipartUploadParts", "DeleteObjects": "s3:DeleteObject", "DeleteObject": "s3:DeleteObject",
-    "GetObjectTagging": "s3:GetObjectTagging", "PutObjectTagging": "s3:PutObjectTagging",
+    "HeadObject": "s3:GetObject",
+    "GetObject": "s3:GetObject",
+    "ListObjectsV2": "s3:ListBucket",
+    "ListObjects": "s3:ListBucket",
+    "HeadBucket": "s3:ListBucket",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "PutObject": "s3:PutObject",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+    "ListParts": "s3:ListMultipartUploadParts",
+    "DeleteObjects": "s3:DeleteObject",
+    "DeleteObject": "s3:DeleteObject",
+    "GetObjectTagging": "s3:GetObjectTagging",
+    "PutObjectTagging": "s3:PutObjectTagging",
     "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
     "GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
 }
-BATCH_ACTIONS = {"sqs:SendMessageBatch": "sqs:SendMessage", "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
-                 "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility"}
+BATCH_ACTIONS = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
 
 
 def iam_actions(service: str, operation: str, headers: dict[str, str]) -> set[str]:
@@ -383,7 +420,8 @@ def iam_actions(service: str, operation: str, headers: dict[str, str]) -> set[st
     if service == "s3":
         actions = {S3_ACTIONS.get(operation, f"s3:{operation}")}
         if operation in ("PutObject", "CreateMultipartUpload") and any(
-                k.lower() == "x-amz-tagging" and v for k, v in headers.items()):
+            k.lower() == "x-amz-tagging" and v for k, v in headers.items()
+        ):
             actions.add("s3:PutObjectTagging")  # x-amz-tagging on a write needs it as well
         return actions
     action = f"{service}:{operation}"
@@ -438,7 +476,10 @@ def emf_metrics(stdout: str) -> list[str]:
 
 def bucket_state(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
     """(object keys, keys of open multipart uploads)."""
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     return sorted(keys), uploads

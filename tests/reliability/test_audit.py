@@ -69,18 +69,37 @@ def test_runtime_requirements_have_no_known_vulnerabilities(tmp_path: Path) -> N
     assert requirements, f"no pinned requirements in {REQUIREMENTS}"
     problem = vulnerability_api_problem(*requirements[0])
     if problem:
-        pytest.skip(f"the PyPI vulnerability API is not usable from here: {problem}; pip-audit would skip every"
-                    " dependency and still report 'No known vulnerabilities found'")
+        pytest.skip(
+            f"the PyPI vulnerability API is not usable from here: {problem}; pip-audit would skip every"
+            " dependency and still report 'No known vulnerabilities found'"
+        )
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    run = subprocess.run([str(exe), "-r", str(REQUIREMENTS), "-f", "json", "--progress-spinner", "off",
-                          "--cache-dir", str(tmp_path / "cache")],
-                         capture_output=True, text=True, timeout=300, env=env, check=False)
+    run = subprocess.run(
+        [
+            str(exe),
+            "-r",
+            str(REQUIREMENTS),
+            "-f",
+            "json",
+            "--progress-spinner",
+            "off",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     if run.returncode not in (0, 1) or not run.stdout.strip():
         pytest.fail(f"pip-audit failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
     audited, skipped, found = findings(json.loads(run.stdout))
     if not audited:
-        pytest.skip(f"pip-audit could audit none of the {len(skipped)} dependencies (the vulnerability"
-                    f" service did not answer for them), e.g. {next(iter(skipped.values()), '')}")
+        pytest.skip(
+            f"pip-audit could audit none of the {len(skipped)} dependencies (the vulnerability"
+            f" service did not answer for them), e.g. {next(iter(skipped.values()), '')}"
+        )
     if skipped:
         warnings.warn(f"pip-audit could not audit {sorted(skipped)}", stacklevel=1)
     assert found == [], "known vulnerabilities in requirements.txt:\n" + "\n".join(found)
@@ -91,20 +110,38 @@ def findings(report: dict[str, Any]) -> tuple[list[str], dict[str, str], list[st
     dependencies = report.get("dependencies", [])
     skipped = {d["name"]: d["skip_reason"] for d in dependencies if d.get("skip_reason")}
     audited = [d for d in dependencies if not d.get("skip_reason")]
-    found = [f"{d['name']} {d['version']}: {v['id']} (fixed in {', '.join(v.get('fix_versions', [])) or 'nothing yet'})"
-             for d in audited for v in d.get("vulns", [])]
+    found = [
+        f"{d['name']} {d['version']}: {v['id']} (fixed in {', '.join(v.get('fix_versions', [])) or 'nothing yet'})"
+        for d in audited
+        for v in d.get("vulns", [])
+    ]
     return [d["name"] for d in audited], skipped, found
 
 
 def test_the_report_is_read_the_way_pip_audit_writes_it() -> None:
     """The check itself, on a report in pip-audit 2.x's JSON format (the live run may have to skip)."""
-    report = {"dependencies": [
-        {"name": "urllib3", "version": "1.26.5", "vulns": [
-            {"id": "GHSA-v845-jxx5-vc9f", "fix_versions": ["1.26.17", "2.0.6"], "aliases": ["CVE-2023-43804"],
-             "description": "..."}]},
-        {"name": "boto3", "version": "1.44.8", "vulns": []},
-        {"name": "croniter", "skip_reason": "Dependency not found on PyPI and could not be audited: croniter (7.0.0)"},
-    ], "fixes": []}
+    report = {
+        "dependencies": [
+            {
+                "name": "urllib3",
+                "version": "1.26.5",
+                "vulns": [
+                    {
+                        "id": "GHSA-v845-jxx5-vc9f",
+                        "fix_versions": ["1.26.17", "2.0.6"],
+                        "aliases": ["CVE-2023-43804"],
+                        "description": "...",
+                    }
+                ],
+            },
+            {"name": "boto3", "version": "1.44.8", "vulns": []},
+            {
+                "name": "croniter",
+                "skip_reason": "Dependency not found on PyPI and could not be audited: croniter (7.0.0)",
+            },
+        ],
+        "fixes": [],
+    }
     audited, skipped, found = findings(report)
     assert audited == ["urllib3", "boto3"] and list(skipped) == ["croniter"]
     assert found == ["urllib3 1.26.5: GHSA-v845-jxx5-vc9f (fixed in 1.26.17, 2.0.6)"]

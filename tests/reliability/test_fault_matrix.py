@@ -51,8 +51,9 @@ def assert_nothing_half_made(seaweed: SeaweedFS, stack: LocalStack, svc: BackupS
     assert uploads == [], f"open multipart uploads left: {uploads}"
     assert [k for k in keys if "/20261129T030000Z/" in k] == [], keys
     assert "failed/shop/20261129T030000Z.json" in keys
-    record: dict[str, Any] = json.loads(s3.get_object(Bucket=stack.bucket,
-                                                      Key="failed/shop/20261129T030000Z.json")["Body"].read())
+    record: dict[str, Any] = json.loads(
+        s3.get_object(Bucket=stack.bucket, Key="failed/shop/20261129T030000Z.json")["Body"].read()
+    )
     assert record["status"] == "FAILED" and record["error"]
     latest = svc.catalog.latest("shop")
     assert latest is not None and latest.backup_id == GOOD_ID
@@ -65,10 +66,16 @@ def failure_metric(capsys: pytest.CaptureFixture[str], name: str = "BackupFailed
     assert name in emf_metrics(capsys.readouterr().out), f"no {name} metric on stdout"
 
 
-def test_postgres_restarted_mid_dump(real_s3: LocalStack, seaweed: SeaweedFS, s3_proxy: FaultProxy,
-                                     pg: PostgresServer, big_db: str, write_lifeboat_config: ConfigWriter,
-                                     stray_databases: Callable[[], set[str]], capsys: pytest.CaptureFixture[str]
-                                     ) -> None:
+def test_postgres_restarted_mid_dump(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    s3_proxy: FaultProxy,
+    pg: PostgresServer,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`pg_ctl restart -m immediate` as soon as S3 has acknowledged the first part of the dump."""
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
     svc = wiring.backup_services()
@@ -104,16 +111,25 @@ def test_postgres_restarted_mid_dump(real_s3: LocalStack, seaweed: SeaweedFS, s3
     assert run_logical_backup(svc, "shop", FAILING).status == "SUCCEEDED"
 
 
-def test_s3_403_on_upload_part_is_not_retried(real_s3: LocalStack, seaweed: SeaweedFS, s3_proxy: FaultProxy,
-                                              pg: PostgresServer, big_db: str, write_lifeboat_config: ConfigWriter,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_s3_403_on_upload_part_is_not_retried(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    s3_proxy: FaultProxy,
+    pg: PostgresServer,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
     svc = wiring.backup_services()
     good_backup(svc)
     before = fingerprint(pg, big_db)
     s3_proxy.rules = [fail_part(2, 403, "AccessDenied")]
-    with pytest.raises(StorageError, match=rf"access denied to s3://{real_s3.bucket}/logical/shop/.*/database\.dump"
-                                           r": the role needs s3 access"):
+    with pytest.raises(
+        StorageError,
+        match=rf"access denied to s3://{real_s3.bucket}/logical/shop/.*/database\.dump"
+        r": the role needs s3 access",
+    ):
         run_logical_backup(svc, "shop", FAILING)
     second = [s for s in s3_proxy.ops("UploadPart") if s.part_number == 2 and s.injected]
     assert len(second) == 1, "a 403 was retried"
@@ -123,10 +139,14 @@ def test_s3_403_on_upload_part_is_not_retried(real_s3: LocalStack, seaweed: Seaw
     assert fingerprint(pg, big_db) == before
 
 
-def test_slow_s3_endpoint_still_succeeds_within_the_memory_budget(real_s3: LocalStack, seaweed: SeaweedFS,
-                                                                  s3_proxy: FaultProxy, big_db: str,
-                                                                  write_lifeboat_config: ConfigWriter,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_slow_s3_endpoint_still_succeeds_within_the_memory_budget(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    s3_proxy: FaultProxy,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Every S3 answer delayed (parts by 1.5 s): slower, still complete, and never more part bytes in flight
     than the 16 MiB budget (upload_memory_mib), so pg_dump waits instead of memory growing."""
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
@@ -147,9 +167,14 @@ def test_slow_s3_endpoint_still_succeeds_within_the_memory_budget(real_s3: Local
     assert "BackupFailed" not in emf_metrics(capsys.readouterr().out)
 
 
-def test_503_on_one_part_is_retried_then_succeeds(real_s3: LocalStack, seaweed: SeaweedFS, s3_proxy: FaultProxy,
-                                                  big_db: str, write_lifeboat_config: ConfigWriter,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_503_on_one_part_is_retried_then_succeeds(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    s3_proxy: FaultProxy,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
     svc = wiring.backup_services()
     s3_proxy.rules = [fail_part(2, 503, "SlowDown", times=1)]
@@ -165,11 +190,15 @@ def test_503_on_one_part_is_retried_then_succeeds(real_s3: LocalStack, seaweed: 
     assert "BackupSucceeded" in metrics and "BackupFailed" not in metrics
 
 
-def test_lambda_deadline_mid_restore_fails_the_job_cleanly(real_s3: LocalStack, s3_proxy: FaultProxy,
-                                                           pg: PostgresServer, big_db: str,
-                                                           write_lifeboat_config: ConfigWriter,
-                                                           stray_databases: Callable[[], set[str]],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_lambda_deadline_mid_restore_fails_the_job_cleanly(
+    real_s3: LocalStack,
+    s3_proxy: FaultProxy,
+    pg: PostgresServer,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """When the invocation's time runs out, a restore does what a backup does: it stops
     `deadline_margin_seconds` before the limit, drops the partly restored database, and records the job as
     FAILED with code deadline_exceeded and a RestoreFailed metric, instead of being killed mid-restore
@@ -180,8 +209,12 @@ def test_lambda_deadline_mid_restore_fails_the_job_cleanly(real_s3: LocalStack, 
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
     good_backup(wiring.backup_services())
     svc = wiring.api_services()
-    job = start_restore(svc, LogicalRestoreRequest.model_validate(
-        {"backup_id": GOOD_ID, "into": {"target": "shop", "database": "big_deadline"}}))
+    job = start_restore(
+        svc,
+        LogicalRestoreRequest.model_validate(
+            {"backup_id": GOOD_ID, "into": {"target": "shop", "database": "big_deadline"}}
+        ),
+    )
     s3_proxy.rules = [delay(1.5, ("GetObject",))]  # the restore cannot finish within the second it has
     margin = svc.config.settings.deadline_margin_seconds
     start = time.monotonic()
@@ -198,8 +231,9 @@ def test_lambda_deadline_mid_restore_fails_the_job_cleanly(real_s3: LocalStack, 
     failure_metric(capsys, "RestoreFailed")
 
 
-def test_duplicate_and_out_of_order_schedule_deliveries(aws: LocalStack, pg: PostgresServer,
-                                                        write_lifeboat_config: ConfigWriter) -> None:
+def test_duplicate_and_out_of_order_schedule_deliveries(
+    aws: LocalStack, pg: PostgresServer, write_lifeboat_config: ConfigWriter
+) -> None:
     """Dispatcher ticks at T, T again, T-1 min and T+1 min; every queued message delivered twice, newest
     first: exactly one backup per slot."""
     from chalicelib.scheduling.dispatch import run_dispatch
@@ -218,17 +252,25 @@ def test_duplicate_and_out_of_order_schedule_deliveries(aws: LocalStack, pg: Pos
         for body in [*reversed(bodies), *bodies]:  # out of order, then every message again
             results.extend(flows.backup_worker(c, body))
     assert sorted((r["backup_id"], r["status"]) for r in results) == [
-        ("logical:shop:20261129T030000Z", "SKIPPED"), ("logical:shop:20261129T030000Z", "SUCCEEDED"),
-        ("logical:shop:20261129T030100Z", "SKIPPED"), ("logical:shop:20261129T030100Z", "SUCCEEDED")]
+        ("logical:shop:20261129T030000Z", "SKIPPED"),
+        ("logical:shop:20261129T030000Z", "SUCCEEDED"),
+        ("logical:shop:20261129T030100Z", "SKIPPED"),
+        ("logical:shop:20261129T030100Z", "SUCCEEDED"),
+    ]
     ids = [str(b) for b in wiring.catalog(cfg).backup_ids("shop")]
     assert ids == ["logical:shop:20261129T030100Z", "logical:shop:20261129T030000Z"]
 
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated"])
-def test_damaged_dump_is_refused_by_the_cli(real_s3: LocalStack, seaweed: SeaweedFS, pg: PostgresServer,
-                                            write_lifeboat_config: ConfigWriter,
-                                            stray_databases: Callable[[], set[str]],
-                                            capsys: pytest.CaptureFixture[str], damage: str) -> None:
+def test_damaged_dump_is_refused_by_the_cli(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    pg: PostgresServer,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
     from chalicelib.cli import main
 
     write_lifeboat_config(real_s3)
@@ -240,7 +282,7 @@ def test_damaged_dump_is_refused_by_the_cli(real_s3: LocalStack, seaweed: Seawee
     if damage == "tampered":
         data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     else:
-        del data[len(data) // 2:]
+        del data[len(data) // 2 :]
     s3.put_object(Bucket=real_s3.bucket, Key=key, Body=bytes(data))
     capsys.readouterr()
     out = io.StringIO()
@@ -253,10 +295,13 @@ def test_damaged_dump_is_refused_by_the_cli(real_s3: LocalStack, seaweed: Seawee
     assert stray_databases() == set()
 
 
-def test_a_failed_restore_outside_the_worker_emits_restore_failed(real_s3: LocalStack, seaweed: SeaweedFS,
-                                                                  write_lifeboat_config: ConfigWriter,
-                                                                  stray_databases: Callable[[], set[str]],
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_restore_outside_the_worker_emits_restore_failed(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from chalicelib.errors import IntegrityError
     from chalicelib.logical.restore import restore_logical
 

@@ -71,9 +71,13 @@ def fidelity_db(pg: PostgresServer) -> Iterator[str]:
 
 
 def superuser_tool(pg: PostgresServer, tool: str, *args: str) -> str:
-    out = subprocess.run([str(pg.bin_dir / tool), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", *args],
-                         env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ.get("PATH", "/usr/bin")},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(pg.bin_dir / tool), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", *args],
+        env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ.get("PATH", "/usr/bin")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout
 
 
@@ -85,8 +89,13 @@ def without_passwords(globals_sql: str) -> str:
     return re.sub(r" PASSWORD '[^']*'", "", normalise(globals_sql))
 
 
-def test_round_trip_fidelity(real_s3: LocalStack, pg: PostgresServer, fidelity_db: str,
-                             write_lifeboat_config: ConfigWriter, stray_databases: Callable[[], set[str]]) -> None:
+def test_round_trip_fidelity(
+    real_s3: LocalStack,
+    pg: PostgresServer,
+    fidelity_db: str,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: Callable[[], set[str]],
+) -> None:
     write_lifeboat_config(real_s3, database=fidelity_db, globals=True)
     svc = wiring.backup_services()
     outcome = run_logical_backup(svc, "shop", SLOT)
@@ -99,13 +108,20 @@ def test_round_trip_fidelity(real_s3: LocalStack, pg: PostgresServer, fidelity_d
     source_dump = normalise(superuser_tool(pg, "pg_dump", "--no-sync", "-d", fidelity_db))
     copy_dump = normalise(superuser_tool(pg, "pg_dump", "--no-sync", "-d", COPY))
     assert copy_dump == source_dump
-    for needle in ("CREATE EXTENSION IF NOT EXISTS citext", "ATTACH PARTITION ledger.measurements_other DEFAULT",
-                   'CREATE TABLE "Données"."Ünïcødé Tåble"',
-                   "SELECT pg_catalog.setval('ledger.voucher_no', 424242, true)",
-                   "SELECT pg_catalog.setval('ledger.never_used', 77, false)", "CREATE POLICY own_rows",
-                   "ALTER DEFAULT PRIVILEGES FOR ROLE rel_app", "SELECT pg_catalog.lo_create('424001')",
-                   "GRANT SELECT ON LARGE OBJECT 424002 TO rel_reader", "ALTER TABLE app.orders OWNER TO rel_app",
-                   "CREATE MATERIALIZED VIEW ledger.never_refreshed", "REFRESH MATERIALIZED VIEW ledger.totals"):
+    for needle in (
+        "CREATE EXTENSION IF NOT EXISTS citext",
+        "ATTACH PARTITION ledger.measurements_other DEFAULT",
+        'CREATE TABLE "Données"."Ünïcødé Tåble"',
+        "SELECT pg_catalog.setval('ledger.voucher_no', 424242, true)",
+        "SELECT pg_catalog.setval('ledger.never_used', 77, false)",
+        "CREATE POLICY own_rows",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE rel_app",
+        "SELECT pg_catalog.lo_create('424001')",
+        "GRANT SELECT ON LARGE OBJECT 424002 TO rel_reader",
+        "ALTER TABLE app.orders OWNER TO rel_app",
+        "CREATE MATERIALIZED VIEW ledger.never_refreshed",
+        "REFRESH MATERIALIZED VIEW ledger.totals",
+    ):
         assert needle in source_dump, f"the source lacks {needle!r}: the fixture is not what the test thinks"
     assert "REFRESH MATERIALIZED VIEW ledger.never_refreshed" not in copy_dump  # still unpopulated
 
@@ -124,7 +140,8 @@ def test_round_trip_fidelity(real_s3: LocalStack, pg: PostgresServer, fidelity_d
             " 'all') || ':' || array_to_string(s.setconfig, ','), ';' ORDER BY coalesce(r.rolname, 'all'))"
             " FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid),"
             " 'none') || ' | ' ||"
-            f" coalesce(shobj_description(d.oid, 'pg_database'), '') FROM pg_database d WHERE datname = '{db}'")
+            f" coalesce(shobj_description(d.oid, 'pg_database'), '') FROM pg_database d WHERE datname = '{db}'"
+        )
 
     acl, settings, comment = db_facts(fidelity_db).split(" | ")
     assert "rel_reader=c/" in acl and "=Tc/" not in acl

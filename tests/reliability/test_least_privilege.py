@@ -91,35 +91,45 @@ def _exercise(recorder: OperationRecorder, stack: LocalStack, pg: PostgresServer
             handler = _inject_403_on_part(wiring.client("s3"), 2)
             try:
                 with pytest.raises(StorageError, match="access denied"):
-                    flows.backup_worker(c, json.dumps({"target": "big", "kind": "logical",
-                                                       "slot": TICK.isoformat()}))
+                    flows.backup_worker(c, json.dumps({"target": "big", "kind": "logical", "slot": TICK.isoformat()}))
             finally:
                 wiring.client("s3").meta.events.unregister("before-send.s3.UploadPart", handler)
         backup_id = "logical:shop:20261129T030000Z"
         with _cold(recorder, "api_handler"):
             assert flows.get(c, "/targets/shop/backups")[0] == 200
             assert flows.post(c, "/targets/shop/backups", {"kind": "logical"}).status_code == 202
-            r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
-                                                         "into": {"target": "shop", "database": "lp_ok"}},
-                           {"Idempotency-Key": "least-privilege-1"})
+            r = flows.post(
+                c,
+                "/targets/shop/restores",
+                {"backup_id": backup_id, "into": {"target": "shop", "database": "lp_ok"}},
+                {"Idempotency-Key": "least-privilege-1"},
+            )
             assert r.status_code == 202, r.body
             restore_id = json.loads(r.body)["restore_id"]
             assert flows.get(c, "/targets/shop/restores")[0] == 200
             assert flows.get(c, f"/targets/shop/restores/{restore_id}")[0] == 200
-            assert flows.post(c, "/targets/shop/restores", {"backup_id": backup_id, "into": {
-                "target": "shop", "database": "shop"}}).status_code == 409
+            assert (
+                flows.post(
+                    c,
+                    "/targets/shop/restores",
+                    {"backup_id": backup_id, "into": {"target": "shop", "database": "shop"}},
+                ).status_code
+                == 409
+            )
         bodies = flows.receive_all(stack.restore_queue_url)  # the event source's work, not the function's
         with _cold(recorder, "restore_worker"):
             assert [r for b in bodies for r in flows.restore_worker(c, b)] == [
-                {"restore_id": restore_id, "status": "SUCCEEDED"}]
+                {"restore_id": restore_id, "status": "SUCCEEDED"}
+            ]
         s3 = boto3.client("s3")
         key = "logical/shop/2026/11/29/20261129T030000Z/database.dump"
         data = bytearray(s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
         s3.put_object(Bucket=stack.bucket, Key=key, Body=bytes(data))
         with _cold(recorder, "api_handler"):
-            r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
-                                                         "into": {"target": "shop", "database": "lp_bad"}})
+            r = flows.post(
+                c, "/targets/shop/restores", {"backup_id": backup_id, "into": {"target": "shop", "database": "lp_bad"}}
+            )
             assert r.status_code == 202, r.body
         bodies = flows.receive_all(stack.restore_queue_url)
         with _cold(recorder, "restore_worker"):
@@ -149,11 +159,21 @@ def observed(moto_server: MotoServer, pg: PostgresServer, pg_roots: Path, big_db
             mp.setenv(key, value)
         mp.setenv("LIFEBOAT_PG_ROOTS", str(pg_roots))
         ssm = boto3.client("ssm")
-        ssm.put_parameter(Name="/pg-lifeboat/dev/settings", Type="String", Value=json.dumps(
-            {"bucket": stack.bucket, "part_size_mib": 6, "upload_memory_mib": 16}))
+        ssm.put_parameter(
+            Name="/pg-lifeboat/dev/settings",
+            Type="String",
+            Value=json.dumps({"bucket": stack.bucket, "part_size_mib": 6, "upload_memory_mib": 16}),
+        )
         for name, database in (("shop", "shop"), ("big", big_db)):
-            spec = target(name, pg.port, stack.secret_arn, database=database, schedule="rate(1 minute)",
-                          globals=name == "shop", compression="gzip:1")
+            spec = target(
+                name,
+                pg.port,
+                stack.secret_arn,
+                database=database,
+                schedule="rate(1 minute)",
+                globals=name == "shop",
+                compression="gzip:1",
+            )
             if name == "big":
                 spec["logical"]["schedule"] = None
             ssm.put_parameter(Name=f"/pg-lifeboat/dev/targets/{name}", Type="String", Value=json.dumps(spec))
@@ -202,27 +222,32 @@ def allows(actions: list[str], action: str) -> bool:
 
 def test_every_handler_was_exercised(observed: OperationRecorder) -> None:
     assert set(observed.actions) == set(FUNCTIONS)
-    assert {"s3:PutObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload", "s3:DeleteObject",
-            "secretsmanager:GetSecretValue", "ssm:GetParametersByPath"} <= observed.actions["backup_worker"]
+    assert {
+        "s3:PutObject",
+        "s3:PutObjectTagging",
+        "s3:AbortMultipartUpload",
+        "s3:DeleteObject",
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParametersByPath",
+    } <= observed.actions["backup_worker"]
     assert {"sqs:SendMessage", "dynamodb:PutItem"} <= observed.actions["dispatcher"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_policy_grants_every_action_the_handler_uses(observed: OperationRecorder, stage: str, function: str
-                                                     ) -> None:
+def test_policy_grants_every_action_the_handler_uses(observed: OperationRecorder, stage: str, function: str) -> None:
     actions, source = granted(stage, function)
     used = observed.actions[function]
     missing = sorted(a for a in used if not allows(actions, a))
     calls = sorted(f"{s}:{op}" for s, op in observed.calls[function])
     assert missing == [], f"{function} ({stage}) uses {missing} but {source} does not allow them; calls: {calls}"
-    expected_without_calls = RUNTIME_ACTIONS | SSE_KMS_ACTIONS | (EVENT_SOURCE_ACTIONS if function in SQS_TRIGGERED
-                                                                 else set())
+    expected_without_calls = (
+        RUNTIME_ACTIONS | SSE_KMS_ACTIONS | (EVENT_SOURCE_ACTIONS if function in SQS_TRIGGERED else set())
+    )
     unused = sorted({a for a in actions if "*" not in a and a not in used and a not in expected_without_calls})
     exercised = [a for a in unused if a.startswith(EXERCISED_SERVICES)]
     other = [a for a in unused if not a.startswith(EXERCISED_SERVICES)]
     if exercised:
-        warnings.warn(f"{function} ({stage}): granted but not used in the exercised paths: {exercised}",
-                      stacklevel=1)
+        warnings.warn(f"{function} ({stage}): granted but not used in the exercised paths: {exercised}", stacklevel=1)
     if other:
         warnings.warn(f"{function} ({stage}): granted for paths these tests do not exercise: {other}", stacklevel=1)

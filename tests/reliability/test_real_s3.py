@@ -35,8 +35,9 @@ def _children(name: str) -> list[int]:
     return [pid for pid, comm in child_processes(os.getpid()).items() if comm == name]
 
 
-def test_the_s3_client_talks_to_seaweedfs_and_the_rest_to_moto(real_s3: LocalStack, seaweed: SeaweedFS,
-                                                                 moto_server: object) -> None:
+def test_the_s3_client_talks_to_seaweedfs_and_the_rest_to_moto(
+    real_s3: LocalStack, seaweed: SeaweedFS, moto_server: object
+) -> None:
     s3 = wiring.client("s3")
     assert s3.meta.endpoint_url == seaweed.endpoint
     assert wiring.client("sqs").meta.endpoint_url == moto_server.endpoint  # type: ignore[attr-defined]
@@ -44,8 +45,13 @@ def test_the_s3_client_talks_to_seaweedfs_and_the_rest_to_moto(real_s3: LocalSta
     seaweed.client().head_bucket(Bucket=real_s3.bucket)
 
 
-def test_scheduled_backup_round_trip(real_s3: LocalStack, seaweed: SeaweedFS, pg: PostgresServer,
-                                     write_lifeboat_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scheduled_backup_round_trip(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    pg: PostgresServer,
+    write_lifeboat_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Dispatcher → SQS (moto) → backup worker → SeaweedFS: object, globals and manifest, tagged and encrypted."""
     write_lifeboat_config(real_s3, globals=True)
     with flows.lambda_client() as c:
@@ -71,8 +77,9 @@ def test_scheduled_backup_round_trip(real_s3: LocalStack, seaweed: SeaweedFS, pg
     assert moto_s3.list_objects_v2(Bucket="lifeboat-test-backups").get("KeyCount", 0) == 0
 
 
-def test_multipart_dump_of_more_than_two_parts(real_s3: LocalStack, seaweed: SeaweedFS, big_db: str,
-                                               write_lifeboat_config: ConfigWriter) -> None:
+def test_multipart_dump_of_more_than_two_parts(
+    real_s3: LocalStack, seaweed: SeaweedFS, big_db: str, write_lifeboat_config: ConfigWriter
+) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
     outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
@@ -92,9 +99,13 @@ def test_multipart_dump_of_more_than_two_parts(real_s3: LocalStack, seaweed: Sea
     assert bucket_state(s3, real_s3.bucket)[1] == []
 
 
-def test_abort_leaves_no_open_multipart_upload(real_s3: LocalStack, seaweed: SeaweedFS, big_db: str,
-                                               write_lifeboat_config: ConfigWriter,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_abort_leaves_no_open_multipart_upload(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    big_db: str,
+    write_lifeboat_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:6")
     svc = wiring.backup_services()
     seen: list[int] = []
@@ -114,17 +125,22 @@ def test_abort_leaves_no_open_multipart_upload(real_s3: LocalStack, seaweed: Sea
     assert "BackupFailed" in emf_metrics(capsys.readouterr().out)
 
 
-def test_restore_verifies_the_checksum_streaming_and_downloaded(real_s3: LocalStack, seaweed: SeaweedFS,
-                                                                 pg: PostgresServer,
-                                                                 write_lifeboat_config: ConfigWriter,
-                                                                 stray_databases: object, tmp_path: Path) -> None:
+def test_restore_verifies_the_checksum_streaming_and_downloaded(
+    real_s3: LocalStack,
+    seaweed: SeaweedFS,
+    pg: PostgresServer,
+    write_lifeboat_config: ConfigWriter,
+    stray_databases: object,
+    tmp_path: Path,
+) -> None:
     write_lifeboat_config(real_s3)
     svc = wiring.backup_services()
     bid = run_logical_backup(svc, "shop", SLOT).backup_id
     login = svc.credentials.login(svc.config.target("shop").connection)  # type: ignore[arg-type]
     for name, jobs in (("shop_rel_stream", 1), ("shop_rel_parallel", 2)):
-        result = restore_logical(svc.store, svc.catalog, svc.toolbox, bid, login, name, RestoreOptions(jobs=jobs),
-                                 workdir=tmp_path)
+        result = restore_logical(
+            svc.store, svc.catalog, svc.toolbox, bid, login, name, RestoreOptions(jobs=jobs), workdir=tmp_path
+        )
         assert result.verified and result.verification["tables_checked"] == 4, result.verification
         assert pg.psql("SELECT count(*) FROM sales.orders", dbname=name) == "4000"
     # One byte changed on the real server: both paths refuse it and leave no database.
@@ -135,13 +151,16 @@ def test_restore_verifies_the_checksum_streaming_and_downloaded(real_s3: LocalSt
     s3.put_object(Bucket=real_s3.bucket, Key=key, Body=bytes(data))
     for name, jobs in (("shop_rel_bad_stream", 1), ("shop_rel_bad_parallel", 2)):
         with pytest.raises(IntegrityError, match="SHA-256"):
-            restore_logical(svc.store, svc.catalog, svc.toolbox, bid, login, name, RestoreOptions(jobs=jobs),
-                            workdir=tmp_path)
+            restore_logical(
+                svc.store, svc.catalog, svc.toolbox, bid, login, name, RestoreOptions(jobs=jobs), workdir=tmp_path
+            )
         assert pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "0"
 
 
-@pytest.mark.parametrize("bucket", ["Lifeboat_Backups", "lifeboat..backups", "192.168.10.1", "xn--lifeboat",
-                                    "lb", "-lifeboat", "lifeboat-backups-"])
+@pytest.mark.parametrize(
+    "bucket",
+    ["Lifeboat_Backups", "lifeboat..backups", "192.168.10.1", "xn--lifeboat", "lb", "-lifeboat", "lifeboat-backups-"],
+)
 def test_bucket_names_real_s3_rejects(seaweed: SeaweedFS, bucket: str) -> None:
     """The configuration refuses what real S3 refuses, and the real server agrees (moto creates most of them)."""
     with pytest.raises(ConfigError, match=r"settings\.bucket: .*not a valid S3 bucket name"):

@@ -93,26 +93,44 @@ def login_of(svc: BackupServices) -> Login:
 
 
 def counts(pg: PostgresServer, db: str) -> dict[str, int]:
-    rows = pg.psql("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid ="
-                   " c.relnamespace WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales', 'audit')"
-                   " ORDER BY 1", dbname=db)
+    rows = pg.psql(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid ="
+        " c.relnamespace WHERE c.relkind = 'r' AND n.nspname IN ('public', 'sales', 'audit')"
+        " ORDER BY 1",
+        dbname=db,
+    )
     return {t: int(pg.psql(f"SELECT count(*) FROM {t}", dbname=db)) for t in rows.split("\n") if t}
 
 
-@pytest.mark.parametrize(("schemas", "tables", "expected"), [
-    (("sales",), (), {"sales.customers": 500, "sales.orders": ORDERS}),
-    ((), ("sales.customers",), {"sales.customers": 500}),
-    ((), ("orders",), {"sales.orders": ORDERS, "public.orders": 42}),
-    (("audit",), ("public.orders",), {"audit.events": 1000, "public.orders": 42}),
-])
+@pytest.mark.parametrize(
+    ("schemas", "tables", "expected"),
+    [
+        (("sales",), (), {"sales.customers": 500, "sales.orders": ORDERS}),
+        ((), ("sales.customers",), {"sales.customers": 500}),
+        ((), ("orders",), {"sales.orders": ORDERS, "public.orders": 42}),
+        (("audit",), ("public.orders",), {"audit.events": 1000, "public.orders": 42}),
+    ],
+)
 def test_selective_restore_brings_back_exactly_what_was_asked(
-        pg: PostgresServer, backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]],
-        schemas: tuple[str, ...], tables: tuple[str, ...], expected: dict[str, int]) -> None:
+    pg: PostgresServer,
+    backed_up: tuple[BackupServices, str],
+    stray_databases: Callable[[], set[str]],
+    schemas: tuple[str, ...],
+    tables: tuple[str, ...],
+    expected: dict[str, int],
+) -> None:
     svc, backup_id = backed_up
     for jobs in (1, 2):  # streamed into pg_restore, and downloaded for pg_restore -j
         copy = f"scope_sel_{jobs}"
-        result = restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), copy,
-                                 RestoreOptions(schemas=schemas, tables=tables, jobs=jobs))
+        result = restore_logical(
+            svc.store,
+            svc.catalog,
+            svc.toolbox,
+            backup_id,
+            login_of(svc),
+            copy,
+            RestoreOptions(schemas=schemas, tables=tables, jobs=jobs),
+        )
         assert result.verified and result.verification["tables_checked"] == len(expected), result.verification
         assert counts(pg, copy) == expected
         if "sales.customers" in expected:  # the citext column came back with its extension
@@ -120,8 +138,9 @@ def test_selective_restore_brings_back_exactly_what_was_asked(
     assert stray_databases() == {"scope_sel_1", "scope_sel_2"}
 
 
-def test_selective_restore_from_the_cli(pg: PostgresServer, backed_up: tuple[BackupServices, str],
-                                        stray_databases: Callable[[], set[str]]) -> None:
+def test_selective_restore_from_the_cli(
+    pg: PostgresServer, backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]
+) -> None:
     _, backup_id = backed_up
     out = io.StringIO()
     assert main(["restore", backup_id, "--database", "scope_cli", "--table", "sales.customers"], out=out) == 0
@@ -129,23 +148,38 @@ def test_selective_restore_from_the_cli(pg: PostgresServer, backed_up: tuple[Bac
     assert "1 tables, 500 rows match" in out.getvalue()
 
 
-@pytest.mark.parametrize(("schemas", "tables", "message"), [
-    ((), ("sales.nope",), "has no table sales.nope"),
-    (("nope",), (), "the backup has no schema nope"),
-    ((), ("Sales.Customers",), "has no table Sales.Customers"),
-])
+@pytest.mark.parametrize(
+    ("schemas", "tables", "message"),
+    [
+        ((), ("sales.nope",), "has no table sales.nope"),
+        (("nope",), (), "the backup has no schema nope"),
+        ((), ("Sales.Customers",), "has no table Sales.Customers"),
+    ],
+)
 def test_a_selection_that_matches_nothing_is_refused_before_anything_exists(
-        backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]],
-        schemas: tuple[str, ...], tables: tuple[str, ...], message: str) -> None:
+    backed_up: tuple[BackupServices, str],
+    stray_databases: Callable[[], set[str]],
+    schemas: tuple[str, ...],
+    tables: tuple[str, ...],
+    message: str,
+) -> None:
     svc, backup_id = backed_up
     with pytest.raises(BadRequestError, match=message):
-        restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), "scope_none",
-                        RestoreOptions(schemas=schemas, tables=tables))
+        restore_logical(
+            svc.store,
+            svc.catalog,
+            svc.toolbox,
+            backup_id,
+            login_of(svc),
+            "scope_none",
+            RestoreOptions(schemas=schemas, tables=tables),
+        )
     assert stray_databases() == set()
 
 
-def test_a_snapshot_id_is_not_restored_as_a_dump(backed_up: tuple[BackupServices, str],
-                                                 stray_databases: Callable[[], set[str]]) -> None:
+def test_a_snapshot_id_is_not_restored_as_a_dump(
+    backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]
+) -> None:
     svc, backup_id = backed_up
     snapshot_id = backup_id.replace("logical:", "snapshot:")
     with pytest.raises(BadRequestError, match="not a logical dump"):
@@ -155,8 +189,8 @@ def test_a_snapshot_id_is_not_restored_as_a_dump(backed_up: tuple[BackupServices
 
 
 def test_an_archive_newer_than_the_server_is_refused_before_anything_exists(
-        backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     svc, backup_id = backed_up
     monkeypatch.setattr(restore_module, "server_version", lambda login: (140010, "14.10"))
     with pytest.raises(BadRequestError, match="PostgreSQL 14 cannot load it"):
@@ -164,14 +198,16 @@ def test_an_archive_newer_than_the_server_is_refused_before_anything_exists(
     assert stray_databases() == set()
 
 
-def test_replace_restore_of_the_targets_own_database(pg: PostgresServer, backed_up: tuple[BackupServices, str],
-                                                     stray_databases: Callable[[], set[str]]) -> None:
+def test_replace_restore_of_the_targets_own_database(
+    pg: PostgresServer, backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]
+) -> None:
     svc, backup_id = backed_up
     login = login_of(svc)
     assert login.database == SOURCE  # the login's own database is the one replaced
     pg.psql("INSERT INTO public.orders VALUES (1000, 0)", dbname=SOURCE)  # a change after the backup
-    result = restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login, SOURCE,
-                             RestoreOptions(replace=True))
+    result = restore_logical(
+        svc.store, svc.catalog, svc.toolbox, backup_id, login, SOURCE, RestoreOptions(replace=True)
+    )
     kept = result.replaced_database_kept_as
     assert result.verified and kept and kept.startswith(f"{SOURCE}_replaced_")
     assert counts(pg, SOURCE)["public.orders"] == 42
@@ -180,8 +216,11 @@ def test_replace_restore_of_the_targets_own_database(pg: PostgresServer, backed_
 
 
 def test_a_failure_between_the_renames_puts_the_original_back(
-        pg: PostgresServer, backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pg: PostgresServer,
+    backed_up: tuple[BackupServices, str],
+    stray_databases: Callable[[], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     svc, backup_id = backed_up
     real_rename = restore_module._rename
     calls: list[tuple[str, str]] = []
@@ -195,8 +234,9 @@ def test_a_failure_between_the_renames_puts_the_original_back(
     monkeypatch.setattr(restore_module, "_rename", flaky)
     before = counts(pg, SOURCE)
     with pytest.raises(RestoreError, match="was put back under its name, unchanged"):
-        restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), SOURCE,
-                        RestoreOptions(replace=True))
+        restore_logical(
+            svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), SOURCE, RestoreOptions(replace=True)
+        )
     assert [c[1] for c in calls][1] == SOURCE and calls[2] == (calls[0][1], SOURCE)
     assert counts(pg, SOURCE) == before
     assert stray_databases() == set()  # the verified copy was dropped, the original kept its name
@@ -210,23 +250,40 @@ def fresh_server() -> Iterator[PostgresServer]:
 
 
 def pg_dump_of(server: PostgresServer, db: str) -> str:
-    out = subprocess.run([str(server.bin_dir / "pg_dump"), "--no-sync", "-h", "127.0.0.1", "-p", str(server.port),
-                          "-U", "postgres", "-d", db],
-                         env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ.get("PATH", "/usr/bin")},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            str(server.bin_dir / "pg_dump"),
+            "--no-sync",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ],
+        env={"PGPASSWORD": SUPERUSER_PASSWORD, "PATH": os.environ.get("PATH", "/usr/bin")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
 def test_globals_restore_into_a_fresh_server_equals_the_source(
-        pg: PostgresServer, fresh_server: PostgresServer, backed_up: tuple[BackupServices, str]) -> None:
+    pg: PostgresServer, fresh_server: PostgresServer, backed_up: tuple[BackupServices, str]
+) -> None:
     svc, backup_id = backed_up
-    login = replace(login_of(svc), port=fresh_server.port, user="postgres", password=SUPERUSER_PASSWORD,
-                    database="postgres")
+    login = replace(
+        login_of(svc), port=fresh_server.port, user="postgres", password=SUPERUSER_PASSWORD, database="postgres"
+    )
     without = restore_module.restore_logical
     with pytest.raises(RestoreError, match="role scope_app named in the backup does not exist"):
         without(svc.store, svc.catalog, svc.toolbox, backup_id, login, SOURCE)
-    result = restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login, SOURCE,
-                             RestoreOptions(globals=True))
+    result = restore_logical(
+        svc.store, svc.catalog, svc.toolbox, backup_id, login, SOURCE, RestoreOptions(globals=True)
+    )
     assert result.verified
     assert result.roles is not None and {"scope_app", "scope_reader", "lifeboat_backup"} <= set(result.roles["created"])
     assert not any(s.startswith("CREATE ROLE postgres") for s in result.roles["failed"])
@@ -234,9 +291,17 @@ def test_globals_restore_into_a_fresh_server_equals_the_source(
 
 
 def test_replacing_with_a_selection_is_refused_before_anything_exists(
-        backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]) -> None:
+    backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]
+) -> None:
     svc, backup_id = backed_up
     with pytest.raises(BadRequestError, match=r"a selection .* goes into a new database"):
-        restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), SOURCE,
-                        RestoreOptions(replace=True, tables=("sales.customers",)))
+        restore_logical(
+            svc.store,
+            svc.catalog,
+            svc.toolbox,
+            backup_id,
+            login_of(svc),
+            SOURCE,
+            RestoreOptions(replace=True, tables=("sales.customers",)),
+        )
     assert stray_databases() == set()

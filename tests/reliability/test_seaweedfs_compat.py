@@ -33,8 +33,9 @@ from tests.reliability.support import FaultProxy, SeaweedFS, bucket_state
 SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 
 
-def test_what_s3store_sends_is_accepted(real_s3: LocalStack, s3_proxy: FaultProxy, big_db: str,
-                                        write_lifeboat_config: ConfigWriter) -> None:
+def test_what_s3store_sends_is_accepted(
+    real_s3: LocalStack, s3_proxy: FaultProxy, big_db: str, write_lifeboat_config: ConfigWriter
+) -> None:
     write_lifeboat_config(real_s3, database=big_db, compression="gzip:1")
     outcome = run_logical_backup(wiring.backup_services(), "shop", SLOT)
     assert outcome.status == "SUCCEEDED"
@@ -72,8 +73,9 @@ def seaweed_without_sse_key(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server.stop()
 
 
-def test_without_an_sse_key_aes256_writes_fail_and_leak_uploads(seaweed_without_sse_key: SeaweedFS,
-                                                                  tmp_path: Path) -> None:
+def test_without_an_sse_key_aes256_writes_fail_and_leak_uploads(
+    seaweed_without_sse_key: SeaweedFS, tmp_path: Path
+) -> None:
     server = seaweed_without_sse_key
     bucket = server.new_bucket()
     client = server.client(retries={"mode": "standard", "max_attempts": 3})

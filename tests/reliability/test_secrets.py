@@ -80,10 +80,17 @@ def setup(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pyte
     return {"nasty": nasty, "wrong": wrong, "nasty_secret": nasty_secret}
 
 
-def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty_role: str, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
-                                      product_log: io.StringIO, popen_calls: list[tuple[list[str], dict[str, str]]],
-                                      stray_databases: Callable[[], set[str]]) -> None:
+def test_no_secret_reaches_any_output(
+    aws: LocalStack,
+    pg: PostgresServer,
+    nasty_role: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    product_log: io.StringIO,
+    popen_calls: list[tuple[list[str], dict[str, str]]],
+    stray_databases: Callable[[], set[str]],
+) -> None:
     from chalicelib.cli import main
 
     arns = setup(aws, pg, tmp_path, monkeypatch)
@@ -103,12 +110,25 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
         backup_id = "logical:shop:20261129T030000Z"
         requests = [
             {"backup_id": backup_id, "into": {"target": "shop", "database": "shop_secret_ok"}},
-            {"backup_id": "logical:nasty:20261129T030000Z", "into": {"target": "nasty", "database": "nasty_ok"},
-             "options": {"no_owner": True}},
+            {
+                "backup_id": "logical:nasty:20261129T030000Z",
+                "into": {"target": "nasty", "database": "nasty_ok"},
+                "options": {"no_owner": True},
+            },
             {"backup_id": backup_id, "into": {"target": "wrongpw", "database": "x1"}},
-            {"backup_id": backup_id, "into": {"database": "x2", "connection": {
-                "host": "127.0.0.1", "port": free_port(), "user": NASTY_USER, "password_secret": arns["nasty"],
-                "sslmode": "disable"}}},
+            {
+                "backup_id": backup_id,
+                "into": {
+                    "database": "x2",
+                    "connection": {
+                        "host": "127.0.0.1",
+                        "port": free_port(),
+                        "user": NASTY_USER,
+                        "password_secret": arns["nasty"],
+                        "sslmode": "disable",
+                    },
+                },
+            },
             {"backup_id": backup_id, "into": {"target": "nodb", "database": "x3"}},
         ]
         for request in requests:
@@ -116,46 +136,79 @@ def test_no_secret_reaches_any_output(aws: LocalStack, pg: PostgresServer, nasty
             r = flows.post(c, f"/targets/{source}/restores", request, {"Idempotency-Key": f"k-{len(bodies)}"})
             bodies.append(r.body.decode() if isinstance(r.body, bytes) else str(r.body))
         assert [json.loads(b).get("status", json.loads(b).get("error")) for b in bodies] == [
-            "PENDING", "PENDING", "database_unreachable", "bad_request", "database_unreachable"]
+            "PENDING",
+            "PENDING",
+            "database_unreachable",
+            "bad_request",
+            "database_unreachable",
+        ]
         assert {r["status"] for r in flows.drain_restores(c)} == {"SUCCEEDED"}
         key = "logical/shop/2026/11/29/20261129T030000Z/database.dump"
         s3 = boto3.client("s3")
         data = bytearray(s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
         s3.put_object(Bucket=aws.bucket, Key=key, Body=bytes(data))
-        r = flows.post(c, "/targets/shop/restores", {"backup_id": backup_id,
-                                                     "into": {"target": "nasty", "database": "nasty_bad"}})
+        r = flows.post(
+            c, "/targets/shop/restores", {"backup_id": backup_id, "into": {"target": "nasty", "database": "nasty_bad"}}
+        )
         bodies.append(r.body.decode() if isinstance(r.body, bytes) else str(r.body))
         assert [r["status"] for r in flows.drain_restores(c)] == ["FAILED"]
-        for path in ("/targets/shop/restores", "/targets/nasty/restores", "/targets/shop/backups",
-                     "/targets/nasty/backups"):
+        for path in (
+            "/targets/shop/restores",
+            "/targets/nasty/restores",
+            "/targets/shop/backups",
+            "/targets/nasty/backups",
+        ):
             bodies.append(json.dumps(flows.get(c, path)[1]))
     out = io.StringIO()
-    assert main(["restore", "logical:nasty:20261129T030000Z", "--database", "nasty_cli", "--no-owner",
-                 "--json"], out=out) == 0
+    assert (
+        main(["restore", "logical:nasty:20261129T030000Z", "--database", "nasty_cli", "--no-owner", "--json"], out=out)
+        == 0
+    )
     bodies.append(out.getvalue())
     assert main(["restore", "logical:nasty:20261129T030000Z", "--database", "x4", "--into-target", "wrongpw"]) == 1
     assert main(["restore", "logical:nasty:20261129T030000Z", "--database", "x5", "--into-target", "refused"]) == 1
 
     captured = capfd.readouterr()
     s3 = boto3.client("s3")
-    objects = {o["Key"]: s3.get_object(Bucket=aws.bucket, Key=o["Key"])["Body"].read().decode()
-               for o in s3.list_objects_v2(Bucket=aws.bucket).get("Contents", []) if not o["Key"].endswith(".dump")}
+    objects = {
+        o["Key"]: s3.get_object(Bucket=aws.bucket, Key=o["Key"])["Body"].read().decode()
+        for o in s3.list_objects_v2(Bucket=aws.bucket).get("Contents", [])
+        if not o["Key"].endswith(".dump")
+    }
     assert any(k.startswith("failed/") for k in objects) and any(k.endswith("globals.sql") for k in objects)
-    items = [json.dumps(i) for page in boto3.client("dynamodb").get_paginator("scan").paginate(
-        TableName=aws.jobs_table) for i in page["Items"]]
+    items = [
+        json.dumps(i)
+        for page in boto3.client("dynamodb").get_paginator("scan").paginate(TableName=aws.jobs_table)
+        for i in page["Items"]
+    ]
     assert items
-    places = {"stdout": captured.out, "stderr": captured.err, "log": product_log.getvalue(),
-              "errors": "\n".join(errors), **{f"s3://{k}": v for k, v in objects.items()},
-              **{f"response {i}": b for i, b in enumerate(bodies)}, **{f"dynamodb {i}": t for i, t in enumerate(items)}}
+    places = {
+        "stdout": captured.out,
+        "stderr": captured.err,
+        "log": product_log.getvalue(),
+        "errors": "\n".join(errors),
+        **{f"s3://{k}": v for k, v in objects.items()},
+        **{f"response {i}": b for i, b in enumerate(bodies)},
+        **{f"dynamodb {i}": t for i, t in enumerate(items)},
+    }
     assert "password authentication failed" in places["stderr"] + places["errors"]  # the failures did happen
     assert URI_WITH_PASSWORD.search("postgresql://u:pw@h/db") and PASSWORD_ASSIGNMENT.search("password='pw'")
     assert not PASSWORD_ASSIGNMENT.search("password=*** host=x")  # scrubbed is fine
-    secrets = {"backup password": BACKUP_PASSWORD, "nasty password": NASTY, "wrong password": WRONG,
-               "nasty secret": arns["nasty_secret"], "password JSON": json.dumps(NASTY)[1:-1]}
+    secrets = {
+        "backup password": BACKUP_PASSWORD,
+        "nasty password": NASTY,
+        "wrong password": WRONG,
+        "nasty secret": arns["nasty_secret"],
+        "password JSON": json.dumps(NASTY)[1:-1],
+    }
     leaks = [f"{what} in {where}" for where, text in places.items() for what, s in secrets.items() if s in text]
-    leaks += [f"{where}: {m.group(0)!r}" for where, text in places.items()
-              for rx in (URI_WITH_PASSWORD, PASSWORD_ASSIGNMENT) for m in rx.finditer(text)]
+    leaks += [
+        f"{where}: {m.group(0)!r}"
+        for where, text in places.items()
+        for rx in (URI_WITH_PASSWORD, PASSWORD_ASSIGNMENT)
+        for m in rx.finditer(text)
+    ]
     assert leaks == []
 
     assert popen_calls, "no PostgreSQL client program ran"

@@ -27,9 +27,16 @@ def test_str_is_utc_whatever_the_zone() -> None:
     assert str(BackupId("prod", datetime(2026, 1, 2, 4, 4, 5, tzinfo=cet))) == "logical:prod:20260102T030405Z"
 
 
-@pytest.mark.parametrize("text", ["logical:prod:20260102T030405Z", "logical:a:19991231T235959Z",
-                                  "logical:orders-db-2:20260228T000000Z",
-                                  f"logical:{'a' * 48}:20260102T030405Z", "snapshot:prod:20260102T030405Z"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "logical:prod:20260102T030405Z",
+        "logical:a:19991231T235959Z",
+        "logical:orders-db-2:20260228T000000Z",
+        f"logical:{'a' * 48}:20260102T030405Z",
+        "snapshot:prod:20260102T030405Z",
+    ],
+)
 def test_parse_round_trip(text: str) -> None:
     bid = BackupId.parse(text)
     assert str(bid) == text
@@ -44,10 +51,20 @@ def test_parse_fields() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["physical:prod:20260102T030405Z", "LOGICAL:prod:20260102T030405Z", "logical:Prod:20260102T030405Z",
-     "logical:1prod:20260102T030405Z", "logical:prod:20260102T030405", "logical:prod:2026-01-02T03:04:05Z",
-     "logical:prod", "prod:20260102T030405Z", "", "logical::20260102T030405Z", f"logical:{'a' * 49}:20260102T030405Z",
-     "logical:prod:20260102T030405Z:extra"],
+    [
+        "physical:prod:20260102T030405Z",
+        "LOGICAL:prod:20260102T030405Z",
+        "logical:Prod:20260102T030405Z",
+        "logical:1prod:20260102T030405Z",
+        "logical:prod:20260102T030405",
+        "logical:prod:2026-01-02T03:04:05Z",
+        "logical:prod",
+        "prod:20260102T030405Z",
+        "",
+        "logical::20260102T030405Z",
+        f"logical:{'a' * 49}:20260102T030405Z",
+        "logical:prod:20260102T030405Z:extra",
+    ],
 )
 def test_parse_rejects_malformed_ids(text: str) -> None:
     with pytest.raises(BadRequestError, match="is not a backup id"):

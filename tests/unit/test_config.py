@@ -40,12 +40,17 @@ def test_minimal_config_parses_with_documented_defaults() -> None:
     assert cfg.settings.prefix == ""
     assert list(cfg.settings.retention_policies) == ["default"]
     assert cfg.settings.retention_policies["default"] == RetentionPolicy(
-        daily_days=7, weekly_weeks=5, monthly_months=12, yearly_years=3, keep_last=1)
+        daily_days=7, weekly_weeks=5, monthly_months=12, yearly_years=3, keep_last=1
+    )
     [t] = cfg.targets
     assert t.name == "prod"
     assert t.connection is not None
     assert (t.connection.host, t.connection.port, t.connection.database, t.connection.user) == (
-        "db.internal", 5432, "postgres", "backup")
+        "db.internal",
+        5432,
+        "postgres",
+        "backup",
+    )
     assert t.connection.sslmode == "verify-full"
     assert t.connection.sslrootcert is None  # the layer's RDS CA bundle (CredentialResolver)
     assert (t.connection.weak_auth, t.connection.weak_tls) == (False, False)
@@ -84,8 +89,17 @@ def test_valid_compression(compression: str) -> None:
     assert Logical(compression=compression).compression == compression
 
 
-@pytest.mark.parametrize("schedule", ["cron(0 3 * * ? *)", "cron(0 12 ? * MON-FRI *)", "rate(1 minute)",
-                                      "rate(15 minutes)", "rate(1 day)", "rate(2 hours)"])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "cron(0 3 * * ? *)",
+        "cron(0 12 ? * MON-FRI *)",
+        "rate(1 minute)",
+        "rate(15 minutes)",
+        "rate(1 day)",
+        "rate(2 hours)",
+    ],
+)
 def test_valid_schedules(schedule: str) -> None:
     assert Logical(schedule=schedule).schedule == schedule
 
@@ -99,14 +113,20 @@ def test_valid_schedules(schedule: str) -> None:
         ({"connection": {"host": "h", "user": "u", "port": 70000}}, "connection.port", "less than or equal to 65535"),
         ({"connection": {"host": "h", "user": "u", "port": 0}}, "connection.port", "greater than or equal to 1"),
         ({"connection": {"host": "h", "user": "u", "sslmode": "strict"}}, "connection.sslmode", "'verify-full'"),
-        ({"connection": {"host": "h", "user": "u", "pasword_secret": "s"}}, "connection.pasword_secret",
-         "Extra inputs are not permitted"),
+        (
+            {"connection": {"host": "h", "user": "u", "pasword_secret": "s"}},
+            "connection.pasword_secret",
+            "Extra inputs are not permitted",
+        ),
         ({"logical": {"shedule": "rate(1 day)"}}, "logical.shedule", "Extra inputs are not permitted"),
         ({"retension": "default"}, "retension", "Extra inputs are not permitted"),
         ({"connection": {"host": "", "user": "u"}}, "connection.host", "at least 1 character"),
         ({"connection": {"host": "h"}}, "connection.user", "Field required"),
-        ({"logical": {"lock_wait_timeout_seconds": 0}}, "logical.lock_wait_timeout_seconds",
-         "greater than or equal to 1"),
+        (
+            {"logical": {"lock_wait_timeout_seconds": 0}},
+            "logical.lock_wait_timeout_seconds",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_invalid_field_names_target_and_dotted_field(overrides: dict[str, Any], field: str, detail: str) -> None:
@@ -196,7 +216,8 @@ def test_a_stored_password_with_unverified_tls_needs_weak_tls(secret: dict[str, 
     conn = {"host": "h", "user": "u", "sslmode": "require", **secret}
     message = error_of(config(target("prod", connection=conn)))
     assert "target 'prod': connection: sslmode 'require' with a stored password: require checks no certificate" in (
-        message)
+        message
+    )
     assert "sslrootcert set to your server's CA" in message and "weak_tls: true" in message
     for opt_out in ("weak_tls", "weak_auth"):  # weak_auth already sends the password however asked, TLS or not
         t = parse_config(config(target("prod", connection={**conn, opt_out: True}))).targets[0]
@@ -236,8 +257,20 @@ def test_retention_policies_need_a_default() -> None:
 
 @pytest.mark.parametrize(
     "bucket",
-    ["My-Backups", "ab", "a" * 64, "xn--backups", "192.168.1.10", "my..bucket", "-backups", "backups-",
-     "my_bucket", "sthree-backups", "backups-s3alias", "backups--ol-s3"],
+    [
+        "My-Backups",
+        "ab",
+        "a" * 64,
+        "xn--backups",
+        "192.168.1.10",
+        "my..bucket",
+        "-backups",
+        "backups-",
+        "my_bucket",
+        "sthree-backups",
+        "backups-s3alias",
+        "backups--ol-s3",
+    ],
 )
 def test_bad_bucket_name(bucket: str) -> None:
     message = error_of(config(bucket=bucket))
@@ -251,8 +284,13 @@ def test_bad_prefix(prefix: str) -> None:
 
 
 def test_every_problem_is_listed_one_per_line() -> None:
-    message = error_of(config(target("a", connection={"host": "h", "user": "u", "port": 0}),
-                              target("b", logical={"compression": "brotli"}), bucket="UPPER"))
+    message = error_of(
+        config(
+            target("a", connection={"host": "h", "user": "u", "port": 0}),
+            target("b", logical={"compression": "brotli"}),
+            bucket="UPPER",
+        )
+    )
     lines = message.splitlines()
     assert lines[0] == "configuration is invalid:"
     assert len(lines) == 4
@@ -262,8 +300,12 @@ def test_every_problem_is_listed_one_per_line() -> None:
 
 
 def test_target_without_a_name_falls_back_to_its_index() -> None:
-    message = error_of({"settings": {"bucket": "acme-pg-backups"},
-                        "targets": [target("ok"), {"connection": {"host": "h", "user": "u"}}]})
+    message = error_of(
+        {
+            "settings": {"bucket": "acme-pg-backups"},
+            "targets": [target("ok"), {"connection": {"host": "h", "user": "u"}}],
+        }
+    )
     assert "targets[1]: name: Field required" in message
 
 

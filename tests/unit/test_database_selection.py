@@ -10,9 +10,16 @@ from chalicelib.adapters.postgres import _selected
 from chalicelib.config import Logical
 
 TABLES = [
-    ("public", "orders"), ("public", "order_items"), ("public", "audit_log"), ("public", "tmp_import"),
-    ("public", "Orders"), ("sales", "invoices"), ("sales", "orders"), ("salt", "grains"),
-    ("tmp_2024", "scratch"), ("Sales", "Ledger"),
+    ("public", "orders"),
+    ("public", "order_items"),
+    ("public", "audit_log"),
+    ("public", "tmp_import"),
+    ("public", "Orders"),
+    ("sales", "invoices"),
+    ("sales", "orders"),
+    ("salt", "grains"),
+    ("tmp_2024", "scratch"),
+    ("Sales", "Ledger"),
 ]
 
 
@@ -36,7 +43,11 @@ def test_schema_wildcards() -> None:
 
 def test_schema_exclude() -> None:
     assert selected(exclude_schemas=["public", "tmp_*"]) == [
-        "sales.invoices", "sales.orders", "salt.grains", "Sales.Ledger"]
+        "sales.invoices",
+        "sales.orders",
+        "salt.grains",
+        "Sales.Ledger",
+    ]
 
 
 def test_schema_include_and_exclude() -> None:
@@ -65,17 +76,25 @@ def test_table_wildcards() -> None:
 
 def test_table_exclude() -> None:
     assert selected(exclude_tables=["public.tmp_*", "public.audit_log"]) == [
-        f"{s}.{t}" for s, t in TABLES if (s, t) not in {("public", "tmp_import"), ("public", "audit_log")}]
+        f"{s}.{t}" for s, t in TABLES if (s, t) not in {("public", "tmp_import"), ("public", "audit_log")}
+    ]
 
 
 def test_table_include_and_exclude() -> None:
     assert selected(tables=["public.*"], exclude_tables=["public.tmp_*", "public.order_items"]) == [
-        "public.orders", "public.audit_log", "public.Orders"]
+        "public.orders",
+        "public.audit_log",
+        "public.Orders",
+    ]
 
 
 def test_schema_and_table_exclusion_combine() -> None:
     assert selected(exclude_schemas=["public"], exclude_tables=["sales.orders"]) == [
-        "sales.invoices", "salt.grains", "tmp_2024.scratch", "Sales.Ledger"]
+        "sales.invoices",
+        "salt.grains",
+        "tmp_2024.scratch",
+        "Sales.Ledger",
+    ]
 
 
 # pg_dump's own behaviour, checked against pg_dump 15 on a database with public.orders and sales.orders:
@@ -98,7 +117,8 @@ def test_unqualified_table_pattern_means_the_visible_table() -> None:
     assert selected(tables=["orders"]) == ["public.orders"]
 
 
-@pytest.mark.parametrize(("pattern", "expected"), [('"Sales"."Ledger"', ["Sales.Ledger"]),
-                                                   ('public."Orders"', ["public.Orders"])])
+@pytest.mark.parametrize(
+    ("pattern", "expected"), [('"Sales"."Ledger"', ["Sales.Ledger"]), ('public."Orders"', ["public.Orders"])]
+)
 def test_quoted_name_parts(pattern: str, expected: list[str]) -> None:
     assert selected(tables=[pattern]) == expected

@@ -24,7 +24,9 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
 
 def test_no_cursor_covers_the_last_minute() -> None:
     assert window(at(2026, 3, 1, 10, 5, 42, 123456), None, FIVE_MINUTES) == (
-        at(2026, 3, 1, 10, 4), at(2026, 3, 1, 10, 5))
+        at(2026, 3, 1, 10, 4),
+        at(2026, 3, 1, 10, 5),
+    )
 
 
 def test_tick_in_another_zone_is_converted_to_utc() -> None:
@@ -36,12 +38,16 @@ def test_tick_in_another_zone_is_converted_to_utc() -> None:
 
 def test_cursor_behind_catches_up() -> None:
     assert window(at(2026, 3, 1, 10, 5, 3), at(2026, 3, 1, 10, 2), FIVE_MINUTES) == (
-        at(2026, 3, 1, 10, 2), at(2026, 3, 1, 10, 5))
+        at(2026, 3, 1, 10, 2),
+        at(2026, 3, 1, 10, 5),
+    )
 
 
 def test_cursor_far_behind_catches_up_at_most_lookback() -> None:
     assert window(at(2026, 3, 1, 10, 5), at(2026, 2, 27, 8, 0), FIVE_MINUTES) == (
-        at(2026, 3, 1, 10, 0), at(2026, 3, 1, 10, 5))
+        at(2026, 3, 1, 10, 0),
+        at(2026, 3, 1, 10, 5),
+    )
 
 
 def test_cursor_at_the_tick_gives_an_empty_window() -> None:
@@ -60,14 +66,16 @@ def test_cursor_ahead_gives_an_empty_window() -> None:
 
 def fleet() -> Config:
     conn = {"host": "h", "user": "u"}
-    return parse_config({
-        "settings": {"bucket": "acme-pg-backups", "dispatch_lookback_minutes": 5},
-        "targets": [
-            {"name": "beta", "connection": conn, "logical": {"schedule": "cron(30 * * * ? *)"}},
-            {"name": "alpha", "connection": conn, "logical": {"schedule": "rate(15 minutes)"}},
-            {"name": "gamma", "connection": conn, "logical": {}},  # no schedule: on demand only
-        ],
-    })
+    return parse_config(
+        {
+            "settings": {"bucket": "acme-pg-backups", "dispatch_lookback_minutes": 5},
+            "targets": [
+                {"name": "beta", "connection": conn, "logical": {"schedule": "cron(30 * * * ? *)"}},
+                {"name": "alpha", "connection": conn, "logical": {"schedule": "rate(15 minutes)"}},
+                {"name": "gamma", "connection": conn, "logical": {}},  # no schedule: on demand only
+            ],
+        }
+    )
 
 
 def test_due_backups_over_an_hour() -> None:
@@ -93,12 +101,22 @@ def test_consecutive_windows_neither_miss_nor_repeat_a_slot() -> None:
 
 
 def test_targets_without_a_schedule_are_never_due_and_physical_schedules_are() -> None:
-    cfg = parse_config({"settings": {"bucket": "acme-pg-backups"}, "targets": [
-        {"name": "snap", "physical": {"method": "rds_instance", "db_instance_id": "db1", "schedule": "rate(1 hour)"}},
-        {"name": "manual", "connection": {"host": "h", "user": "u"}},
-    ]})
+    cfg = parse_config(
+        {
+            "settings": {"bucket": "acme-pg-backups"},
+            "targets": [
+                {
+                    "name": "snap",
+                    "physical": {"method": "rds_instance", "db_instance_id": "db1", "schedule": "rate(1 hour)"},
+                },
+                {"name": "manual", "connection": {"host": "h", "user": "u"}},
+            ],
+        }
+    )
     assert due_backups(cfg, at(2026, 3, 1, 10), at(2026, 3, 1, 12)) == [
-        DueBackup("snap", "physical", at(2026, 3, 1, 11)), DueBackup("snap", "physical", at(2026, 3, 1, 12))]
+        DueBackup("snap", "physical", at(2026, 3, 1, 11)),
+        DueBackup("snap", "physical", at(2026, 3, 1, 12)),
+    ]
 
 
 # --- messages and one tick end to end, with in-memory stand-ins ---------------------------------------------------
@@ -143,8 +161,11 @@ class FakeCursor:
 def test_run_dispatch_catches_up_and_ignores_a_duplicate_tick() -> None:
     cfg, queue, cursor = fleet(), FakeQueue(), FakeCursor(at(2026, 3, 1, 10, 25))
     due = run_dispatch(cfg, at(2026, 3, 1, 10, 31, 2), queue, cursor)  # type: ignore[arg-type]
-    assert due == queue.sent == [DueBackup("alpha", "logical", at(2026, 3, 1, 10, 30)),
-                                 DueBackup("beta", "logical", at(2026, 3, 1, 10, 30))]
+    assert (
+        due
+        == queue.sent
+        == [DueBackup("alpha", "logical", at(2026, 3, 1, 10, 30)), DueBackup("beta", "logical", at(2026, 3, 1, 10, 30))]
+    )
     assert cursor.value == at(2026, 3, 1, 10, 31)
     assert run_dispatch(cfg, at(2026, 3, 1, 10, 30, 59), queue, cursor) == []  # type: ignore[arg-type]
     assert len(queue.sent) == 2

@@ -40,7 +40,10 @@ def test_compression_args(compression: str, major: int, expected: list[str]) -> 
 def test_pg_dump_17_full_argument_list() -> None:
     opts = Logical(compression="zstd:3", lock_wait_timeout_seconds=60)
     assert pg_dump_args(opts, pg_dump(17), "00000003-0000001B-1") == [
-        "--format=custom", "--no-password", "--lock-wait-timeout=60000", "--compress=zstd:3",
+        "--format=custom",
+        "--no-password",
+        "--lock-wait-timeout=60000",
+        "--compress=zstd:3",
         "--snapshot=00000003-0000001B-1",
     ]
 
@@ -48,7 +51,10 @@ def test_pg_dump_17_full_argument_list() -> None:
 def test_pg_dump_15_uses_the_gzip_level_syntax() -> None:
     opts = Logical(compression="gzip:9", lock_wait_timeout_seconds=5)
     assert pg_dump_args(opts, pg_dump(15), None) == [
-        "--format=custom", "--no-password", "--lock-wait-timeout=5000", "--compress=9",
+        "--format=custom",
+        "--no-password",
+        "--lock-wait-timeout=5000",
+        "--compress=9",
     ]
 
 
@@ -78,10 +84,15 @@ def test_patterns_are_separate_arguments_without_shell_quoting() -> None:
     )
     args = pg_dump_args(opts, pg_dump(17), "snap-1")
     assert args[5:] == [
-        "--schema=sales", "--schema=Weird Schema", "--schema=app_*",
+        "--schema=sales",
+        "--schema=Weird Schema",
+        "--schema=app_*",
         "--exclude-schema=tmp_*",
-        "--table=public.orders", '--table="MixedCase"', "--table=it's; rm -rf /",
-        "--exclude-table=*_log", "--exclude-table=public.audit?",
+        "--table=public.orders",
+        '--table="MixedCase"',
+        "--table=it's; rm -rf /",
+        "--exclude-table=*_log",
+        "--exclude-table=public.audit?",
     ]
     assert all(isinstance(a, str) for a in args)
 

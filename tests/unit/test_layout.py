@@ -40,8 +40,9 @@ def imports_of(path: Path) -> list[tuple[str, bool]]:
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "chalicelib":
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names
+            ]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.split(".")[0] == "chalicelib"]
         found += [(n, id(node) in top) for n in names if n in MODULES]
@@ -59,7 +60,7 @@ def test_no_import_cycles() -> None:
         stack.append(m)
         for d in graph[m]:
             if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(d):], d]))
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(d) :], d]))
             if d not in state:
                 visit(d)
         stack.pop()
@@ -96,7 +97,8 @@ def test_the_environment_is_read_in_one_module() -> None:
     assert grep("os.environ") | grep("os.getenv") <= {"chalicelib/env.py", "chalicelib/adapters/pgtools.py"}
     # pgtools builds a child's whole environment from a few allowed variables (PATH, TZ, LANG...): see minimal_env
     assert "os.environ" not in (PACKAGE / "adapters" / "pgtools.py").read_text().replace(
-        "os.environ.items() if k in", "")
+        "os.environ.items() if k in", ""
+    )
 
 
 def test_clients_are_built_in_one_module() -> None:
@@ -106,8 +108,12 @@ def test_clients_are_built_in_one_module() -> None:
 
 def test_broad_excepts_say_why() -> None:
     """`except BaseException` only to clean up and re-raise; `except Exception` rarely, each with its reason."""
-    broad = [(p, line) for p in SOURCES for line in p.read_text().splitlines()
-             if "except Exception" in line or "except BaseException" in line]
+    broad = [
+        (p, line)
+        for p in SOURCES
+        for line in p.read_text().splitlines()
+        if "except Exception" in line or "except BaseException" in line
+    ]
     silent = [f"{p.relative_to(REPO)}: {line.strip()}" for p, line in broad if "#" not in line]
     assert silent == []
     base = [line for _, line in broad if "except BaseException" in line]

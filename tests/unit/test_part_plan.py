@@ -39,8 +39,15 @@ def test_fixed_8_mib_plan_caps_near_78_gib() -> None:
 
 @pytest.mark.parametrize(
     "plan",
-    [PartPlan(), PartPlan(parts_per_step=FIXED), PartPlan(base=5 * MiB), PartPlan(base=512 * MiB),
-     PartPlan(parts_per_step=3000), PartPlan(parts_per_step=1), PartPlan(base=64 * MiB, parts_per_step=7)],
+    [
+        PartPlan(),
+        PartPlan(parts_per_step=FIXED),
+        PartPlan(base=5 * MiB),
+        PartPlan(base=512 * MiB),
+        PartPlan(parts_per_step=3000),
+        PartPlan(parts_per_step=1),
+        PartPlan(base=64 * MiB, parts_per_step=7),
+    ],
 )
 def test_sizes_stay_within_s3_part_limits(plan: PartPlan) -> None:
     sizes = [plan.size(n) for n in range(1, S3_MAX_PARTS + 1)]
@@ -52,8 +59,15 @@ def test_sizes_stay_within_s3_part_limits(plan: PartPlan) -> None:
 
 @pytest.mark.parametrize(
     "plan",
-    [PartPlan(), PartPlan(parts_per_step=FIXED), PartPlan(base=5 * MiB), PartPlan(base=512 * MiB),
-     PartPlan(parts_per_step=3000), PartPlan(parts_per_step=1), PartPlan(base=64 * MiB, parts_per_step=7)],
+    [
+        PartPlan(),
+        PartPlan(parts_per_step=FIXED),
+        PartPlan(base=5 * MiB),
+        PartPlan(base=512 * MiB),
+        PartPlan(parts_per_step=3000),
+        PartPlan(parts_per_step=1),
+        PartPlan(base=64 * MiB, parts_per_step=7),
+    ],
 )
 def test_capacity_is_the_sum_of_all_parts(plan: PartPlan) -> None:
     assert sum(plan.size(n) for n in range(1, S3_MAX_PARTS + 1)) == plan.capacity()

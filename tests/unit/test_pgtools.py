@@ -73,13 +73,16 @@ def test_explain_bad_password_names_the_user_and_the_secret() -> None:
 
 def test_explain_unknown_host() -> None:
     advice, connection = explain(
-        'could not translate host name "db.internal" to address: Name or service not known', CONTEXT)
+        'could not translate host name "db.internal" to address: Name or service not known', CONTEXT
+    )
     assert (advice, connection) == ("unknown host db.internal: check connection.host", True)
 
 
 def test_explain_connection_refused_names_host_and_port() -> None:
-    message = ('connection to server at "db.internal" (10.0.0.7), port 6432 failed: Connection refused\n'
-               "\tIs the server running on that host and accepting TCP/IP connections?")
+    message = (
+        'connection to server at "db.internal" (10.0.0.7), port 6432 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?"
+    )
     advice, connection = explain(message, CONTEXT)
     assert connection is True
     assert "db.internal:6432" in advice
@@ -186,9 +189,16 @@ def test_first_root_wins_for_the_same_major(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("configured", "major", "expected"),
     [
-        ("zstd:3", 15, "gzip:6"), ("lz4", 15, "gzip:6"), ("lz4", 14, "gzip:6"), ("zstd:long", 15, "gzip:6"),
-        ("zstd:3", 16, "zstd:3"), ("lz4", 16, "lz4"), ("lz4:5", 17, "lz4:5"),
-        ("gzip:9", 15, "gzip:9"), ("none", 13, "none"), ("gzip", 17, "gzip"),
+        ("zstd:3", 15, "gzip:6"),
+        ("lz4", 15, "gzip:6"),
+        ("lz4", 14, "gzip:6"),
+        ("zstd:long", 15, "gzip:6"),
+        ("zstd:3", 16, "zstd:3"),
+        ("lz4", 16, "lz4"),
+        ("lz4:5", 17, "lz4:5"),
+        ("gzip:9", 15, "gzip:9"),
+        ("none", 13, "none"),
+        ("gzip", 17, "gzip"),
     ],
 )
 def test_effective_compression(configured: str, major: int, expected: str) -> None:

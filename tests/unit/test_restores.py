@@ -16,7 +16,11 @@ EXPECTED = {"public.orders": 120, "public.customers": 30, "sales.invoices": 7, "
 def test_full_restore_matches() -> None:
     actual = {**EXPECTED, "public.created_later": 5}  # extra tables do not matter
     assert verify_counts(EXPECTED, actual, Selection()) == {
-        "match": True, "tables_checked": 4, "rows_checked": 157, "mismatches": {}}
+        "match": True,
+        "tables_checked": 4,
+        "rows_checked": 157,
+        "mismatches": {},
+    }
 
 
 def test_full_restore_mismatch_and_missing_table() -> None:
@@ -30,8 +34,9 @@ def test_full_restore_mismatch_and_missing_table() -> None:
     assert (result["tables_checked"], result["rows_checked"]) == (4, 157)
 
 
-@pytest.mark.parametrize("selection", [Selection.of(["sales"], []), Selection.of([], ["invoices"]),
-                                       Selection.of([], ["sales.invoices"])])
+@pytest.mark.parametrize(
+    "selection", [Selection.of(["sales"], []), Selection.of([], ["invoices"]), Selection.of([], ["sales.invoices"])]
+)
 def test_selective_restore_compares_only_what_it_chose(selection: Selection) -> None:
     result = verify_counts(EXPECTED, {"sales.invoices": 7}, selection)
     assert result == {"match": True, "tables_checked": 1, "rows_checked": 7, "mismatches": {}}
@@ -57,7 +62,9 @@ def test_a_selected_table_is_compared_even_when_another_schema_has_one_of_that_n
 
 def test_no_counts_recorded() -> None:
     assert verify_counts(None, {"public.orders": 1}, Selection()) == {
-        "match": None, "reason": "the backup recorded no row counts"}
+        "match": None,
+        "reason": "the backup recorded no row counts",
+    }
 
 
 def test_empty_database_matches() -> None:
@@ -66,14 +73,23 @@ def test_empty_database_matches() -> None:
 
 def test_pg_restore_args_default() -> None:
     assert pg_restore_args("shop_restored", RestoreOptions()) == [
-        "--dbname=dbname='shop_restored'", "--exit-on-error", "--no-password", "--single-transaction"]
+        "--dbname=dbname='shop_restored'",
+        "--exit-on-error",
+        "--no-password",
+        "--single-transaction",
+    ]
 
 
 def test_pg_restore_args_everything() -> None:
     opts = RestoreOptions(schemas=("sales", "Weird Schema"), tables=("orders", "it's"), no_owner=True, no_acl=True)
     assert pg_restore_args("shop_restored", opts, single_transaction=False, list_file=Path("/tmp/x/restore.list")) == [
-        "--dbname=dbname='shop_restored'", "--exit-on-error", "--no-password", "--no-owner", "--no-acl",
-        "--use-list=/tmp/x/restore.list"]
+        "--dbname=dbname='shop_restored'",
+        "--exit-on-error",
+        "--no-password",
+        "--no-owner",
+        "--no-acl",
+        "--use-list=/tmp/x/restore.list",
+    ]
 
 
 @pytest.mark.parametrize("name", ["x host=evil.example.com", "postgresql://evil.example.com/x"])

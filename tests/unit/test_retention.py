@@ -78,13 +78,15 @@ def test_iso_week_that_straddles_new_year() -> None:
         (RetentionPolicy(weekly_weeks=0), at(2026, 3, 1), at(2026, 3, 2), D),
     ],
 )
-def test_disabled_classes_fall_through(policy: RetentionPolicy, previous: datetime | None, slot: datetime,
-                                       expected: RetentionClass) -> None:
+def test_disabled_classes_fall_through(
+    policy: RetentionPolicy, previous: datetime | None, slot: datetime, expected: RetentionClass
+) -> None:
     assert classify(slot, previous, policy) is expected
 
 
-def simulate(expression: str, start: datetime, end: datetime, policy: RetentionPolicy) -> list[tuple[datetime,
-                                                                                                  RetentionClass]]:
+def simulate(
+    expression: str, start: datetime, end: datetime, policy: RetentionPolicy
+) -> list[tuple[datetime, RetentionClass]]:
     previous = None
     out = []
     for slot in Schedule.parse(expression).slots(start, end):
@@ -133,9 +135,14 @@ def test_ondemand_backups_are_kept_like_daily_unless_told() -> None:
 
 @pytest.mark.parametrize(
     "policy",
-    [RetentionPolicy(), RetentionPolicy(daily_days=400), RetentionPolicy(daily_days=60, weekly_weeks=1),
-     RetentionPolicy(daily_days=3650, weekly_weeks=520, monthly_months=1200, yearly_years=100),
-     RetentionPolicy(weekly_weeks=0), RetentionPolicy(daily_days=100, weekly_weeks=0, monthly_months=1)],
+    [
+        RetentionPolicy(),
+        RetentionPolicy(daily_days=400),
+        RetentionPolicy(daily_days=60, weekly_weeks=1),
+        RetentionPolicy(daily_days=3650, weekly_weeks=520, monthly_months=1200, yearly_years=100),
+        RetentionPolicy(weekly_weeks=0),
+        RetentionPolicy(daily_days=100, weekly_weeks=0, monthly_months=1),
+    ],
 )
 def test_class_days_monotonic(policy: RetentionPolicy) -> None:
     days = class_days(policy)
@@ -146,7 +153,12 @@ def test_class_days_monotonic(policy: RetentionPolicy) -> None:
 
 def test_class_days_raises_shorter_longer_classes_to_the_floor() -> None:
     assert class_days(RetentionPolicy(daily_days=60, weekly_weeks=1, monthly_months=1, yearly_years=1)) == {
-        D: 60, W: 60, M: 60, Y: 366, OD: 60}
+        D: 60,
+        W: 60,
+        M: 60,
+        Y: 366,
+        OD: 60,
+    }
 
 
 def test_class_days_omits_disabled_classes() -> None:
@@ -168,19 +180,31 @@ def expiration_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_lifecycle_rules_default() -> None:
     rules = lifecycle_rules(settings(prefix="pg/"), "pg/failed/")
     assert rules[0] == {
-        "ID": "lifeboat-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": "pg/"},
+        "ID": "lifeboat-abort-incomplete-uploads",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "pg/"},
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
     }
     assert rules[1] == {
-        "ID": "lifeboat-failed-records", "Status": "Enabled", "Filter": {"Prefix": "pg/failed/"},
+        "ID": "lifeboat-failed-records",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "pg/failed/"},
         "Expiration": {"Days": FAILED_RECORD_DAYS},
     }
     assert FAILED_RECORD_DAYS == 30
     assert rules[2:] == [
-        {"ID": f"lifeboat-default-{cls}", "Status": "Enabled",
-         "Filter": {"And": {"Prefix": "pg/", "Tags": [{"Key": RETENTION_TAG, "Value": cls},
-                                                      {"Key": POLICY_TAG, "Value": "default"}]}},
-         "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}
+        {
+            "ID": f"lifeboat-default-{cls}",
+            "Status": "Enabled",
+            "Filter": {
+                "And": {
+                    "Prefix": "pg/",
+                    "Tags": [{"Key": RETENTION_TAG, "Value": cls}, {"Key": POLICY_TAG, "Value": "default"}],
+                }
+            },
+            "Expiration": {"Days": days},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 30},
+        }
         for cls, days in (("daily", 7), ("weekly", 35), ("monthly", 372), ("yearly", 1098), ("ondemand", 7))
     ]
     assert (RETENTION_TAG, POLICY_TAG) == ("retention", "retention-policy")
@@ -188,14 +212,24 @@ def test_lifecycle_rules_default() -> None:
 
 
 def test_one_rule_per_policy_and_enabled_class() -> None:
-    policies = {"default": RetentionPolicy(), "short": RetentionPolicy(weekly_weeks=0, monthly_months=0,
-                                                                        yearly_years=0),
-                "archive": RetentionPolicy(daily_days=30, weekly_weeks=0)}
+    policies = {
+        "default": RetentionPolicy(),
+        "short": RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0),
+        "archive": RetentionPolicy(daily_days=30, weekly_weeks=0),
+    }
     rules = expiration_rules(lifecycle_rules(settings(retention_policies=policies), "failed/"))
     assert [r["ID"] for r in rules] == [
-        "lifeboat-archive-daily", "lifeboat-archive-monthly", "lifeboat-archive-yearly", "lifeboat-archive-ondemand",
-        "lifeboat-default-daily", "lifeboat-default-weekly", "lifeboat-default-monthly", "lifeboat-default-yearly",
-        "lifeboat-default-ondemand", "lifeboat-short-daily", "lifeboat-short-ondemand",
+        "lifeboat-archive-daily",
+        "lifeboat-archive-monthly",
+        "lifeboat-archive-yearly",
+        "lifeboat-archive-ondemand",
+        "lifeboat-default-daily",
+        "lifeboat-default-weekly",
+        "lifeboat-default-monthly",
+        "lifeboat-default-yearly",
+        "lifeboat-default-ondemand",
+        "lifeboat-short-daily",
+        "lifeboat-short-ondemand",
     ]
     for rule in rules:
         tags = {t["Key"]: t["Value"] for t in rule["Filter"]["And"]["Tags"]}
@@ -240,8 +274,9 @@ def test_no_rule_expires_keep() -> None:
     from chalicelib.scheduling.retention import KEEP
 
     rules = lifecycle_rules(settings(retention_policies={"default": RetentionPolicy(), "b": RetentionPolicy()}), "f/")
-    values = {t["Value"] for r in expiration_rules(rules) for t in r["Filter"]["And"]["Tags"]
-              if t["Key"] == RETENTION_TAG}
+    values = {
+        t["Value"] for r in expiration_rules(rules) for t in r["Filter"]["And"]["Tags"] if t["Key"] == RETENTION_TAG
+    }
     assert values == {"daily", "weekly", "monthly", "yearly", "ondemand"}
     assert KEEP not in values
 

@@ -44,8 +44,9 @@ def test_cron_sunday_number_lands_on_sundays() -> None:
 
 def test_weekday_range_in_numbers() -> None:
     # 2-6 is MON-FRI in EventBridge numbering.
-    assert slots("cron(0 12 ? * 2-6 *)", at(2026, 3, 1), at(2026, 3, 15)) == \
-        slots("cron(0 12 ? * MON-FRI *)", at(2026, 3, 1), at(2026, 3, 15))
+    assert slots("cron(0 12 ? * 2-6 *)", at(2026, 3, 1), at(2026, 3, 15)) == slots(
+        "cron(0 12 ? * MON-FRI *)", at(2026, 3, 1), at(2026, 3, 15)
+    )
 
 
 def test_last_friday_of_the_month() -> None:
@@ -140,9 +141,24 @@ def test_surrounding_whitespace_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["cron(0 3 * * *)", "cron(0 3 * * ? * *)", "cron(0 3 * * MON *)", "cron(0 3 ? * ? *)", "rate(1 minutes)",
-     "rate(5 minute)", "rate(0 minutes)", "rate(1 week)", "rate(-1 minutes)", "cron(0 3 ? * 0 *)",
-     "cron(0 3 ? * 8 *)", "cron(0 3 * * ? 2200)", "cron(0 3 * * ? 1969)", "cron(61 3 * * ? *)", "daily", ""],
+    [
+        "cron(0 3 * * *)",
+        "cron(0 3 * * ? * *)",
+        "cron(0 3 * * MON *)",
+        "cron(0 3 ? * ? *)",
+        "rate(1 minutes)",
+        "rate(5 minute)",
+        "rate(0 minutes)",
+        "rate(1 week)",
+        "rate(-1 minutes)",
+        "cron(0 3 ? * 0 *)",
+        "cron(0 3 ? * 8 *)",
+        "cron(0 3 * * ? 2200)",
+        "cron(0 3 * * ? 1969)",
+        "cron(61 3 * * ? *)",
+        "daily",
+        "",
+    ],
 )
 def test_syntax_errors(expression: str) -> None:
     with pytest.raises(ScheduleSyntaxError):

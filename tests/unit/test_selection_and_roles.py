@@ -11,13 +11,16 @@ from chalicelib.logical.selection import Selection, TableName, entry_ids, parse_
 COUNTS = {"public.orders": 1, "sales.orders": 2, "sales.customers": 3, "Weird.Order.Lines": 4}
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("orders", TableName(None, "orders")),
-    ("sales.customers", TableName("sales", "customers")),
-    ('"Weird"."Order.Lines"', TableName("Weird", "Order.Lines")),
-    ('"a""b"', TableName(None, 'a"b')),
-    ("Mixed.Case", TableName("Mixed", "Case")),  # exact, as pg_restore matches
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("orders", TableName(None, "orders")),
+        ("sales.customers", TableName("sales", "customers")),
+        ('"Weird"."Order.Lines"', TableName("Weird", "Order.Lines")),
+        ('"a""b"', TableName(None, 'a"b')),
+        ("Mixed.Case", TableName("Mixed", "Case")),  # exact, as pg_restore matches
+    ],
+)
 def test_parse_table(text: str, expected: TableName) -> None:
     assert parse_table(text) == expected
 
@@ -31,8 +34,10 @@ def test_bad_table_names_are_refused(text: str) -> None:
 def test_a_selection_is_a_union_of_schemas_and_tables() -> None:
     sel = Selection.of(["public"], ["sales.customers"])
     assert sel.tables_in(COUNTS) == {"public.orders", "sales.customers"}
-    assert sel.filters() == [("schema public", ["--schema=public"]),
-                             ("table sales.customers", ["--schema=sales", "--table=customers"])]
+    assert sel.filters() == [
+        ("schema public", ["--schema=public"]),
+        ("table sales.customers", ["--schema=sales", "--table=customers"]),
+    ]
     assert sel.schemas_needed(COUNTS) == ["public", "sales"]
     assert Selection.of([], ["orders"]).schemas_needed(COUNTS) == ["public", "sales"]
 
@@ -66,8 +71,11 @@ def test_restore_list_keeps_order_and_adds_extensions() -> None:
     text, found = restore_list(LISTING, {"220", "4400"}, ["sales", "audit"])
     assert text.splitlines() == [
         "5; 2615 16385 SCHEMA - sales postgres",
-        "2; 3079 16386 EXTENSION - citext", "4411; 0 0 COMMENT - EXTENSION citext",
-        "220; 1259 16500 TABLE sales customers postgres", "4400; 0 16500 TABLE DATA sales customers postgres"]
+        "2; 3079 16386 EXTENSION - citext",
+        "4411; 0 0 COMMENT - EXTENSION citext",
+        "220; 1259 16500 TABLE sales customers postgres",
+        "4400; 0 16500 TABLE DATA sales customers postgres",
+    ]
     assert found == {"public", "sales"}  # audit has no CREATE SCHEMA in this archive: the restore creates it
 
 
@@ -92,11 +100,16 @@ def test_roles_plan_creates_only_missing_roles_and_never_alters_existing_ones() 
     run, skipped = plan(GLOBALS, existing={"postgres", "pg_read_all_data"})
     assert run == [
         ("CREATE ROLE app_owner;", "app_owner"),
-        ("ALTER ROLE app_owner WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOGIN NOREPLICATION NOBYPASSRLS;",
-         "app_owner"),
+        (
+            "ALTER ROLE app_owner WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOGIN NOREPLICATION NOBYPASSRLS;",
+            "app_owner",
+        ),
         ('CREATE ROLE "Report Reader";', "Report Reader"),
-        ('ALTER ROLE "Report Reader" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION'
-         " NOBYPASSRLS;", "Report Reader"),
+        (
+            'ALTER ROLE "Report Reader" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION'
+            " NOBYPASSRLS;",
+            "Report Reader",
+        ),
         ("ALTER ROLE \"Report Reader\" SET search_path TO 'sales';", "Report Reader"),
         ('GRANT app_owner TO "Report Reader" GRANTED BY postgres;', "Report Reader"),
     ]

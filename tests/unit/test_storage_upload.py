@@ -57,8 +57,13 @@ def watched_store(client: FakeS3, budget: int, part: int) -> tuple[S3Store, list
     from chalicelib.adapters import s3 as storage
 
     peaks: list[int] = []
-    store = S3Store(client, "b", plan=PartPlan(base=part, parts_per_step=1000), concurrency=4,  # type: ignore[arg-type]
-                    memory_budget=budget)
+    store = S3Store(
+        client,
+        "b",
+        plan=PartPlan(base=part, parts_per_step=1000),
+        concurrency=4,  # type: ignore[arg-type]
+        memory_budget=budget,
+    )
     original_reserve = storage._MultipartUpload._reserve
 
     def reserve(self: Any, size: int) -> None:
