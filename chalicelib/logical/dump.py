@@ -13,31 +13,22 @@ Order of work, which is what makes a backup trustworthy:
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from chalicelib.adapters.dynamo import JobStore, backup_claim_key
 from chalicelib.adapters.pgtools import (
-    ChildProcess,
     Deadline,
-    PgTool,
     Toolbox,
-    conninfo_dbname,
     effective_compression,
-    minimal_env,
-    open_files,
     scrub,
-    watchdog,
 )
 from chalicelib.adapters.postgres import CredentialResolver, Login, connect, exported_snapshot, server_version
-from chalicelib.adapters.s3 import BackupStore, PutResult
+from chalicelib.adapters.s3 import BackupStore
 from chalicelib.config import Config, Logical, Target
-from chalicelib.errors import BadRequestError, DeadlineError, LifeboatError, StorageError
+from chalicelib.errors import BadRequestError, LifeboatError, StorageError
 from chalicelib.logical.catalog import (
     BackupId,
     Catalog,
@@ -46,6 +37,7 @@ from chalicelib.logical.catalog import (
     ManifestNotWritten,
     ManifestObject,
 )
+from chalicelib.logical.dump_tools import dump_directory, pg_dump_args, pg_dumpall_args, stream_tool
 from chalicelib.logical.protect import protect
 from chalicelib.observability import logger, record
 from chalicelib.scheduling.dispatch import DueBackup
@@ -73,137 +65,6 @@ class BackupOutcome:
     backup_id: str
     manifest: Manifest | None = None
     reason: str = ""
-
-
-def compression_args(compression: str, pg_dump_major: int) -> list[str]:
-    """--compress in the syntax of the pg_dump that runs (method:level from 16 on, gzip level before)."""
-    method, _, level = compression.partition(":")
-    if pg_dump_major >= 16 or method not in ("gzip", "none"):
-        return [f"--compress={compression}"]
-    if method == "none":
-        return ["--compress=0"]
-    return [f"--compress={level or 6}"]
-
-
-def pg_dump_args(opts: Logical, pg_dump: PgTool, snapshot_id: str | None, compression: str | None = None) -> list[str]:
-    args = [
-        f"--format={opts.format}",
-        "--no-password",
-        f"--lock-wait-timeout={opts.lock_wait_timeout_seconds * 1000}",
-        *compression_args(compression or opts.compression, pg_dump.major),
-    ]
-    if opts.format == "directory":
-        args.append(f"--jobs={opts.jobs}")
-    if snapshot_id:
-        args.append(f"--snapshot={snapshot_id}")
-    for flag, patterns in (
-        ("--schema", opts.schemas),
-        ("--exclude-schema", opts.exclude_schemas),
-        ("--table", opts.tables),
-        ("--exclude-table", opts.exclude_tables),
-    ):
-        args.extend(f"{flag}={p}" for p in patterns)
-    return args
-
-
-def pg_dumpall_args(database: str) -> list[str]:
-    """Roles and tablespaces. --no-role-passwords: RDS lets nobody read pg_authid."""
-    return ["--globals-only", "--no-role-passwords", "--no-password", f"--database={conninfo_dbname(database)}"]
-
-
-@contextmanager
-def _dumping(child: ChildProcess, deadline: Deadline | None) -> Iterator[None]:
-    """Run a dump tool under the watchdog: its failure after the watchdog fired is a DeadlineError, and
-    any other failure (an upload's) stops the tool before it is raised."""
-    with child, watchdog(child, deadline) as fired:
-        try:
-            yield
-        except LifeboatError:
-            if fired.is_set():
-                raise DeadlineError(
-                    f"stopped {deadline.margin_seconds if deadline else 0:.0f} s before the time limit with the dump"
-                    " unfinished: run this target on the long-running worker (see 'When you outgrow Lambda')"
-                ) from None
-            raise
-        except BaseException:  # an upload failure or an interrupt: stop the tool, then re-raise
-            child.stop("the upload failed")
-            raise
-
-
-def _stream_tool(
-    svc: BackupServices,
-    tool: PgTool,
-    args: list[str],
-    login: Login,
-    key: str,
-    tags: dict[str, str],
-    deadline: Deadline | None,
-    on_progress: Callable[[int], None] | None,
-) -> PutResult:
-    child = ChildProcess(tool, args, minimal_env(login.env()), login.secrets, login.context)
-    with _dumping(child, deadline):
-        result = svc.store.put_stream(
-            key, child.stdout, tags=tags, before_complete=child.check, on_progress=on_progress
-        )
-    stored = svc.store.head(key)
-    if stored is None or stored.size != result.size:
-        raise StorageError(
-            f"s3://{svc.store.bucket}/{key} holds {stored.size if stored else 'nothing'} bytes after"
-            f" uploading {result.size}"
-        )
-    return result
-
-
-def _dump_directory(
-    svc: BackupServices,
-    tool: PgTool,
-    args: list[str],
-    login: Login,
-    prefix: str,
-    tags: dict[str, str],
-    deadline: Deadline | None,
-    on_progress: Callable[[int], None] | None,
-    written: list[str],
-) -> list[ManifestObject]:
-    """pg_dump -j into a local directory, each finished file uploaded and deleted while the dump goes on.
-
-    Ephemeral storage holds only the files being written (about one table per worker), not the whole
-    dump. A file is finished when no pg_dump process holds it open (listing first, then looking at the
-    open files, so a file seen in the listing but not held is closed). toc.dat is written last and
-    uploaded after pg_dump exited 0; the manifest lists every file with its SHA-256.
-    """
-    objects: dict[str, ManifestObject] = {}
-    uploaded = [0]
-
-    def upload(path: Path) -> None:
-        key = prefix + path.name
-        written.append(key)
-        with path.open("rb") as f:
-            result = svc.store.put_stream(key, f, tags=tags)
-        objects[path.name] = ManifestObject(role="dir-file", key=key, size=result.size, sha256=result.sha256)
-        path.unlink()
-        uploaded[0] += result.size
-        if on_progress:
-            on_progress(uploaded[0])
-
-    with tempfile.TemporaryDirectory(prefix="lifeboat-dump-") as tmp:
-        out = Path(tmp) / "dump"
-        child = ChildProcess(
-            tool, [*args, f"--file={out}"], minimal_env(login.env()), login.secrets, login.context, capture_stdout=False
-        )
-        with _dumping(child, deadline):
-            while child.poll() is None:
-                time.sleep(0.2)
-                if out.is_dir():
-                    listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
-                    held = open_files(child.pid)
-                    for path in listed:
-                        if str(path) not in held and path.name not in objects:
-                            upload(path)
-            child.check()
-        for path in sorted(out.iterdir(), key=lambda p: p.name == "toc.dat"):  # toc.dat last
-            upload(path)
-    return sorted(objects.values(), key=lambda o: o.key)
 
 
 def run_logical_backup(
@@ -331,8 +192,8 @@ def _backup(
             logger.info("dump starting", extra=log_extra)
             args = pg_dump_args(opts, pg_dump, facts.snapshot_id, compression)
             if opts.format == "directory":
-                objects = _dump_directory(
-                    svc,
+                objects = dump_directory(
+                    svc.store,
                     pg_dump,
                     args,
                     login,
@@ -345,13 +206,15 @@ def _backup(
             else:
                 dump_key = svc.catalog.layout.dump_key(bid)
                 written.append(dump_key)
-                dump = _stream_tool(svc, pg_dump, args, login, dump_key, tags, deadline, on_progress)
+                dump = stream_tool(svc.store, pg_dump, args, login, dump_key, tags, deadline, on_progress)
                 objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
             written.append(globals_key)
-            g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
+            g = stream_tool(
+                svc.store, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None
+            )
             objects.append(ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256))
         finished = svc.clock()
         manifest = Manifest(
@@ -419,6 +282,7 @@ def _server_run(
 ) -> BackupOutcome:
     """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
     per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
+    # long because, like _backup, it is one run's sequence inside the one try whose except records its failure.
     started = svc.clock()
     written: list[str] = []
     manifest_key: list[str] = []
@@ -435,7 +299,9 @@ def _server_run(
         pg_dumpall = svc.toolbox.pick("pg_dumpall", version_num // 10000)
         globals_key = svc.catalog.layout.globals_key(bid)
         written.append(globals_key)
-        g = _stream_tool(svc, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None)
+        g = stream_tool(
+            svc.store, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None
+        )
         manifest = Manifest(
             backup_id=str(bid),
             target=target.name,
@@ -491,6 +357,7 @@ def _record_failure(
     version that the lifecycle expires (objects of an attempt that never completed are not locked). Never a
     manifest without its objects: a manifest whose write failed in an unknown way is removed first, and when it
     cannot be, the objects stay."""
+    # long because every failure is recorded here in full: objects, claim, FAILED record, metric, log line.
     secrets = login.secrets if login else ()
     message = scrub(str(exc) if isinstance(exc, LifeboatError) else f"{type(exc).__name__}: {exc}", secrets)
     logger.error("backup failed", extra={"error": message, "error_code": getattr(exc, "code", "internal_error")})

@@ -33,7 +33,7 @@ from chalicelib.adapters.pgtools import (
     minimal_env,
     watchdog,
 )
-from chalicelib.adapters.postgres import Login, connect, count_rows, database_exists, server_version
+from chalicelib.adapters.postgres import Login, connect, count_rows, server_version
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import (
     BadRequestError,
@@ -44,13 +44,23 @@ from chalicelib.errors import (
     RestoreError,
 )
 from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObject
+from chalicelib.logical.databases import (
+    MAX_IDENTIFIER,
+    SwapError,
+    create_database,
+    create_schemas,
+    database_comment,
+    drop_database,
+    marker,
+    set_comment,
+    swap,
+)
 from chalicelib.logical.roles import apply_globals
 from chalicelib.logical.selection import Selection
 from chalicelib.logical.toc import resolve_selection
 from chalicelib.observability import logger, record
 
 CHUNK = 1024 * 1024
-MAX_IDENTIFIER = 63
 
 
 @dataclass(frozen=True)
@@ -106,33 +116,6 @@ def pg_restore_args(
     return args
 
 
-def _create_database(login: Login, name: str) -> None:
-    from psycopg import sql
-
-    if database_exists(login, name):
-        raise ConflictError(
-            f"database {name!r} already exists on {login.host}: restore into a new name"
-            " (replacing a database needs clean=true and confirm=<name>)"
-        )
-    with connect(login) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-
-
-def _drop_database(login: Login, name: str) -> None:
-    from psycopg import sql
-
-    with connect(maintenance_login(login, name)) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def maintenance_login(login: Login, *avoid: str) -> Login:
-    """A session for CREATE/DROP/RENAME DATABASE that is not inside a database being renamed or dropped
-    (a session cannot rename the database it is connected to, and terminating its users would end it)."""
-    if login.database not in avoid:
-        return login
-    return login.with_database("postgres" if "postgres" not in avoid else "template1")
-
-
 def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selection: Selection) -> dict[str, Any]:
     """Compare restored row counts with the manifest's; a selective restore compares the tables it chose."""
     if expected is None:
@@ -148,94 +131,6 @@ def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selec
     if selection and not wanted:
         result.update(match=None, reason="the selection holds no tables of the backup")
     return result
-
-
-def _marker(state: str, restore_id: str, backup_id: str) -> str:
-    return f"pg-lifeboat {state} {restore_id} from {backup_id}"
-
-
-def _database_comment(login: Login, name: str) -> str | None:
-    """None when the database does not exist, else its comment ('' without one)."""
-    with connect(login) as conn:
-        row = conn.execute(
-            "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _comment(login: Login, name: str, text: str) -> None:
-    from psycopg import sql
-
-    with connect(login) as conn:
-        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text)))
-
-
-def _rename(conn: Any, old: str, new: str) -> None:
-    from psycopg import sql
-
-    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
-
-
-class SwapError(RestoreError):
-    """The verified copy could not be put in place; `original_in_place` says whether the name was restored."""
-
-    def __init__(self, message: str, original_in_place: bool) -> None:
-        super().__init__(message)
-        self.original_in_place = original_in_place
-
-
-def _swap(login: Login, database: str, work: str, stamp: str) -> str:
-    """Put the verified copy in place of `database`; the old one is kept under a new name, not dropped.
-
-    Runs from a maintenance session (never inside either database). If the second rename fails, the
-    original is renamed back, so the name always points at a complete database.
-    """
-    import psycopg
-
-    kept = f"{database[:40]}_replaced_{stamp}"[:MAX_IDENTIFIER]
-    with connect(maintenance_login(login, database, work)) as conn:
-        try:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (database,),
-            )
-            _rename(conn, database, kept)
-        except psycopg.Error as exc:
-            raise SwapError(
-                f"cannot set database {database!r} aside ({str(exc).strip()}): the restoring user"
-                f" {login.user} must own it (or have CREATEDB and be a member of its owner);"
-                " it is unchanged",
-                original_in_place=True,
-            ) from None
-        try:
-            _rename(conn, work, database)
-        except psycopg.Error as exc:
-            cause = str(exc).strip()
-            try:
-                _rename(conn, kept, database)
-            except psycopg.Error as back:
-                raise SwapError(
-                    f"the verified copy could not be renamed to {database!r} ({cause}) and the"
-                    f" original could not be renamed back ({str(back).strip()}): the original is"
-                    f" {kept!r} and the verified copy {work!r}; rename one of them to {database!r}",
-                    original_in_place=False,
-                ) from None
-            raise SwapError(
-                f"the verified copy could not be renamed to {database!r} ({cause}); the original"
-                " database was put back under its name, unchanged",
-                original_in_place=True,
-            ) from None
-    return kept
-
-
-def _create_schemas(login: Login, database: str, schemas: list[str]) -> None:
-    """pg_restore -n restores the schema's objects but not the schema itself: create it first."""
-    from psycopg import sql
-
-    if schemas:
-        with connect(login.with_database(database)) as conn:
-            for schema in schemas:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
 def _check_objects(store: BackupStore, parts: list[ManifestObject]) -> None:
@@ -299,8 +194,8 @@ def restore_logical(
     # The objects to restore from: one archive, or the files of a directory-format dump.
     parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
     t0 = time.monotonic()
-    existing = _database_comment(login, database)
-    if existing is not None and existing == _marker("restored", restore_id, backup_id):
+    existing = database_comment(login, database)
+    if existing is not None and existing == marker("restored", restore_id, backup_id):
         return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
     work = _work_database(login, database, existing, opts, restore_id)
     _check_objects(store, parts)
@@ -323,10 +218,10 @@ def restore_logical(
                 store, parts[0].key, local, pg_restore, selection, selection.schemas_needed(manifest.row_counts), tmp
             )
         roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
-        _create_database(login, work)
-        _comment(login, work, _marker("restoring", restore_id, backup_id))
+        create_database(login, work)
+        set_comment(login, work, marker("restoring", restore_id, backup_id))
         with _dropped_on_failure(login, work, manifest.target):
-            _create_schemas(login, work, missing_schemas)
+            create_schemas(login, work, missing_schemas)
             if local is not None:
                 restored = sum(p.size for p in parts)
                 _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
@@ -344,8 +239,8 @@ def restore_logical(
                     list_file,
                 )
             result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
-            kept = _swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
-    _comment(login, database, _marker("restored", restore_id, backup_id))
+            kept = swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
+    set_comment(login, database, marker("restored", restore_id, backup_id))
     result.database = database
     result.replaced_database_kept_as = kept
     result.roles = roles
@@ -362,11 +257,11 @@ def _work_database(login: Login, database: str, existing: str | None, opts: Rest
             " (replacing a database needs clean=true and confirm=<name>)"
         )
     work = f"{database[:40]}_lifeboat_{restore_id[-8:]}" if existing is not None else database
-    leftover = _database_comment(login, work) if work != database else None
+    leftover = database_comment(login, work) if work != database else None
     if leftover is not None:
         if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
             raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
-        _drop_database(login, work)  # our own interrupted attempt
+        drop_database(login, work)  # our own interrupted attempt
     return work
 
 
@@ -381,7 +276,7 @@ def _dropped_on_failure(login: Login, work: str, target: str) -> Iterator[None]:
         if isinstance(failure, SwapError) and not failure.original_in_place:
             raise  # the verified copy may be the only database left under any name: keep it
         try:
-            _drop_database(login, work)
+            drop_database(login, work)
         except Exception as exc:  # any cleanup failure: the original failure is the one to report
             logger.warning("could not drop the partly restored database", extra={"database": work, "error": str(exc)})
         raise
@@ -517,6 +412,7 @@ def _stream_into_pg_restore(
     deadline: Deadline | None = None,
     list_file: Path | None = None,
 ) -> int:
+    # long because feeding, hashing and judging the stream are one loop under one watchdog.
     body, _size = store.open_stream(key)
     sha = hashlib.sha256()
     total = 0

@@ -25,6 +25,7 @@ from chalicelib import wiring
 from chalicelib.adapters.postgres import Login
 from chalicelib.cli import main
 from chalicelib.errors import BadRequestError, RestoreError
+from chalicelib.logical import databases
 from chalicelib.logical import restore as restore_module
 from chalicelib.logical.dump import BackupServices, run_logical_backup
 from chalicelib.logical.restore import RestoreOptions, restore_logical
@@ -222,7 +223,7 @@ def test_a_failure_between_the_renames_puts_the_original_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     svc, backup_id = backed_up
-    real_rename = restore_module._rename
+    real_rename = databases.rename_database
     calls: list[tuple[str, str]] = []
 
     def flaky(conn: Any, old: str, new: str) -> None:
@@ -231,7 +232,7 @@ def test_a_failure_between_the_renames_puts_the_original_back(
             conn.execute("SELECT 1/0")
         real_rename(conn, old, new)
 
-    monkeypatch.setattr(restore_module, "_rename", flaky)
+    monkeypatch.setattr(databases, "rename_database", flaky)
     before = counts(pg, SOURCE)
     with pytest.raises(RestoreError, match="was put back under its name, unchanged"):
         restore_logical(

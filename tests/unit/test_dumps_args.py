@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.adapters.pgtools import PgTool
 from chalicelib.config import Logical
-from chalicelib.logical.dump import compression_args, pg_dump_args
+from chalicelib.logical.dump_tools import compression_args, pg_dump_args
 
 
 def pg_dump(major: int) -> PgTool:
