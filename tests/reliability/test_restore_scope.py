@@ -306,3 +306,21 @@ def test_replacing_with_a_selection_is_refused_before_anything_exists(
             RestoreOptions(replace=True, tables=("sales.customers",)),
         )
     assert stray_databases() == set()
+
+
+def test_selective_restore_through_the_api_job(
+    pg: PostgresServer, backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]]
+) -> None:
+    """The API's path: POST body → job → worker, for a multi-MiB backup and one qualified table."""
+    from chalicelib.restore.requests import parse_restore_request
+    from chalicelib.restore.service import run_restore_job, start_restore
+
+    _, backup_id = backed_up
+    svc = wiring.api_services()
+    body = {"backup_id": backup_id, "into": {"database": "scope_api"}, "options": {"tables": ["sales.customers"]}}
+    job = start_restore(svc, parse_restore_request(body, "shop"))
+    done = run_restore_job(svc, job.restore_id)
+    assert done.status == "SUCCEEDED", done.error
+    assert done.result["verification"]["match"] is True and done.result["verification"]["tables_checked"] == 1
+    assert counts(pg, "scope_api") == {"sales.customers": 500}
+    assert stray_databases() == {"scope_api"}
