@@ -17,7 +17,7 @@ from chalicelib import wiring
 from chalicelib.entrypoints import dispatch_tick
 from chalicelib.errors import BadRequestError, ConfigError, ConflictError, LifeboatError, NotFoundError
 from chalicelib.logical.catalog import BackupId, Layout
-from chalicelib.logical.dump import run_logical_backup
+from chalicelib.logical.dump import check_slot, run_logical_backup
 from chalicelib.logical.restore import RestoreOptions, restore_logical
 from chalicelib.observability import logger
 from chalicelib.physical.catalog import list_snapshots
@@ -65,11 +65,12 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
+    slot = _slot(args.slot)  # refused before anything is set up
     svc = wiring.backup_services()
     outcome = run_logical_backup(
         svc,
         args.target,
-        _slot(args.slot),
+        slot,
         trigger=args.trigger,
         database=args.database,
         on_progress=_progress(sys.stderr, f"backup {args.target}"),
@@ -255,7 +256,9 @@ def _slot(text: str | None) -> datetime | None:
         slot = datetime.fromisoformat(text)
     except ValueError:
         raise BadRequestError(f"--slot {text!r} is not an ISO 8601 time, e.g. 2026-11-29T03:00:00+00:00") from None
-    return slot if slot.tzinfo else slot.replace(tzinfo=UTC)
+    slot = slot if slot.tzinfo else slot.replace(tzinfo=UTC)
+    check_slot(slot, datetime.now(UTC))  # a slot in the future would pass for the newest backup in retention
+    return slot
 
 
 def cmd_run_restore(args: argparse.Namespace, out: TextIO) -> int:

@@ -105,6 +105,9 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
     raise ValueError(f"unknown capability {capability!r} (known: {', '.join(CAPABILITIES)})")
 
 
+LABEL_OBJECT = "backup_label.json"  # chalicelib.physical.names.LABEL_NAME: the only objects the pruner may delete
+
+
 def _bucket_statements(stage: str, what: str) -> list[Statement]:
     bucket = f"arn:aws:s3:::{names.bucket_prefix(stage)}*"
     if what == "read":
@@ -148,10 +151,16 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
             },
             _s3_kms(stage, ["kms:GenerateDataKey", "kms:Decrypt"]),
         ]
-    # prune: the pruner deletes the backup labels of the snapshots it deletes
+    # prune: the pruner deletes the backup labels of the snapshots it deletes, and nothing else: only keys
+    # shaped like chalicelib.physical.names.label_key ("<prefix>snapshots/<target>/<stamp>/backup_label.json").
     return [
         {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket},
-        {"Sid": "DeleteBackupLabels", "Effect": "Allow", "Action": ["s3:DeleteObject"], "Resource": f"{bucket}/*"},
+        {
+            "Sid": "DeleteBackupLabels",
+            "Effect": "Allow",
+            "Action": ["s3:DeleteObject"],
+            "Resource": f"{bucket}/*snapshots/*/{LABEL_OBJECT}",
+        },
     ]
 
 

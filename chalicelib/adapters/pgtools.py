@@ -132,17 +132,27 @@ def child_processes(parent: int) -> dict[int, str]:
     return children
 
 
-def open_files(pid: int) -> set[str]:
-    """Paths a process and its direct children hold open (pg_dump -j forks its workers)."""
-    held: set[str] = set()
-    for p in (pid, *child_processes(pid)):
+def open_files(pid: int) -> set[tuple[int, int]] | None:
+    """The files (st_dev, st_ino) a process and its direct children hold open (pg_dump -j forks its workers);
+    None when that cannot be known (no /proc, as on macOS, or the process's fd table is unreadable).
+
+    Identities, not paths: /proc/<pid>/fd/N links to the resolved path, which is not the path the caller built
+    when any component of it (TMPDIR) is a symlink; os.stat on the fd link gives the open file itself."""
+    held: set[tuple[int, int]] = set()
+    try:
+        pids = [pid, *child_processes(pid)]
+        os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for p in pids:
         try:
             fds = list(Path(f"/proc/{p}/fd").iterdir())
-        except OSError:
+        except OSError:  # a worker that exited since the listing holds nothing
             continue
         for fd in fds:
             with contextlib.suppress(OSError):
-                held.add(os.readlink(fd))
+                st = os.stat(fd)
+                held.add((st.st_dev, st.st_ino))
     return held
 
 

@@ -64,6 +64,7 @@ class PutResult:
     size: int
     sha256: str
     parts: int
+    version_id: str | None = None  # the stored version (None: an unversioned bucket or a store that does not say)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ObjectInfo:
     size: int
     last_modified: datetime | None = None
     retain_until: datetime | None = None  # S3 Object Lock (HEAD shows it to a caller with s3:GetObjectRetention)
+    version_id: str | None = None  # HEAD: the version it describes
 
 
 class BackupStore(Protocol):
@@ -103,13 +105,13 @@ class BackupStore(Protocol):
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def head(self, key: str) -> ObjectInfo | None: ...
+    def head(self, key: str, version_id: str | None = None) -> ObjectInfo | None: ...
 
     def tags(self, key: str) -> dict[str, str]: ...
 
-    def put_tags(self, key: str, tags: Mapping[str, str]) -> None: ...
+    def put_tags(self, key: str, tags: Mapping[str, str], version_id: str | None = None) -> None: ...
 
-    def lock(self, key: str, mode: str, until: datetime) -> None: ...
+    def lock(self, key: str, mode: str, until: datetime, version_id: str | None = None) -> None: ...
 
     def delete(self, keys: list[str]) -> None: ...
 
@@ -170,7 +172,7 @@ class S3Store:
         content_type: str = "application/octet-stream",
     ) -> PutResult:
         try:
-            self.client.put_object(
+            resp = self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=data,
@@ -180,7 +182,7 @@ class S3Store:
             )
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
-        return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1)
+        return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1, resp.get("VersionId"))
 
     def put_stream(
         self,
@@ -230,15 +232,21 @@ class S3Store:
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, prefix) from exc
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def head(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """The object's current version, or the version `version_id` (None: not there)."""
+        extra: Any = {"VersionId": version_id} if version_id else {}
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         except AWS_ERRORS as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _explain(exc, self.bucket, key) from exc
         return ObjectInfo(
-            key, int(resp["ContentLength"]), resp.get("LastModified"), resp.get("ObjectLockRetainUntilDate")
+            key,
+            int(resp["ContentLength"]),
+            resp.get("LastModified"),
+            resp.get("ObjectLockRetainUntilDate"),
+            resp.get("VersionId"),
         )
 
     def tags(self, key: str) -> dict[str, str]:
@@ -248,22 +256,27 @@ class S3Store:
             raise _explain(exc, self.bucket, key) from exc
         return {t["Key"]: t["Value"] for t in resp["TagSet"]}
 
-    def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
-        """Replace the object's tags (its current version's)."""
+    def put_tags(self, key: str, tags: Mapping[str, str], version_id: str | None = None) -> None:
+        """Replace the object's tags (its current version's, or those of the version `version_id`)."""
+        extra: Any = {"VersionId": version_id} if version_id else {}
         try:
             self.client.put_object_tagging(
-                Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+                Bucket=self.bucket,
+                Key=key,
+                Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+                **extra,
             )
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
 
-    def lock(self, key: str, mode: str, until: datetime) -> None:
-        """S3 Object Lock on the object's current version: no one can delete that version before `until`, and
-        without s3:BypassGovernanceRetention (GOVERNANCE) or at all (COMPLIANCE) no one can shorten the lock.
-        Extending it is always allowed."""
+    def lock(self, key: str, mode: str, until: datetime, version_id: str | None = None) -> None:
+        """S3 Object Lock on the version `version_id` (None: the object's current version): no one can delete that
+        version before `until`, and without s3:BypassGovernanceRetention (GOVERNANCE) or at all (COMPLIANCE) no one
+        can shorten the lock. Extending it is always allowed."""
         retention: Any = {"Mode": mode, "RetainUntilDate": until}  # mode: GOVERNANCE | COMPLIANCE (settings)
+        extra: Any = {"VersionId": version_id} if version_id else {}
         try:
-            self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention)
+            self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention, **extra)
         except AWS_ERRORS as exc:
             if error_code(exc) == "InvalidRequest":
                 raise StorageError(
@@ -357,7 +370,7 @@ class _MultipartUpload:
             if before_complete:
                 before_complete()
             try:
-                self.client.complete_multipart_upload(
+                done = self.client.complete_multipart_upload(
                     Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
             except AWS_ERRORS as exc:
@@ -368,7 +381,7 @@ class _MultipartUpload:
                 self.cond.notify_all()
             self._abort(upload_id)
             raise
-        return PutResult(self.key, total, sha.hexdigest(), len(parts))
+        return PutResult(self.key, total, sha.hexdigest(), len(parts), (done or {}).get("VersionId"))
 
     def _reserve(self, size: int) -> None:
         with self.cond:

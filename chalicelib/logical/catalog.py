@@ -5,6 +5,14 @@ its size: the manifest is written last, after every object it lists. Objects wit
 and never restored, and neither is a manifest whose objects are missing (a phantom: it is reported as not
 complete, never listed). Ids and keys are formatted and parsed here and nowhere else.
 
+A manifest is believed only for the key it sits at (manifest_problems): its backup_id must be the id that key
+encodes, its target that id's target, its status SUCCEEDED, it must list a dump (or a directory dump's files; a
+whole-server run's manifest: globals and its list of databases), and every object it lists must lie in the backup's
+own folder. Anything else (an empty manifest, one copied from another target or slot) is not a backup: not listed,
+not latest, not complete, and a restore of it is refused with the problem named.
+
+A backup whose slot is later than now + FUTURE_SLOT_TOLERANCE (a skewed clock, a typo) is never `latest`.
+
 A manifest PUT whose outcome is unknown (an error after the request may have landed: a lost acknowledgement, a
 timeout) is resolved by reading back before the attempt is called complete or failed: see write_manifest.
 """
@@ -15,11 +23,11 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import quote, unquote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import BadRequestError, NotFoundError, StorageError
@@ -28,6 +36,13 @@ from chalicelib.observability import logger
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47})(?:/([A-Za-z0-9_.%~-]{1,200}))?:(\d{8}T\d{6}Z)$")
 MANIFEST_NAME = "manifest.json"
+FUTURE_SLOT_TOLERANCE = timedelta(minutes=5)  # a slot later than now + this is not believed (see is_future)
+ALL_DATABASES = "@"  # the database part of a failed record's key for the target (never made by quote: '@' -> %40)
+
+
+def is_future(slot: datetime, now: datetime) -> bool:
+    """Whether a backup's slot lies later than `now` allows: it is not the newest, whatever it says."""
+    return slot > now + FUTURE_SLOT_TOLERANCE
 
 
 def format_stamp(when: datetime) -> str:
@@ -97,8 +112,12 @@ class Layout:
     def failed_prefix(self) -> str:
         return f"{self.prefix}failed/"
 
-    def failed_key(self, bid: BackupId) -> str:
-        return f"{self.failed_prefix}{bid.target}/{format_stamp(bid.stamp)}.json"
+    def failed_key(self, bid: BackupId, attempt: datetime) -> str:
+        """failed/<target>/<slot>_<database, percent-encoded; @: the target's>_<attempt's start, microseconds>.json:
+        one record per database and attempt (a retry of the slot, another database of the run, never overwrite)."""
+        db = quote(bid.database, safe="") if bid.database else ALL_DATABASES
+        started = attempt.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{self.failed_prefix}{bid.target}/{format_stamp(bid.stamp)}_{db}_{started}.json"
 
     def parse_manifest_key(self, key: str) -> BackupId | None:
         rest = key.removeprefix(self.prefix)
@@ -124,6 +143,7 @@ class ManifestObject(BaseModel):
     key: str
     size: int
     sha256: str
+    version_id: str | None = None  # the S3 version written (None: not recorded, an older manifest): locked by it
 
 
 class Manifest(BaseModel):
@@ -152,6 +172,11 @@ class Manifest(BaseModel):
     row_counts: dict[str, int] | None = None
     error: str | None = None
     databases: list[str] | None = None  # a whole-server run: the databases dumped (each its own backup)
+    _read_from: BackupId | None = PrivateAttr(default=None)  # the id of the key it was read from (read_manifest)
+
+    @property
+    def read_from(self) -> BackupId | None:
+        return self._read_from
 
     def files(self) -> list[ManifestObject]:
         """The files of a directory-format dump (toc.dat among them)."""
@@ -251,30 +276,64 @@ class Catalog:
         return problems
 
     def missing_objects(self, manifest: Manifest, sizes: dict[str, int] | None = None) -> list[str]:
-        """The objects a manifest lists that are not in the bucket (empty: the backup is complete). `sizes`: a
-        listing already made (key -> size); without one, one LIST of the backup's folder. An object that is there
-        with another size is not missing: the restore refuses it by its size and SHA-256 (IntegrityError)."""
+        """Why the manifest is not a complete backup (empty: it is): what manifest_problems finds (checked against
+        the key it was read from), else the objects it lists that are not in the bucket. `sizes`: a listing already
+        made (key -> size); without one, one LIST of the backup's folder. An object that is there with another size
+        is not missing: the restore refuses it by its size and SHA-256 (IntegrityError)."""
+        invalid = self.manifest_problems(manifest)
+        if invalid:
+            return invalid
         if sizes is None:
             prefix = self.layout.backup_prefix(BackupId.parse(manifest.backup_id))
             sizes = {o.key: o.size for o in self.store.list_objects(prefix)}
         return [_problem(o, None) for o in manifest.objects if o.key not in sizes]
+
+    def manifest_problems(self, manifest: Manifest, bid: BackupId | None = None) -> list[str]:
+        """Why the manifest does not describe the backup `bid` (default: the id of the key it was read from, else
+        its own): see the module's docstring. Empty: it does."""
+        bid = bid or manifest.read_from
+        if bid is None:
+            try:
+                bid = BackupId.parse(manifest.backup_id)
+            except BadRequestError as exc:
+                return [f"invalid manifest: {exc}"]
+        problems = []
+        if manifest.backup_id != str(bid):
+            problems.append(f"its backup_id is {manifest.backup_id!r}, not {str(bid)!r}")
+        if manifest.target != bid.target:
+            problems.append(f"its target is {manifest.target!r}, not {bid.target!r}")
+        if manifest.status != "SUCCEEDED":
+            problems.append(f"its status is {manifest.status}")
+        roles = {o.role for o in manifest.objects}
+        if manifest.databases is not None:
+            if bid.database or "globals" not in roles:
+                problems.append("a whole-server run's manifest must sit at the run's key and list its globals")
+        elif not roles & {"dump", "dir-file"}:
+            problems.append("it lists no dump")
+        prefix = self.layout.backup_prefix(bid)
+        outside = [o.key for o in manifest.objects if not o.key.startswith(prefix) or "/../" in f"/{o.key}/"]
+        if outside:
+            problems.append(f"it lists objects outside {prefix}: {', '.join(outside[:3])}")
+        return [f"invalid manifest at {self.layout.manifest_key(bid)}: {p}" for p in problems]
 
     def read_manifest(self, bid: BackupId) -> Manifest | None:
         """The manifest as it is in the bucket, complete or not (None: there is none)."""
         key = self.layout.manifest_key(bid)
         if self.store.head(key) is None:
             return None
-        return Manifest.model_validate(json.loads(self.store.get_bytes(key)))
+        found = Manifest.model_validate(json.loads(self.store.get_bytes(key)))
+        found._read_from = bid
+        return found
 
     def remove_manifest(self, bid: BackupId) -> None:
         """Take an incomplete backup out of the catalog (a plain delete: a delete marker in a versioned bucket)."""
         self.store.delete([self.layout.manifest_key(bid)])
 
     def write_failure(self, manifest: Manifest) -> None:
+        """A FAILED record, one per database and attempt (Layout.failed_key; the attempt: its started_at)."""
         bid = BackupId.parse(manifest.backup_id)
-        self.store.put_bytes(
-            self.layout.failed_key(bid), manifest.model_dump_json(indent=2).encode(), content_type="application/json"
-        )
+        key = self.layout.failed_key(bid, manifest.started_at)
+        self.store.put_bytes(key, manifest.model_dump_json(indent=2).encode(), content_type="application/json")
 
     def listing(self, target: str) -> dict[str, int]:
         """Every object of a target's backups: key -> size (one LIST)."""
@@ -297,6 +356,9 @@ class Catalog:
         found = self.read_manifest(bid)
         if found is None:
             raise NotFoundError(f"no complete backup {bid} (no manifest at {self.layout.manifest_key(bid)})")
+        invalid = self.manifest_problems(found, bid)
+        if invalid:
+            raise NotFoundError(f"{bid} is not a backup: {'; '.join(invalid)}")
         missing = self.missing_objects(found)
         if missing:
             raise NotFoundError(
@@ -320,16 +382,30 @@ class Catalog:
                     missing = self.missing_objects(manifest, listing)
                     if missing:
                         logger.warning(
-                            "not listed: its manifest lists objects that are not in the bucket",
+                            "not listed: its manifest is invalid or lists objects that are not in the bucket",
                             extra={"backup_id": manifest.backup_id, "missing": missing[:5]},
                         )
                     else:
                         complete.append(manifest)
         return complete
 
-    def latest(self, target: str) -> Manifest | None:
-        found = self.list_backups(target, limit=1)
-        return found[0] if found else None
+    def latest(self, target: str, now: datetime | None = None) -> Manifest | None:
+        """The newest complete backup whose slot is not in the future (is_future; `now`: the clock, default UTC
+        now). A future one is passed over and logged."""
+        now = now or datetime.now(UTC)
+        limit = 1
+        while True:
+            found = self.list_backups(target, limit=limit)
+            for manifest in found:
+                if not is_future(manifest.slot, now):
+                    return manifest
+                logger.warning(
+                    "a backup's slot is in the future: not the latest",
+                    extra={"backup_id": manifest.backup_id, "slot": manifest.slot.isoformat(), "now": now.isoformat()},
+                )
+            if len(found) < limit:
+                return None
+            limit *= 4
 
     def previous_success(self, target: str, before: datetime, database: str = "") -> datetime | None:
         """Slot of the newest complete backup (of the same database) strictly before `before`."""
@@ -339,6 +415,8 @@ class Catalog:
         return None
 
     def failures(self, target: str) -> list[Manifest]:
+        """The target's FAILED records, newest slot first (records of older versions, failed/<target>/<slot>.json,
+        among them)."""
         keys = sorted((o.key for o in self.store.list_objects(f"{self.layout.failed_prefix}{target}/")), reverse=True)
         return [Manifest.model_validate(json.loads(self.store.get_bytes(k))) for k in keys]
 

@@ -85,7 +85,9 @@ def run_logical_backup(
     opts = target.logical or Logical()
     if database and not opts.all_databases:
         raise BadRequestError(f"target {target.name!r} is one database; only all_databases targets take a database")
-    slot = (slot or svc.clock()).astimezone(UTC).replace(microsecond=0)
+    now = svc.clock()
+    slot = (slot or now).astimezone(UTC).replace(microsecond=0)
+    check_slot(slot, now)
     bid = BackupId(target.name, slot, database=database)
     log = logger
     log.append_keys(target=target.name, backup_id=str(bid))
@@ -106,6 +108,20 @@ def run_logical_backup(
         return _backup(svc, target, opts, bid, trigger, deadline, on_progress, claim_key)
     finally:
         log.remove_keys(["target", "backup_id"])
+
+
+# How far a slot may be ahead of this worker's clock: a slot in the future would pass for the newest backup in
+# retention (it would hold `keep` until that date, and every real backup after it only its class).
+MAX_SLOT_AHEAD = timedelta(minutes=5)
+
+
+def check_slot(slot: datetime, now: datetime) -> None:
+    """Refuse a slot more than MAX_SLOT_AHEAD after `now` (a typo in --slot, a skewed clock)."""
+    if slot > now + MAX_SLOT_AHEAD:
+        raise BadRequestError(
+            f"slot {slot.isoformat()} is in the future (this clock says {now.astimezone(UTC).isoformat()}):"
+            f" a backup's slot may be at most {MAX_SLOT_AHEAD.seconds // 60} minutes ahead; check --slot and the clock"
+        )
 
 
 def _existing(svc: BackupServices, bid: BackupId) -> Manifest | None:
@@ -207,7 +223,11 @@ def _backup(
                 dump_key = svc.catalog.layout.dump_key(bid)
                 written.append(dump_key)
                 dump = stream_tool(svc.store, pg_dump, args, login, dump_key, tags, deadline, on_progress)
-                objects = [ManifestObject(role="dump", key=dump.key, size=dump.size, sha256=dump.sha256)]
+                objects = [
+                    ManifestObject(
+                        role="dump", key=dump.key, size=dump.size, sha256=dump.sha256, version_id=dump.version_id
+                    )
+                ]
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
@@ -215,7 +235,11 @@ def _backup(
             g = stream_tool(
                 svc.store, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None
             )
-            objects.append(ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256))
+            objects.append(
+                ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256, version_id=g.version_id)
+            )
+        elif opts.globals:
+            objects.extend(_copy_run_globals(svc, bid, tags, written))
         finished = svc.clock()
         manifest = Manifest(
             backup_id=str(bid),
@@ -259,6 +283,26 @@ def _backup(
     return BackupOutcome("SUCCEEDED", str(bid), manifest)
 
 
+def _copy_run_globals(
+    svc: BackupServices, bid: BackupId, tags: dict[str, str], written: list[str]
+) -> list[ManifestObject]:
+    """One database of a whole-server run: a copy of the run's globals.sql in the database's own folder and
+    manifest, so that it has the database backup's retention tag and lock (the run's own expires with the run's
+    class, which can be shorter than a kept database backup's). None when the run has no globals (yet): the
+    restore then falls back to the run's."""
+    run_key = svc.catalog.layout.globals_key(BackupId(bid.target, bid.stamp, bid.kind))
+    if svc.store.head(run_key) is None:
+        logger.warning("the run's globals.sql is not in the bucket: this database's backup has no roles of its own")
+        return []
+    body = svc.store.get_bytes(run_key)
+    key = svc.catalog.layout.globals_key(bid)
+    written.append(key)
+    copy = svc.store.put_bytes(key, body, tags=tags, content_type="application/sql")
+    return [
+        ManifestObject(role="globals", key=copy.key, size=copy.size, sha256=copy.sha256, version_id=copy.version_id)
+    ]
+
+
 # Databases no backup wants: templates, and the providers' own (RDS, Azure, Cloud SQL).
 PROVIDER_DATABASES = ("rdsadmin", "azure_maintenance", "azure_sys", "cloudsqladmin", "alloydbadmin")
 
@@ -280,8 +324,8 @@ def _server_run(
     deadline: Deadline | None,
     claim_key: str,
 ) -> BackupOutcome:
-    """A whole-server run: the globals and the list of databases in the run's manifest, then one backup
-    per database, queued (so each gets its own invocation and the per-server limit) or run inline."""
+    """A whole-server run: the globals, then one backup per database, queued (so each gets its own invocation
+    and the per-server limit) or run inline, then the run's manifest (the globals and the list of databases)."""
     # long because, like _backup, it is one run's sequence inside the one try whose except records its failure.
     started = svc.clock()
     written: list[str] = []
@@ -302,6 +346,7 @@ def _server_run(
         g = stream_tool(
             svc.store, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None
         )
+        _fan_out(svc, bid, databases, trigger, deadline)
         manifest = Manifest(
             backup_id=str(bid),
             target=target.name,
@@ -314,7 +359,7 @@ def _server_run(
             pg_dump_version=pg_dumpall.major,
             format=opts.format,
             compression="none",
-            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256)],
+            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256, version_id=g.version_id)],
             size=g.size,
             started_at=started,
             finished_at=svc.clock(),
@@ -329,15 +374,21 @@ def _server_run(
         raise
     if svc.claims:
         svc.claims.finish(claim_key, "SUCCEEDED", {"databases": str(len(databases))})
-    due = [DueBackup(target.name, "logical", bid.stamp, db) for db in databases]
+    _protect(svc, manifest)
+    return BackupOutcome("SUCCEEDED", str(bid), manifest, reason=f"{len(databases)} databases")
+
+
+def _fan_out(svc: BackupServices, bid: BackupId, databases: list[str], trigger: str, deadline: Deadline | None) -> None:
+    """The run's per-database backups, queued (or run inline) before the run's manifest and claim say SUCCEEDED:
+    a failure here fails the run, and its redelivery queues them again (a repeat is harmless: the messages are
+    deduplicated by id, and a database's backup that is complete or claimed is skipped)."""
+    due = [DueBackup(bid.target, "logical", bid.stamp, db, trigger) for db in databases]
     logger.info("whole-server run: databases to back up", extra={"databases": len(databases)})
     if svc.fan_out is not None:
         svc.fan_out(due)
-    else:
-        for item in due:
-            run_logical_backup(svc, item.target, item.slot, trigger=trigger, deadline=deadline, database=item.database)
-    _protect(svc, manifest)
-    return BackupOutcome("SUCCEEDED", str(bid), manifest, reason=f"{len(databases)} databases")
+        return
+    for item in due:
+        run_logical_backup(svc, item.target, item.slot, trigger=item.trigger, deadline=deadline, database=item.database)
 
 
 def _record_failure(

@@ -117,7 +117,8 @@ def dump_directory(
 
     Ephemeral storage holds only the files being written (about one table per worker), not the whole
     dump. A file is finished when no pg_dump process holds it open (listing first, then looking at the
-    open files, so a file seen in the listing but not held is closed). toc.dat is written last and
+    open files, so a file seen in the listing but not held is closed), compared by (st_dev, st_ino); where the
+    open files cannot be known (no /proc), every file is uploaded after pg_dump exited. toc.dat is written last and
     uploaded after pg_dump exited 0; the manifest lists every file with its SHA-256.
     """
     objects: dict[str, ManifestObject] = {}
@@ -128,7 +129,9 @@ def dump_directory(
         written.append(key)
         with path.open("rb") as f:
             result = store.put_stream(key, f, tags=tags)
-        objects[path.name] = ManifestObject(role="dir-file", key=key, size=result.size, sha256=result.sha256)
+        objects[path.name] = ManifestObject(
+            role="dir-file", key=key, size=result.size, sha256=result.sha256, version_id=result.version_id
+        )
         path.unlink()
         uploaded[0] += result.size
         if on_progress:
@@ -143,12 +146,23 @@ def dump_directory(
             while child.poll() is None:
                 time.sleep(0.2)
                 if out.is_dir():
-                    listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat"]
-                    held = open_files(child.pid)
-                    for path in listed:
-                        if str(path) not in held and path.name not in objects:
-                            upload(path)
+                    _upload_closed(out, child.pid, objects, upload)
             child.check()
         for path in sorted(out.iterdir(), key=lambda p: p.name == "toc.dat"):  # toc.dat last
             upload(path)
     return sorted(objects.values(), key=lambda o: o.key)
+
+
+def _upload_closed(out: Path, pid: int, objects: dict[str, ManifestObject], upload: Callable[[Path], None]) -> None:
+    """Upload the files of the dump directory that no pg_dump process holds open (toc.dat waits for the exit)."""
+    listed = [p for p in sorted(out.iterdir()) if p.name != "toc.dat" and p.name not in objects]
+    held = open_files(pid)
+    if held is None:  # cannot tell which files are still being written: wait for pg_dump to exit
+        return
+    for path in listed:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in held:
+            upload(path)

@@ -387,14 +387,13 @@ def _restore_local(
 
 
 def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: Manifest) -> str:
-    """The run's globals.sql: in the backup's own manifest, or (one database of a whole-server run) the run's."""
-    sources = (
-        [manifest]
-        if manifest.databases is not None or not bid.database
-        else [catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind))]
-    )
-    for source in sources:
-        for obj in source.objects:
+    """The globals.sql in the backup's own manifest (one database of a whole-server run has a copy of the run's),
+    else, for one database of a run made before those copies, the run's."""
+    for obj in manifest.objects:
+        if obj.role == "globals":
+            return b"".join(_read_verified(store, obj, None)).decode()
+    if bid.database and manifest.databases is None:
+        for obj in catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind)).objects:
             if obj.role == "globals":
                 return b"".join(_read_verified(store, obj, None)).decode()
     raise BadRequestError(f"{bid} has no roles to restore: the target was backed up without logical.globals")

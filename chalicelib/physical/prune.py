@@ -16,6 +16,7 @@ from chalicelib.observability import logger
 from chalicelib.physical.driver import Driver
 from chalicelib.physical.inventory import Inventory, driver_for
 from chalicelib.physical.model import SnapshotServices, SnapshotSet
+from chalicelib.physical.names import label_key
 from chalicelib.scheduling.retention import SnapshotFacts, snapshots_to_keep
 
 DELETE_CONCURRENCY = 4  # deletions in flight per region while pruning
@@ -59,7 +60,7 @@ class PruneReport:
 
 @dataclass
 class _Labels:
-    """The backup label objects (S3 URIs) of one target: one goes with the last snapshot set pointing to it."""
+    """The backup label objects (keys) of one target: one goes with the last snapshot set pointing to it."""
 
     kept: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
@@ -128,10 +129,11 @@ def _prune_region(
             keep_reason or _delete_reason(snap),
             snap.copy_of is not None,
         )
+        label = _label(svc, snap)
         if keep_reason:
             report.kept.append(decision)
-            if snap.label_uri:
-                labels.kept.add(snap.label_uri)
+            if label:
+                labels.kept.add(label)
         elif report.dry_run:
             report.deleted.append(decision)
         else:
@@ -140,15 +142,16 @@ def _prune_region(
         failures = list(pool.map(_delete_set, repeat(svc), repeat(driver), [snap for snap, _ in doomed]))
     deleted = 0
     for (snap, decision), failure in zip(doomed, failures, strict=True):
+        label = _label(svc, snap)
         if failure:
             report.errors.append(f"{snap.backup_id}@{region}: {failure}")
-            if snap.label_uri:
-                labels.kept.add(snap.label_uri)
+            if label:
+                labels.kept.add(label)
             continue
         report.deleted.append(decision)
         deleted += 1
-        if snap.label_uri:
-            labels.dropped.add(snap.label_uri)
+        if label:
+            labels.dropped.add(label)
         logger.info("snapshot pruned", extra={"target": target, **decision.as_dict()})
     return deleted
 
@@ -185,13 +188,28 @@ def _delete_reason(snap: SnapshotSet) -> str:
     return f"outside every retention window (slot {snap.slot:%Y-%m-%d %H:%M}, tagged {snap.retention_class or '-'})"
 
 
-def _delete_labels(svc: SnapshotServices, uris: Sequence[str], report: PruneReport) -> None:
-    if not uris or svc.store is None:
+def _label(svc: SnapshotServices, snap: SnapshotSet) -> str | None:
+    """The key of the set's backup label: only ever label_key(prefix, target, slot) in the backup bucket. A tag
+    naming anything else (a logical backup's manifest, another bucket) is ignored, and said: anyone able to tag
+    a managed snapshot must not reach other objects through the pruner."""
+    uri = snap.label_uri
+    if not uri or svc.store is None:
+        return None
+    key = label_key(svc.prefix, snap.target, snap.slot)
+    if uri == f"s3://{svc.store.bucket}/{key}":
+        return key
+    logger.warning(
+        "the snapshot's backup-label tag does not name its label object: ignored, nothing deleted for it",
+        extra={"backup_id": snap.backup_id, "tag": uri[:300], "expected": key},
+    )
+    return None
+
+
+def _delete_labels(svc: SnapshotServices, keys: Sequence[str], report: PruneReport) -> None:
+    if not keys or svc.store is None:
         return
-    prefix = f"s3://{svc.store.bucket}/"
-    keys = [u.removeprefix(prefix) for u in uris if u.startswith(prefix)]
     try:
-        svc.store.delete(keys)
+        svc.store.delete(list(keys))
     except LifeboatError as exc:
         report.errors.append(f"deleting backup labels: {exc}")
         return

@@ -29,8 +29,25 @@ def key_arn() -> Json:
     return if_("CreateKmsKey", getatt("BackupKey", "Arn"), ref("KmsKeyArn"))
 
 
-def _days_parameter(default: int, description: str) -> Json:
-    return {"Type": "Number", "Default": default, "MinValue": 1, "MaxValue": 36500, "Description": description}
+# A failed attempt's data and the versions a deletion hides must outlive the dead-man's alarm and the time to act on
+# it (tests/stack/test_immutable.py): noncurrent versions are kept at least this many days.
+MIN_NONCURRENT_DAYS = 30
+
+# The lifecycle days only expire objects; each backup's Object Lock comes from the app's settings.
+LOCKS_FROM_SETTINGS = (
+    " The Object Lock of each backup comes from settings.retention_policies in the settings (SettingsParameter,"
+    " not from SettingsJson, which carries none): keep that policy's days equal to these"
+)
+
+
+def _days_parameter(default: int, description: str, minimum: int = 1) -> Json:
+    return {
+        "Type": "Number",
+        "Default": max(default, minimum),
+        "MinValue": minimum,
+        "MaxValue": 36500,
+        "Description": description,
+    }
 
 
 def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
@@ -52,7 +69,7 @@ def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
         params[name] = _days_parameter(
             rule["Expiration"]["Days"],
             f"Days to keep backups tagged {source.retention_tag}={cls} (default policy);"
-            " keep longer classes longer than shorter ones",
+            " keep longer classes longer than shorter ones." + LOCKS_FROM_SETTINGS,
         )
         rule["Expiration"]["Days"] = ref(name)
         if cls in source.archived_classes:
@@ -73,8 +90,10 @@ def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
     )
     params["NoncurrentVersionDays"] = _days_parameter(
         noncurrent_default,
-        "Days a deleted or overwritten object version is kept (the window to undo a deletion); a locked version"
-        " stays at least until its lock ends",
+        "Days a deleted or overwritten object version is kept (the window to undo a deletion, and what is left of"
+        f" a failed attempt), at least {MIN_NONCURRENT_DAYS}: longer than the dead-man's alarm takes to fire and be"
+        " acted on; a locked version stays at least until its lock ends",
+        minimum=MIN_NONCURRENT_DAYS,
     )
     return [_cfn_rule(r) for r in rules], params
 

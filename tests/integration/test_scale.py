@@ -58,7 +58,7 @@ def test_whole_server_run_inline(whole_server: str, pg: PostgresServer) -> None:
     )  # type: ignore[arg-type]
     assert [o.role for o in run.objects] == ["globals"]
     extra = svc.catalog.manifest(outcome_id("logical:server/extra1:20261129T030000Z"))
-    assert [o.role for o in extra.objects] == ["dump"] and extra.row_counts == {"public.t": 42}
+    assert [o.role for o in extra.objects] == ["dump", "globals"] and extra.row_counts == {"public.t": 42}
     login = svc.credentials.login(svc.config.target(whole_server).connection)  # type: ignore[arg-type]
     result = restore_logical(
         svc.store, svc.catalog, svc.toolbox, "logical:server/extra1:20261129T030000Z", login, "extra1_restored"
@@ -75,6 +75,64 @@ def outcome_id(text: str) -> Any:
     from chalicelib.logical.catalog import BackupId
 
     return BackupId.parse(text)
+
+
+def test_failed_fan_out_fails_the_run_and_its_redelivery_fans_out(
+    whole_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed SQS send fails the run (no manifest, a FAILED record, BackupFailed, an error for SQS to retry);
+    the redelivery queues the databases again instead of finding the run complete."""
+    from chalicelib.errors import StorageError
+    from chalicelib.logical import dump
+
+    metrics: list[str] = []
+    monkeypatch.setattr(dump, "record", lambda name, *a, **k: metrics.append(name))
+    sent: list[DueBackup] = []
+
+    def fan_out(due: list[DueBackup]) -> int:
+        if not metrics:
+            raise StorageError("cannot send messages to backups.fifo: ServiceUnavailable")
+        sent.extend(due)
+        return len(due)
+
+    svc = wiring.backup_services()
+    svc.fan_out = fan_out
+    with pytest.raises(StorageError, match="ServiceUnavailable"):
+        run_logical_backup(svc, whole_server, SLOT)
+    assert metrics == ["BackupFailed"] and svc.catalog.backup_ids(whole_server) == []
+    assert [f.status for f in svc.catalog.failures(whole_server)] == ["FAILED"]
+    again = run_logical_backup(svc, whole_server, SLOT)
+    assert again.status == "SUCCEEDED" and {"shop", "extra1"} <= {d.database for d in sent}
+    assert run_logical_backup(svc, whole_server, SLOT).status == "SKIPPED"
+
+
+def test_on_demand_server_run_fans_out_on_demand_backups(whole_server: str) -> None:
+    sent: list[DueBackup] = []
+    svc = wiring.backup_services()
+    svc.fan_out = lambda due: sent.extend(due) or len(due)
+    slot = datetime(2026, 11, 29, 10, tzinfo=UTC)
+    run = run_logical_backup(svc, whole_server, slot, trigger="on-demand")
+    assert run.manifest is not None and run.manifest.retention_class == "ondemand"
+    assert sent and {d.trigger for d in sent} == {"on-demand"}
+    assert all(json.loads(d.message())["trigger"] == "on-demand" for d in sent)
+
+
+def test_each_database_backup_keeps_its_own_copy_of_the_globals(whole_server: str) -> None:
+    """The run's globals.sql expires with the run's class; a kept database backup restores its roles from its own
+    copy (same retention tag and lock as its dump)."""
+    from chalicelib.logical.restore import _globals_sql
+
+    svc = wiring.backup_services()
+    run_logical_backup(svc, whole_server, SLOT)
+    run_bid = outcome_id("logical:server:20261129T030000Z")
+    bid = outcome_id("logical:server/extra1:20261129T030000Z")
+    extra = svc.catalog.manifest(bid)
+    copy = extra.object("globals")
+    assert copy.key == svc.catalog.layout.globals_key(bid)
+    run_globals = svc.store.get_bytes(svc.catalog.layout.globals_key(run_bid))
+    assert svc.store.get_bytes(copy.key) == run_globals and b"CREATE ROLE" in run_globals
+    svc.store.delete([svc.catalog.layout.globals_key(run_bid)])  # the run's copy expired
+    assert _globals_sql(svc.store, svc.catalog, bid, extra).encode() == run_globals
 
 
 def test_whole_server_run_fans_out_through_fifo_groups(whole_server: str, aws: LocalStack, pg: PostgresServer) -> None:

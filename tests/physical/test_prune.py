@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from fnmatch import fnmatch
 from typing import Any
 
-from chalicelib.logical.catalog import BackupId
-from chalicelib.physical.names import snapshot_identifier, snapshot_tags
+from chalicelib.logical.catalog import BackupId, Catalog, Layout
+from chalicelib.physical.names import LABEL_NAME, label_key, snapshot_identifier, snapshot_tags
 from chalicelib.physical.prune import prune
 from chalicelib.physical.start import start_snapshot
 from chalicelib.physical.sweep import sweep
+from stack import capabilities
 
 from .conftest import BUCKET, DEST, NOW, SOURCE, Env, after_call, tags_of
 
@@ -179,3 +181,36 @@ def test_ebs_sets_are_pruned_whole_with_their_label(env: Env) -> None:
     ]
     assert report.labels_deleted == [key] and env.store.head(key) is None
     assert {tags_of(s)["lifeboat:slot"] for s in env.managed_ebs()} == {"2026-12-01T03:00:00Z"}
+
+
+def test_a_label_tag_naming_another_object_is_ignored(env: Env) -> None:
+    """The pruner deletes only the set's own label key: a tag naming a logical backup's manifest (or any other
+    object) deletes nothing."""
+    instance, _, _ = env.ec2_instance()
+    svc = env.services(
+        env.config([{"name": "vm", "physical": {"method": "ebs", "ec2_instance_id": instance}}], **TIGHT)
+    )
+    manifest_key = Catalog(env.store, Layout("")).layout.manifest_key(BackupId("orders", NOW))
+    env.store.put_bytes(manifest_key, b"{}")
+    other_label = "snapshots/vm/20261201T030000Z/backup_label.json"  # another set's label
+    env.store.put_bytes(other_label, b"{}")
+    old = start_snapshot(svc, "vm", NOW)
+    older = start_snapshot(svc, "vm", NOW - timedelta(days=1))
+    start_snapshot(svc, "vm", NOW + timedelta(days=2))
+    for snap, key in ((old, manifest_key), (older, other_label)):
+        env.ec2().create_tags(
+            Resources=list(snap.resource_ids), Tags=[{"Key": "lifeboat:backup-label", "Value": f"s3://{BUCKET}/{key}"}]
+        )
+    env.clock.now = NOW + timedelta(days=10)
+    report = prune(svc)
+    assert len(report.deleted) == 2 and report.labels_deleted == []
+    assert env.store.head(manifest_key) is not None and env.store.head(other_label) is not None
+
+
+def test_the_pruner_may_delete_only_label_objects() -> None:
+    deletes = [
+        s for s in capabilities.capability_statements("prod", "bucket:prune") if "s3:DeleteObject" in s["Action"]
+    ]
+    assert [s["Resource"] for s in deletes] == [f"arn:aws:s3:::pg-lifeboat-prod-*/*snapshots/*/{LABEL_NAME}"]
+    assert capabilities.LABEL_OBJECT == LABEL_NAME
+    assert fnmatch(f"x/{label_key('lb/', 'vm', NOW)}", "x/*snapshots/*/" + LABEL_NAME)

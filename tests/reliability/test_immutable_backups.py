@@ -83,6 +83,10 @@ def backup(svc: BackupServices, clock: Clock, slot: datetime) -> list[str]:
     assert outcome.status == "SUCCEEDED" and outcome.manifest is not None
     keys = [o.key for o in outcome.manifest.objects]
     assert len(keys) == 2 and outcome.manifest.size > 12 * 1024 * 1024, "a dump of several parts, and globals"
+    # Each object's version is recorded, so its lock (and a restore) concerns that version, not a later overwrite.
+    s3 = boto3.client("s3")
+    for o in outcome.manifest.objects:
+        assert o.version_id and o.version_id == s3.head_object(Bucket=LOCKED_BUCKET, Key=o.key)["VersionId"], o
     return [*keys, svc.catalog.layout.manifest_key(BackupId.parse(outcome.backup_id))]
 
 
@@ -190,7 +194,7 @@ def test_a_failed_attempt_is_cleaned_up_without_deleting_versions(
     finally:
         events.unregister("before-send.s3.PutObject", refuse_manifest)
     current = [o["Key"] for o in s3.list_objects_v2(Bucket=LOCKED_BUCKET)["Contents"]]
-    assert current == ["failed/shop/20261127T030000Z.json"]
+    assert len(current) == 1 and current[0].startswith("failed/shop/20261127T030000Z_@_"), current
     head = s3.head_object(Bucket=LOCKED_BUCKET, Key=current[0])
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key)
     listing = s3.list_object_versions(Bucket=LOCKED_BUCKET, Prefix="logical/")

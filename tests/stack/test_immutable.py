@@ -171,6 +171,15 @@ def test_noncurrent_versions_are_kept_at_least_30_days(packaged: Packaged) -> No
     assert not any({"Key": "retention", "Value": "keep"} in r.get("TagFilters", []) for r in rules)
 
 
+def test_noncurrent_version_days_cannot_be_set_below_30(packaged: Packaged) -> None:
+    """A failed attempt's data and the versions a deletion hides must outlive the dead-man's alarm."""
+    params = packaged.template["Parameters"]
+    assert params["NoncurrentVersionDays"]["MinValue"] >= 30
+    for name, param in params.items():  # the lifecycle days say where the locks come from
+        if name.endswith("RetentionDays") and name != "LogRetentionDays":
+            assert "settings.retention_policies" in param["Description"], name
+
+
 def test_the_settings_output_carries_the_key_and_the_lock_mode(packaged: Packaged) -> None:
     text = resolve(packaged, packaged.template["Outputs"]["SettingsJson"]["Value"])
     settings = Settings.model_validate(json.loads(text))

@@ -100,8 +100,27 @@ def test_keys() -> None:
     assert layout.globals_key(BID) == base + "globals.sql"
     assert layout.manifest_key(BID) == base + "manifest.json"
     assert layout.failed_prefix == "pg/failed/"
-    assert layout.failed_key(BID) == "pg/failed/prod/20260102T030405Z.json"
+    started = at(2026, 1, 2, 3, 4, 6, 789)
+    assert layout.failed_key(BID, started) == "pg/failed/prod/20260102T030405Z_@_20260102T030406000789Z.json"
     assert Layout().manifest_key(BID) == "logical/prod/2026/01/02/20260102T030405Z/manifest.json"
+
+
+def test_failed_records_never_collide_across_databases_and_attempts() -> None:
+    """review13 F10: every database of a whole-server run, and every retry of a slot, has its own FAILED record."""
+    layout = Layout()
+    first, retry = at(2026, 11, 29, 3, 0, 1), at(2026, 11, 29, 3, 0, 1, 1)
+    run = BackupId("server", at(2026, 11, 29, 3))
+    keys = {
+        layout.failed_key(bid, when)
+        for bid in (run, run.for_database("orders"), run.for_database("hr"), run.for_database("@"))
+        for when in (first, retry)
+    }
+    assert len(keys) == 8
+    assert all(k.startswith("failed/server/") for k in keys)  # the lifecycle rule's prefix
+    assert (
+        layout.failed_key(run.for_database("a/b"), first)
+        == "failed/server/20261129T030000Z_a%2Fb_20261129T030001000000Z.json"
+    )
 
 
 def test_a_target_prefix_never_covers_another_target() -> None:
@@ -119,8 +138,8 @@ def test_keys_sort_chronologically_as_strings() -> None:
     layout = Layout("pg/")
     keys = [layout.manifest_key(BackupId("prod", s)) for s in stamps]
     assert sorted(keys) == [layout.manifest_key(BackupId("prod", s)) for s in sorted(stamps)]
-    failed = [layout.failed_key(BackupId("prod", s)) for s in stamps]
-    assert sorted(failed) == [layout.failed_key(BackupId("prod", s)) for s in sorted(stamps)]
+    failed = [layout.failed_key(BackupId("prod", s), s) for s in stamps]
+    assert sorted(failed) == [layout.failed_key(BackupId("prod", s), s) for s in sorted(stamps)]
 
 
 @pytest.mark.parametrize("prefix", ["", "pg/", "team/pg/"])

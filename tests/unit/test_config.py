@@ -328,7 +328,7 @@ def test_trailing_newline_is_not_a_valid_name(name: str, bucket: str) -> None:
 
 
 def test_gzip_level_zero_never_reaches_pg_dump_16() -> None:
-    from chalicelib.logical.dump import compression_args
+    from chalicelib.logical.dump_tools import compression_args
 
     try:
         opts = Logical(compression="gzip:0")
