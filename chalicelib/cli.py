@@ -19,6 +19,7 @@ from chalicelib.errors import BadRequestError, ConfigError, ConflictError, Lifeb
 from chalicelib.logical.catalog import BackupId, Layout
 from chalicelib.logical.dump import check_slot, run_logical_backup
 from chalicelib.logical.restore import RestoreOptions, restore_logical
+from chalicelib.logical.verify import ObjectCheck, verify_backup
 from chalicelib.observability import logger
 from chalicelib.physical.catalog import list_snapshots
 from chalicelib.physical.prune import prune
@@ -173,6 +174,37 @@ def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
             f" {result.pg_restore_version}; verified: {checked}\n"
         )
     return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    """Re-read every object of a backup (size, SHA-256) and check its manifest's signature: 0 verified, 1 not."""
+    bid = BackupId.parse(args.backup_id)
+    catalog = wiring.catalog(wiring.load_config())
+
+    def line(check: ObjectCheck) -> None:
+        if not args.json:
+            verdict = "OK    " if check.ok else "FAILED"
+            why = f"sha256 {check.sha256[:16]}" if check.ok else check.problem
+            out.write(f"{verdict} {check.role:<8} {check.key} {_human(check.size)}: {why}\n")
+
+    report = verify_backup(catalog, bid, on_object=line)
+    if args.json:
+        out.write(json.dumps(report.as_json(), indent=2, default=str) + "\n")
+        return 0 if report.verified else 1
+    sig = report.signature
+    out.write(f"signature: {sig.get('status')} {sig.get('error') or sig.get('reason') or sig.get('key_id', '')}\n")
+    for problem in report.problems:
+        out.write(f"manifest: {problem}\n")
+    bad = sum(not o.ok for o in report.objects)
+    total = _human(sum(o.size for o in report.objects))
+    if report.verified:
+        out.write(f"VERIFIED {bid}: {len(report.objects)} object(s), {total}, signature {sig.get('status')}\n")
+        return 0
+    out.write(
+        f"FAILED {bid}: {bad} of {len(report.objects)} object(s) do not match, signature {sig.get('status')},"
+        f" {len(report.problems)} manifest problem(s)\n"
+    )
+    return 1
 
 
 def cmd_restores(args: argparse.Namespace, out: TextIO) -> int:
@@ -333,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-acl", action="store_true", help="pg_restore --no-acl: skip GRANT/REVOKE")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(func=cmd_restore)
+    v = sub.add_parser("verify", help="re-read a backup's objects, check sizes, SHA-256 and the manifest's signature")
+    v.add_argument("backup_id")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
     rs = sub.add_parser("restores", help="restore jobs started through the API (recent, or one by id)")
     rs.add_argument("restore_id", nargs="?")
     rs.add_argument("--limit", type=int, default=50)

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chalicelib.errors import ConfigError, NotFoundError
 from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
@@ -280,6 +280,12 @@ class Settings(_Model):
     # retention class ends (chalicelib.logical.protect). The bucket must have Object Lock enabled (the stack's
     # SettingsJson output sets this from ObjectLockMode); None: nothing is locked.
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    # Signed manifests (chalicelib.logical.signing): a KMS HMAC_256 key (ARN, id or alias/...) that signs every
+    # manifest at write and is checked by every restore and `lifeboat verify`; None: not signed, not checked.
+    signing_key_id: str | None = Field(default=None, description="KMS HMAC_256 key signing manifests")
+    # Migration: an unsigned manifest (written before signing) is believed only when it was finished and stored
+    # before this time; unset: no unsigned manifest is believed once signing_key_id is set.
+    accept_unsigned_before: AwareDatetime | None = None
     retention_policies: dict[str, RetentionPolicy] = Field(default_factory=lambda: {"default": RetentionPolicy()})
     # 6 MiB is the smallest first part whose growing plan still reaches S3's 5 TiB object limit.
     part_size_mib: int = Field(default=8, ge=6, le=512)

@@ -16,6 +16,7 @@ from chalicelib import config as config_module
 from chalicelib import env as env_module
 from chalicelib.adapters.dynamo import DispatchCursor, JobStore, RestoreJobTable
 from chalicelib.adapters.ecs import EcsTasks
+from chalicelib.adapters.kms import KmsMacKey
 from chalicelib.adapters.pgtools import Toolbox
 from chalicelib.adapters.postgres import CredentialResolver
 from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
@@ -26,6 +27,7 @@ from chalicelib.errors import ConfigError
 from chalicelib.fargate import FargateLauncher
 from chalicelib.logical.catalog import Catalog, Layout
 from chalicelib.logical.dump import BackupServices
+from chalicelib.logical.signing import ManifestSigning
 from chalicelib.physical.model import SnapshotServices
 from chalicelib.restore.model import RestoreJobStore, RestoreQueue
 from chalicelib.scheduling.dispatch import BackupQueue
@@ -155,8 +157,16 @@ def store(cfg: Config) -> S3Store:
     )
 
 
+def signing(cfg: Config) -> ManifestSigning | None:
+    """Manifest signing with settings.signing_key_id (None: manifests are neither signed nor checked)."""
+    s = cfg.settings
+    if not s.signing_key_id:
+        return None
+    return ManifestSigning(KmsMacKey(lambda: client.get("kms"), s.signing_key_id), s.accept_unsigned_before)
+
+
 def catalog(cfg: Config) -> Catalog:
-    return Catalog(store(cfg), Layout(cfg.settings.prefix))
+    return Catalog(store(cfg), Layout(cfg.settings.prefix), signing(cfg))
 
 
 def jobs() -> JobStore | None:
@@ -184,7 +194,7 @@ def backup_services(cfg: Config | None = None) -> BackupServices:
     return BackupServices(
         config=cfg,
         store=s3,
-        catalog=Catalog(s3, Layout(cfg.settings.prefix)),
+        catalog=Catalog(s3, Layout(cfg.settings.prefix), signing(cfg)),
         credentials=credentials(),
         toolbox=toolbox(),
         claims=jobs(),

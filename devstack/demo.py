@@ -2,7 +2,8 @@
 
 Starts moto (S3, Secrets Manager, DynamoDB, SQS) and a real PostgreSQL with a sample database, fires
 the dispatcher schedule through the Lambda handler, lets the worker stream pg_dump into S3, lists the
-catalog with the `lifeboat` command, restores the backup into a new database and verifies it, then
+catalog with the `lifeboat` command, verifies the backup (`lifeboat verify`: objects and the manifest's signature),
+restores it into a new database and verifies that, then
 stops everything it started.
 """
 
@@ -151,7 +152,10 @@ def main() -> int:
         shop = target("shop", server.port, stack.secret_arn, schedule="cron(0 3 * * ? *)", globals=True)
         # The same target is also an RDS instance (in the emulator): a nightly snapshot beside the dump.
         shop["physical"] = {"method": "rds_instance", "db_instance_id": "shop-db", "schedule": "cron(0 3 * * ? *)"}
-        config = write_config(WORK / "lifeboat.json", stack.bucket, [shop])
+        # Manifests signed with a KMS HMAC key, as the stack's SettingsJson output configures it.
+        kms = boto3.client("kms")
+        signing_key = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["Arn"]
+        config = write_config(WORK / "lifeboat.json", stack.bucket, [shop], signing_key_id=signing_key)
         os.environ["LIFEBOAT_CONFIG"] = str(config)
         print(f"    configuration: {config.relative_to(REPO)}")
 
@@ -189,6 +193,9 @@ def main() -> int:
         lifeboat = str(REPO / ".venv" / "bin" / "lifeboat")
         step("lifeboat list shop  (the dump and the snapshot, one catalog)")
         subprocess.run([lifeboat, "list", "shop"], check=True)
+
+        step(f"lifeboat verify {backup_id}  (re-reads every object; checks sizes, SHA-256, the signature)")
+        subprocess.run([lifeboat, "verify", backup_id], check=True)
 
         step(f"lifeboat restore {backup_id} --database shop_cli")
         subprocess.run([lifeboat, "restore", backup_id, "--database", "shop_cli"], check=True)

@@ -25,6 +25,8 @@ CAPABILITIES = (
     "restores:run",
     "restores:advance",
     "fargate:run",
+    "manifests:sign",
+    "manifests:verify",
     *(f"{verb}:{kind}" for verb in ("send", "consume") for kind in names.QUEUE_KINDS),
 )
 # Read-only calls that IAM cannot scope to a resource: the only actions allowed on Resource "*".
@@ -57,6 +59,18 @@ def _s3_kms(stage: str, actions: list[str]) -> Statement:
                 "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{names.bucket_prefix(stage)}*",
             }
         },
+    }
+
+
+def _signing_statement(stage: str, what: str) -> Statement:
+    """The manifest signing key (chalicelib.logical.signing), named by its alias (kms:ResourceAliases: the key's ARN
+    is the stack's, unknown to these files): GenerateMac to sign, VerifyMac to check, and nothing else of it."""
+    return {
+        "Sid": "SignManifests" if what == "sign" else "VerifyManifests",
+        "Effect": "Allow",
+        "Action": ["kms:GenerateMac"] if what == "sign" else ["kms:VerifyMac"],
+        "Resource": "arn:aws:kms:*:*:key/*",
+        "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)}},
     }
 
 
@@ -95,6 +109,8 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
         return statements
     if capability in ("bucket:read", "bucket:write", "bucket:prune"):
         return _bucket_statements(stage, capability.removeprefix("bucket:"))
+    if capability in ("manifests:sign", "manifests:verify"):
+        return [_signing_statement(stage, capability.removeprefix("manifests:"))]
     if capability.startswith("snapshots:"):
         return _snapshot_statements(capability.removeprefix("snapshots:"))
     if capability.startswith("restores:"):

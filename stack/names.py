@@ -27,6 +27,11 @@ def bucket_prefix(stage: str) -> str:
     return f"{APP}-{stage}-"
 
 
+def signing_key_alias(stage: str) -> str:
+    """The alias of the KMS HMAC key that signs manifests: IAM grants its use by this alias (kms:ResourceAliases)."""
+    return f"alias/pg-lifeboat-{stage}-manifests"
+
+
 def jobs_table(stage: str) -> str:
     return f"{APP}-{stage}-jobs"
 

@@ -60,6 +60,7 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "snapshots:read",
         "snapshots:take",
         "fargate:run",
+        "manifests:sign",  # kms:GenerateMac on the signing key only: it signs, it never verifies nor administers
     ),
     # Logical restores (pg_restore), and the first AWS call of snapshot and point-in-time restores.
     "restore_worker": (
@@ -72,6 +73,7 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "restores:run",
         "snapshots:keys",
         "fargate:run",
+        "manifests:verify",  # a restore checks the manifest's signature (kms:VerifyMac) before it creates anything
     ),
     # The REST API checks the target database exists, lists restore jobs (Query on an index), deduplicates requests with
     # Powertools Idempotency (which deletes its record when a request fails), and checks snapshot and
@@ -148,7 +150,8 @@ def database_policy() -> dict[str, Any]:
 
 # The ECS task runs `lifeboat backup` and `lifeboat run-restore` for the backup and restore workers:
 # logical backups (whole-server runs stay on Lambda, so it queues nothing) and logical restores.
-TASK_ACCESS: tuple[str, ...] = ("config", "jobs", "bucket:write", "database")
+# The task runs backups (signs manifests) and restores (checks them).
+TASK_ACCESS: tuple[str, ...] = ("config", "jobs", "bucket:write", "database", "manifests:sign", "manifests:verify")
 ECS_TASKS_PRINCIPAL = "ecs-tasks.amazonaws.com"
 
 

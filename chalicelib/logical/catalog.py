@@ -15,6 +15,9 @@ A backup whose slot is later than now + FUTURE_SLOT_TOLERANCE (a skewed clock, a
 
 A manifest PUT whose outcome is unknown (an error after the request may have landed: a lost acknowledgement, a
 timeout) is resolved by reading back before the attempt is called complete or failed: see write_manifest.
+
+With a signing key (settings.signing_key_id) every manifest is signed as it is written and checked before a restore
+or `lifeboat verify` believes it: chalicelib.logical.signing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -146,6 +149,16 @@ class ManifestObject(BaseModel):
     version_id: str | None = None  # the S3 version written (None: not recorded, an older manifest): locked by it
 
 
+class ManifestSignature(BaseModel):
+    """A KMS MAC over the manifest's canonical form without this block (chalicelib.logical.signing)."""
+
+    model_config = ConfigDict(extra="ignore")
+    key_id: str  # as KMS named the key that signed (informative: a check uses the configured key, never this)
+    algorithm: str
+    canonicalization: str
+    value: str  # base64
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     manifest_version: int = 1
@@ -172,7 +185,19 @@ class Manifest(BaseModel):
     row_counts: dict[str, int] | None = None
     error: str | None = None
     databases: list[str] | None = None  # a whole-server run: the databases dumped (each its own backup)
+    signature: ManifestSignature | None = None  # None: written without a signing key (or before signing existed)
     _read_from: BackupId | None = PrivateAttr(default=None)  # the id of the key it was read from (read_manifest)
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)  # the JSON as stored (read_manifest): what was signed
+    _stored_at: datetime | None = PrivateAttr(default=None)  # the manifest object's LastModified (set by S3)
+    _stored_version: str | None = PrivateAttr(default=None)  # and its VersionId (HEAD before the GET)
+
+    @property
+    def raw(self) -> dict[str, Any] | None:
+        return self._raw
+
+    @property
+    def stored_at(self) -> datetime | None:
+        return self._stored_at
 
     @property
     def read_from(self) -> BackupId | None:
@@ -210,12 +235,32 @@ class ManifestLeftBehind(StorageError):
     must stay with it (never a manifest without its objects). The next delivery finds it incomplete and redoes it."""
 
 
-class Catalog:
-    """Reads and writes manifests through a BackupStore."""
+class Signing(Protocol):
+    """Signs manifests as they are written and checks them before they are believed (signing.ManifestSigning)."""
 
-    def __init__(self, store: BackupStore, layout: Layout) -> None:
+    def seal(self, manifest: Manifest) -> None: ...
+    def check(self, manifest: Manifest) -> dict[str, Any]: ...
+
+
+class Catalog:
+    """Reads and writes manifests through a BackupStore; with `signing`, signs and checks them."""
+
+    def __init__(self, store: BackupStore, layout: Layout, signing: Signing | None = None) -> None:
         self.store = store
         self.layout = layout
+        self.signing = signing
+
+    def check_signature(self, manifest: Manifest) -> dict[str, Any]:
+        """What the signature check found (IntegrityError: refused); without a signing key, nothing is checked."""
+        if self.signing is None:
+            return {"status": "NOT_CHECKED", "reason": "settings.signing_key_id is not set"}
+        if manifest.signature is None and manifest.read_from is not None:
+            # An unsigned one is judged by when S3 stored it: the body read must be the version HEAD dated (a new
+            # version PUT between the HEAD and the GET would borrow the old one's LastModified).
+            now = self.store.head(self.layout.manifest_key(manifest.read_from))
+            if now is None or (now.last_modified, now.version_id) != (manifest.stored_at, manifest._stored_version):
+                manifest._stored_at = None  # not known: refused as unsigned
+        return self.signing.check(manifest)
 
     def write_manifest(self, manifest: Manifest, tags: dict[str, str]) -> None:
         """Write the manifest, the last write of a backup. When the PUT raises, its outcome is unknown (the request
@@ -225,6 +270,8 @@ class Catalog:
         manifest cannot be removed, ManifestLeftBehind (the caller then keeps the objects)."""
         bid = BackupId.parse(manifest.backup_id)
         key = self.layout.manifest_key(bid)
+        if self.signing is not None:
+            self.signing.seal(manifest)
         body = manifest.model_dump_json(indent=2).encode()
         try:
             self.store.put_bytes(key, body, tags=tags, content_type="application/json")
@@ -319,10 +366,13 @@ class Catalog:
     def read_manifest(self, bid: BackupId) -> Manifest | None:
         """The manifest as it is in the bucket, complete or not (None: there is none)."""
         key = self.layout.manifest_key(bid)
-        if self.store.head(key) is None:
+        stored = self.store.head(key)
+        if stored is None:
             return None
-        found = Manifest.model_validate(json.loads(self.store.get_bytes(key)))
-        found._read_from = bid
+        raw = json.loads(self.store.get_bytes(key))
+        found = Manifest.model_validate(raw)
+        found._read_from, found._raw, found._stored_at = bid, raw, stored.last_modified
+        found._stored_version = stored.version_id
         return found
 
     def remove_manifest(self, bid: BackupId) -> None:

@@ -1,7 +1,8 @@
 """Logical restores: a complete backup streamed from the store into pg_restore, verified twice.
 
 Safety rules: a restore goes into a database that does not exist yet (ConflictError otherwise) and
-that this run creates; everything that can be refused is refused before it is created (a missing or
+that this run creates; everything that can be refused is refused before it is created (a manifest whose signature
+does not verify, an unsigned one when signing is on (chalicelib.logical.signing), a missing or
 resized object, an archive newer than the server, a selection that names nothing); the object's
 SHA-256 is checked while streaming, to the last byte even when pg_restore stopped reading early; if
 anything fails, including a checksum mismatch found at the end, the new database is dropped, so a
@@ -191,6 +192,7 @@ def restore_logical(
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
     bid = BackupId.parse(backup_id)
     manifest: Manifest = catalog.manifest(bid)
+    catalog.check_signature(manifest)  # a forged or unsigned manifest is refused before anything is created
     # The objects to restore from: one archive, or the files of a directory-format dump.
     parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
     t0 = time.monotonic()
@@ -393,7 +395,9 @@ def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: 
         if obj.role == "globals":
             return b"".join(_read_verified(store, obj, None)).decode()
     if bid.database and manifest.databases is None:
-        for obj in catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind)).objects:
+        run = catalog.manifest(BackupId(bid.target, bid.stamp, bid.kind))
+        catalog.check_signature(run)
+        for obj in run.objects:
             if obj.role == "globals":
                 return b"".join(_read_verified(store, obj, None)).decode()
     raise BadRequestError(f"{bid} has no roles to restore: the target was backed up without logical.globals")

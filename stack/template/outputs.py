@@ -5,19 +5,22 @@ from __future__ import annotations
 from stack import names
 from stack.template.app_model import QUEUE_LOGICAL
 from stack.template.intrinsics import Json, if_, ref
-from stack.template.storage import key_arn
+from stack.template.storage import key_arn, signing_key_arn
 
 # The settings document the functions need to write what the stack protects: its bucket, its KMS key (the bucket
-# policy refuses any other encryption) and the Object Lock mode of complete backups.
-SETTINGS_LOCKED = '{"bucket": "${Bucket}", "kms_key_id": "${Key}", "object_lock_mode": "${Mode}"}'
-SETTINGS_UNLOCKED = '{"bucket": "${Bucket}", "kms_key_id": "${Key}"}'
+# policy refuses any other encryption), the key that signs manifests and the Object Lock mode of complete backups.
+SETTINGS_LOCKED = (
+    '{"bucket": "${Bucket}", "kms_key_id": "${Key}", "signing_key_id": "${SigningKey}", "object_lock_mode": "${Mode}"}'
+)
+SETTINGS_UNLOCKED = '{"bucket": "${Bucket}", "kms_key_id": "${Key}", "signing_key_id": "${SigningKey}"}'
 
 
 def outputs(stage: str, arch: str | None) -> Json:
-    variables: Json = {"Bucket": ref("BackupBucket"), "Key": key_arn()}
+    variables: Json = {"Bucket": ref("BackupBucket"), "Key": key_arn(), "SigningKey": signing_key_arn()}
     out: Json = {
         "BucketName": {"Value": ref("BackupBucket"), "Description": "settings.bucket"},
         "KmsKeyArn": {"Value": key_arn()},
+        "SigningKeyArn": {"Value": signing_key_arn(), "Description": "settings.signing_key_id"},
         "JobsTableName": {"Value": ref("JobsTable")},
         "AlarmTopicArn": {"Value": ref("AlarmTopic")},
         "DatabaseAccessPolicyArn": {"Value": ref("DatabaseAccessPolicy")},
@@ -31,7 +34,7 @@ def outputs(stage: str, arch: str | None) -> Json:
                 {"Fn::Sub": [SETTINGS_LOCKED, {**variables, "Mode": ref("ObjectLockMode")}]},
                 {"Fn::Sub": [SETTINGS_UNLOCKED, variables]},
             ),
-            "Description": "Minimal settings for the SettingsParameter: the bucket, its KMS key, the Object Lock mode",
+            "Description": "Minimal settings for the SettingsParameter: the bucket, its KMS keys, the Object Lock mode",
         },
     }
     for kind in names.QUEUE_KINDS:

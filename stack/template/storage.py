@@ -1,4 +1,4 @@
-"""The backup bucket, its KMS key and lifecycle rules, and the jobs table.
+"""The backup bucket, its KMS key and lifecycle rules, the manifest signing key, and the jobs table.
 
 Lifecycle rules come from chalicelib.scheduling.retention.lifecycle_rules; only the days of the default policy
 (and the noncurrent-version days) become parameters, defaulting to the rules' own days.
@@ -10,18 +10,28 @@ locked and its clean-up's plain deletes only leave delete markers. No function m
 shorten or reconfigure a lock (tests/stack/test_immutable.py). The bucket policy refuses any PutObject that names
 another encryption than aws:kms with the stack's key.
 
-The bucket and the key are retained when the stack is deleted: deleting a stack never deletes backups,
-nor the key that decrypts them.
+The manifest signing key (an HMAC_256 KMS key, GENERATE_VERIFY_MAC) signs every manifest as the backup worker writes
+it (kms:GenerateMac) and restores check it (kms:VerifyMac): chalicelib.logical.signing. Its key policy is the bucket
+key's (the account administers it through IAM); no function has any of its administrative actions.
+
+The bucket and the keys are retained when the stack is deleted: deleting a stack never deletes backups,
+nor the keys that decrypt and vouch for them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from stack import names
 from stack.template.app_model import retention_rules
 from stack.template.intrinsics import Json, getatt, if_, ref, sub
 
 RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
+
+
+def signing_key_arn() -> Json:
+    """The KMS HMAC key that signs manifests (settings.signing_key_id)."""
+    return getatt("ManifestSigningKey", "Arn")
 
 
 def key_arn() -> Json:
@@ -139,6 +149,7 @@ def _cfn_rule(rule: Json) -> Json:
 def storage_resources(rules: list[Json]) -> Json:
     return {
         **_key(),
+        **_signing_key(),
         "BackupBucket": _bucket(rules),
         "BackupBucketPolicy": _bucket_policy(),
         "JobsTable": _jobs_table(),
@@ -175,6 +186,42 @@ def _key() -> Json:
             "Type": "AWS::KMS::Alias",
             "Condition": "CreateKmsKey",
             "Properties": {"AliasName": sub("alias/pg-lifeboat-${Stage}"), "TargetKeyId": ref("BackupKey")},
+        },
+    }
+
+
+def _signing_key() -> Json:
+    """The manifest signing key and its alias (the functions' policies name the alias: stack/capabilities.py)."""
+    return {
+        "ManifestSigningKey": {
+            "Type": "AWS::KMS::Key",
+            **RETAIN,
+            "Properties": {
+                "Description": sub("pg-lifeboat ${Stage}: signs backup manifests (HMAC)"),
+                "KeySpec": "HMAC_256",
+                "KeyUsage": "GENERATE_VERIFY_MAC",
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            # As the bucket key: the account administers it and IAM policies decide who uses it (the
+                            # backup worker and the Fargate task GenerateMac, restores VerifyMac, nobody else).
+                            "Sid": "AccountAdministersKeyThroughIam",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        }
+                    ],
+                },
+            },
+        },
+        "ManifestSigningKeyAlias": {
+            "Type": "AWS::KMS::Alias",
+            "Properties": {
+                "AliasName": sub(names.signing_key_alias("${Stage}")),
+                "TargetKeyId": ref("ManifestSigningKey"),
+            },
         },
     }
 

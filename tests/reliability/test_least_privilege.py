@@ -159,11 +159,11 @@ def observed(moto_server: MotoServer, pg: PostgresServer, pg_roots: Path, big_db
             mp.setenv(key, value)
         mp.setenv("LIFEBOAT_PG_ROOTS", str(pg_roots))
         ssm = boto3.client("ssm")
-        ssm.put_parameter(
-            Name="/pg-lifeboat/dev/settings",
-            Type="String",
-            Value=json.dumps({"bucket": stack.bucket, "part_size_mib": 6, "upload_memory_mib": 16}),
-        )
+        # Manifests signed as the stack configures it: the backup worker calls kms:GenerateMac, restores VerifyMac.
+        signing_key = boto3.client("kms").create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+        settings = {"bucket": stack.bucket, "part_size_mib": 6, "upload_memory_mib": 16}
+        settings["signing_key_id"] = signing_key["KeyMetadata"]["Arn"]
+        ssm.put_parameter(Name="/pg-lifeboat/dev/settings", Type="String", Value=json.dumps(settings))
         for name, database in (("shop", "shop"), ("big", big_db)):
             spec = target(
                 name,

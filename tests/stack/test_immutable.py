@@ -38,6 +38,7 @@ FORBIDDEN = (
 )
 STACK_KEY = "arn:aws:kms:eu-west-1:123456789012:key/stack-key"
 OTHER_KEY = "arn:aws:kms:eu-west-1:123456789012:key/someone-elses"
+SIGNING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/signing-key"
 
 
 def grants(statement: dict[str, Any], action: str) -> bool:
@@ -128,6 +129,8 @@ def resolve(packaged: Packaged, node: Any) -> Any:
         return node
     if node == {"Fn::GetAtt": ["BackupKey", "Arn"]}:
         return STACK_KEY
+    if node == {"Fn::GetAtt": ["ManifestSigningKey", "Arn"]}:
+        return SIGNING_KEY
     if node == {"Ref": "BackupBucket"}:
         return "backup-bucket"
     if node == {"Fn::GetAtt": ["BackupBucket", "Arn"]}:
@@ -185,6 +188,7 @@ def test_the_settings_output_carries_the_key_and_the_lock_mode(packaged: Package
     settings = Settings.model_validate(json.loads(text))
     assert settings.bucket == "backup-bucket"
     assert settings.kms_key_id == STACK_KEY
+    assert settings.signing_key_id == SIGNING_KEY
     assert settings.object_lock_mode == "GOVERNANCE"
 
 

@@ -337,6 +337,11 @@ def test_kms_use_is_scoped_to_s3_and_the_stage_buckets() -> None:
                     {"StringLike": {"kms:ViaService": ["ec2.*.amazonaws.com", "rds.*.amazonaws.com"]}},
                     {"Bool": {"kms:GrantIsForAWSResource": "true"}},
                 ), path.name
+            elif st["Sid"] in ("SignManifests", "VerifyManifests"):  # the manifest signing key, by its alias only
+                assert as_list(st["Action"]) in (["kms:GenerateMac"], ["kms:VerifyMac"]), path.name
+                assert st["Condition"] == {
+                    "ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)}
+                }, path.name
             elif any(a.startswith("kms:") for a in as_list(st["Action"])):
                 like = st["Condition"]["StringLike"]
                 assert like["kms:ViaService"] == "s3.*.amazonaws.com"
