@@ -55,6 +55,8 @@ def _condition_holds(operator: str, key: str, wanted: Any, context: dict[str, An
         return (key not in context) == (str(wanted).lower() == "true")
     if operator == "ForAllValues:StringEquals":  # every value of a multivalued key is listed (absent: true)
         return all(v in _list(wanted) for v in _list(context.get(key, [])))
+    if operator == "ForAnyValue:StringEquals":  # some value of a multivalued key is listed (absent: false)
+        return any(v in _list(wanted) for v in _list(context.get(key, [])))
     if key not in context:
         return False  # no ...IfExists operators in the files: a missing key fails the condition
     actual = context[key]
@@ -195,7 +197,14 @@ def test_the_evaluator_knows_every_condition_operator_the_files_use() -> None:
         for st in json.loads(path.read_text())["Statement"]
         for op in st.get("Condition", {})
     }
-    assert used <= {"StringEquals", "StringLike", "Bool", "Null", "ForAllValues:StringEquals"}, used
+    assert used <= {
+        "StringEquals",
+        "StringLike",
+        "Bool",
+        "Null",
+        "ForAllValues:StringEquals",
+        "ForAnyValue:StringEquals",
+    }, used
 
 
 # --- Review 12: sources are the operator's to opt in, and "managed" cannot be forged ---------------------------
