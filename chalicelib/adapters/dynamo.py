@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -128,6 +128,32 @@ def _sortable(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _put_if(
+    client: DynamoDBClient,
+    table: str,
+    item: dict[str, AttributeValueTypeDef],
+    condition: str,
+    what: str,
+    values: dict[str, AttributeValueTypeDef] | None = None,
+    names: dict[str, str] | None = None,
+) -> bool:
+    """One conditional put: False when the condition failed (another writer was first), StorageError when DynamoDB
+    refused or could not be reached. `names` defaults to `#s` → status, the attribute most conditions test."""
+    names = {"#s": "status"} if names is None else names
+    extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
+    if values:
+        extra["ExpressionAttributeValues"] = values
+    try:
+        client.put_item(TableName=table, Item=item, ConditionExpression=condition, **extra)
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return False
+        raise StorageError(f"cannot {what} in DynamoDB table {table!r}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot reach DynamoDB to {what} in {table!r}: {exc}") from exc
+    return True
+
+
 def _key(pk: str) -> dict[str, AttributeValueTypeDef]:
     return {PK: _s(pk)}
 
@@ -155,23 +181,14 @@ class JobStore:
             EXPIRES_AT: _n(_epoch(now + RECORD_LIFETIME)),
             **{k: _s(v) for k, v in detail.items()},
         }
-        try:
-            self.client.put_item(
-                TableName=self.table,
-                Item=item,
-                ConditionExpression=(
-                    "attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":failed": _s("FAILED"), ":running": _s("RUNNING"), ":now": _n(_epoch(now))},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"cannot record the run in DynamoDB table {self.table!r}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"cannot reach DynamoDB to record the run in {self.table!r}: {exc}") from exc
-        return True
+        return _put_if(
+            self.client,
+            self.table,
+            item,
+            "attribute_not_exists(pk) OR #s = :failed OR (#s = :running AND lease_until < :now)",
+            f"record the run {key}",
+            values={":failed": _s("FAILED"), ":running": _s("RUNNING"), ":now": _n(_epoch(now))},
+        )
 
     def finish(self, key: str, status: str, detail: Mapping[str, str] | None = None) -> None:
         fields = {"status": status, "updated_at": datetime.now(UTC).isoformat(), **_detail(detail)}
@@ -223,20 +240,15 @@ class DispatchCursor:
 
     def advance(self, tick: datetime) -> bool:
         """Move the cursor to `tick`; False when it already stands there or later."""
-        try:
-            self.client.put_item(
-                TableName=self.table,
-                Item={PK: _s(CURSOR_KEY), "tick": _s(tick.isoformat())},
-                ConditionExpression="attribute_not_exists(pk) OR tick < :t",
-                ExpressionAttributeValues={":t": _s(tick.isoformat())},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"cannot advance the dispatch cursor in {self.table!r}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"cannot reach DynamoDB to advance the dispatch cursor: {exc}") from exc
-        return True
+        return _put_if(
+            self.client,
+            self.table,
+            {PK: _s(CURSOR_KEY), "tick": _s(tick.isoformat())},
+            "attribute_not_exists(pk) OR tick < :t",
+            "advance the dispatch cursor",
+            values={":t": _s(tick.isoformat())},
+            names={},
+        )
 
 
 # --- restore jobs ------------------------------------------------------------------------------------
@@ -282,26 +294,11 @@ class RestoreJobTable:
         values: dict[str, AttributeValueTypeDef] | None = None,
     ) -> bool:
         """One conditional put; False when the condition failed."""
-        try:
-            if values:
-                self.client.put_item(
-                    TableName=self.table,
-                    Item=self._item(record, lease_until),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues=values,
-                )
-            else:
-                self.client.put_item(
-                    TableName=self.table, Item=self._item(record, lease_until), ConditionExpression=condition
-                )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"cannot write restore {record.restore_id} to {self.table!r}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"cannot reach DynamoDB to write restore {record.restore_id}: {exc}") from exc
-        return True
+        item = self._item(record, lease_until)
+        what = f"write restore {record.restore_id}"
+        if not values:
+            return _put_if(self.client, self.table, item, condition, what, names={})
+        return _put_if(self.client, self.table, item, condition, what, values=values)
 
     def create(self, record: RestoreRecord) -> None:
         if not self._put(record, None, "attribute_not_exists(pk)"):
