@@ -280,6 +280,15 @@ class Settings(_Model):
     # retention class ends (chalicelib.logical.protect). The bucket must have Object Lock enabled (the stack's
     # SettingsJson output sets this from ObjectLockMode); None: nothing is locked.
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = None
+    # EBS snapshot lock (chalicelib.physical.protect): the sweep locks each managed EBS snapshot it sees complete,
+    # in this mode, for its retention. None: object_lock_mode's mode (the stack's default: GOVERNANCE); NONE: no lock.
+    # RDS and Aurora snapshots have no lock: IAM protects them (only the pruner deletes, managed snapshots only).
+    snapshot_lock_mode: Literal["GOVERNANCE", "COMPLIANCE", "NONE"] | None = None
+    # A second AWS account (the vault): every managed snapshot, and its cross-region copy, is shared with it once
+    # available (EBS createVolumePermission, RDS restore attribute). None: nothing is shared.
+    vault_account_id: str | None = Field(
+        default=None, description="12-digit AWS account id every managed snapshot is shared with"
+    )
     # Signed manifests (chalicelib.logical.signing): a KMS HMAC_256 key (ARN, id or alias/...) that signs every
     # manifest at write and is checked by every restore and `lifeboat verify`; None: not signed, not checked.
     signing_key_id: str | None = Field(default=None, description="KMS HMAC_256 key signing manifests")
@@ -327,6 +336,13 @@ class Settings(_Model):
     def _bucket(cls, value: str) -> str:
         if not BUCKET_NAME.fullmatch(value) or ".." in value or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value):
             raise ValueError(f"{value!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+        return value
+
+    @field_validator("vault_account_id")
+    @classmethod
+    def _vault_account(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{12}", value):
+            raise ValueError(f"vault_account_id {value!r}: an AWS account id is exactly 12 digits, e.g. '123456789012'")
         return value
 
     @field_validator("prefix")

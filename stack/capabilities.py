@@ -221,7 +221,10 @@ AS_MANAGED = {f"aws:RequestTag/{names.MANAGED_TAG[0]}": names.MANAGED_TAG[1]}
 # (physical.ec2_instance_id) or each volume (physical.volume_ids without an instance) carries this tag.
 BACKUP_SOURCE_TAG = ("lifeboat:backup-source", "true")
 BACKUP_SOURCE = {"StringEquals": {f"aws:ResourceTag/{BACKUP_SOURCE_TAG[0]}": BACKUP_SOURCE_TAG[1]}}
-OBSERVED_ONLY = {"ForAllValues:StringEquals": {"aws:TagKeys": ["lifeboat:observed"]}}
+# chalicelib.physical.names OBSERVED_TAG and LOCKED_UNTIL_TAG: the only tags the sweeper adds to a managed snapshot.
+OBSERVED_ONLY = {"ForAllValues:StringEquals": {"aws:TagKeys": ["lifeboat:observed", "lifeboat:locked-until"]}}
+# chalicelib.scheduling.retention.KEEP_LOCK_DAYS: the shortest lock the sweeper may set on an EBS snapshot.
+MIN_SNAPSHOT_LOCK_DAYS = 30
 
 
 def _snapshot_statements(what: str) -> list[Statement]:
@@ -234,7 +237,7 @@ def _snapshot_statements(what: str) -> list[Statement]:
         return _sweep_snapshots()
     if what == "keys":
         return _snapshot_keys()
-    if what == "prune":
+    if what == "prune":  # the only deletion of snapshots any function has (none has ec2:UnlockSnapshot)
         return [
             {
                 "Sid": "DeleteManagedRdsSnapshots",
@@ -336,6 +339,17 @@ def _take_snapshots() -> list[Statement]:
 #   outside the stack.
 # - ec2:CopySnapshot: snapshot* for the source (snap-..., aws:ResourceTag: managed) and for the new copy (ARN
 #   NEW_EBS_SNAPSHOT, aws:RequestTag: managed). ec2:CreateTags with ec2:CreateAction CopySnapshot: its tags.
+# It also protects them (chalicelib.physical.protect):
+# - ec2:LockSnapshot (the only role with it; none has ec2:UnlockSnapshot): managed snapshots, with a LockDuration
+#   (ec2:SnapshotLockDuration, so never an ExpirationDate) of at least MIN_SNAPSHOT_LOCK_DAYS and no cooling-off
+#   period (ec2:CoolOffPeriod absent: a compliance lock is final at once). A lock can then only be extended, with
+#   one limit IAM cannot remove: in governance mode whoever holds ec2:LockSnapshot may lower a lock to that floor
+#   (EC2 allows it; IAM sees only the new duration). COMPLIANCE mode closes that: no one can shorten a lock.
+# - ec2:ModifySnapshotAttribute (the vault share): managed snapshots, to an account (ec2:Add/userId present), never
+#   to a group (ec2:Add/group absent: never public). rds:ModifyDB(Cluster)SnapshotAttribute: managed snapshots; RDS
+#   has no condition key on the values, so IAM cannot limit to whom (or forbid "all", public). Which account is in
+#   SSM, unknown to these files: a compromised sweeper may share a managed snapshot with any account; an encrypted
+#   one is useless there unless its key policy names that account (RDS refuses to make encrypted snapshots public).
 def _sweep_snapshots() -> list[Statement]:
     copies = ["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"]
     return [
@@ -387,6 +401,31 @@ def _sweep_snapshots() -> list[Statement]:
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
             "Condition": {**MANAGED, **OBSERVED_ONLY},
+        },
+        {
+            "Sid": "LockManagedEbsSnapshots",
+            "Effect": "Allow",
+            "Action": ["ec2:LockSnapshot"],
+            "Resource": EXISTING_EBS_SNAPSHOTS,
+            "Condition": {
+                **MANAGED,
+                "NumericGreaterThanEquals": {"ec2:SnapshotLockDuration": str(MIN_SNAPSHOT_LOCK_DAYS)},
+                "Null": {"ec2:CoolOffPeriod": "true"},
+            },
+        },
+        {
+            "Sid": "ShareManagedEbsSnapshots",
+            "Effect": "Allow",
+            "Action": ["ec2:ModifySnapshotAttribute"],
+            "Resource": EXISTING_EBS_SNAPSHOTS,
+            "Condition": {**MANAGED, "Null": {"ec2:Add/userId": "false", "ec2:Add/group": "true"}},
+        },
+        {
+            "Sid": "ShareManagedRdsSnapshots",
+            "Effect": "Allow",
+            "Action": ["rds:ModifyDBSnapshotAttribute", "rds:ModifyDBClusterSnapshotAttribute"],
+            "Resource": RDS_SNAPSHOTS,
+            "Condition": MANAGED,
         },
     ]
 

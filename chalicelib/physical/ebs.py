@@ -4,7 +4,8 @@ volumes. The snapshots of one slot form a set, found again by their tags."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -12,7 +13,7 @@ from chalicelib.adapters.aws_errors import error_code, error_message
 from chalicelib.config import Physical
 from chalicelib.errors import LifeboatError, SnapshotError
 from chalicelib.observability import logger
-from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, utc
+from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, share_failure, utc
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
 from chalicelib.physical.names import (
     BACKUP_SOURCE_TAG,
@@ -63,6 +64,7 @@ def instance_specification(
 
 class EbsDriver(Driver):
     kind: SnapshotKind = "ebs"
+    lockable: ClassVar[bool] = True
 
     @staticmethod
     def resource(item: Mapping[str, Any], region: str) -> SnapshotResource:
@@ -240,6 +242,31 @@ class EbsDriver(Driver):
                 raise aws_failure(exc, f"copying {m.resource_id} to {dest}", dest, "ec2:CopySnapshot") from exc
             started.append(m.resource_id)
         return started
+
+    def lock(self, svc: SnapshotServices, member: SnapshotResource, mode: str, days: int) -> datetime | None:
+        """EBS snapshot lock. Sent as a duration (the sweeper's IAM policy requires ec2:SnapshotLockDuration of at
+        least 30 days) without a cooling-off period, so a compliance lock is final at once. Locking a locked snapshot
+        again sets its lock from now: the sweep only does so with the same duration, which extends it."""
+        try:
+            resp = svc.client_for("ec2", member.region).lock_snapshot(
+                SnapshotId=member.resource_id, LockMode=mode, LockDuration=days
+            )
+        except (ClientError, BotoCoreError) as exc:
+            what = f"locking EBS snapshot {member.resource_id} ({mode}, {days} days)"
+            raise aws_failure(exc, what, member.region, "ec2:LockSnapshot on managed snapshots") from exc
+        return utc(resp.get("LockExpiresOn"))
+
+    def share(self, svc: SnapshotServices, members: Sequence[SnapshotResource], account: str) -> None:
+        for m in members:
+            try:
+                svc.client_for("ec2", m.region).modify_snapshot_attribute(
+                    SnapshotId=m.resource_id,
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    UserIds=[account],
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise share_failure(exc, m, account, "ec2:ModifySnapshotAttribute") from exc
 
 
 EBS = EbsDriver()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib.config import Config, Physical, Target
@@ -15,12 +15,14 @@ from chalicelib.observability import logger
 from chalicelib.physical.names import (
     COPY_OF_TAG,
     LABEL_TAG,
+    LOCKED_UNTIL_TAG,
     MANAGED_TAG,
     MANAGED_VALUE,
     OBSERVED_TAG,
     PINNED_TAG,
     SLOT_TAG,
     TARGET_TAG,
+    TRIGGER_TAG,
     parse_slot_tag,
 )
 from chalicelib.scheduling.retention import POLICY_TAG, RETENTION_TAG
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 SnapshotKind = Literal["db", "cluster", "ebs"]
 State = Literal["creating", "available", "failed", "deleting"]
 ClientFactory = Callable[[str, str], Any]
+# How far AWS's creation time of a snapshot may lie from its slot tag: a scheduled run starts at its slot, late by
+# a queue backlog at most; more than this and the slot tag (written by whoever created the snapshot) is not trusted.
+SLOT_EARLY = timedelta(minutes=5)
+SLOT_LATE = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,36 @@ class SnapshotSet:
         return self._tag(LABEL_TAG)
 
     @property
+    def trigger(self) -> str:
+        """What started it: `schedule`, or an on-demand trigger (snapshots from before the tag: `schedule`)."""
+        return self._tag(TRIGGER_TAG) or "schedule"
+
+    @property
+    def locked_until(self) -> datetime | None:
+        """When the last lock of its members ends, as the sweep recorded it (None: no lock recorded)."""
+        ends = [parse_slot_tag(m.tags.get(LOCKED_UNTIL_TAG)) for m in self.members]
+        return max((end for end in ends if end is not None), default=None)
+
+    @property
     def created(self) -> datetime | None:
         times = [m.created for m in self.members if m.created]
         return min(times) if times else None
+
+    @property
+    def slot_mismatch(self) -> str:
+        """Why its slot tag cannot be trusted ("" when it can). The tag is written by whoever created the snapshot,
+        so leaked worker credentials could create one tagged with an old slot (or a future one) to stand for a past
+        period, and make the pruner delete the real snapshot of that period; AWS's creation time cannot be forged.
+        Copies are judged by their source (the sweep copies no mismatched source)."""
+        created = self.created
+        if self.copy_of is not None or created is None:
+            return ""
+        if self.slot - SLOT_EARLY <= created <= self.slot + SLOT_LATE:
+            return ""
+        return (
+            f"slot tag {self.slot:%Y-%m-%dT%H:%M:%SZ} disagrees with its creation time {created:%Y-%m-%dT%H:%M:%SZ}:"
+            " not counted by retention and kept; an operator checks who made it, then deletes or pins it"
+        )
 
     @property
     def completed(self) -> datetime | None:

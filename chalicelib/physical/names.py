@@ -24,6 +24,9 @@ TRIGGER_TAG = "lifeboat:trigger"
 OBSERVED_TAG = "lifeboat:observed"
 COPY_OF_TAG = "lifeboat:copy-of"
 LABEL_TAG = "lifeboat:backup-label"
+# When the snapshot's lock ends (EBS snapshot lock, set by the sweep with OBSERVED_TAG): the pruner does not try to
+# delete it before. A record for the pruner, not the lock itself: EC2 refuses the deletion whatever the tag says.
+LOCKED_UNTIL_TAG = "lifeboat:locked-until"
 PINNED_TAG = "pinned"
 # The operator opts a source in to snapshots with BACKUP_SOURCE_TAG=true (on the RDS instance or Aurora cluster,
 # the EC2 instance, or each listed volume): the backup worker's IAM policy snapshots nothing else.
@@ -42,10 +45,12 @@ def slot_time(when: datetime) -> datetime:
 
 
 def format_slot_tag(slot: datetime) -> str:
+    """A time as a tag value (slots, lock ends): UTC, whole seconds, `2026-11-29T03:00:00Z`."""
     return slot_time(slot).strftime(SLOT_TAG_FORMAT)
 
 
 def parse_slot_tag(text: str | None) -> datetime | None:
+    """A time tag (format_slot_tag) read back; None when missing or unreadable."""
     if not text:
         return None
     try:
@@ -103,8 +108,10 @@ def snapshot_tags(target: Target, bid: BackupId, retention_class: str, trigger: 
 
 
 def copy_tags(source_tags: Mapping[str, str], source_ref: str) -> dict[str, str]:
-    """A copy carries its source's tags (except the observation mark, which is per region) and where it came from."""
-    tags = {k: v for k, v in source_tags.items() if k != OBSERVED_TAG and not k.startswith("aws:")}
+    """A copy carries its source's tags (except the observation mark and the lock's end, which are per snapshot) and
+    where it came from."""
+    per_snapshot = (OBSERVED_TAG, LOCKED_UNTIL_TAG)
+    tags = {k: v for k, v in source_tags.items() if k not in per_snapshot and not k.startswith("aws:")}
     tags[COPY_OF_TAG] = source_ref
     return tags
 

@@ -72,8 +72,9 @@ def prune(svc: SnapshotServices, dry_run: bool = False, targets: Sequence[str] |
     in the source region and in the copy region, each region judged on its own.
 
     Only snapshots tagged `lifeboat:managed=true` with this target's tag are considered: automated RDS
-    snapshots and anything without the tag are never touched. Snapshots still being created, and failed
-    ones the sweep has not reported yet, are left alone. With `dry_run` nothing is deleted and the report
+    snapshots and anything without the tag are never touched. Snapshots still being created, failed ones the
+    sweep has not reported yet, and locked ones (until the sweep's `lifeboat:locked-until`; reported as kept,
+    "locked until ...") are left alone. With `dry_run` nothing is deleted and the report
     says what would be, and why. A label object in S3 goes with the last snapshot set that points to it.
     """
     report = PruneReport(dry_run)
@@ -174,12 +175,22 @@ def _decide(sets: Sequence[SnapshotSet], policy: RetentionPolicy, now: datetime)
             held[snap.backup_id] = f"in progress ({snap.state})"
         elif snap.state == "failed" and not snap.observed:
             held[snap.backup_id] = "failed; kept until the sweep has reported it"
+        elif mismatch := snap.slot_mismatch:
+            held[snap.backup_id] = mismatch
+            logger.warning("snapshot slot tag not trusted", extra={"backup_id": snap.backup_id, "reason": mismatch})
         else:
             facts.append(
                 SnapshotFacts(snap.backup_id, snap.slot, snap.retention_class, snap.pinned, snap.state == "available")
             )
     keep = snapshots_to_keep(facts, policy, now)
-    return [(snap, held.get(snap.backup_id) or keep.get(snap.backup_id, "")) for snap in sets]
+    return [(snap, held.get(snap.backup_id) or keep.get(snap.backup_id) or _locked(snap, now)) for snap in sets]
+
+
+def _locked(snap: SnapshotSet, now: datetime) -> str:
+    """Why a set the policy no longer needs is kept anyway: its EBS lock has not ended ("" when it may go). EC2
+    would refuse the deletion; the pruner does not try."""
+    until = snap.locked_until
+    return f"locked until {until:%Y-%m-%dT%H:%M:%SZ}" if until and until > now else ""
 
 
 def _delete_reason(snap: SnapshotSet) -> str:

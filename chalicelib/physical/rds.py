@@ -10,7 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.adapters.aws_errors import error_code, error_message
 from chalicelib.errors import SnapshotError
-from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, utc
+from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, share_failure, utc
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
 from chalicelib.physical.names import BACKUP_SOURCE_TAG, copy_tags, tag_dict, tag_list
 
@@ -46,6 +46,7 @@ class RdsDriver(Driver):
     copy_target_param: str
     delete_op: str
     gone_codes: tuple[str, ...]
+    share_op: str
     quota_name: str
     quota: int = RDS_MANUAL_SNAPSHOT_QUOTA
 
@@ -86,7 +87,7 @@ class RdsDriver(Driver):
 
     @property
     def describe_action(self) -> str:
-        return "".join(p.capitalize() for p in self.describe.split("_")).replace("Db", "DB")
+        return iam_action(self.describe)
 
     def start(
         self,
@@ -174,6 +175,21 @@ class RdsDriver(Driver):
             started.append(m.resource_id)
         return started
 
+    def share(self, svc: SnapshotServices, members: Sequence[SnapshotResource], account: str) -> None:
+        """The snapshot's `restore` attribute: the account may restore it, or copy it into its own account."""
+        for m in members:
+            try:
+                getattr(svc.client_for("rds", m.region), self.share_op)(
+                    **{self.id_key: m.resource_id}, AttributeName="restore", ValuesToAdd=[account]
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise share_failure(exc, m, account, f"rds:{iam_action(self.share_op)}") from exc
+
+
+def iam_action(operation: str) -> str:
+    """boto3's operation name as IAM names the action: modify_db_snapshot_attribute -> ModifyDBSnapshotAttribute."""
+    return "".join(p.capitalize() for p in operation.split("_")).replace("Db", "DB")
+
 
 RDS_INSTANCE = RdsDriver(
     kind="db",
@@ -193,6 +209,7 @@ RDS_INSTANCE = RdsDriver(
     copy_target_param="TargetDBSnapshotIdentifier",
     delete_op="delete_db_snapshot",
     gone_codes=("DBSnapshotNotFound", "DBSnapshotNotFoundFault"),
+    share_op="modify_db_snapshot_attribute",
     quota_name="Manual DB instance snapshots",
 )
 AURORA_CLUSTER = RdsDriver(
@@ -213,5 +230,6 @@ AURORA_CLUSTER = RdsDriver(
     copy_target_param="TargetDBClusterSnapshotIdentifier",
     delete_op="delete_db_cluster_snapshot",
     gone_codes=("DBClusterSnapshotNotFoundFault",),
+    share_op="modify_db_cluster_snapshot_attribute",
     quota_name="Manual DB cluster snapshots",
 )

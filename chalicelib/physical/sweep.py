@@ -8,13 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib import observability
-from chalicelib.config import Physical, Target
+from chalicelib.config import Physical, RetentionPolicy, Target
 from chalicelib.errors import LifeboatError, SnapshotError
 from chalicelib.observability import logger
 from chalicelib.physical.driver import Driver
 from chalicelib.physical.inventory import Inventory, driver_for
 from chalicelib.physical.model import SnapshotServices, SnapshotSet
 from chalicelib.physical.names import OBSERVED_TAG
+from chalicelib.physical.protect import protect
 
 
 @dataclass
@@ -24,6 +25,8 @@ class SweepReport:
     pending: list[str] = field(default_factory=list)
     copies_started: list[str] = field(default_factory=list)
     copies_completed: list[str] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)  # "<backup id>@<region> until <time>"
+    shared: list[str] = field(default_factory=list)  # "<backup id>@<region> with <account>"
     managed: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -37,9 +40,10 @@ def sweep(svc: SnapshotServices, targets: Sequence[str] | None = None) -> SweepR
     Finished ones are tagged `lifeboat:observed=done` and counted (`SnapshotSucceeded`, `SnapshotDuration`:
     seconds from the snapshot's start to its completion time where AWS gives one — EBS — else to now, so it
     overstates RDS durations by up to one sweep interval); failed ones are tagged `=failed` and counted in
-    `SnapshotFailed` (alarm on it). A newly finished source is copied to `copy_to_region` first: if the copy
-    cannot be started the source stays unmarked and the next sweep tries again. Problems with one target are
-    reported and do not stop the others.
+    `SnapshotFailed` (alarm on it). A finished snapshot (source or copy) is first protected (physical.protect: an EBS
+    lock for its retention, a share with the vault account), and a newly finished source copied to
+    `copy_to_region`: if any of that fails, it stays unmarked (counted in `SnapshotFailed`) and the next sweep tries
+    again. Problems with one target are reported and do not stop the others.
     """
     report = SweepReport()
     inventory = Inventory(svc)
@@ -61,6 +65,7 @@ def _sweep_target(
 ) -> None:
     driver = driver_for(physical)
     region = svc.source_region(physical)
+    policy = svc.config.policy_for(target)
     if physical.copy_to_region == region:
         raise SnapshotError(
             f"target {target.name!r}: copy_to_region {region} is the source's own region;"
@@ -71,15 +76,21 @@ def _sweep_target(
     observability.record("ManagedSnapshots", report.managed[target.name], "Count", target.name)
     for snap in sources:
         if not snap.observed:
-            _observe(svc, driver, physical, snap, now, report)
+            _observe(svc, driver, physical, policy, snap, now, report)
     if physical.copy_to_region:
         for snap in inventory.sets(driver, physical.copy_to_region, target.name):
             if snap.copy_of is not None and not snap.observed:
-                _observe(svc, driver, physical, snap, now, report)
+                _observe(svc, driver, physical, policy, snap, now, report)
 
 
 def _observe(
-    svc: SnapshotServices, driver: Driver, physical: Physical, snap: SnapshotSet, now: datetime, report: SweepReport
+    svc: SnapshotServices,
+    driver: Driver,
+    physical: Physical,
+    policy: RetentionPolicy,
+    snap: SnapshotSet,
+    now: datetime,
+    report: SweepReport,
 ) -> None:
     where = f"{snap.backup_id}@{snap.region}"
     extra = {
@@ -89,16 +100,24 @@ def _observe(
         "snapshots": [m.resource_id for m in snap.members],
     }
     if snap.state == "available":
-        if snap.copy_of is None and physical.copy_to_region:
-            try:
+        try:
+            protection = protect(svc, driver, snap, physical, policy)
+            started = []
+            if snap.slot_mismatch:  # the pruner keeps it out of retention; a copy would count in the copy region
+                logger.warning("snapshot not copied", extra={**extra, "reason": snap.slot_mismatch})
+            elif snap.copy_of is None and physical.copy_to_region:
                 started = driver.copy(svc, snap, physical.copy_to_region, physical.copy_kms_key_id)
-            except LifeboatError as exc:
-                observability.record("SnapshotFailed", 1, "Count", snap.target)
-                logger.error("cross-region copy could not be started", extra={**extra, "error": str(exc)})
-                report.errors.append(f"{where}: {exc}")
-                return  # leave the source unmarked: the next sweep tries the copy again
-            report.copies_started.extend(f"{r}@{physical.copy_to_region}" for r in started)
-        driver.tag(svc, snap.members, {OBSERVED_TAG: "done"})
+        except LifeboatError as exc:
+            observability.record("SnapshotFailed", 1, "Count", snap.target)
+            logger.error("snapshot could not be locked, shared or copied", extra={**extra, "error": str(exc)})
+            report.errors.append(f"{where}: {exc}")
+            return  # leave it unmarked: the next sweep tries again
+        report.copies_started.extend(f"{r}@{physical.copy_to_region}" for r in started)
+        if protection.locked_until:
+            report.locked.append(f"{where} until {protection.locked_until:%Y-%m-%dT%H:%M:%SZ}")
+        if protection.shared_with:
+            report.shared.append(f"{where} with {protection.shared_with}")
+        driver.tag(svc, snap.members, {OBSERVED_TAG: "done", **protection.tags})
         seconds = max(0.0, ((snap.completed or now) - (snap.created or now)).total_seconds())
         if snap.copy_of is None:
             report.completed.append(where)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -13,6 +13,7 @@ import pytest
 from chalicelib.adapters.s3 import S3Store
 from chalicelib.config import Config, parse_config
 from chalicelib.physical.model import SnapshotServices
+from chalicelib.physical.names import SLOT_TAG, parse_slot_tag
 from devstack.aws import MotoServer
 
 SOURCE = "us-east-1"
@@ -21,17 +22,46 @@ BUCKET = "lifeboat-physical-test"
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 
+# Where each describe call names a snapshot's id and AWS's creation time.
+_CREATED_FIELDS = {
+    "DescribeDBSnapshots": ("DBSnapshots", "DBSnapshotIdentifier", "SnapshotCreateTime"),
+    "DescribeDBClusterSnapshots": ("DBClusterSnapshots", "DBClusterSnapshotIdentifier", "SnapshotCreateTime"),
+    "DescribeSnapshots": ("Snapshots", "SnapshotId", "StartTime"),
+}
+
+
 class Clients:
-    """`client_for(service, region)`: one boto3 client per (service, region), like the runtime's cache."""
+    """`client_for(service, region)`: one boto3 client per (service, region), like the runtime's cache.
+
+    moto stamps a snapshot with the real time, while the tests' snapshots stand for slots on a fixed clock: the
+    creation time each describe call returns is moved to the snapshot's slot tag plus a minute (as a scheduled run
+    would create it), except for the ids in `real_created`, which keep moto's time (a snapshot made now with a
+    forged slot tag)."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], Any] = {}
+        self.real_created: set[str] = set()
 
     def __call__(self, service: str, region: str) -> Any:
         key = (service, region)
         if key not in self._cache:
-            self._cache[key] = boto3.client(service, region_name=region)
+            client = boto3.client(service, region_name=region)
+            for operation in _CREATED_FIELDS if service in ("rds", "ec2") else ():
+                after_call(client, operation, self._created_at_slot(operation))
+            self._cache[key] = client
         return self._cache[key]
+
+    def _created_at_slot(self, operation: str) -> Callable[[dict[str, Any]], None]:
+        items_key, id_key, time_key = _CREATED_FIELDS[operation]
+
+        def edit(parsed: dict[str, Any]) -> None:
+            for item in parsed.get(items_key, []):
+                tags = {t["Key"]: t["Value"] for t in item.get("Tags", item.get("TagList", []))}
+                slot = parse_slot_tag(tags.get(SLOT_TAG))
+                if slot is not None and item.get(id_key) not in self.real_created and time_key in item:
+                    item[time_key] = slot + timedelta(minutes=1)
+
+        return edit
 
 
 @dataclass
@@ -60,8 +90,11 @@ class Env:
     metrics: Metrics
     store: S3Store
 
-    def config(self, targets: list[dict[str, Any]], **policy: int) -> Config:
-        settings: dict[str, Any] = {"bucket": BUCKET}
+    def config(
+        self, targets: list[dict[str, Any]], *, extra_settings: dict[str, Any] | None = None, **policy: int
+    ) -> Config:
+        """A configuration of `targets`; `extra_settings` adds settings, `policy` sets the default retention policy."""
+        settings: dict[str, Any] = {"bucket": BUCKET, **(extra_settings or {})}
         if policy:
             settings["retention_policies"] = {"default": policy}
         return parse_config({"settings": settings, "targets": targets}, "test configuration")

@@ -214,3 +214,48 @@ def test_the_pruner_may_delete_only_label_objects() -> None:
     assert [s["Resource"] for s in deletes] == [f"arn:aws:s3:::pg-lifeboat-prod-*/*snapshots/*/{LABEL_NAME}"]
     assert capabilities.LABEL_OBJECT == LABEL_NAME
     assert fnmatch(f"x/{label_key('lb/', 'vm', NOW)}", "x/*snapshots/*/" + LABEL_NAME)
+
+
+def test_a_snapshot_with_a_forged_slot_tag_cannot_push_out_the_real_one(env: Env) -> None:
+    """Leaked worker credentials can create a managed snapshot and choose its slot tag, but not AWS's creation time:
+    one tagged as the end of last month, made now, must not become last month's representative (which would make
+    the pruner delete the real month-end snapshot), nor be copied to stand for it in the copy region."""
+    env.db_instance(kms_key=env.kms_key(SOURCE))
+    physical = {**SHOP["physical"], "copy_to_region": DEST, "copy_kms_key_id": env.kms_key(DEST)}
+    policy = {**TIGHT, "monthly_months": 3}
+    svc = env.services(env.config([{"name": "shop", "physical": physical}], **policy))
+    month_end, newest = slot(date(2026, 10, 31)), slot(date(2026, 11, 28))
+    for s in (month_end, newest):
+        start_snapshot(svc, "shop", s)
+    target = svc.config.target("shop")
+    forged_slot = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
+    forged = snapshot_identifier("shop", forged_slot)
+    tags = snapshot_tags(target, BackupId("shop", forged_slot, "snapshot"), "daily")
+    env.rds().create_db_snapshot(
+        DBSnapshotIdentifier=forged,
+        DBInstanceIdentifier="shop-db",
+        Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+    )
+    env.clients.real_created.add(forged)  # made now, weeks after the slot its tag claims
+    env.clock.now = NOW
+    sweep(svc)
+    copied = {s["DBSnapshotIdentifier"] for s in env.rds(DEST).describe_db_snapshots()["DBSnapshots"]}
+    assert copied == {snapshot_identifier("shop", month_end), snapshot_identifier("shop", newest)}
+
+    report = prune(svc)
+    assert report.deleted == [] and not report.errors
+    reasons = {(d.region, d.resource_ids[0]): d.reason for d in report.kept}
+    assert reasons[(SOURCE, snapshot_identifier("shop", month_end))] == "monthly 2026-10"
+    assert "disagrees with its creation time" in reasons[(SOURCE, forged)]
+    assert reasons[(DEST, snapshot_identifier("shop", month_end))] == "monthly 2026-10"
+
+
+def test_a_snapshot_whose_creation_time_fits_its_slot_is_judged_normally(env: Env) -> None:
+    env.db_instance()
+    svc = env.services(env.config([SHOP], **TIGHT))
+    for days in (0, 1):
+        start_snapshot(svc, "shop", NOW + timedelta(days=days))
+    sweep(svc)
+    env.clock.now = NOW + timedelta(days=10)
+    report = prune(svc)
+    assert [d.resource_ids[0] for d in report.deleted] == [snapshot_identifier("shop", NOW)]

@@ -66,6 +66,8 @@ def _condition_holds(operator: str, key: str, wanted: Any, context: dict[str, An
         return any(fnmatch.fnmatchcase(actual, pattern) for pattern in _list(wanted))
     if operator == "Bool":
         return actual.lower() in [str(w).lower() for w in _list(wanted)]
+    if operator == "NumericGreaterThanEquals":
+        return any(float(actual) >= float(w) for w in _list(wanted))
     raise AssertionError(f"the evaluator does not know condition operator {operator}")
 
 
@@ -204,6 +206,7 @@ def test_the_evaluator_knows_every_condition_operator_the_files_use() -> None:
         "Null",
         "ForAllValues:StringEquals",
         "ForAnyValue:StringEquals",
+        "NumericGreaterThanEquals",
     }, used
 
 
