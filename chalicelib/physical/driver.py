@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.adapters.aws_errors import error_code, error_message
+from chalicelib.config import Physical
 from chalicelib.errors import SnapshotError
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet
+from chalicelib.physical.trust import Sources
 
 QUOTA_CODES = ("SnapshotQuotaExceeded", "SnapshotQuotaExceededFault", "SnapshotLimitExceeded")
 DENIED_CODES = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError")
@@ -24,6 +26,10 @@ class Driver:
 
     def list_managed(self, svc: SnapshotServices, region: str) -> list[SnapshotResource]:
         """Every managed snapshot of this kind in a region (all targets)."""
+        raise NotImplementedError
+
+    def sources(self, svc: SnapshotServices, physical: Physical, region: str) -> Sources:
+        """What the target's snapshots may be snapshots of (physical.trust); SnapshotError when that cannot be told."""
         raise NotImplementedError
 
     def tag(self, svc: SnapshotServices, members: Sequence[SnapshotResource], tags: Mapping[str, str]) -> None:

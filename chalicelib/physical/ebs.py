@@ -26,6 +26,7 @@ from chalicelib.physical.names import (
     tag_dict,
     tag_list,
 )
+from chalicelib.physical.trust import Sources
 
 EBS_SNAPSHOT_QUOTA = 100_000
 
@@ -81,6 +82,7 @@ class EbsDriver(Driver):
             size_gib=item.get("VolumeSize"),
             encrypted=bool(item.get("Encrypted")),
             snapshot_type="manual",
+            source_id=item.get("VolumeId"),
         )
 
     def describe(
@@ -142,19 +144,23 @@ class EbsDriver(Driver):
     @staticmethod
     def _instance_spec(ec2: Any, physical: Physical) -> dict[str, Any]:
         assert physical.ec2_instance_id is not None
-        reservations = ec2.describe_instances(InstanceIds=[physical.ec2_instance_id]).get("Reservations", [])
-        instances = [i for r in reservations for i in r.get("Instances", [])]
-        if not instances:
-            raise SnapshotError(f"instance {physical.ec2_instance_id} not found")
-        inst = instances[0]
-        mappings = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m}
+        root, attached = _attached_volumes(ec2, physical.ec2_instance_id)
         return instance_specification(
-            physical.ec2_instance_id,
-            mappings.get(inst.get("RootDeviceName", "")),
-            list(mappings.values()),
-            physical.volume_ids,
-            physical.exclude_boot_volume,
+            physical.ec2_instance_id, root, attached, physical.volume_ids, physical.exclude_boot_volume
         )
+
+    def sources(self, svc: SnapshotServices, physical: Physical, region: str) -> Sources:
+        """The listed volumes, else the volumes attached to the instance now (a snapshot of a volume since detached
+        is not believed: it is kept and reported)."""
+        if physical.volume_ids or not physical.ec2_instance_id:
+            return Sources(frozenset(physical.volume_ids), f"volumes {', '.join(physical.volume_ids)}")
+        instance = physical.ec2_instance_id
+        try:
+            _, attached = _attached_volumes(svc.client_for("ec2", region), instance)
+        except (ClientError, BotoCoreError) as exc:
+            what = f"listing the volumes of {instance} (to check what its snapshots are of)"
+            raise aws_failure(exc, what, region, "ec2:DescribeInstances") from exc
+        return Sources(frozenset(attached), f"volumes of {instance} ({', '.join(attached) or 'none attached'})")
 
     @staticmethod
     def _failure(exc: ClientError | BotoCoreError, what: str, region: str) -> SnapshotError:
@@ -267,6 +273,17 @@ class EbsDriver(Driver):
                 )
             except (ClientError, BotoCoreError) as exc:
                 raise share_failure(exc, m, account, "ec2:ModifySnapshotAttribute") from exc
+
+
+def _attached_volumes(ec2: Any, instance_id: str) -> tuple[str | None, list[str]]:
+    """The instance's root volume (None: not an EBS root) and every attached EBS volume; SnapshotError if none."""
+    reservations = ec2.describe_instances(InstanceIds=[instance_id]).get("Reservations", [])
+    instances = [i for r in reservations for i in r.get("Instances", [])]
+    if not instances:
+        raise SnapshotError(f"instance {instance_id} not found")
+    inst = instances[0]
+    mappings = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m}
+    return mappings.get(inst.get("RootDeviceName", "")), list(mappings.values())
 
 
 EBS = EbsDriver()

@@ -36,9 +36,12 @@ SnapshotKind = Literal["db", "cluster", "ebs"]
 State = Literal["creating", "available", "failed", "deleting"]
 ClientFactory = Callable[[str, str], Any]
 # How far AWS's creation time of a snapshot may lie from its slot tag: a scheduled run starts at its slot, late by
-# a queue backlog at most; more than this and the slot tag (written by whoever created the snapshot) is not trusted.
+# a queue backlog at most; more than this, or on another UTC day than the slot's, and the slot tag (written by whoever
+# created the snapshot) is not trusted (SnapshotSet.slot_mismatch).
 SLOT_EARLY = timedelta(minutes=5)
 SLOT_LATE = timedelta(days=1)
+# What every reason a set is not trusted ends with: the pruner neither counts nor deletes it.
+UNTRUSTED = ": not counted by retention and kept; an operator checks who made it, then deletes or pins it"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class SnapshotResource:
     encrypted: bool = False
     snapshot_type: str = "manual"
     engine_version: str | None = None
+    # What it is a snapshot of, as AWS says (not a tag): the DB instance or cluster (RDS keeps it on copies), the
+    # volume (EBS; a copy's is meaningless).
+    source_id: str | None = None
 
     @property
     def managed(self) -> bool:
@@ -145,19 +151,22 @@ class SnapshotSet:
 
     @property
     def slot_mismatch(self) -> str:
-        """Why its slot tag cannot be trusted ("" when it can). The tag is written by whoever created the snapshot,
-        so leaked worker credentials could create one tagged with an old slot (or a future one) to stand for a past
-        period, and make the pruner delete the real snapshot of that period; AWS's creation time cannot be forged.
-        Copies are judged by their source (the sweep copies no mismatched source)."""
-        created = self.created
-        if self.copy_of is not None or created is None:
-            return ""
-        if self.slot - SLOT_EARLY <= created <= self.slot + SLOT_LATE:
-            return ""
-        return (
-            f"slot tag {self.slot:%Y-%m-%dT%H:%M:%SZ} disagrees with its creation time {created:%Y-%m-%dT%H:%M:%SZ}:"
-            " not counted by retention and kept; an operator checks who made it, then deletes or pins it"
-        )
+        """Why its slot tag cannot be trusted for a snapshot lifeboat created ("" when it can). The tag is written by
+        whoever created the snapshot, so leaked worker credentials could create one tagged with an old slot (or a
+        future one) to stand for a past period, and make the pruner delete the real snapshot of that period; AWS's
+        creation time cannot be forged. Every member must have been created within [slot - SLOT_EARLY, slot +
+        SLOT_LATE] and on the slot's UTC day, so that it cannot stand for an earlier day, week, month or year (a
+        run late past midnight is kept, not counted). Copies are judged by their source instead (physical.trust)."""
+        for member in self.members:
+            created = member.created
+            if created is None:
+                return f"{member.resource_id}: AWS gives no creation time to check its slot tag against{UNTRUSTED}"
+            if not (self.slot - SLOT_EARLY <= created <= self.slot + SLOT_LATE and created.date() == self.slot.date()):
+                return (
+                    f"slot tag {self.slot:%Y-%m-%dT%H:%M:%SZ} disagrees with the creation time of {member.resource_id}"
+                    f" ({created:%Y-%m-%dT%H:%M:%SZ}){UNTRUSTED}"
+                )
+        return ""
 
     @property
     def completed(self) -> datetime | None:

@@ -8,7 +8,8 @@ marks it observed; if protecting fails, the snapshot stays unmarked and the next
   newest backup. The lock's end is recorded in the tag `lifeboat:locked-until`, so the pruner does not try to delete
   the set before it (EC2 would refuse anyway). RDS and Aurora snapshots have no lock (AWS offers none): only IAM
   protects them (only the pruner's role deletes, and only snapshots tagged managed; stack/capabilities.py).
-- Share (`settings.vault_account_id`): EBS `createVolumePermission`, RDS `restore`. A share is not a copy: the vault
+- Share (`settings.vault_account_id`): EBS `createVolumePermission` (only added: IAM forbids a group and any
+  Remove), RDS `restore` (encrypted snapshots only: IAM cannot limit RDS share values). A share is not a copy: the vault
   account must copy the snapshot into its own account (and, when encrypted, under its own key) for the copy to
   outlive this account's compromise. An encrypted snapshot is usable there only when its key is a customer managed
   key whose key policy grants that account kms:Decrypt, kms:DescribeKey, kms:CreateGrant and kms:ReEncrypt*.

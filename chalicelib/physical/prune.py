@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +17,7 @@ from chalicelib.physical.driver import Driver
 from chalicelib.physical.inventory import Inventory, driver_for
 from chalicelib.physical.model import SnapshotServices, SnapshotSet
 from chalicelib.physical.names import label_key
+from chalicelib.physical.trust import believed_refs, copy_distrust, source_distrust
 from chalicelib.scheduling.retention import SnapshotFacts, snapshots_to_keep
 
 DELETE_CONCURRENCY = 4  # deletions in flight per region while pruning
@@ -74,7 +75,8 @@ def prune(svc: SnapshotServices, dry_run: bool = False, targets: Sequence[str] |
     Only snapshots tagged `lifeboat:managed=true` with this target's tag are considered: automated RDS
     snapshots and anything without the tag are never touched. Snapshots still being created, failed ones the
     sweep has not reported yet, and locked ones (until the sweep's `lifeboat:locked-until`; reported as kept,
-    "locked until ...") are left alone. With `dry_run` nothing is deleted and the report
+    "locked until ...") are left alone, and so are sets it does not believe (physical.trust: a forged slot, copy-of
+    or source; kept with the reason, not counted by retention). With `dry_run` nothing is deleted and the report
     says what would be, and why. A label object in S3 goes with the last snapshot set that points to it.
     """
     report = PruneReport(dry_run)
@@ -90,25 +92,59 @@ def prune(svc: SnapshotServices, dry_run: bool = False, targets: Sequence[str] |
 def _prune_target(
     svc: SnapshotServices, inventory: Inventory, target: Target, physical: Physical, now: datetime, report: PruneReport
 ) -> None:
+    """Every region of the target is listed (and its sets judged, physical.trust) before anything is deleted: a copy
+    is believed only when its source was, as listed before this run could delete that source."""
     driver = driver_for(physical)
     policy = svc.config.policy_for(target)
-    regions = [svc.source_region(physical)] + ([physical.copy_to_region] if physical.copy_to_region else [])
+    source_region = svc.source_region(physical)
+    regions = [source_region] + ([physical.copy_to_region] if physical.copy_to_region else [])
     labels = _Labels()
-    deleted, errors_before = 0, len(report.errors)
+    errors_before = len(report.errors)
+    listed: dict[str, list[SnapshotSet]] = {}
     for region in regions:
         try:
-            sets = inventory.sets(driver, region, target.name)
+            listed[region] = inventory.sets(driver, region, target.name)
         except LifeboatError as exc:
             report.errors.append(f"{target.name}@{region}: {exc}")
             labels.unknown = True
-            continue
-        deleted += _prune_region(svc, driver, target.name, region, _decide(sets, policy, now), labels, report)
+    distrust = _distrust(svc, driver, target.name, physical, listed, report)
+    if distrust is None:
+        labels.unknown = True
+        listed = {}
+    deleted = 0
+    for region, sets in listed.items():
+        decisions = _decide(sets, distrust or {}, policy, now)
+        deleted += _prune_region(svc, driver, target.name, region, decisions, labels, report)
     if deleted:
         observability.record("SnapshotsPruned", deleted, "Count", target.name)
     if len(report.errors) > errors_before:
         observability.record("SnapshotPruneError", len(report.errors) - errors_before, "Count", target.name)
     if not labels.unknown:
         _delete_labels(svc, sorted(labels.dropped - labels.kept), report)
+
+
+def _distrust(
+    svc: SnapshotServices,
+    driver: Driver,
+    target: str,
+    physical: Physical,
+    listed: dict[str, list[SnapshotSet]],
+    report: PruneReport,
+) -> dict[int, str] | None:
+    """Why each listed set (by id()) is not believed ("" or absent: it is); None when the target's sources cannot
+    be told (then nothing of the target is touched, and the error is reported)."""
+    source_region = svc.source_region(physical)
+    try:
+        sources = driver.sources(svc, physical, source_region)
+    except LifeboatError as exc:
+        report.errors.append(f"{target}@{source_region}: {exc}; nothing of the target pruned")
+        return None
+    reasons = {id(s): source_distrust(s, sources) for s in listed.get(source_region, [])}
+    believed = believed_refs(s for s in listed.get(source_region, []) if not reasons[id(s)])
+    for region, sets in listed.items():
+        if region != source_region:
+            reasons.update({id(s): copy_distrust(s, believed, source_region) for s in sets})
+    return reasons
 
 
 def _prune_region(
@@ -167,23 +203,26 @@ def _delete_set(svc: SnapshotServices, driver: Driver, snap: SnapshotSet) -> str
     return None
 
 
-def _decide(sets: Sequence[SnapshotSet], policy: RetentionPolicy, now: datetime) -> list[tuple[SnapshotSet, str]]:
-    """Each set with the reason it is kept ("" when it may go)."""
+def _decide(
+    sets: Sequence[SnapshotSet], distrust: Mapping[int, str], policy: RetentionPolicy, now: datetime
+) -> list[tuple[SnapshotSet, str]]:
+    """Each set with the reason it is kept ("" when it may go). `distrust`: why a set (by id()) is not believed
+    (physical.trust); such a set is kept and left out of retention."""
     facts, held = [], {}
     for snap in sets:
         if snap.state in ("creating", "deleting"):
-            held[snap.backup_id] = f"in progress ({snap.state})"
+            held[id(snap)] = f"in progress ({snap.state})"
+        elif reason := distrust.get(id(snap), ""):
+            held[id(snap)] = reason
+            logger.warning("snapshot set not believed", extra={"backup_id": snap.backup_id, "reason": reason})
         elif snap.state == "failed" and not snap.observed:
-            held[snap.backup_id] = "failed; kept until the sweep has reported it"
-        elif mismatch := snap.slot_mismatch:
-            held[snap.backup_id] = mismatch
-            logger.warning("snapshot slot tag not trusted", extra={"backup_id": snap.backup_id, "reason": mismatch})
+            held[id(snap)] = "failed; kept until the sweep has reported it"
         else:
             facts.append(
                 SnapshotFacts(snap.backup_id, snap.slot, snap.retention_class, snap.pinned, snap.state == "available")
             )
     keep = snapshots_to_keep(facts, policy, now)
-    return [(snap, held.get(snap.backup_id) or keep.get(snap.backup_id) or _locked(snap, now)) for snap in sets]
+    return [(snap, held.get(id(snap)) or keep.get(snap.backup_id) or _locked(snap, now)) for snap in sets]
 
 
 def _locked(snap: SnapshotSet, now: datetime) -> str:

@@ -9,10 +9,12 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.adapters.aws_errors import error_code, error_message
+from chalicelib.config import Physical
 from chalicelib.errors import SnapshotError
 from chalicelib.physical.driver import QUOTA_CODES, Driver, aws_failure, share_failure, utc
 from chalicelib.physical.model import SnapshotKind, SnapshotResource, SnapshotServices, SnapshotSet, State
 from chalicelib.physical.names import BACKUP_SOURCE_TAG, copy_tags, tag_dict, tag_list
+from chalicelib.physical.trust import Sources
 
 RDS_MANUAL_SNAPSHOT_QUOTA = 100
 
@@ -37,7 +39,8 @@ class RdsDriver(Driver):
     arn_key: str
     encrypted_key: str
     create: str
-    source_param: str
+    source_param: str  # also where describe names the snapshot's source
+    source_noun: str
     exists_code: str
     source_missing: tuple[str, ...]
     source_busy: tuple[str, ...]
@@ -65,6 +68,7 @@ class RdsDriver(Driver):
             encrypted=bool(item.get(self.encrypted_key)),
             snapshot_type=str(item.get("SnapshotType", "manual")),
             engine_version=item.get("EngineVersion"),
+            source_id=item.get(self.source_param),
         )
 
     def list_managed(self, svc: SnapshotServices, region: str) -> list[SnapshotResource]:
@@ -133,6 +137,10 @@ class RdsDriver(Driver):
         hint = f"rds:{self.create} (and {source_id} must carry the tag {BACKUP_SOURCE_TAG}=true)"
         return aws_failure(exc, f"creating {self.noun} {identifier}", region, hint)
 
+    def sources(self, svc: SnapshotServices, physical: Physical, region: str) -> Sources:
+        source = physical.db_instance_id if self.kind == "db" else physical.db_cluster_id
+        return Sources(frozenset({source} if source else ()), f"{self.source_noun} {source}", case_sensitive=False)
+
     def tag(self, svc: SnapshotServices, members: Sequence[SnapshotResource], tags: Mapping[str, str]) -> None:
         for m in members:
             if not m.arn:
@@ -176,7 +184,20 @@ class RdsDriver(Driver):
         return started
 
     def share(self, svc: SnapshotServices, members: Sequence[SnapshotResource], account: str) -> None:
-        """The snapshot's `restore` attribute: the account may restore it, or copy it into its own account."""
+        """The snapshot's `restore` attribute: the account may restore it, or copy it into its own account.
+
+        Only encrypted snapshots: IAM has no condition on the values of rds:ModifyDB(Cluster)SnapshotAttribute, so
+        the sweeper's role could share any managed snapshot with anyone, even publicly ("all"); an encrypted one is
+        of use only to accounts its key policy names (and RDS never makes one public). Sharing only encrypted ones
+        keeps the legitimate use inside what the key bounds."""
+        unencrypted = [m.resource_id for m in members if not m.encrypted]
+        if unencrypted:
+            raise SnapshotError(
+                f"{', '.join(unencrypted)} is not encrypted: pg-lifeboat shares only encrypted RDS snapshots with the"
+                f" vault account {account} (IAM cannot limit with whom an RDS snapshot is shared; a customer managed"
+                " key whose policy names the vault can). Encrypt the DB (a restore from an encrypted copy) or remove"
+                " settings.vault_account_id"
+            )
         for m in members:
             try:
                 getattr(svc.client_for("rds", m.region), self.share_op)(
@@ -201,6 +222,7 @@ RDS_INSTANCE = RdsDriver(
     encrypted_key="Encrypted",
     create="create_db_snapshot",
     source_param="DBInstanceIdentifier",
+    source_noun="DB instance",
     exists_code="DBSnapshotAlreadyExists",
     source_missing=("DBInstanceNotFound", "DBInstanceNotFoundFault"),
     source_busy=("InvalidDBInstanceState", "InvalidDBInstanceStateFault"),
@@ -222,6 +244,7 @@ AURORA_CLUSTER = RdsDriver(
     encrypted_key="StorageEncrypted",
     create="create_db_cluster_snapshot",
     source_param="DBClusterIdentifier",
+    source_noun="DB cluster",
     exists_code="DBClusterSnapshotAlreadyExistsFault",
     source_missing=("DBClusterNotFoundFault", "DBClusterNotFound"),
     source_busy=("InvalidDBClusterStateFault", "InvalidDBClusterSnapshotStateFault"),

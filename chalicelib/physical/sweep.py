@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from chalicelib.physical.inventory import Inventory, driver_for
 from chalicelib.physical.model import SnapshotServices, SnapshotSet
 from chalicelib.physical.names import OBSERVED_TAG
 from chalicelib.physical.protect import protect
+from chalicelib.physical.trust import Sources, source_distrust
 
 
 @dataclass
@@ -74,13 +75,28 @@ def _sweep_target(
     sources = [s for s in inventory.sets(driver, region, target.name) if s.copy_of is None]
     report.managed[target.name] = sum(len(s.members) for s in sources)
     observability.record("ManagedSnapshots", report.managed[target.name], "Count", target.name)
-    for snap in sources:
-        if not snap.observed:
-            _observe(svc, driver, physical, policy, snap, now, report)
+    unobserved = [s for s in sources if not s.observed]
+    copy_check = _copy_check(svc, driver, physical, region) if physical.copy_to_region and unobserved else None
+    for snap in unobserved:
+        _observe(svc, driver, physical, policy, snap, now, report, copy_check)
     if physical.copy_to_region:
         for snap in inventory.sets(driver, physical.copy_to_region, target.name):
             if snap.copy_of is not None and not snap.observed:
-                _observe(svc, driver, physical, policy, snap, now, report)
+                _observe(svc, driver, physical, policy, snap, now, report, None)
+
+
+def _copy_check(svc: SnapshotServices, driver: Driver, physical: Physical, region: str) -> Callable[[SnapshotSet], str]:
+    """Why a source set must not be copied ("" when it may): the pruner's rule for sources (physical.trust). What the
+    target's snapshots may be of is looked up at the first call; when it cannot be told, the call raises (the set
+    stays unmarked and uncopied: the next sweep tries again)."""
+    found: list[Sources] = []
+
+    def check(snap: SnapshotSet) -> str:
+        if not found:
+            found.append(driver.sources(svc, physical, region))
+        return source_distrust(snap, found[0])
+
+    return check
 
 
 def _observe(
@@ -91,7 +107,10 @@ def _observe(
     snap: SnapshotSet,
     now: datetime,
     report: SweepReport,
+    copy_check: Callable[[SnapshotSet], str] | None,
 ) -> None:
+    """Protect, copy (a source, when `copy_check` finds nothing wrong with it) and mark a set; report what became of
+    it."""
     where = f"{snap.backup_id}@{snap.region}"
     extra = {
         "target": snap.target,
@@ -103,9 +122,10 @@ def _observe(
         try:
             protection = protect(svc, driver, snap, physical, policy)
             started = []
-            if snap.slot_mismatch:  # the pruner keeps it out of retention; a copy would count in the copy region
-                logger.warning("snapshot not copied", extra={**extra, "reason": snap.slot_mismatch})
-            elif snap.copy_of is None and physical.copy_to_region:
+            distrust = copy_check(snap) if copy_check and physical.copy_to_region else ""
+            if distrust:  # the pruner keeps it out of retention; a copy would be believed in the copy region
+                logger.warning("snapshot not copied", extra={**extra, "reason": distrust})
+            elif copy_check and physical.copy_to_region:
                 started = driver.copy(svc, snap, physical.copy_to_region, physical.copy_kms_key_id)
         except LifeboatError as exc:
             observability.record("SnapshotFailed", 1, "Count", snap.target)

@@ -36,11 +36,12 @@ class Clients:
     moto stamps a snapshot with the real time, while the tests' snapshots stand for slots on a fixed clock: the
     creation time each describe call returns is moved to the snapshot's slot tag plus a minute (as a scheduled run
     would create it), except for the ids in `real_created`, which keep moto's time (a snapshot made now with a
-    forged slot tag)."""
+    forged slot tag), and those in `created_at`, which get the time given there."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], Any] = {}
         self.real_created: set[str] = set()
+        self.created_at: dict[str, datetime] = {}
 
     def __call__(self, service: str, region: str) -> Any:
         key = (service, region)
@@ -58,7 +59,9 @@ class Clients:
             for item in parsed.get(items_key, []):
                 tags = {t["Key"]: t["Value"] for t in item.get("Tags", item.get("TagList", []))}
                 slot = parse_slot_tag(tags.get(SLOT_TAG))
-                if slot is not None and item.get(id_key) not in self.real_created and time_key in item:
+                if item.get(id_key) in self.created_at:
+                    item[time_key] = self.created_at[item[id_key]]
+                elif slot is not None and item.get(id_key) not in self.real_created and time_key in item:
                     item[time_key] = slot + timedelta(minutes=1)
 
         return edit
@@ -126,12 +129,14 @@ class Env:
             **extra,
         )
 
-    def db_cluster(self, name: str = "shop-cluster") -> None:
+    def db_cluster(self, name: str = "shop-cluster", *, kms_key: str | None = None) -> None:
+        extra: dict[str, Any] = {"StorageEncrypted": True, "KmsKeyId": kms_key} if kms_key else {}
         self.rds().create_db_cluster(
             DBClusterIdentifier=name,
             Engine="aurora-postgresql",
             MasterUsername="postgres",
             MasterUserPassword="not-a-real-password",
+            **extra,
         )
 
     def ec2_instance(self, data_volumes: tuple[int, ...] = (100, 50)) -> tuple[str, str, list[str]]:

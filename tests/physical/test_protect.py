@@ -180,8 +180,9 @@ def test_ebs_sets_and_their_copies_are_shared_with_the_vault(env: Env) -> None:
 
 
 def test_rds_and_aurora_snapshots_are_shared_with_the_vault(env: Env) -> None:
-    env.db_instance()
-    env.db_cluster()
+    key = env.kms_key(SOURCE)  # only encrypted RDS snapshots are shared (see the next test)
+    env.db_instance(kms_key=key)
+    env.db_cluster(kms_key=key)
     targets = [
         {"name": "shop", "physical": {"method": "rds_instance", "db_instance_id": "shop-db"}},
         {"name": "ledger", "physical": {"method": "aurora_cluster", "db_cluster_id": "shop-cluster"}},
@@ -197,3 +198,18 @@ def test_rds_and_aurora_snapshots_are_shared_with_the_vault(env: Env) -> None:
     ]
     assert attribute_accounts(env, "db", "lifeboat-shop-20261129-030000", SOURCE) == [VAULT]
     assert attribute_accounts(env, "cluster", "lifeboat-ledger-20261129-030000", SOURCE) == [VAULT]
+
+
+def test_an_unencrypted_rds_snapshot_is_not_shared(env: Env) -> None:
+    """IAM cannot limit the values of an RDS share (even "all", public): only an encrypted snapshot, usable only by
+    the accounts its key names, is shared; an unencrypted one stays unmarked with an error saying what to do."""
+    env.db_instance()
+    target = {"name": "shop", "physical": {"method": "rds_instance", "db_instance_id": "shop-db"}}
+    svc = env.services(env.config([target], extra_settings={"vault_account_id": VAULT}))
+    start_snapshot(svc, "shop", NOW)
+    report = sweep(svc)
+    assert report.shared == [] and report.completed == []
+    assert len(report.errors) == 1 and "is not encrypted" in report.errors[0]
+    assert "settings.vault_account_id" in report.errors[0]
+    assert attribute_accounts(env, "db", "lifeboat-shop-20261129-030000", SOURCE) == []
+    assert OBSERVED_TAG not in env.rds_tags("lifeboat-shop-20261129-030000")

@@ -211,7 +211,10 @@ def test_the_pruner_may_delete_only_label_objects() -> None:
     deletes = [
         s for s in capabilities.capability_statements("prod", "bucket:prune") if "s3:DeleteObject" in s["Action"]
     ]
-    assert [s["Resource"] for s in deletes] == [f"arn:aws:s3:::pg-lifeboat-prod-*/*snapshots/*/{LABEL_NAME}"]
+    assert len(deletes) == 1, deletes
+    resource = deletes[0]["Resource"]  # the bucket part is the S3 statements' business
+    assert resource.startswith("arn:aws:s3:::pg-lifeboat-prod-")
+    assert resource.split("/", 1)[1] == f"*snapshots/*/{LABEL_NAME}"
     assert capabilities.LABEL_OBJECT == LABEL_NAME
     assert fnmatch(f"x/{label_key('lb/', 'vm', NOW)}", "x/*snapshots/*/" + LABEL_NAME)
 
@@ -246,7 +249,7 @@ def test_a_snapshot_with_a_forged_slot_tag_cannot_push_out_the_real_one(env: Env
     assert report.deleted == [] and not report.errors
     reasons = {(d.region, d.resource_ids[0]): d.reason for d in report.kept}
     assert reasons[(SOURCE, snapshot_identifier("shop", month_end))] == "monthly 2026-10"
-    assert "disagrees with its creation time" in reasons[(SOURCE, forged)]
+    assert "disagrees with the creation time" in reasons[(SOURCE, forged)]
     assert reasons[(DEST, snapshot_identifier("shop", month_end))] == "monthly 2026-10"
 
 

@@ -6,11 +6,22 @@ one, never publicly (EBS).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from chalicelib.physical.names import LOCKED_UNTIL_TAG, MANAGED_TAG, MANAGED_VALUE, OBSERVED_TAG
+from chalicelib.config import Physical, Target
+from chalicelib.logical.catalog import BackupId
+from chalicelib.physical.names import (
+    COPY_OF_TAG,
+    LOCKED_UNTIL_TAG,
+    MANAGED_TAG,
+    MANAGED_VALUE,
+    OBSERVED_TAG,
+    copy_tags,
+    snapshot_tags,
+)
 from chalicelib.scheduling.retention import KEEP_LOCK_DAYS
 from stack import capabilities, policies
 from tests.reliability.test_restore_iam import STAGES, Resource, arn, authorized, policy
@@ -112,3 +123,64 @@ def test_the_sweeper_records_a_lock_but_cannot_retag_what_pruning_reads(stage: s
     for key, value in (("retention", "yearly"), ("pinned", "false"), ("lifeboat:slot", "2030-01-01T00:00:00Z")):
         assert not authorized(sweeper, "ec2:CreateTags", [EBS], {**marks, key: value}), key
         assert not authorized(sweeper, "rds:AddTagsToResource", [RDS], {key: value}), key
+
+
+# What the code tags a new snapshot and a copy with (chalicelib.physical.names), a target's own tags included.
+TARGET = Target(
+    name="shop", tags={"team": "payments"}, physical=Physical(method="rds_instance", db_instance_id="shop-db")
+)
+NEW_TAGS = snapshot_tags(TARGET, BackupId("shop", datetime(2026, 11, 29, 3, tzinfo=UTC), "snapshot"), "daily")
+COPY_TAGS = copy_tags({**NEW_TAGS, OBSERVED_TAG: "done"}, RDS.arn)
+NEW_RDS = Resource(arn("rds", "snapshot", "lifeboat-shop-20261129-030000"))  # being created: no tags yet
+NEW_EBS = Resource("arn:aws:ec2:eu-west-1::snapshot/*")
+SOURCE_DB = Resource(arn("rds", "db", "shop-db"), {"lifeboat:backup-source": "true"})
+SOURCE_VOLUME = Resource(arn("ec2", "volume", "vol-0shop"), {"lifeboat:backup-source": "true"})
+MARKS = ({COPY_OF_TAG: "x"}, {OBSERVED_TAG: "done"}, {LOCKED_UNTIL_TAG: "2030-01-01T00:00:00Z"})
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_worker_creates_snapshots_never_tagged_as_copies_or_marked(stage: str) -> None:
+    """A snapshot created with lifeboat:copy-of in the source region would pass for a copy (judged by its source);
+    one created observed or locked-until would skip the sweep or be taken for locked."""
+    worker = policy(stage, "backup_worker")
+    calls = (
+        ("rds:CreateDBSnapshot", [SOURCE_DB, NEW_RDS], {}),
+        ("rds:AddTagsToResource", [NEW_RDS], {}),
+        ("ec2:CreateSnapshot", [SOURCE_VOLUME, NEW_EBS], {}),
+        ("ec2:CreateTags", [NEW_EBS], {"ec2:CreateAction": "CreateSnapshot"}),
+    )
+    for action, resources, context in calls:
+        assert authorized(worker, action, resources, NEW_TAGS, **context), action
+        for mark in MARKS:
+            assert not authorized(worker, action, resources, {**NEW_TAGS, **mark}, **context), (action, mark)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_sweeper_copies_only_as_copies_and_unmarked(stage: str) -> None:
+    sweeper = policy(stage, "snapshot_sweeper")
+    copy = Resource(NEW_RDS.arn.replace("eu-west-1", "us-west-2"))
+    ebs_source = Resource(EBS.arn, MANAGED)
+    calls = (
+        ("rds:CopyDBSnapshot", [RDS, copy], {}),
+        ("rds:AddTagsToResource", [copy], {}),
+        ("ec2:CopySnapshot", [ebs_source, NEW_EBS], {}),
+        ("ec2:CreateTags", [NEW_EBS], {"ec2:CreateAction": "CopySnapshot"}),
+    )
+    assert COPY_OF_TAG in COPY_TAGS and OBSERVED_TAG not in COPY_TAGS
+    for action, resources, context in calls:
+        assert authorized(sweeper, action, resources, COPY_TAGS, **context), action
+        uncopied = {k: v for k, v in COPY_TAGS.items() if k != COPY_OF_TAG}
+        assert not authorized(sweeper, action, resources, uncopied, **context), f"{action} without {COPY_OF_TAG}"
+        for mark in MARKS[1:]:
+            assert not authorized(sweeper, action, resources, {**COPY_TAGS, **mark}, **context), (action, mark)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_vault_share_removes_nothing(stage: str) -> None:
+    """An Add of any account must not carry a Remove of the vault (or of a group) in the same call."""
+    sweeper = policy(stage, "snapshot_sweeper")
+    share = "ec2:ModifySnapshotAttribute"
+    dummy = "111122223333"
+    assert authorized(sweeper, share, [EBS], **{"ec2:Add/userId": VAULT})
+    assert not authorized(sweeper, share, [EBS], **{"ec2:Add/userId": dummy, "ec2:Remove/userId": VAULT})
+    assert not authorized(sweeper, share, [EBS], **{"ec2:Add/userId": dummy, "ec2:Remove/group": "all"})
