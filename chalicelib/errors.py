@@ -33,6 +33,13 @@ class ConflictError(LifeboatError):
     code = "conflict"
 
 
+class UntrustedBackupError(ConflictError):
+    """The API refuses to restore a backup whose manifest is not believed (its signature does not verify, or it is
+    unsigned and not older than settings.accept_unsigned_before): a 409 before a job exists, with the worker's code."""
+
+    code = "integrity_failed"
+
+
 class SecretError(LifeboatError):
     """A database password could not be obtained (missing secret, no access, bad format)."""
 

@@ -97,11 +97,14 @@ class BackupStore(Protocol):
         *,
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
     ) -> PutResult: ...
 
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str, version_id: str | None = None) -> bytes: ...
 
-    def open_stream(self, key: str) -> tuple[BinaryIO, int]: ...
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None: ...
+
+    def open_stream(self, key: str, version_id: str | None = None) -> tuple[BinaryIO, int]: ...
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
@@ -118,10 +121,16 @@ class BackupStore(Protocol):
     def open_uploads(self, prefix: str) -> list[str]: ...
 
 
-def _explain(exc: BaseException, bucket: str, key: str | None = None) -> StorageError:
+def _explain(exc: BaseException, bucket: str, key: str | None = None, version_id: str | None = None) -> StorageError:
     """A botocore error as a StorageError saying what to fix."""
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     code, status = error_code(exc), http_status(exc)
+    if version_id and code in ("NoSuchVersion", "InvalidArgument", "404", "NoSuchKey", "NotFound"):
+        return StorageError(
+            f"version {version_id} of {where} (the one its manifest recorded) is not in the bucket: it was deleted"
+            " (which needs s3:DeleteObjectVersion and, while locked, a bypass of its Object Lock), or the manifest"
+            f" was written for another bucket ({code or status})"
+        )
     if code == "NoSuchBucket":
         return StorageError(f"bucket {bucket!r} does not exist: create it (the stack does) or fix settings.bucket")
     if code in ("AccessDenied", "403", "Forbidden") or status == 403:
@@ -136,6 +145,14 @@ def _explain(exc: BaseException, bucket: str, key: str | None = None) -> Storage
     if code or status:
         return StorageError(f"S3 error on {where}: {code or status}: {error_message(exc)}")
     return StorageError(f"cannot reach S3 for {where}: {exc}")
+
+
+def _read_version(version_id: str | None) -> dict[str, str]:
+    """The VersionId argument of a read. "null" is the version id of an object written while the bucket's versioning
+    was off (moto reports it for every write to an unversioned bucket, and refuses a GET that names it): there is one
+    such version per key and it is the current one, so it is read as the current object. The stack's bucket is
+    versioned from its creation, so its backups always name a real version."""
+    return {"VersionId": version_id} if version_id and version_id != "null" else {}
 
 
 class S3Store:
@@ -170,7 +187,10 @@ class S3Store:
         *,
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
     ) -> PutResult:
+        """One PUT. `metadata` (x-amz-meta-*) is stored with the object and, like its bytes, never changes."""
+        extra: Any = {"Metadata": dict(metadata)} if metadata else {}
         try:
             resp = self.client.put_object(
                 Bucket=self.bucket,
@@ -179,6 +199,7 @@ class S3Store:
                 ContentType=content_type,
                 Tagging=urllib.parse.urlencode(dict(tags or {})),
                 **self._encryption(),
+                **extra,
             )
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
@@ -211,17 +232,34 @@ class S3Store:
             holder, stream, sha, before_complete, on_progress
         )
 
-    def get_bytes(self, key: str) -> bytes:
-        body, _ = self.open_stream(key)
+    def get_bytes(self, key: str, version_id: str | None = None) -> bytes:
+        body, _ = self.open_stream(key, version_id)
         with body:
             return body.read()
 
-    def open_stream(self, key: str) -> tuple[BinaryIO, int]:
+    def open_stream(self, key: str, version_id: str | None = None) -> tuple[BinaryIO, int]:
+        """The body of the version `version_id` (None: the current version) and its length. Reading a backup by the
+        version its manifest recorded means a later PutObject on the same key (a new current version) changes nothing
+        of what a restore or a verify reads."""
+        extra: Any = _read_version(version_id)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        except AWS_ERRORS as exc:
+            raise _explain(exc, self.bucket, key, extra.get("VersionId")) from exc
+        return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
+
+    def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """The current version's bytes and user metadata (x-amz-meta-*); None when there is no such object. Any
+        other failure is a StorageError: a caller can tell "not there" from "could not look"."""
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            with resp["Body"] as body:
+                data = body.read()
         except AWS_ERRORS as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
             raise _explain(exc, self.bucket, key) from exc
-        return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
+        return data, dict(resp.get("Metadata", {}))
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
@@ -234,13 +272,13 @@ class S3Store:
 
     def head(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         """The object's current version, or the version `version_id` (None: not there)."""
-        extra: Any = {"VersionId": version_id} if version_id else {}
+        extra: Any = _read_version(version_id)
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         except AWS_ERRORS as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
                 return None
-            raise _explain(exc, self.bucket, key) from exc
+            raise _explain(exc, self.bucket, key, extra.get("VersionId")) from exc
         return ObjectInfo(
             key,
             int(resp["ContentLength"]),

@@ -4,7 +4,9 @@ Safety rules: a restore goes into a database that does not exist yet (ConflictEr
 that this run creates; everything that can be refused is refused before it is created (a manifest whose signature
 does not verify, an unsigned one when signing is on (chalicelib.logical.signing), a missing or
 resized object, an archive newer than the server, a selection that names nothing); the object's
-SHA-256 is checked while streaming, to the last byte even when pg_restore stopped reading early; if
+SHA-256 is checked while streaming, to the last byte even when pg_restore stopped reading early; every
+object is read by the S3 version its manifest recorded (the locked one: a later overwrite is not what is restored;
+a manifest without versions, from before they were recorded or of an unversioned bucket, reads the current one); if
 anything fails, including a checksum mismatch found at the end, the new database is dropped, so a
 failed restore leaves nothing behind. After success the restored row counts are compared with the
 counts recorded at backup time.
@@ -136,7 +138,7 @@ def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selec
 
 def _check_objects(store: BackupStore, parts: list[ManifestObject]) -> None:
     for part in parts:
-        head = store.head(part.key)
+        head = store.head(part.key, version_id=part.version_id)
         if head is None or head.size != part.size:
             raise IntegrityError(
                 f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
@@ -217,7 +219,14 @@ def restore_logical(
         missing_schemas: list[str] = []
         if selection:
             list_file, missing_schemas = resolve_selection(
-                store, parts[0].key, local, pg_restore, selection, selection.schemas_needed(manifest.row_counts), tmp
+                store,
+                parts[0].key,
+                local,
+                pg_restore,
+                selection,
+                selection.schemas_needed(manifest.row_counts),
+                tmp,
+                version_id=parts[0].version_id,
             )
         roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
         create_database(login, work)
@@ -230,8 +239,7 @@ def restore_logical(
             else:
                 restored = _stream_into_pg_restore(
                     store,
-                    parts[0].key,
-                    parts[0].sha256,
+                    parts[0],
                     pg_restore,
                     login,
                     work,
@@ -315,7 +323,7 @@ def _deadline_error(deadline: Deadline | None) -> DeadlineError:
 
 def _read_verified(store: BackupStore, part: ManifestObject, deadline: Deadline | None) -> Iterator[bytes]:
     """The object's chunks; raises IntegrityError after the last one if its SHA-256 is not the manifest's."""
-    body, _ = store.open_stream(part.key)
+    body, _ = store.open_stream(part.key, part.version_id)
     sha = hashlib.sha256()
     with body:
         while chunk := body.read(CHUNK):
@@ -405,8 +413,7 @@ def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: 
 
 def _stream_into_pg_restore(
     store: BackupStore,
-    key: str,
-    sha256: str,
+    part: ManifestObject,
     tool: PgTool,
     login: Login,
     database: str,
@@ -416,7 +423,8 @@ def _stream_into_pg_restore(
     list_file: Path | None = None,
 ) -> int:
     # long because feeding, hashing and judging the stream are one loop under one watchdog.
-    body, _size = store.open_stream(key)
+    key, sha256 = part.key, part.sha256
+    body, _size = store.open_stream(key, part.version_id)
     sha = hashlib.sha256()
     total = 0
     child = ChildProcess(

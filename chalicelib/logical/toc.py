@@ -28,10 +28,11 @@ def listing(tool: PgTool, archive: Path, filters: list[str]) -> str:
     return out.decode("utf-8", "replace")
 
 
-def archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None:
-    """The head of a streamed custom-format archive, as much as `pg_restore --list` reads of it: the table of
-    contents, without the data. Streamed archives carry no data offsets, so the head lists like the whole."""
-    body, _ = store.open_stream(key)
+def archive_head(store: BackupStore, key: str, tool: PgTool, path: Path, version_id: str | None = None) -> None:
+    """The head of a streamed custom-format archive (the version `version_id`: the manifest's), as much as
+    `pg_restore --list` reads of it: the table of contents, without the data. Streamed archives carry no data
+    offsets, so the head lists like the whole."""
+    body, _ = store.open_stream(key, version_id)
     child = ChildProcess(tool, ["--list"], minimal_env({}), stdin=subprocess.PIPE, capture_stdout=False)
     written = 0
     with child, body, path.open("wb") as head:
@@ -54,14 +55,21 @@ def archive_head(store: BackupStore, key: str, tool: PgTool, path: Path) -> None
 
 
 def resolve_selection(
-    store: BackupStore, key: str, local: Path | None, tool: PgTool, selection: Selection, schemas: list[str], tmp: Path
+    store: BackupStore,
+    key: str,
+    local: Path | None,
+    tool: PgTool,
+    selection: Selection,
+    schemas: list[str],
+    tmp: Path,
+    version_id: str | None = None,
 ) -> tuple[Path, list[str]]:
     """The `-L` list of a selective restore, and the schemas to create first (those the archive has no
     CREATE SCHEMA for); a name that matches nothing is refused before anything exists."""
     archive = local
     if archive is None:
         archive = tmp / "toc-head.dump"
-        archive_head(store, key, tool, archive)
+        archive_head(store, key, tool, archive, version_id)
     chosen: set[str] = set()
     empty = []
     for what, filters in selection.filters():

@@ -1,5 +1,9 @@
 """`lifeboat verify`: re-read every object of a backup, check its size and SHA-256 against the manifest, and the
-manifest's signature (chalicelib.logical.signing); report each object and a verdict. Reads only: nothing is changed."""
+manifest's signature (chalicelib.logical.signing); report each object and a verdict. Reads only: nothing is changed.
+
+Each object is read by the S3 version its manifest recorded, as a restore reads it: a later overwrite of the key (a
+new current version) is not what a restore would use, so it neither fails nor passes the verify. A manifest without
+versions (written before they were recorded, or in an unversioned bucket) is checked against the current objects."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class ObjectCheck:
     role: str
     size: int  # the manifest's
     sha256: str  # the manifest's
+    version_id: str | None = None  # the manifest's: the version read (None: the current one)
     size_read: int | None = None
     sha256_read: str | None = None
     problem: str | None = None
@@ -79,13 +84,14 @@ def verify_backup(
 
 
 def _check_object(catalog: Catalog, obj: ManifestObject) -> ObjectCheck:
-    """Stream the object once (1 MiB at a time): its size and SHA-256, compared with the manifest's."""
-    check = ObjectCheck(obj.key, obj.role, obj.size, obj.sha256)
+    """Stream the object's recorded version once (1 MiB at a time): its size and SHA-256, compared with the
+    manifest's."""
+    check = ObjectCheck(obj.key, obj.role, obj.size, obj.sha256, obj.version_id)
     try:
-        if catalog.store.head(obj.key) is None:
-            check.problem = "missing"
+        if catalog.store.head(obj.key, version_id=obj.version_id) is None:
+            check.problem = f"version {obj.version_id} missing" if obj.version_id else "missing"
             return check
-        body, _ = catalog.store.open_stream(obj.key)
+        body, _ = catalog.store.open_stream(obj.key, obj.version_id)
         sha, size = hashlib.sha256(), 0
         with body:
             while chunk := body.read(CHUNK):

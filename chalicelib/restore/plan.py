@@ -33,6 +33,9 @@ from chalicelib.restore.requests import (
 # other RDS instance or cluster (stack/capabilities.py RESTORED_RDS_PREFIX), which is what lets them refuse to
 # tag, extend or point-in-time restore the operator's own resources.
 NEW_ID_PREFIX = "lifeboat-"
+# Restore drills' temporary instances (chalicelib.drills): the sweeper may delete what is named so and tagged by a
+# drill, so a restore job may not take such a name (its instance could be tagged and deleted as a dead drill's).
+DRILL_ID_PREFIX = "lifeboat-drill-"
 RESTORE_TAG = "lifeboat:restore-id"
 # The operator opts an RDS instance or Aurora cluster in to point-in-time restores with this tag; the restore
 # worker's IAM policy restores no other source, and the API refuses one without it (409).
@@ -57,6 +60,15 @@ def new_id(req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> str:
             " the restore functions may create and tag no other RDS instance or cluster"
         )
     return req.new_id
+
+
+def refuse_drill_name(req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -> None:
+    """A restore job's new_id is never a drill's name (DRILL_ID_PREFIX): only drills create those."""
+    if req.new_id and req.new_id.lower().startswith(DRILL_ID_PREFIX):
+        raise BadRequestError(
+            f"new_id {req.new_id!r}: names starting with {DRILL_ID_PREFIX!r} are reserved for restore drills,"
+            " whose leftovers the sweeper deletes; choose another name after 'lifeboat-'"
+        )
 
 
 def aurora_instance_id(cluster_id: str, restore_id: str) -> str:

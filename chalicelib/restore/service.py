@@ -13,7 +13,15 @@ from pathlib import Path
 
 from chalicelib.adapters.pgtools import Deadline
 from chalicelib.adapters.postgres import Login, database_exists
-from chalicelib.errors import BadRequestError, ConflictError, ForbiddenError, LifeboatError, NotFoundError
+from chalicelib.errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    IntegrityError,
+    LifeboatError,
+    NotFoundError,
+    UntrustedBackupError,
+)
 from chalicelib.logical.catalog import BackupId
 from chalicelib.logical.restore import RestoreOptions, restore_logical
 from chalicelib.observability import logger, record
@@ -27,6 +35,7 @@ from chalicelib.restore.model import (
     RestoreServices,
     new_restore_id,
 )
+from chalicelib.restore.plan import refuse_drill_name
 from chalicelib.restore.requests import (
     LogicalRestoreRequest,
     RestoreRequest,
@@ -47,7 +56,7 @@ def check_logical(svc: RestoreServices, req: LogicalRestoreRequest) -> tuple[str
     bid = BackupId.parse(req.backup_id)
     svc.config.target(bid.target)
     login, into = into_login(svc, req)
-    svc.catalog.manifest(bid)  # 404 unless complete
+    check_manifest(svc, bid)
     if req.options.clean and (req.options.schemas or req.options.tables):
         raise BadRequestError(
             "options.clean replaces the whole database: it cannot be combined with options.schemas or"
@@ -70,6 +79,19 @@ def check_logical(svc: RestoreServices, req: LogicalRestoreRequest) -> tuple[str
     return bid.target, into
 
 
+def check_manifest(svc: RestoreServices, bid: BackupId) -> None:
+    """The backup is complete (404 otherwise) and its manifest's signature verifies (409 otherwise: a forged or
+    altered manifest, or an unsigned one newer than settings.accept_unsigned_before). The worker checks both again
+    before it creates anything; checking here answers the caller at once, and no job is made for it."""
+    manifest = svc.catalog.manifest(bid)
+    try:
+        svc.catalog.check_signature(manifest)
+    except IntegrityError as exc:
+        raise UntrustedBackupError(
+            f"backup {bid} cannot be restored: {exc}. Restore another backup (GET /targets/{bid.target}/backups)"
+        ) from exc
+
+
 def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
     """Check the request, count it against the quotas, record the job and queue it."""
     now = datetime.now(UTC)
@@ -77,6 +99,7 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
     if isinstance(req, LogicalRestoreRequest):
         (target, into), kind, backup_id = check_logical(svc, req), "logical", req.backup_id
     elif isinstance(req, SnapshotRestoreRequest):
+        refuse_drill_name(req)
         target, kind, backup_id = snapshot_restores.check(svc, req), "snapshot", req.backup_id
         into = target
     else:
@@ -85,6 +108,7 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
             raise BadRequestError(
                 f"target {req.target!r} is not an RDS instance or Aurora cluster: point-in-time restore needs one"
             )
+        refuse_drill_name(req)
         target, kind, backup_id = snapshot_restores.check(svc, req), "point_in_time", None
         into = target
     access.check_quota(svc.config, svc.jobs, into)

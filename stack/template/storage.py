@@ -11,8 +11,11 @@ shorten or reconfigure a lock (tests/stack/test_immutable.py). The bucket policy
 another encryption than aws:kms with the stack's key.
 
 The manifest signing key (an HMAC_256 KMS key, GENERATE_VERIFY_MAC) signs every manifest as the backup worker writes
-it (kms:GenerateMac) and restores check it (kms:VerifyMac): chalicelib.logical.signing. Its key policy is the bucket
-key's (the account administers it through IAM); no function has any of its administrative actions.
+it (kms:GenerateMac) and restores (and the API, before it accepts one) check it (kms:VerifyMac):
+chalicelib.logical.signing. Its key policy is the bucket key's (the account administers it through IAM); no function
+has any of its administrative actions.
+
+With VaultBucketArn, every backup object is also replicated to a bucket in another account (stack/template/vault.py).
 
 The bucket and the keys are retained when the stack is deleted: deleting a stack never deletes backups,
 nor the keys that decrypt and vouch for them.
@@ -25,6 +28,7 @@ from pathlib import Path
 from stack import names
 from stack.template.app_model import retention_rules
 from stack.template.intrinsics import Json, getatt, if_, ref, sub
+from stack.template.vault import replication_configuration, vault_resources
 
 RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
 
@@ -70,7 +74,8 @@ def lifecycle(settings_file: Path | None) -> tuple[list[Json], dict[str, Json]]:
     for rule in rules:
         tags = {t["Key"]: t["Value"] for t in rule.get("Filter", {}).get("And", {}).get("Tags", [])}
         cls = tags.get(source.retention_tag)
-        if "NoncurrentVersionExpiration" in rule:
+        if "NoncurrentVersionExpiration" in rule and "Expiration" in rule:  # a retention class's rule (not the
+            # .partial WAL versions', whose days are its own)
             noncurrent_default = rule["NoncurrentVersionExpiration"]["NoncurrentDays"]
             rule["NoncurrentVersionExpiration"]["NoncurrentDays"] = ref("NoncurrentVersionDays")
         if cls is None or tags.get(source.policy_tag) != "default":
@@ -146,12 +151,14 @@ def _cfn_rule(rule: Json) -> Json:
     return out
 
 
-def storage_resources(rules: list[Json]) -> Json:
+def storage_resources(rules: list[Json], settings_file: Path | None = None) -> Json:
+    """`rules`: lifecycle()'s; `settings_file`: the settings whose key prefix the vault replicates (default: none)."""
     return {
         **_key(),
         **_signing_key(),
-        "BackupBucket": _bucket(rules),
+        "BackupBucket": _bucket(rules, retention_rules(settings_file).prefix),
         "BackupBucketPolicy": _bucket_policy(),
+        **vault_resources(key_arn()),
         "JobsTable": _jobs_table(),
     }
 
@@ -226,7 +233,7 @@ def _signing_key() -> Json:
     }
 
 
-def _bucket(rules: list[Json]) -> Json:
+def _bucket(rules: list[Json], prefix: str) -> Json:
     return {
         "Type": "AWS::S3::Bucket",
         **RETAIN,
@@ -256,6 +263,7 @@ def _bucket(rules: list[Json]) -> Json:
                 "Rules": rules,
                 "TransitionDefaultMinimumObjectSize": "all_storage_classes_128K",
             },
+            "ReplicationConfiguration": replication_configuration(prefix),  # HasVault: a copy in another account
             "Tags": [{"Key": "pg-lifeboat:stage", "Value": ref("Stage")}],
         },
     }

@@ -198,7 +198,12 @@ def test_point_in_time_of_a_source_not_opted_in_is_409_and_creates_nothing(api: 
 
 def test_new_ids_are_lifeboat_names_short_enough_for_the_aurora_instance(api: Any) -> None:
     start_snapshot(wiring.snapshot_services(), "billing", SLOT)
-    for new_id, expected in (("billing-copy", "must start with 'lifeboat-'"), ("lifeboat-" + "x" * 46, "new_id")):
+    for new_id, expected in (
+        ("billing-copy", "must start with 'lifeboat-'"),
+        ("lifeboat-" + "x" * 46, "new_id"),
+        ("lifeboat-drill-0123456789abcdef", "reserved for restore drills"),  # the sweeper deletes those
+        ("Lifeboat-Drill-x", "reserved for restore drills"),
+    ):
         r = post(api, {"backup_id": BILLING_SNAPSHOT, "new_id": new_id})
         assert r.status_code == 400 and expected in json.loads(r.body)["message"], r.body
 
