@@ -28,6 +28,16 @@ test: venv lint
 demo: venv
 	$(PY) -m devstack.demo
 
+# A sandbox that stays up (moto, PostgreSQL with the sample database, a config): prints the `export ...` lines for
+# `lifeboat`; Ctrl-C or `make devstack-down` stops it. Options: make devstack DEVSTACK_ARGS="--aws-port 0 --pg-port 0"
+.PHONY: devstack devstack-down
+DEVSTACK_ARGS ?=
+devstack: venv
+	$(PY) -m devstack.sandbox $(DEVSTACK_ARGS)
+
+devstack-down:
+	$(PY) -m devstack.sandbox --down $(filter --dir=%,$(DEVSTACK_ARGS))
+
 # The date-sensitive suites with the test process's clock a year ahead (README, "Tests on another date").
 FAKETIME_LIB ?= $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1))
 test-shifted: venv
@@ -45,6 +55,8 @@ STAGE ?= dev
 ARCH ?= x86_64
 OUT ?= out/$(STAGE)-$(ARCH)
 WHEELHOUSE ?=
+# ALARM_TARGETS="shop=1d db=1d:snapshot": optional extra per-target alarms fixed in the template; the stack's
+# dead-man's switch over every target in SSM (BackupsOverdueAlarm) needs none (stack/README.md, Alarms).
 ALARM_TARGETS ?=
 package: venv layers/dist/pg-clients-$(ARCH).zip
 	$(PY) -m stack.package --stage $(STAGE) --arch $(ARCH) --out $(OUT) \

@@ -17,7 +17,9 @@ from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chalicelib.drills.settings import Drill, drill_problem
 from chalicelib.errors import ConfigError, NotFoundError
+from chalicelib.pitr.settings import Wal
 from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -250,9 +252,13 @@ class Target(_Model):
         description="other targets this target's backups may be restored into (the target itself always may)",
     )
     max_running_restores: int = Field(default=2, ge=1, le=100, description="PENDING + RUNNING restores into it")
+    wal: Wal | None = Field(default=None, description="WAL stream and base backups (chalicelib.pitr.settings)")
+    drill: Drill | None = Field(default=None, description="restore drills (chalicelib.drills.settings)")
 
     @model_validator(mode="after")
     def _needs(self) -> Self:
+        if self.wal is not None and self.connection is None:
+            raise ValueError("wal streaming needs a connection (a login with the REPLICATION attribute)")
         if self.connection is None:
             if self.logical is not None:
                 raise ValueError("logical backups need a connection")
@@ -390,6 +396,8 @@ class Config(_Model):
                     raise ValueError(
                         f"target {target.name!r}: restore_into names {name!r}, which has no connection to restore into"
                     )
+            if problem := drill_problem(target, by_name):
+                raise ValueError(problem)
         return self
 
     def target(self, name: str) -> Target:
@@ -447,7 +455,9 @@ def load_ssm(path: str, ssm_client: Any = None, max_age: int = 300) -> Config:
     from aws_lambda_powertools.utilities import parameters
     from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
-    provider = parameters.SSMProvider(boto3_client=ssm_client) if ssm_client else None
+    # ssm_client: a boto3 SSM client, or an SSMProvider (chalicelib.wiring keeps one, so its cache outlives a call)
+    provider = ssm_client if isinstance(ssm_client, parameters.SSMProvider) else None
+    provider = provider or (parameters.SSMProvider(boto3_client=ssm_client) if ssm_client else None)
     base = path.rstrip("/")
     try:
         if provider:

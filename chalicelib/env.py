@@ -4,7 +4,7 @@ Every variable pg-lifeboat reads is a field of `Env` below (its name, default an
 ConfigError naming the variable. `current()` parses on first use and again only when one of these variables
 changes (tests set them; a Lambda container never does); a command line's options go over the environment
 through `configured(...)` (chalicelib.wiring.configured). Variables that boto3 and Powertools read themselves
-(AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, POWERTOOLS_SERVICE_NAME, POWERTOOLS_LOG_LEVEL, ...) are
+(AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_CONFIG_FILE, POWERTOOLS_SERVICE_NAME, POWERTOOLS_LOG_LEVEL, ...) are
 left to them.
 
 Cheap to import (app.py imports it at cold start): pydantic-settings and the standard library only.
@@ -51,9 +51,13 @@ class Env(BaseSettings):
         None, "LIFEBOAT_JOBS_TABLE", "DynamoDB table of run claims, restore jobs and the dispatch cursor"
     )
     backup_queue_url: str | None = _var(
-        None, "LIFEBOAT_BACKUP_QUEUE_URL", "URL of the SQS queue the dispatcher and POST /backups fill"
+        None,
+        "LIFEBOAT_BACKUP_QUEUE_URL",
+        "URL of the SQS queue the dispatcher and POST /backups fill; unset: LIFEBOAT_BACKUP_QUEUE's, if set",
     )
-    restore_queue_url: str | None = _var(None, "LIFEBOAT_RESTORE_QUEUE_URL", "URL of the SQS queue of restore jobs")
+    restore_queue_url: str | None = _var(
+        None, "LIFEBOAT_RESTORE_QUEUE_URL", "URL of the SQS queue of restore jobs; unset: LIFEBOAT_RESTORE_QUEUE's"
+    )
     backup_queue: str = _var(
         "pg-lifeboat-backups.fifo", "LIFEBOAT_BACKUP_QUEUE", "name of the queue the backup worker reads (app.py)"
     )
@@ -91,6 +95,9 @@ class Env(BaseSettings):
     aws_region: str | None = _var(
         None, "AWS_REGION", "region of the clients (Lambda sets it); else the SDK's chain (AWS_DEFAULT_REGION, profile)"
     )
+    aws_profile: str | None = _var(
+        None, "AWS_PROFILE", "the AWS profile every client uses (credentials, and the region when none is set)"
+    )
     metrics_namespace: str = _var("PgLifeboat", "POWERTOOLS_METRICS_NAMESPACE", "CloudWatch namespace of the metrics")
     metrics_disabled: bool | None = _var(
         None, "POWERTOOLS_METRICS_DISABLED", "true: emit no metrics (unset: on, except with POWERTOOLS_DEV)"
@@ -119,6 +126,21 @@ class Env(BaseSettings):
         words = {"ENABLED": True, "DISABLED": False}
         return words.get(value.strip().upper(), value) if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _queue_url_by_name(cls, data: object) -> object:
+        """`chalice deploy` stages set the queue names only (.chalice/config.json): a queue given by name and
+        not by URL is addressed by its name, which adapters.sqs resolves (GetQueueUrl)."""
+        if not isinstance(data, dict):
+            return data
+        for url_var, name_var in (
+            ("LIFEBOAT_BACKUP_QUEUE_URL", "LIFEBOAT_BACKUP_QUEUE"),
+            ("LIFEBOAT_RESTORE_QUEUE_URL", "LIFEBOAT_RESTORE_QUEUE"),
+        ):
+            if not data.get(url_var) and data.get(name_var):
+                data = {**data, url_var: data[name_var]}
+        return data
+
     @model_validator(mode="after")
     def _fargate_complete(self) -> Env:
         if self.fargate_cluster and not self.fargate_task_definition:
@@ -146,6 +168,28 @@ class Env(BaseSettings):
 
 VARIABLES: dict[str, str] = {str(f.validation_alias): name for name, f in Env.model_fields.items()}
 """Variable name → field name, for every variable Env reads."""
+
+# A deployed stack's outputs (stack/template/outputs.py) → the settings they stand for (`lifeboat --stack NAME`).
+STACK_OUTPUTS: dict[str, str] = {
+    "SettingsParameter": "config",  # <config path>/settings: LIFEBOAT_CONFIG=ssm:<config path>
+    "JobsTableName": "jobs_table",
+    "BackupQueueUrl": "backup_queue_url",
+    "RestoreQueueUrl": "restore_queue_url",
+}
+SETTINGS_SUFFIX = "/settings"
+
+
+def settings_from_stack(stack: str, outputs: Mapping[str, str]) -> dict[str, str]:
+    """The settings (field name → value) a stack's outputs give; a ConfigError names any output it lacks."""
+    missing = sorted(name for name in STACK_OUTPUTS if not outputs.get(name))
+    if missing:
+        raise ConfigError(
+            f"stack {stack!r} has no output {', '.join(missing)}: is it a pg-lifeboat stack"
+            " (stack/README.md), and is its deployment complete?"
+        )
+    found = {field: outputs[name] for name, field in STACK_OUTPUTS.items()}
+    found["config"] = "ssm:" + found["config"].removesuffix(SETTINGS_SUFFIX)
+    return found
 
 
 def load(overrides: Mapping[str, Any] | None = None, fallbacks: Mapping[str, Any] | None = None) -> Env:

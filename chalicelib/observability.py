@@ -6,10 +6,11 @@ line twice. The Tracer patches botocore when created (~0.4 s), so it is built on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from aws_lambda_powertools import Logger
 
@@ -21,6 +22,25 @@ if TYPE_CHECKING:
 SERVICE = "lifeboat"
 
 logger = Logger(service=SERVICE)
+
+
+@contextmanager
+def command_line_logging(verbose: bool, stream: TextIO) -> Iterator[None]:
+    """The log lines of a command line run: with `verbose`, INFO and above on `stream` (stderr: stdout is the
+    command's output); without, none at all (the command reports its one error itself). Lambda's logging
+    (stdout, POWERTOOLS_LOG_LEVEL) is back after the block."""
+    base = logging.getLogger(logger.name)
+    handlers = [h for h in base.handlers if isinstance(h, logging.StreamHandler)]
+    saved_level, saved_streams = base.level, [h.stream for h in handlers]
+    base.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    for handler in handlers:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        base.setLevel(saved_level)
+        for handler, saved in zip(handlers, saved_streams, strict=True):
+            handler.setStream(saved)
 
 
 @cache

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from chalicelib import config as config_module
 from chalicelib import env as env_module
+from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message
 from chalicelib.adapters.dynamo import DispatchCursor, JobStore, RestoreJobTable
 from chalicelib.adapters.ecs import EcsTasks
 from chalicelib.adapters.kms import KmsMacKey
@@ -50,56 +51,101 @@ def settings() -> env_module.Env:
 
 @contextmanager
 def configured(
-    *, config: str | None = None, region: str | None = None, metrics: bool | None = None
+    *,
+    config: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    stack: str | None = None,
+    metrics: bool | None = None,
 ) -> Iterator[env_module.Env]:
-    """A command line's options for the block: `config` and `region` win over LIFEBOAT_CONFIG and AWS_REGION;
-    `metrics` says whether to emit metrics when POWERTOOLS_METRICS_DISABLED is unset. None: the environment's."""
-    with env_module.configured(
-        {"config": config, "aws_region": region}, {"metrics_disabled": None if metrics is None else not metrics}
-    ) as env:
+    """A command line's options for the block: `config`, `region` and `profile` win over LIFEBOAT_CONFIG,
+    AWS_REGION and AWS_PROFILE; `stack` names a deployed pg-lifeboat stack whose outputs (read with that region
+    and profile) give the configuration's location, the jobs table and the queues, over the environment's
+    (`config` still wins); `metrics` says whether to emit metrics when POWERTOOLS_METRICS_DISABLED is unset.
+    None: the environment's."""
+    fallbacks = {"metrics_disabled": None if metrics is None else not metrics}
+    with ExitStack() as scope:
+        env = scope.enter_context(
+            env_module.configured({"config": config, "aws_region": region, "aws_profile": profile}, fallbacks)
+        )
+        if stack:
+            from_stack = env_module.settings_from_stack(stack, stack_outputs(stack))
+            env = scope.enter_context(env_module.configured({**from_stack, **({"config": config} if config else {})}))
         yield env
 
 
+def stack_outputs(stack: str) -> dict[str, str]:
+    """A CloudFormation stack's outputs (name → value); ConfigError when the stack does not exist."""
+    try:
+        found = client.get("cloudformation").describe_stacks(StackName=stack)["Stacks"]
+    except AWS_ERRORS as exc:
+        if error_code(exc) == "ValidationError" and "does not exist" in error_message(exc):
+            raise ConfigError(
+                f"stack {stack!r} does not exist in {region()}{_profile_note()}: check --stack (the name given to"
+                " `aws cloudformation deploy`), --region and --profile"
+            ) from None
+        why = f"{error_code(exc) or type(exc).__name__}: {error_message(exc)}"
+        raise ConfigError(f"cannot read stack {stack!r} in {region()}{_profile_note()}: {why}") from None
+    return {o["OutputKey"]: o["OutputValue"] for o in found[0].get("Outputs", []) if "OutputValue" in o}
+
+
+def _profile_note() -> str:
+    profile = settings().aws_profile
+    return f" (profile {profile})" if profile else ""
+
+
 def region() -> str:
-    """The clients' region: --region, else AWS_REGION, else the SDK's own chain (AWS_DEFAULT_REGION, the profile)."""
-    found = settings().aws_region or _sdk_region()
+    """The clients' region: --region, else AWS_REGION, else the SDK's own chain for the profile (--profile or
+    AWS_PROFILE): AWS_DEFAULT_REGION, then the profile's region."""
+    found = settings().aws_region or _session(settings().aws_profile).region_name
     if not found:
         raise ConfigError(
             "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a region in the AWS profile) or pass --region"
         )
-    return found
+    return str(found)
 
 
 @cache
-def _sdk_region() -> str | None:
-    """What boto3 would pick. A Session costs a few ms: once, until client.cache_clear()."""
+def _session(profile: str | None) -> Any:
+    """The SDK's session for a profile (None: the default chain). A Session costs a few ms: once per profile,
+    until client.cache_clear()."""
     import boto3
+    from botocore.exceptions import ProfileNotFound
 
-    return boto3.session.Session().region_name
+    try:
+        return boto3.session.Session(profile_name=profile)
+    except ProfileNotFound:
+        raise ConfigError(
+            f"AWS profile {profile!r} is not in the AWS config files (~/.aws/config, ~/.aws/credentials, or"
+            " AWS_CONFIG_FILE): check --profile or AWS_PROFILE (`aws configure list-profiles` lists them)"
+        ) from None
 
 
-def _make_client(service: str, region_name: str) -> Any:
-    import boto3
+def _make_client(service: str, region_name: str, profile: str | None) -> Any:
     from botocore.config import Config as BotoConfig
 
     # Standard retry mode: throttles and 5xx are retried with backoff, up to 3 retries after the first try.
-    make: Any = boto3.client  # one factory for every service; the stubs type each name by the overloads below
-    return make(
+    return _session(profile).client(
         service,
         region_name=region_name,
         config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
     )
 
 
-class Clients:
-    """boto3 clients, one per (service, region), made on first use; typed per service (types-boto3 stubs).
+# Every AWS service pg-lifeboat calls: `client` builds no other (tests check each follows --region/--profile).
+SERVICES = ("s3", "dynamodb", "sqs", "rds", "ec2", "ecs", "secretsmanager", "ssm", "kms", "cloudformation")
 
-    `client("s3")` is in the clients' region (`region()`), `client("rds", "eu-west-1")` in another.
+
+class Clients:
+    """boto3 clients, one per (service, region, profile), made on first use; typed per service (types-boto3 stubs).
+
+    `client("s3")` is in the clients' region (`region()`), `client("rds", "eu-west-1")` in another; all with the
+    profile (`--profile`, AWS_PROFILE; none: the SDK's default chain).
     `client.cache_clear()` forgets them (tests that move AWS_ENDPOINT_URL or the region).
     """
 
     def __init__(self) -> None:
-        self._made: dict[tuple[str, str], Any] = {}
+        self._made: dict[tuple[str, str, str | None], Any] = {}
         self._lock = threading.Lock()
 
     @overload
@@ -122,8 +168,10 @@ class Clients:
         return self.get(service, region_name)
 
     def get(self, service: str, region_name: str | None = None) -> Any:
-        """Any service, untyped (the physical snapshot code's `client_for`)."""
-        key = (service, region_name or region())
+        """Any service of SERVICES, untyped (the physical snapshot code's `client_for`)."""
+        if service not in SERVICES:
+            raise ValueError(f"{service!r} is not in wiring.SERVICES: add it there (and to the tests' list)")
+        key = (service, region_name or region(), settings().aws_profile)
         with self._lock:
             made = self._made.get(key)
             if made is None:
@@ -133,16 +181,26 @@ class Clients:
     def cache_clear(self) -> None:
         with self._lock:
             self._made.clear()
-        _sdk_region.cache_clear()
+        _session.cache_clear()
+        _ssm_provider.cache_clear()
 
 
 client = Clients()
 
 
 def load_config() -> Config:
-    # ssm:/... is read through Powertools' default SSM provider: its cache outlives the invocation (a provider
-    # made per call would not), but its client is Powertools' own (the SDK's region, no retry config here).
-    return config_module.load(settings().config, ssm_client=None)
+    source = settings().config
+    in_ssm = source.startswith("ssm:")
+    return config_module.load(source, ssm_client=_ssm_provider(region(), settings().aws_profile) if in_ssm else None)
+
+
+@cache
+def _ssm_provider(region_name: str, profile: str | None) -> Any:
+    """ssm:/... is read through a Powertools SSM provider over this module's client (the region and profile of
+    every other client), one per region and profile: its five-minute cache outlives the invocation."""
+    from aws_lambda_powertools.utilities.parameters import SSMProvider
+
+    return SSMProvider(boto3_client=client("ssm", region_name))
 
 
 def store(cfg: Config) -> S3Store:

@@ -2,7 +2,8 @@
 
 The one way this project runs a subprocess. Binaries are looked up under roots laid out as
 `<root>/<major>/bin/<tool>` (LIFEBOAT_PG_ROOTS, chalicelib.env: by default the Lambda layer's /opt/pg, then
-Debian's /usr/lib/postgresql; chalicelib.wiring.toolbox() builds the Toolbox from it). Passwords go
+Debian's /usr/lib/postgresql; chalicelib.wiring.toolbox() builds the Toolbox from it); when no root holds a
+major that fits the server, the tool found on PATH is used if its own major fits. Passwords go
 to the child through PGPASSWORD in a minimal environment, never on the command line, and every line of
 stderr that leaves this module is scrubbed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -19,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import IO
 
@@ -61,11 +64,16 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 @dataclass
 class Toolbox:
     """The PostgreSQL client binaries available on this machine, by major version, under `roots` (searched in
-    order; the first root holding a major wins)."""
+    order; the first root holding a major wins), with the tool found on `search_path` as a fallback.
+
+    `search_path`: a PATH-style list of directories (None: this process's PATH). Its tool (Debian's pg_wrapper,
+    Homebrew's, a distribution's) is used only when no root holds a major that fits the server."""
 
     roots: Sequence[Path]
+    search_path: str | None = None
 
     def majors(self, tool: str) -> dict[int, PgTool]:
+        """The tool under the roots, by major (the PATH fallback not included)."""
         found: dict[int, PgTool] = {}
         for root in self.roots:
             if not root.is_dir():
@@ -76,8 +84,18 @@ class Toolbox:
                     found.setdefault(int(entry.name), PgTool(tool, int(entry.name), path))
         return dict(sorted(found.items()))
 
+    def on_path(self, tool: str) -> PgTool | None:
+        """The tool on the search path and its major (from `tool --version`), or None."""
+        path = self.search_path if self.search_path is not None else inherited(("PATH",)).get("PATH", "")
+        found = shutil.which(tool, path=path) if path else None
+        if not found:
+            return None
+        major = tool_major(Path(found))
+        return PgTool(tool, major, Path(found)) if major is not None else None
+
     def pick(self, tool: str, server_major: int, purpose: str = "") -> PgTool:
-        """The binary of the server's own major if bundled, else the oldest newer one; never an older one.
+        """The binary of the server's own major if bundled, else the oldest newer one; never an older one. When
+        no root holds one that fits, the tool on the search path, if its major is the server's or newer.
 
         Older is impossible (pg_dump refuses newer servers; an older pg_restore rejects newer archives).
         Newer works but is a last resort: a pg_dump 17 archive restored by pg_restore 17 into a
@@ -89,16 +107,49 @@ class Toolbox:
         for major, found in available.items():
             if major > server_major:
                 return found
+        fallback = self.on_path(tool)
+        if fallback is not None and fallback.major >= server_major:
+            return fallback
+        on_path = (
+            f"; the {tool} on PATH ({fallback.path}) is {fallback.major}, older than the server"
+            if fallback
+            else f"; no {tool} on PATH"
+        )
         if not available:
             raise PgToolError(
                 f"no {tool} found under {', '.join(map(str, self.roots))}: attach the pg-clients"
-                " layer (or set LIFEBOAT_PG_ROOTS)"
+                f" layer (or set LIFEBOAT_PG_ROOTS to <root> holding <root>/{server_major}/bin/{tool}){on_path}"
             )
         have = ", ".join(str(m) for m in available)
         raise PgToolError(
             f"{purpose or 'this server'} needs {tool} {server_major} or newer but the newest bundled is"
-            f" {max(available)} (majors available: {have}): rebuild the layer with that major"
+            f" {max(available)} (majors available: {have}): rebuild the layer with that major{on_path}"
         )
+
+
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+
+
+def tool_major(path: Path) -> int | None:
+    """The major version a PostgreSQL client program reports (`pg_dump (PostgreSQL) 15.18 ...` → 15); None when it
+    does not run or says something else. Cached per file and modification time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _tool_major(str(path), stat.st_mtime_ns)
+
+
+@cache
+def _tool_major(path: str, _mtime_ns: int) -> int | None:
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, env=minimal_env({}), check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _VERSION.search(done.stdout)
+    return int(found.group(1)) if done.returncode == 0 and found else None
 
 
 def effective_compression(configured: str, pg_dump_major: int) -> str:
@@ -163,64 +214,88 @@ def minimal_env(extra: Mapping[str, str]) -> dict[str, str]:
     return {**base, **extra}
 
 
-# libpq and server messages, in order of precedence, with what the operator should do about them.
-_EXPLANATIONS: list[tuple[re.Pattern[str], str]] = [
+# libpq and server messages, in order of precedence: (kind, pattern, what went wrong, what the operator should do).
+_EXPLANATIONS: list[tuple[str, re.Pattern[str], str, str]] = [
     (
+        "auth",
         re.compile(r"password authentication failed|authentication failed for user|PAM authentication failed", re.I),
-        "the server refused the credentials for user {user} ({source}): check the password in"
-        " the secret, or the IAM setup",
+        "the server refused the credentials for user {user} ({source})",
+        "check the password in the secret, or the IAM setup",
     ),
     (
+        "unknown_host",
         re.compile(r"could not translate host name|Name or service not known|nodename nor servname", re.I),
-        "unknown host {host}: check connection.host",
+        "unknown host {host}",
+        "check connection.host",
     ),
     (
+        "refused",
         re.compile(r"Connection refused", re.I),
-        "nothing accepts connections at {host}:{port}: check host, port and that the server is running",
+        "nothing accepts connections at {host}:{port}",
+        "check host, port and that the server is running",
     ),
     (
+        "timeout",
         re.compile(r"timeout expired|timed out", re.I),
-        "connecting to {host}:{port} timed out: check security groups and the route from the function's VPC",
+        "connecting to {host}:{port} timed out",
+        "check security groups and the route from the function's VPC",
     ),
     (
+        "hba",
         re.compile(r"no pg_hba\.conf entry", re.I),
-        "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode}): allow it or change sslmode",
+        "the server's pg_hba.conf rejects this client (user {user}, sslmode {sslmode})",
+        "allow it or change sslmode",
     ),
     # sslmode verify-full (the default) and verify-ca: no CA file, a certificate from another CA, another name.
     (
+        "tls_verify",
         re.compile(r"certificate verify failed|certificate.*(not|doesn't) match|root certificate file", re.I),
-        "TLS verification of {host} failed (sslmode {sslmode}): set connection.sslrootcert to the CA that signed"
-        " the server's certificate (unset: the layer's RDS CA bundle) and connect by the host name the certificate"
-        " names, or use verify-ca; if the certificate is not the server's, something is in the middle (no"
-        " credential was sent to it)",
+        "TLS verification of {host} failed (sslmode {sslmode})",
+        "set connection.sslrootcert to the CA that signed the server's certificate (unset: the layer's RDS CA"
+        " bundle) and connect by the host name the certificate names, or use verify-ca; if the certificate is not"
+        " the server's, something is in the middle (no credential was sent to it)",
     ),
     (
+        "no_tls",
         re.compile(r"server does not support SSL|SSL off", re.I),
-        "the server does not offer TLS but sslmode is {sslmode}: enable ssl on the server or relax sslmode",
+        "the server does not offer TLS but sslmode is {sslmode}",
+        "enable ssl on the server or relax sslmode",
     ),
     (
+        "no_database",
         re.compile(r'database "[^"]+" does not exist', re.I),
-        "database {database} does not exist on {host}: check connection.database",
+        "database {database} does not exist on {host}",
+        "check connection.database",
     ),
-    (re.compile(r'role "[^"]+" does not exist', re.I), "role {user} does not exist on {host}: check connection.user"),
+    (
+        "no_role",
+        re.compile(r'role "[^"]+" does not exist', re.I),
+        "role {user} does not exist on {host}",
+        "check connection.user",
+    ),
     # pg_dump waits for its table locks under statement_timeout = lock_wait_timeout.
     (
+        "lock",
         re.compile(r"could not obtain lock|lock timeout|canceling statement due to (lock|statement) timeout", re.I),
-        "a table stayed locked longer than lock_wait_timeout_seconds: another session holds a conflicting"
-        " lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout",
+        "a table stayed locked longer than lock_wait_timeout_seconds",
+        "another session holds a conflicting lock (e.g. ACCESS EXCLUSIVE); retry later or raise the timeout",
     ),
     (
+        "version_mismatch",
         re.compile(r"aborting because of server version mismatch", re.I),
-        "pg_dump is older than the server: add the server's major to the layer",
+        "pg_dump is older than the server",
+        "add the server's major to the layer",
     ),
     # Over TLS a vanished server reads as "SSL SYSCALL error: EOF detected" or "SSL connection has been closed".
     (
+        "closed",
         re.compile(
             r"terminating connection|server closed the connection unexpectedly|connection to server .* lost"
             r"|SSL SYSCALL error: EOF detected|SSL connection has been closed unexpectedly",
             re.I,
         ),
         "the server closed the connection during the run (restart, failover or admin kill)",
+        "",
     ),
 ]
 
@@ -230,23 +305,44 @@ CONNECTION_PATTERNS = 9  # the first entries above describe failures to connect 
 _MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist', re.I)
 
 
-def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
-    """(advice, is_connection_problem) for a libpq/server message; advice is '' when unknown."""
+@dataclass(frozen=True)
+class Diagnosis:
+    """A libpq/server message understood: what went wrong, what to do about it, and whether it is a failure to
+    connect at all (as opposed to one during the run)."""
+
+    kind: str  # "auth", "unknown_host", "refused", "no_database", ... (the first column of _EXPLANATIONS)
+    problem: str
+    fix: str
+    connection: bool
+
+    @property
+    def advice(self) -> str:
+        return f"{self.problem}: {self.fix}" if self.fix else self.problem
+
+
+def diagnose(message: str, context: Mapping[str, object]) -> Diagnosis | None:
+    """The first known failure in a libpq/server message (None: not one this module knows)."""
     missing = _MISSING_ROLE.search(message)
     if missing and missing.group(1) != context.get("user"):
         # Not the login: a role the archive names (owner, grantee) that this server lacks.
-        return (
-            f"role {missing.group(1)} named in the backup does not exist on {context.get('host', '?')}: restore"
-            " its roles first (--globals / options.globals), create it, or restore with --no-owner"
-            " --no-acl",
+        return Diagnosis(
+            "archive_role",
+            f"role {missing.group(1)} named in the backup does not exist on {context.get('host', '?')}",
+            "restore its roles first (--globals / options.globals), create it, or restore with --no-owner --no-acl",
             False,
         )
-    for index, (pattern, advice) in enumerate(_EXPLANATIONS):
+    for index, (kind, pattern, problem, fix) in enumerate(_EXPLANATIONS):
         if pattern.search(message):
             safe = {k: context.get(k, "?") for k in ("user", "host", "port", "sslmode", "database")}
             safe["source"] = context.get("source", "the configured credentials")
-            return advice.format(**safe), index < CONNECTION_PATTERNS
-    return "", False
+            return Diagnosis(kind, problem.format(**safe), fix.format(**safe), index < CONNECTION_PATTERNS)
+    return None
+
+
+def explain(message: str, context: Mapping[str, object]) -> tuple[str, bool]:
+    """(advice, is_connection_problem) for a libpq/server message; advice is '' when unknown."""
+    found = diagnose(message, context)
+    return (found.advice, found.connection) if found else ("", False)
 
 
 def _meaningful_line(lines: Sequence[str]) -> str:

@@ -31,12 +31,25 @@ class Message:
 
 
 class Queue:
+    """A queue by URL, or by name (`chalice deploy` stages know only the names: .chalice/config.json), whose URL
+    is then asked of SQS (GetQueueUrl) on first use."""
+
     def __init__(self, client: SQSClient, url: str) -> None:
-        self.client, self.url = client, url
+        self.client, self._address = client, url
+        self._url = url if "://" in url else None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            try:
+                self._url = self.client.get_queue_url(QueueName=self._address)["QueueUrl"]
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"cannot find the SQS queue named {self._address!r}: {_reason(exc)}") from exc
+        return self._url
 
     @property
     def fifo(self) -> bool:
-        return self.url.endswith(".fifo")
+        return self._address.endswith(".fifo")
 
     def send(self, body: str, group_id: str | None = None, dedup_id: str | None = None) -> None:
         request: SendMessageRequestTypeDef = {"QueueUrl": self.url, "MessageBody": body}

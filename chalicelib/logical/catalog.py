@@ -470,6 +470,19 @@ class Catalog:
         keys = sorted((o.key for o in self.store.list_objects(f"{self.layout.failed_prefix}{target}/")), reverse=True)
         return [Manifest.model_validate(json.loads(self.store.get_bytes(k))) for k in keys]
 
+    def list_failures(self, target: str, limit: int = 50) -> list[Manifest]:
+        """The target's newest `limit` FAILED records, newest slot first and, within a slot, latest attempt first
+        (one LIST, one GET per record returned)."""
+
+        def newest(key: str) -> tuple[str, str]:  # <slot>_<database>_<attempt>.json, or <slot>.json (older)
+            name = key.rsplit("/", 1)[-1].removesuffix(".json")
+            return name.split("_", 1)[0], name.rsplit("_", 1)[-1] if "_" in name else ""
+
+        keys = sorted((o.key for o in self.store.list_objects(f"{self.layout.failed_prefix}{target}/")), key=newest)
+        chosen = keys[::-1][: max(limit, 0)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda k: Manifest.model_validate(json.loads(self.store.get_bytes(k))), chosen))
+
 
 def _problem(obj: ManifestObject, size: int | None) -> str:
     return f"{obj.key} ({'missing' if size is None else f'{size} bytes, not {obj.size}'})"
