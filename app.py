@@ -13,6 +13,8 @@ from typing import Any
 from chalice.app import Chalice, CloudWatchEvent, Cron, IAMAuthorizer, Rate, Response, SQSEvent
 
 from chalicelib import api, entrypoints, env, errors, wiring
+from chalicelib.drills import views as drills
+from chalicelib.drills.build import evidence_store
 from chalicelib.observability import logger
 from chalicelib.restore import service
 from chalicelib.restore.requests import parse_restore_request
@@ -177,6 +179,15 @@ def list_restores(target: str) -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
         jobs = service.list_restores(wiring.api_services(), target)
         return 200, {"restores": [j.public() for j in jobs]}, {}
+
+    return _api(op)
+
+
+@app.route("/targets/{target}/drills", methods=["GET"], authorizer=iam)
+def list_drills(target: str) -> Response:
+    def op() -> tuple[int, Any, dict[str, str]]:
+        cfg = wiring.load_config()
+        return 200, drills.list_drills(cfg, evidence_store(cfg), target), {}
 
     return _api(op)
 

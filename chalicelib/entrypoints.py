@@ -13,15 +13,20 @@ from typing import Any
 from chalicelib import wiring
 from chalicelib.adapters.pgtools import Deadline
 from chalicelib.api import ApiServices
+from chalicelib.config import Config
+from chalicelib.drills.build import drill_services
+from chalicelib.drills.runner import run_drill
+from chalicelib.drills.sweep import sweep_drills
 from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
 from chalicelib.fargate import route_backup, route_restore
+from chalicelib.logical.catalog import is_future
 from chalicelib.logical.dump import BackupServices, run_logical_backup
 from chalicelib.observability import logger, record, traced
 from chalicelib.physical.prune import prune
 from chalicelib.physical.start import start_snapshot
 from chalicelib.physical.sweep import sweep
 from chalicelib.restore.service import run_restore_job
-from chalicelib.scheduling.dispatch import DueBackup, run_dispatch
+from chalicelib.scheduling.dispatch import AGE_GAUGE_EVERY_MINUTES, DueBackup, backup_ages, run_dispatch
 
 
 def dispatch_tick(event_time: str | None) -> dict[str, Any]:
@@ -30,7 +35,32 @@ def dispatch_tick(event_time: str | None) -> dict[str, Any]:
     due = run_dispatch(cfg, tick, wiring.backup_queue(cfg), wiring.dispatch_cursor())
     logger.info("dispatched", extra={"tick": tick.isoformat(), "due": len(due), "targets": len(cfg.targets)})
     record("BackupsDispatched", len(due), "Count")
-    return {"tick": tick.isoformat(), "dispatched": [d.message() for d in due]}
+    overdue = backup_age_gauges(cfg, tick) if tick.minute % AGE_GAUGE_EVERY_MINUTES == 0 else None
+    return {"tick": tick.isoformat(), "dispatched": [d.message() for d in due], "overdue": overdue}
+
+
+def backup_age_gauges(cfg: Config, now: datetime) -> list[str]:
+    """The dead-man's gauges (after the dispatch, which they never delay): per target NewestBackupAgeSeconds and
+    BackupOverdue (0/1), and TargetsOverdue without a target dimension, which the stack's one alarm watches.
+    Returns the overdue targets."""
+    catalog = wiring.catalog(cfg)
+
+    def newest(target: str) -> datetime | None:
+        return next((bid.stamp for bid in catalog.backup_ids(target) if not is_future(bid.stamp, now)), None)
+
+    ages = backup_ages(cfg, now, newest)
+    for age in ages:
+        seconds = age.age_seconds(now)
+        if seconds is not None:
+            record("NewestBackupAgeSeconds", seconds, "Seconds", age.target)
+        record("BackupOverdue", int(age.overdue), "Count", age.target)
+        if age.error:
+            logger.error("cannot list the target's backups", extra={"target": age.target, "error": age.error})
+    overdue = [a.target for a in ages if a.overdue]
+    record("TargetsOverdue", len(overdue), "Count")
+    if overdue:
+        logger.warning("targets overdue", extra={"targets": overdue[:50], "count": len(overdue)})
+    return overdue
 
 
 def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[str, Any]:
@@ -45,6 +75,8 @@ def backup_message(body: str, remaining_ms: Callable[[], int] | None) -> dict[st
         logger.error("dropping a message that cannot succeed", extra={"error": str(exc)})
         record("BackupMessageRejected", 1, "Count")
         return {"status": "REJECTED", "error": str(exc)}
+    if due.kind == "drill":
+        return _drill(svc.config.target(due.target).name, due)
     if due.kind == "physical":
         try:
             started = start_snapshot(wiring.snapshot_services(svc.config), due.target, due.slot, trigger=due.trigger)
@@ -101,8 +133,22 @@ def _beyond_lambda_restore(svc: ApiServices, restore_id: str) -> dict[str, Any] 
     return route_restore(svc, restore_id, wiring.fargate_launcher(), wiring.jobs())
 
 
+def _drill(target: str, due: DueBackup) -> dict[str, Any]:
+    """A scheduled restore drill (chalicelib.drills): its outcome is its record; nothing is raised for SQS to retry."""
+    with traced("drill", target=target):
+        rec = run_drill(drill_services(), target, due.slot, trigger=due.trigger)
+    if rec is None:
+        return {"status": "SKIPPED", "target": target, "reason": "this slot's drill ran already or is running"}
+    return {"status": rec.status, "drill_id": rec.drill_id, "target": target}
+
+
 def sweep_snapshots() -> dict[str, Any]:
-    return sweep(wiring.snapshot_services()).as_dict()
+    """The snapshot sweeper; with drills configured it also sweeps them (chalicelib.drills.sweep)."""
+    cfg = wiring.load_config()
+    report = sweep(wiring.snapshot_services(cfg)).as_dict()
+    if any(t.drill is not None for t in cfg.targets):
+        report["drills"] = sweep_drills(drill_services(cfg))
+    return report
 
 
 def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The OpenAPI description of the restore API, generated from the request and response models.
 
 `python -m chalicelib.openapi > openapi.json` refreshes the committed copy; a test fails when they drift,
-and the API tests validate every response against it.
+and the API tests validate every response against it. Every operation has an `operationId` (app.py's route
+function, camelCased) so that client generators name their methods; `servers` is the stack's `EndpointURL`
+output with its parts as variables (`restApiId` is the `RestAPIId` output).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from chalicelib.api import BackupRequest
+from chalicelib.drills.model import DrillRecord
 from chalicelib.restore.model import RestoreJob
 from chalicelib.restore.requests import LogicalRestoreRequest, PointInTimeRestoreRequest, SnapshotRestoreRequest
 
@@ -53,6 +56,14 @@ class RestoreList(BaseModel):
     restores: list[RestoreJob]
 
 
+class DrillList(BaseModel):
+    """chalicelib.drills.views.list_drills: the target's drills, newest first, and its last success."""
+
+    target: str
+    last_success: DrillRecord | None
+    drills: list[DrillRecord]
+
+
 MODELS: list[type[BaseModel]] = [
     LogicalRestoreRequest,
     SnapshotRestoreRequest,
@@ -63,6 +74,7 @@ MODELS: list[type[BaseModel]] = [
     BackupList,
     BackupQueued,
     RestoreList,
+    DrillList,
 ]
 
 
@@ -87,7 +99,22 @@ TARGET = {
 }
 
 
+SERVERS = [
+    {
+        "url": "https://{restApiId}.execute-api.{region}.amazonaws.com/{basePath}",
+        "description": "the stack's EndpointURL output: aws cloudformation describe-stacks --stack-name"
+        " pg-lifeboat-<stage> --query \"Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue\" --output text",
+        "variables": {
+            "restApiId": {"default": "REST_API_ID", "description": "the stack's RestAPIId output"},
+            "region": {"default": "eu-west-1", "description": "the stack's region"},
+            "basePath": {"default": "api", "description": "api_gateway_stage in .chalice/config.json"},
+        },
+    }
+]
+
+
 def _paths() -> dict[str, Any]:
+    """Every route of app.py (long because it is the table of operations, one literal per route)."""
     restore_body = {
         "oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"), _ref("PointInTimeRestoreRequest")]
     }
@@ -96,6 +123,7 @@ def _paths() -> dict[str, Any]:
     return {
         "/targets/{target}/backups": {
             "get": {
+                "operationId": "listBackups",
                 "summary": "the target's catalog, newest first",
                 "parameters": [TARGET, {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
                 "responses": {
@@ -104,6 +132,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
             "post": {
+                "operationId": "requestBackup",
                 "summary": "an on-demand backup of the target",
                 "parameters": [TARGET],
                 "requestBody": _json(_ref("BackupRequest")),
@@ -115,6 +144,7 @@ def _paths() -> dict[str, Any]:
         },
         "/targets/{target}/restores": {
             "post": {
+                "operationId": "startRestore",
                 "summary": "restore one of the target's backups (or its instance to a point in time) into a"
                 " configured target",
                 "parameters": [TARGET, idempotency_key],
@@ -125,6 +155,7 @@ def _paths() -> dict[str, Any]:
                 },
             },
             "get": {
+                "operationId": "listRestores",
                 "summary": "recent restores of the target's backups",
                 "parameters": [TARGET],
                 "responses": {
@@ -133,8 +164,20 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/targets/{target}/drills": {
+            "get": {
+                "operationId": "listDrills",
+                "summary": "the target's restore drills (the evidence), newest first, and its last success",
+                "parameters": [TARGET],
+                "responses": {
+                    "200": {"description": "drills", **_json(_ref("DrillList"))},
+                    **_errors(404, 500, 502, 503),
+                },
+            },
+        },
         "/targets/{target}/restores/{restore_id}": {
             "get": {
+                "operationId": "getRestore",
                 "summary": "one restore's status (read only: the restore sweeper advances it)",
                 "parameters": [
                     TARGET,
@@ -167,6 +210,7 @@ def build() -> dict[str, Any]:
                 }
             },
         },
+        "servers": SERVERS,
         "security": iam,
         "paths": _paths(),
     }

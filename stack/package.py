@@ -2,6 +2,7 @@
 """`make package`: a deployable CloudFormation (SAM) template for one stage and architecture.
 
     .venv/bin/python -m stack.package --stage dev --arch arm64 --out out/dev-arm64 [--target shop=1d ...]
+        [--wal-target shop ...]
 
 1. checks the IAM policy files are current (stack/policies.py);
 2. writes the merge template (stack/template; what stack/build_template.py writes) to OUT/merge.json;
@@ -37,6 +38,7 @@ if str(REPO) not in sys.path:
 from stack import policies  # noqa: E402
 from stack.template import build  # noqa: E402
 from stack.template.app_model import chalice_params  # noqa: E402
+from stack.template.fargate import check_wal_targets  # noqa: E402
 from stack.template.functions import ARCHES, layer_zip_name  # noqa: E402
 from stack.template.targets import parse_targets  # noqa: E402
 
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a dead-man's switch alarm for this target (repeatable), e.g. shop=1d, db=1d:snapshot",
     )
     parser.add_argument("--targets", type=Path, help='JSON list of {"name": ..., "interval": "1d", "kind": ...}')
+    parser.add_argument(
+        "--wal-target",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an ECS service streaming this target's WAL (`lifeboat wal-stream NAME`; repeatable; needs"
+        " FargateImageUri and SubnetIds at deploy time), with its role and alarms",
+    )
     parser.add_argument("--settings", type=Path, help="settings JSON whose retention policies become lifecycle rules")
     parser.add_argument(
         "--wheelhouse", type=Path, help="package offline from this directory of wheels (python -m stack.wheelhouse DIR)"
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{layer_zip} does not exist: build it with `make layers LAYER_ARCH={args.arch}`")
     try:
         watched = parse_targets(args.target, args.targets)
+        wal_targets = check_wal_targets(args.wal_target)
     except (ValueError, KeyError, OSError) as exc:
         parser.error(str(exc))
 
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     merge = out / "merge.json"
-    template = build(args.stage, args.arch, watched, args.settings)
+    template = build(args.stage, args.arch, watched, args.settings, wal_targets)
     merge.write_text(json.dumps(template, indent=2) + "\n")
     from botocore.exceptions import NoRegionError
     from chalice.deploy.packager import MissingDependencyError, NoSuchPackageError

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -60,6 +62,8 @@ def message_group(config: Config, due: DueBackup) -> str:
     """FIFO message group: at most `per_server_concurrency` groups per server, so at most that many dumps
     run against one server at a time (SQS FIFO delivers one message of a group at a time)."""
     target = config.target(due.target)
+    if due.kind == "drill":  # a drill restores elsewhere (a scratch server, a temporary instance): its own lane
+        return f"drills#{due.target}"
     if due.kind != "logical" or target.connection is None:
         return f"snapshots#{due.target}"
     server = f"{target.connection.host}:{target.connection.port}"
@@ -76,6 +80,9 @@ def due_backups(config: Config, after: datetime, until: datetime) -> list[DueBac
         if target.physical and target.physical.schedule:
             schedule = Schedule.parse(target.physical.schedule)
             due.extend(DueBackup(target.name, "physical", slot) for slot in schedule.slots(after, until))
+        if target.drill is not None:  # restore drills (chalicelib.drills): the same queue, the worker runs them
+            schedule = Schedule.parse(target.drill.schedule)
+            due.extend(DueBackup(target.name, "drill", slot) for slot in schedule.slots(after, until))
     return sorted(due, key=lambda d: (d.slot, d.target))
 
 
@@ -133,3 +140,57 @@ def run_dispatch(config: Config, tick: datetime, queue: BackupQueue, cursor: Dis
     if cursor:
         cursor.advance(until)
     return due
+
+
+# --- the dead-man's gauge: every target's newest backup against its schedule (chalicelib.entrypoints measures it,
+# stack/template/monitoring.py alarms on it). The dispatcher is the one function that knows every target in SSM,
+# so the alarm follows the targets without a redeploy.
+AGE_GAUGE_EVERY_MINUTES = 15  # ticks whose minute is a multiple of this measure (one S3 LIST per target)
+MIN_GRACE = timedelta(hours=1)  # a slot's backup may be this late (queueing, the dump), or a quarter of the interval
+_LOOKBACKS = (timedelta(days=2), timedelta(days=16), timedelta(days=64), timedelta(days=800))
+
+
+@dataclass(frozen=True)
+class BackupAge:
+    target: str
+    newest: datetime | None  # slot of the newest complete logical backup; None: none (or the listing failed)
+    overdue: bool  # the latest slot past its grace has no complete backup (or the listing failed)
+    error: str = ""
+
+    def age_seconds(self, now: datetime) -> float | None:
+        return None if self.newest is None else max(0.0, (now - self.newest).total_seconds())
+
+
+def expected_slot(schedule: Schedule, now: datetime) -> datetime | None:
+    """The latest slot whose backup should be complete by `now`: a slot is given the grace of a quarter of the
+    interval before it (at least MIN_GRACE), as the per-target alarms of the stack always did. None: no slot yet."""
+    for lookback in _LOOKBACKS:
+        recent = deque(schedule.slots(now - lookback, now), maxlen=2)
+        if len(recent) == 2 or (recent and lookback == _LOOKBACKS[-1]):
+            break
+    if not recent:
+        return None
+    last = recent[-1]
+    grace = max(MIN_GRACE, (last - recent[0]) / 4) if len(recent) == 2 else MIN_GRACE
+    if now - last >= grace:
+        return last
+    return recent[0] if len(recent) == 2 else None
+
+
+def backup_ages(
+    config: Config, now: datetime, newest: Callable[[str], datetime | None], workers: int = 8
+) -> list[BackupAge]:
+    """Each target with a logical schedule: its newest complete backup (`newest`, which may raise StorageError:
+    that target counts as overdue, since nothing shows it is not) and whether it is overdue."""
+
+    def measure(name: str, expression: str) -> BackupAge:
+        due = expected_slot(Schedule.parse(expression), now)
+        try:
+            slot = newest(name)
+        except StorageError as exc:
+            return BackupAge(name, None, True, str(exc))
+        return BackupAge(name, slot, due is not None and (slot is None or slot < due))
+
+    scheduled = [(t.name, t.logical.schedule) for t in config.targets if t.logical and t.logical.schedule]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup-age") as pool:
+        return list(pool.map(lambda item: measure(*item), scheduled))

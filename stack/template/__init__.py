@@ -15,11 +15,12 @@ Modules, each with the design decisions it carries in its docstring:
                  everything the template takes from chalicelib
 * parameters.py  parameters and conditions;  outputs.py  outputs
 * storage.py     bucket, KMS key, lifecycle rules from chalicelib's retention, jobs table
+* vault.py       the optional replication to a bucket in another account (condition HasVault)
 * queues.py      queues and dead-letter queues
 * targets.py     the targets given per-target dead-man's switches (--target, --targets)
-* monitoring.py  alarm topic and alarms
+* monitoring.py  alarm topic and alarms;  dashboard.py  the CloudWatch dashboard (SEARCH over targets)
 * functions.py   patches of Chalice's functions and roles (layer, VPC, names, environment), log groups
-* fargate.py     the optional ECS Fargate worker (condition HasFargate)
+* fargate.py     the optional ECS Fargate worker and WAL stream services (condition HasFargate)
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from pathlib import Path
 
 from stack import policies
 from stack.template.app_model import load_app
-from stack.template.fargate import fargate_resources
+from stack.template.fargate import check_wal_targets, fargate_resources
 from stack.template.functions import ARCHES, function_resources
 from stack.template.intrinsics import Json
 from stack.template.monitoring import monitoring_resources
 from stack.template.outputs import outputs
-from stack.template.parameters import conditions, parameters
+from stack.template.parameters import conditions, parameters, stage_rules
 from stack.template.queues import queue_resources
 from stack.template.storage import lifecycle, storage_resources
 from stack.template.targets import WatchedTarget
@@ -42,10 +43,15 @@ __all__ = ["build"]
 
 
 def build(
-    stage: str, arch: str | None, watched: list[WatchedTarget] | None = None, settings_file: Path | None = None
+    stage: str,
+    arch: str | None,
+    watched: list[WatchedTarget] | None = None,
+    settings_file: Path | None = None,
+    wal_targets: list[str] | None = None,
 ) -> Json:
     """The merge template (arch given) or, with arch None, a standalone stack of everything but the
-    functions and the layer (for `chalice deploy`)."""
+    functions and the layer (for `chalice deploy`). `wal_targets`: one WAL stream service each (fargate.py)."""
+    wal_targets = check_wal_targets(wal_targets or []) if arch is not None else []
     if arch is not None and arch not in ARCHES:
         raise ValueError(f"arch {arch!r}: use one of {', '.join(ARCHES)}")
     model = load_app(stage)
@@ -54,18 +60,19 @@ def build(
         raise SystemExit("build_template: IAM policies are not in place:\n  " + "\n  ".join(problems))
     rules, retention = lifecycle(settings_file)
     resources = {
-        **storage_resources(rules),
+        **storage_resources(rules, settings_file),
         **queue_resources(model),
-        **monitoring_resources(model, watched or []),
+        **monitoring_resources(model, watched or [], wal_targets),
         **function_resources(model, arch),
     }
     if arch is not None:
-        resources.update(fargate_resources(model, arch))
+        resources.update(fargate_resources(model, arch, wal_targets))
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": f"pg-lifeboat ({stage}): PostgreSQL backups to S3"
         + ("" if arch else " - storage, queues and alarms for `chalice deploy`"),
         "Parameters": parameters(stage, retention, arch is not None),
+        "Rules": stage_rules(stage),
         "Conditions": conditions(arch is not None),
         "Resources": resources,
         "Outputs": outputs(stage, arch),

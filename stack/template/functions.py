@@ -20,6 +20,7 @@ from __future__ import annotations
 from stack import names, policies
 from stack.template.app_model import AppModel, Function
 from stack.template.intrinsics import Json, if_, ref, sub
+from stack.template.operators import operator_resources
 from stack.template.queues import queue_name_variables, queue_url_variables
 
 ARCHES = ("x86_64", "arm64")
@@ -53,6 +54,8 @@ def function_resources(model: AppModel, arch: str | None) -> Json:
             resources[fn.role_id] = {"Properties": {"ManagedPolicyArns": _managed_policies(fn)}}
     if arch is not None:
         resources["PgClientsLayer"] = _layer(arch)
+        if any(fn.name == "api_handler" for fn in model.functions):  # Chalice's RestAPI exists
+            resources.update(operator_resources(model.stage))
     connects = any(fn.manage_role and policies.needs(fn.name, "database") for fn in model.functions)
     if connects or arch is None:
         resources["DatabaseAccessPolicy"] = {

@@ -23,6 +23,7 @@ def outputs(stage: str, arch: str | None) -> Json:
         "SigningKeyArn": {"Value": signing_key_arn(), "Description": "settings.signing_key_id"},
         "JobsTableName": {"Value": ref("JobsTable")},
         "AlarmTopicArn": {"Value": ref("AlarmTopic")},
+        "DashboardName": {"Value": ref("Dashboard"), "Description": "the CloudWatch dashboard: every target"},
         "DatabaseAccessPolicyArn": {"Value": ref("DatabaseAccessPolicy")},
         "SettingsParameter": {
             "Value": names.config_path(stage) + "/settings",
@@ -43,6 +44,10 @@ def outputs(stage: str, arch: str | None) -> Json:
         out[f"{logical}DeadLetterQueueUrl"] = {"Value": ref(f"{logical}DeadLetterQueue")}
     if arch is not None:
         out["PgClientsLayerArn"] = {"Value": ref("PgClientsLayer")}
+        out["OperatorApiPolicyArn"] = {
+            "Value": ref("OperatorApiPolicy"),
+            "Description": "attach to an operator's role, user or group: execute-api:Invoke on every API route",
+        }
         out["WorkerClusterName"] = {"Condition": "HasFargate", "Value": ref("WorkerCluster")}
         out["WorkerTaskDefinitionArn"] = {"Condition": "HasFargate", "Value": ref("WorkerTaskDefinition")}
         out["WorkerLogGroupName"] = {"Condition": "HasFargate", "Value": ref("WorkerLogGroup")}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from stack import names
 from stack.template.fargate import fargate_parameters
 from stack.template.intrinsics import Json, not_empty, ref
+from stack.template.vault import vault_conditions, vault_parameters
 
+STAGE_PATTERN = r"^[a-z][a-z0-9-]{0,19}$"  # stack.package.STAGE_NAME; 20 characters keep bucket names <= 63
 # fmt: off
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)  # what CloudWatch Logs accepts
@@ -27,8 +29,12 @@ def _bucket_parameters(stage: str, retention: dict[str, Json]) -> Json:
         "Stage": {
             "Type": "String",
             "Default": stage,
-            "AllowedValues": [stage],
-            "Description": "The Chalice stage this template was packaged for (fixed at packaging time)",
+            "AllowedPattern": STAGE_PATTERN,
+            "ConstraintDescription": "a stage name: a lowercase letter, then up to 19 lowercase letters, digits or"
+            " hyphens (it is part of the bucket's, queues' and functions' names)",
+            "Description": "The stage: any name of the pattern, packaged with `make package STAGE=<name>` (the"
+            " functions' policies and queue event sources are fixed at packaging; the template's Rules refuse"
+            " another stage than the packaged one)",
         },
         "KmsKeyArn": {
             "Type": "String",
@@ -61,6 +67,7 @@ def _bucket_parameters(stage: str, retention: dict[str, Json]) -> Json:
             "Description": "GLACIER_IR keeps restores immediate; GLACIER and DEEP_ARCHIVE need an"
             " S3 restore request before pg-lifeboat can read a backup",
         },
+        **vault_parameters(),
     }
 
 
@@ -106,6 +113,23 @@ def _runtime_parameters(stage: str) -> Json:
     }
 
 
+def stage_rules(stage: str) -> Json:
+    """A clear refusal of a Stage other than the packaged one, whose resources the policy files do not name."""
+    return {
+        "StageIsThePackagedOne": {
+            "Assertions": [
+                {
+                    "Assert": {"Fn::Equals": [ref("Stage"), stage]},
+                    "AssertDescription": f"This template was packaged for stage {stage!r}: its functions' IAM"
+                    " policies and queue event sources name that stage's resources. For another stage, add it to"
+                    " .chalice/config.json (as dev is), run `python -m stack.policies --write`, then"
+                    " `make package STAGE=<name>` and deploy that template.",
+                }
+            ]
+        }
+    }
+
+
 def conditions(with_functions: bool) -> Json:
     conds = {
         "CreateKmsKey": {"Fn::Equals": [ref("KmsKeyArn"), ""]},
@@ -114,6 +138,7 @@ def conditions(with_functions: bool) -> Json:
         "HasVpc": not_empty({"Fn::Join": ["", ref("SubnetIds")]}),
         "HasRdsIamUsers": not_empty({"Fn::Join": ["", ref("RdsDbUserArns")]}),
         "HasAlarmEmail": not_empty(ref("AlarmEmail")),
+        **vault_conditions(),
     }
     if not with_functions:
         del conds["HasVpc"]

@@ -30,6 +30,7 @@ ROUTES = {  # what the fuzz sends, by the spec's path
     ("post", "/targets/{target}/restores"),
     ("get", "/targets/{target}/restores"),
     ("get", "/targets/{target}/restores/{restore_id}"),
+    ("get", "/targets/{target}/drills"),
 }
 
 
@@ -348,6 +349,7 @@ requests = st.one_of(
     st.tuples(st.just("post"), st.just("/targets/{target}/backups"), path_targets, st.just(""), backup_bodies),
     st.tuples(st.just("get"), st.just("/targets/{target}/backups"), path_targets, kinds, st.none()),
     st.tuples(st.just("get"), st.just("/targets/{target}/restores"), path_targets, st.just(""), st.none()),
+    st.tuples(st.just("get"), st.just("/targets/{target}/drills"), path_targets, st.just(""), st.none()),
     st.tuples(st.just("get"), st.just("/targets/{target}/restores/{restore_id}"), path_targets, restore_ids, st.none()),
 )
 

@@ -118,6 +118,7 @@ def test_the_old_target_less_routes_are_gone(api: Any) -> None:
     paths = set(lambda_app.app.routes)
     assert paths == {
         "/targets/{target}/backups",
+        "/targets/{target}/drills",
         "/targets/{target}/restores",
         "/targets/{target}/restores/{restore_id}",
     }

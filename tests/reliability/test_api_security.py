@@ -37,6 +37,7 @@ def test_every_route_has_an_iam_authorizer() -> None:
     assert {(p, m) for p, m, _ in entries} == {
         ("/targets/{target}/backups", "GET"),
         ("/targets/{target}/backups", "POST"),
+        ("/targets/{target}/drills", "GET"),
         ("/targets/{target}/restores", "POST"),
         ("/targets/{target}/restores", "GET"),
         ("/targets/{target}/restores/{restore_id}", "GET"),
