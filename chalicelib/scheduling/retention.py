@@ -33,6 +33,12 @@ FAILED_RECORD_DAYS = 30
 NONCURRENT_VERSION_DAYS = 30
 KEEP_LOCK_DAYS = NONCURRENT_VERSION_DAYS  # the rolling lock of the newest keep_last backups (lock_days)
 SCHEDULED = "schedule"  # the trigger of scheduled backups; any other trigger is on-demand
+# The open WAL segment's object (chalicelib.pitr.walarchive): re-uploaded every flush_seconds, each upload leaving the
+# previous one as a noncurrent version, 1,440 a day per target at the default 60 s. Those versions are worthless
+# once superseded (each is a prefix of the next), so they expire after a day, not NONCURRENT_VERSION_DAYS.
+KIND_TAG = "kind"
+WAL_PARTIAL_KIND = "wal-partial"
+WAL_PARTIAL_NONCURRENT_DAYS = 1
 
 
 class RetentionClass(StrEnum):
@@ -165,9 +171,22 @@ def lock_days(tag: str, policy: RetentionPolicy, retention_class: str | None = N
         return longest
 
 
+def wal_partial_rule(settings: Settings) -> dict[str, Any]:
+    """Expire the noncurrent versions of the open WAL segments' `.partial` objects (tag kind=wal-partial) after
+    WAL_PARTIAL_NONCURRENT_DAYS. The current version is never expired here: it is the newest WAL (the RPO's end)."""
+    return {
+        "ID": "lifeboat-wal-partial-versions",
+        "Status": "Enabled",
+        "Filter": {"And": {"Prefix": f"{settings.prefix}wal/", "Tags": [{"Key": KIND_TAG, "Value": WAL_PARTIAL_KIND}]}},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": WAL_PARTIAL_NONCURRENT_DAYS},
+    }
+
+
 def lifecycle_rules(settings: Settings, failed_prefix: str, abort_multipart_days: int = 1) -> list[dict[str, Any]]:
     """S3 lifecycle rules for the backup bucket, one per (policy, class): tags never overlap. No rule matches the
-    tag `keep`: a target's newest keep_last backups never expire."""
+    tag `keep`: a target's newest keep_last backups never expire. Always with wal_partial_rule after the two fixed
+    rules (its tag never meets a retention rule's): the rules depend on the settings only, so the stack, `lifeboat
+    lifecycle` and `lifeboat check` derive the same list, whether or not a target streams WAL today."""
     rules: list[dict[str, Any]] = [
         {
             "ID": "lifeboat-abort-incomplete-uploads",
@@ -182,6 +201,7 @@ def lifecycle_rules(settings: Settings, failed_prefix: str, abort_multipart_days
             "Expiration": {"Days": FAILED_RECORD_DAYS},
         },
     ]
+    rules.append(wal_partial_rule(settings))
     for name, policy in sorted(settings.retention_policies.items()):
         for cls, days in class_days(policy).items():
             rules.append(

@@ -20,7 +20,8 @@ ARCHES = ("x86_64", "arm64")
 DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 TRIPLET = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 ELF_MACHINE = {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}  # e_machine as pyelftools names it
-CLIENT_PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
+# pg_receivewal and pg_basebackup: the WAL stream and base backups (chalicelib.pitr); pg_verifybackup: recover.
+CLIENT_PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_receivewal", "pg_basebackup", "pg_verifybackup")
 LIBPQ = "libpq.so.5"
 LAYOUTS = ("shared", "per-major")
 

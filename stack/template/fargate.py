@@ -10,9 +10,9 @@ granted by the template, not by the policy files. `--resources-only` has no Farg
 from __future__ import annotations
 
 from stack import names, policies
-from stack.template.app_model import AppModel
-from stack.template.intrinsics import Json, getatt, ref, sub
-from stack.template.monitoring import success_filter
+from stack.template.app_model import AppModel, is_target_name
+from stack.template.intrinsics import Json, camel, getatt, ref, sub
+from stack.template.monitoring import WAL_SLOT_METRIC, success_filter, wal_log_group
 from stack.template.queues import queue_url_variables
 from stack.template.targets import SUCCESS
 
@@ -52,6 +52,19 @@ def fargate_parameters() -> Json:
             "Description": "Ephemeral storage of the task (GiB): parallel restores download"
             " the archive there; directory-format dumps stage files",
         },
+        "WalStreamCpu": {
+            "Type": "String",
+            "Default": "256",
+            "AllowedValues": list(FARGATE_CPU),
+            "Description": "CPU units of each WAL stream task (`make package WAL_TARGETS=...`): pg_receivewal and"
+            " zstd of one 16 MiB segment at a time",
+        },
+        "WalStreamMemory": {
+            "Type": "String",
+            "Default": "512",
+            "AllowedPattern": r"^[1-9][0-9]{2,5}$",
+            "Description": "MiB of memory of each WAL stream task, valid with WalStreamCpu (256: 512 to 2048)",
+        },
         "FargateAssignPublicIp": {
             "Type": "String",
             "Default": "DISABLED",
@@ -69,9 +82,11 @@ def _when_fargate(type_name: str, properties: Json) -> Json:
 STAGE_TAG = [{"Key": "pg-lifeboat:stage", "Value": ref("Stage")}]
 
 
-def fargate_resources(model: AppModel, arch: str) -> Json:
-    """Cluster, task definition, roles, log group and the launch policy of the workers (all HasFargate)."""
+def fargate_resources(model: AppModel, arch: str, wal_targets: list[str] | None = None) -> Json:
+    """Cluster, task definition, roles, log group and the launch policy of the workers, and one service per WAL
+    stream target (all HasFargate)."""
     return {
+        **{k: v for t in wal_targets or [] for k, v in wal_stream_resources(model, arch, t).items()},
         "WorkerCluster": _when_fargate(
             "AWS::ECS::Cluster",
             {
@@ -137,6 +152,7 @@ def _roles(model: AppModel) -> Json:
 
 
 def _task_definition(model: AppModel, arch: str) -> Json:
+    """The worker's task definition: every run passes its command (chalicelib.fargate)."""
     # The functions' environment, the stack's table and queues, and metrics on: the CLI turns them off
     # by default, the task's EMF lines become BackupSucceeded/BackupFailed like the workers'.
     env: Json = {
@@ -252,4 +268,144 @@ def _publish(sid: str, service: str, operator: str, key: str, value: Json) -> Js
         "Action": "sns:Publish",
         "Resource": ref("AlarmTopic"),
         "Condition": {operator: {key: value}},
+    }
+
+
+# --- WAL streams (chalicelib.pitr, README "Point-in-time recovery without an agent") ---------------------------
+#
+# One ECS service per streaming target, named at packaging (`stack.package --wal-target NAME`, WAL_TARGETS=): each
+# runs `lifeboat wal-stream NAME` with the worker's image, desired count 1, restarted by ECS when it exits. One
+# service per target rather than one task streaming every target in SSM: a receiver is one slot and one
+# connection, and a target whose server is down restarts alone; each gets its own role (its own wal/ and base/
+# prefixes only), its own log group and its own alarms with a target dimension, missing data breaching, which a
+# list read from SSM at run time could not give. Adding a streaming target is a repackage, as the replication
+# login and pg_hba.conf line it needs are a deliberate step too. The deployment never runs two tasks of a service
+# (maximum 100 %, minimum 0 %): two receivers on one slot would fight over it.
+WAL_SLOT_MESSAGES = (  # the receiver's error lines about its slot (chalicelib.pitr.receiver)
+    "the replication slot*",
+    "the server no longer has the WAL to resume from*",
+)
+
+
+def check_wal_targets(targets: list[str]) -> list[str]:
+    """The `--wal-target` names, checked: target names (stack.template.app_model), each once, distinct logical ids."""
+    seen: dict[str, str] = {}
+    for target in targets:
+        if not is_target_name(target) or len(target) > 40:
+            raise ValueError(f"--wal-target {target!r}: not a target name (letters, digits, '-', '_'; at most 40)")
+        logical = camel(target)
+        if logical in seen:
+            raise ValueError(f"--wal-target {seen[logical]!r} and {target!r}: given twice or the same logical id")
+        seen[logical] = target
+    return list(targets)
+
+
+def wal_stream_resources(model: AppModel, arch: str, target: str) -> Json:
+    """Log group, slot-trouble metric filter, roles, task definition and service of one target's WAL stream."""
+    logical = f"WalStream{camel(target)}"
+    pattern = " || ".join(f'($.message = "{m}")' for m in WAL_SLOT_MESSAGES)
+    return {
+        f"{logical}LogGroup": _when_fargate(
+            "AWS::Logs::LogGroup",
+            {"LogGroupName": sub(wal_log_group("${Stage}", target)), "RetentionInDays": ref("LogRetentionDays")},
+        ),
+        f"{logical}SlotFilter": _when_fargate(
+            "AWS::Logs::MetricFilter",
+            {
+                "LogGroupName": ref(f"{logical}LogGroup"),
+                "FilterPattern": f"{{ {pattern} }}",
+                "MetricTransformations": [
+                    {
+                        "MetricNamespace": model.metrics_namespace,
+                        "MetricName": WAL_SLOT_METRIC,
+                        "MetricValue": "1",
+                        "Unit": "Count",
+                        "Dimensions": [{"Key": "target", "Value": "$.target"}],
+                    }
+                ],
+            },
+        ),
+        f"{logical}TaskRole": _when_fargate(
+            "AWS::IAM::Role",
+            {
+                "Description": sub(f"pg-lifeboat ${{Stage}}: the WAL stream of {target}"),
+                "AssumeRolePolicyDocument": policies.task_assume_role_policy(),
+                "Policies": [
+                    {
+                        "PolicyName": "lifeboat-wal-stream",
+                        "PolicyDocument": policies.wal_stream_task_policy(model.stage, target),
+                    }
+                ],
+                "ManagedPolicyArns": [ref("DatabaseAccessPolicy")],
+            },
+        ),
+        f"{logical}ExecutionRole": _when_fargate(
+            "AWS::IAM::Role",
+            {
+                "Description": sub(f"pg-lifeboat ${{Stage}}: ECS starts the WAL stream of {target}"),
+                "AssumeRolePolicyDocument": policies.task_assume_role_policy(),
+                "Policies": [
+                    {
+                        "PolicyName": "ecs-task-execution",
+                        "PolicyDocument": policies.task_execution_policy(f"{logical}LogGroup"),
+                    }
+                ],
+            },
+        ),
+        f"{logical}TaskDefinition": _when_fargate("AWS::ECS::TaskDefinition", _wal_task(model, arch, target)),
+        f"{logical}Service": _when_fargate(
+            "AWS::ECS::Service",
+            {
+                "ServiceName": f"wal-{target}",
+                "Cluster": ref("WorkerCluster"),
+                "TaskDefinition": ref(f"{logical}TaskDefinition"),
+                "LaunchType": "FARGATE",
+                "DesiredCount": 1,
+                "DeploymentConfiguration": {"MaximumPercent": 100, "MinimumHealthyPercent": 0},
+                "NetworkConfiguration": {
+                    "AwsvpcConfiguration": {
+                        "Subnets": ref("SubnetIds"),
+                        "SecurityGroups": ref("SecurityGroupIds"),
+                        "AssignPublicIp": ref("FargateAssignPublicIp"),
+                    }
+                },
+                "PropagateTags": "SERVICE",
+                "Tags": [*STAGE_TAG, {"Key": "lifeboat:target", "Value": target}],
+            },
+        ),
+    }
+
+
+def _wal_task(model: AppModel, arch: str, target: str) -> Json:
+    """`lifeboat wal-stream TARGET` (SIGTERM: a last upload, then exit 0); metrics on, as the worker's."""
+    env: Json = {**model.environment, "POWERTOOLS_METRICS_DISABLED": "false"}
+    logical = f"WalStream{camel(target)}"
+    return {
+        "Family": sub(f"pg-lifeboat-${{Stage}}-wal-{target}"),
+        "RequiresCompatibilities": ["FARGATE"],
+        "NetworkMode": "awsvpc",
+        "Cpu": ref("WalStreamCpu"),
+        "Memory": ref("WalStreamMemory"),
+        "RuntimePlatform": {"CpuArchitecture": FARGATE_ARCH[arch], "OperatingSystemFamily": "LINUX"},
+        "TaskRoleArn": getatt(f"{logical}TaskRole", "Arn"),
+        "ExecutionRoleArn": getatt(f"{logical}ExecutionRole", "Arn"),
+        "ContainerDefinitions": [
+            {
+                "Name": names.TASK_CONTAINER,
+                "Image": ref("FargateImageUri"),
+                "Essential": True,
+                "Command": ["wal-stream", target],
+                "StopTimeout": 60,  # the last upload of the open segment after SIGTERM
+                "Environment": [{"Name": k, "Value": v} for k, v in sorted(env.items())],
+                "LogConfiguration": {
+                    "LogDriver": "awslogs",
+                    "Options": {
+                        "awslogs-group": ref(f"{logical}LogGroup"),
+                        "awslogs-region": ref("AWS::Region"),
+                        "awslogs-stream-prefix": "wal",
+                    },
+                },
+            }
+        ],
+        "Tags": STAGE_TAG,
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 from layer_support import ARCHES, MAJORS, Layer, pinned_versions
 from pglayer.common import DEBS_LOCK, RDS_CA_LOCK, VERSIONS_FILE
 
-PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
+PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_receivewal", "pg_basebackup", "pg_verifybackup")
 # Everything beyond glibc that the clients and libpq need, from Debian 12 (see layers/README.md).
 SYSTEM_LIBS = {
     "libzstd.so.1",

@@ -81,7 +81,8 @@ def test_settings_file_adds_every_policy_with_fixed_days(tmp_path: Path) -> None
         ("lifeboat-short-daily", 3),
         ("lifeboat-short-ondemand", 3),
     ]
-    assert all(r.get("Prefix") == "pg/" for r in rules if r["Id"] != "lifeboat-failed-records")
+    assert all(r.get("Prefix") == "pg/" for r in rules if r["Id"] != "lifeboat-failed-records" and "wal" not in r["Id"])
+    assert next(r for r in rules if "wal" in r["Id"])["Prefix"] == "pg/wal/"
     assert set(params) == {
         "DailyRetentionDays",
         "WeeklyRetentionDays",

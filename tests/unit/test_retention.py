@@ -174,7 +174,7 @@ def settings(**kw: Any) -> Settings:
 
 
 def expiration_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rules if "And" in r["Filter"]]
+    return [r for r in rules if "Expiration" in r and "And" in r["Filter"]]
 
 
 def test_lifecycle_rules_default() -> None:
@@ -192,7 +192,8 @@ def test_lifecycle_rules_default() -> None:
         "Expiration": {"Days": FAILED_RECORD_DAYS},
     }
     assert FAILED_RECORD_DAYS == 30
-    assert rules[2:] == [
+    assert rules[2]["ID"] == "lifeboat-wal-partial-versions"  # tests/pitr/test_window_retention.py
+    assert rules[3:] == [
         {
             "ID": f"lifeboat-default-{cls}",
             "Status": "Enabled",
@@ -259,11 +260,11 @@ def test_expiration_filters_never_overlap() -> None:
 
 
 def test_rule_limit() -> None:
-    # 2 fixed rules + 5 per full policy (4 GFS classes and ondemand): 199 full policies and one with three classes
-    # (daily, monthly, ondemand) make exactly 1,000.
+    # 3 fixed rules + 5 per full policy (4 GFS classes and ondemand): 199 full policies and one with two classes
+    # (daily, ondemand) make exactly 1,000.
     policies = {f"p{i:03d}": RetentionPolicy() for i in range(198)}
     policies["default"] = RetentionPolicy()
-    policies["zz-three"] = RetentionPolicy(weekly_weeks=0, yearly_years=0)
+    policies["zz-two"] = RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)
     assert len(lifecycle_rules(settings(retention_policies=policies), "failed/")) == 1000
     policies["zz-two-more"] = RetentionPolicy(weekly_weeks=0, monthly_months=0, yearly_years=0)
     with pytest.raises(ValueError, match="1002 lifecycle rules exceed S3's limit of 1,000"):
