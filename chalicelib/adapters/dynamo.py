@@ -8,9 +8,13 @@ One table, keyed by the string `pk`, holds every kind of record; the key's prefi
     fargate#restore#<restore id>  a restore handed to a Fargate task     (JobStore, chalicelib.fargate)
     dispatcher#cursor             the last tick the dispatcher covered   (DispatchCursor)
     restore#<restore id>          a restore job                          (RestoreJobTable, chalicelib.restore.model)
+    drill#<drill id>              a restore drill's evidence record      (DrillTable, chalicelib.drills.evidence)
+    drill-slot#<target>#<slot>    a scheduled drill's slot claim         (JobStore, chalicelib.drills.service)
     idempotency#restores#<hash>   Powertools Idempotency's record of a POST /restores with an Idempotency-Key
 
-Every record expires through the table's TTL attribute `expires_at` (seconds since the epoch).
+Every record expires through the table's TTL attribute `expires_at` (seconds since the epoch); drill records after
+DRILL_RECORD_LIFETIME (a year and a month: an annual audit reads them; the bucket keeps the locked copy).
+Drill records use the same two indexes with the value "drill" (`kind`; `running` while the drill runs).
 
 Restore jobs are listed without reading the claims: two sparse global secondary indexes whose key
 attributes only restore-job items carry (GLOBAL_SECONDARY_INDEXES; the stack and devstack create them):
@@ -80,6 +84,20 @@ def delegation_key(kind: Literal["backup", "restore"], run_id: str) -> str:
 
 def restore_job_key(restore_id: str) -> str:
     return RESTORE_PREFIX + restore_id
+
+
+DRILL_PREFIX = "drill#"
+DRILL_KIND = "drill"
+DRILL_RECORD_LIFETIME = timedelta(days=400)
+
+
+def drill_key(drill_id: str) -> str:
+    return DRILL_PREFIX + drill_id
+
+
+def drill_claim_key(target: str, slot: str) -> str:
+    """A scheduled drill's slot (`slot`: its compact UTC stamp): one drill per slot whatever the deliveries."""
+    return f"drill-slot#{target}#{slot}"
 
 
 # --- the restore-job indexes -------------------------------------------------------------------------
@@ -353,41 +371,7 @@ class RestoreJobTable:
         status: str | None = None,
         since: datetime | None = None,
     ) -> list[str]:
-        if limit <= 0:
-            return []
-        docs: list[str] = []
-        condition, values = "#k = :k", {":k": _s(RESTORE_KIND)}
-        names = {"#k": hash_key}
-        if since is not None:
-            condition += " AND #c >= :since"
-            names["#c"] = CREATED_AT
-            values[":since"] = _s(_sortable(since))
-        request: QueryInputTypeDef = {
-            "TableName": self.table,
-            "IndexName": index,
-            "KeyConditionExpression": condition,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-            "ScanIndexForward": False,
-            "Limit": limit,
-        }
-        if status is not None:
-            request["FilterExpression"] = "#s = :s"
-            names["#s"] = "status"
-            values[":s"] = _s(status)
-        try:
-            while True:
-                resp = self.client.query(**request)
-                docs.extend(item["doc"]["S"] for item in resp.get("Items", []))
-                pages = None if pages is None else pages - 1
-                last = resp.get("LastEvaluatedKey")
-                if not last or len(docs) >= limit or pages == 0:
-                    break
-                request["ExclusiveStartKey"] = last
-                request["Limit"] = limit - len(docs)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot list restores from index {index!r} of {self.table!r}: {exc}") from exc
-        return docs[:limit]
+        return _index_query(self.client, self.table, index, hash_key, RESTORE_KIND, limit, pages, status, since)
 
     def idempotency_persistence(self) -> DynamoDBPersistenceLayer:
         """Powertools Idempotency's records in this table (IDEMPOTENCY_KEY_PREFIX keys, the same TTL)."""
@@ -396,3 +380,102 @@ class RestoreJobTable:
         return DynamoDBPersistenceLayer(
             table_name=self.table, key_attr=PK, expiry_attr=EXPIRES_AT, boto3_client=self.client
         )
+
+
+def _index_query(
+    client: DynamoDBClient,
+    table: str,
+    index: str,
+    hash_key: str,
+    value: str,
+    limit: int,
+    pages: int | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+) -> list[str]:
+    """The `doc` of up to `limit` records whose `hash_key` is `value` on `index`, newest first."""
+    if limit <= 0:
+        return []
+    docs: list[str] = []
+    condition, values = "#k = :k", {":k": _s(value)}
+    names = {"#k": hash_key}
+    if since is not None:
+        condition += " AND #c >= :since"
+        names["#c"] = CREATED_AT
+        values[":since"] = _s(_sortable(since))
+    request: QueryInputTypeDef = {
+        "TableName": table,
+        "IndexName": index,
+        "KeyConditionExpression": condition,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+        "ScanIndexForward": False,
+        "Limit": limit,
+    }
+    if status is not None:
+        request["FilterExpression"] = "#s = :s"
+        names["#s"] = "status"
+        values[":s"] = _s(status)
+    try:
+        while True:
+            resp = client.query(**request)
+            docs.extend(item["doc"]["S"] for item in resp.get("Items", []))
+            pages = None if pages is None else pages - 1
+            last = resp.get("LastEvaluatedKey")
+            if not last or len(docs) >= limit or pages == 0:
+                break
+            request["ExclusiveStartKey"] = last
+            request["Limit"] = limit - len(docs)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot list {value} records from index {index!r} of {table!r}: {exc}") from exc
+    return docs[:limit]
+
+
+# --- restore drills ----------------------------------------------------------------------------------
+
+
+class DrillTable:
+    """Drill evidence records (`doc`: the drill as JSON, chalicelib.drills.model), on the restore jobs' indexes with
+    the value "drill": listed newest first by `created_at` (the drill's start), the running ones by `running`."""
+
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self.client, self.table = client, table
+
+    def put(self, drill_id: str, status: str, created_at: datetime, doc: str, lease_until: datetime | None) -> bool:
+        """Write the drill's record unless it has finished already (False then: a finished record never changes)."""
+        item: dict[str, AttributeValueTypeDef] = {
+            PK: _s(drill_key(drill_id)),
+            "status": _s(status),
+            CREATED_AT: _s(_sortable(created_at)),
+            "doc": _s(doc),
+            EXPIRES_AT: _n(_epoch(created_at + DRILL_RECORD_LIFETIME)),
+            KIND: _s(DRILL_KIND),
+        }
+        if status == "RUNNING":
+            item[RUNNING] = _s(DRILL_KIND)
+        if lease_until is not None:
+            item["lease_until"] = _n(_epoch(lease_until))
+        return _put_if(
+            self.client,
+            self.table,
+            item,
+            "attribute_not_exists(pk) OR #s = :running",
+            f"record drill {drill_id}",
+            values={":running": _s("RUNNING")},
+        )
+
+    def get(self, drill_id: str) -> str | None:
+        try:
+            item = self.client.get_item(TableName=self.table, Key=_key(drill_key(drill_id)), ConsistentRead=True)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot read drill {drill_id} from {self.table!r}: {exc}") from exc
+        found = item.get("Item")
+        return found["doc"]["S"] if found else None
+
+    def recent(self, limit: int, since: datetime | None = None) -> list[str]:
+        """Documents of up to `limit` drills started at `since` or later, newest first."""
+        return _index_query(self.client, self.table, BY_KIND_INDEX, KIND, DRILL_KIND, limit, since=since)
+
+    def running(self, limit: int) -> list[str]:
+        """Documents of up to `limit` drills recorded as RUNNING (their worker may have died), newest first."""
+        return _index_query(self.client, self.table, RUNNING_INDEX, RUNNING, DRILL_KIND, limit)
