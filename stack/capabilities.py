@@ -12,6 +12,7 @@ CAPABILITIES = (
     "jobs",
     "jobs:list",
     "jobs:api",
+    "bucket:list",
     "bucket:read",
     "bucket:write",
     "bucket:prune",
@@ -43,21 +44,58 @@ UNSCOPED_ACTIONS = frozenset(
 
 Statement = dict[str, Any]
 
+# The policy files are static JSON without the account id: `${aws:PrincipalAccount}` (a policy variable, always in the
+# request context) is the role's own account, so an ARN or condition naming it reaches this account's resources only
+# (never a same-named bucket, key or queue of another account, e.g. one an attacker opened to receive copies).
+OWN_ACCOUNT = "${aws:PrincipalAccount}"
+OWN_RESOURCES = {"aws:ResourceAccount": OWN_ACCOUNT}  # S3 ARNs carry no account: this condition key does
+# The longest lock (S3 Object Lock retention, EBS snapshot lock) any function may set, in days from now: the longest
+# retention class the configuration accepts (chalicelib.config.RetentionPolicy's limits: monthly_months <= 1200 at 31
+# days) plus two days of rounding; tests/stack/test_lock_bounds.py derives it again from chalicelib. A longer lock
+# (e.g. a compliance lock for centuries, an undeletable storage bill) is refused by IAM.
+MAX_LOCK_DAYS = 1200 * 31 + 2
+LOCK_MODES = [
+    "GOVERNANCE",
+    "COMPLIANCE",
+]  # the template's DatabaseAccessPolicy narrows it to the stack's ObjectLockMode
+
+
+def bucket_arn(stage: str) -> str:
+    """The stage's backup buckets, `pg-lifeboat-<stage>-<account>-<region>` (stack/template/storage.py), in the
+    role's own account: the account id right after the stage also keeps stage `prod` out of stage `prod-eu`'s."""
+    return f"arn:aws:s3:::{names.bucket_prefix(stage)}{OWN_ACCOUNT}-*"
+
+
+def lock_statement(sid: str, resources: str | list[str]) -> Statement:
+    """s3:PutObjectRetention (set or extend a lock; without s3:BypassGovernanceRetention never shorten one), bounded:
+    in a lock mode, for at most MAX_LOCK_DAYS, in this account's buckets."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["s3:PutObjectRetention"],
+        "Resource": resources,
+        "Condition": {
+            "StringEquals": {"s3:object-lock-mode": LOCK_MODES, **OWN_RESOURCES},
+            "NumericLessThanEquals": {"s3:object-lock-remaining-retention-days": str(MAX_LOCK_DAYS)},
+        },
+    }
+
 
 def _s3_kms(stage: str, actions: list[str]) -> Statement:
     """KMS use only through S3 and only for this stage's buckets: the encryption context S3 sends
-    is the object's (or, with S3 Bucket Keys, the bucket's) ARN. Works for the key the stack creates
-    and for a given key whose key policy delegates to IAM."""
+    is the object's (or, with S3 Bucket Keys, the bucket's) ARN; keys of this account only. Works for the key the
+    stack creates and for a given key whose key policy delegates to IAM."""
     return {
         "Sid": "BucketKey",
         "Effect": "Allow",
         "Action": actions,
-        "Resource": "arn:aws:kms:*:*:key/*",
+        "Resource": "arn:aws:kms:*:*:key/*",  # cfn-lint refuses a policy variable in an ARN's account field
         "Condition": {
+            "StringEquals": OWN_RESOURCES,
             "StringLike": {
                 "kms:ViaService": "s3.*.amazonaws.com",
                 "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{names.bucket_prefix(stage)}*",
-            }
+            },
         },
     }
 
@@ -107,7 +145,7 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
                 }
             )
         return statements
-    if capability in ("bucket:read", "bucket:write", "bucket:prune"):
+    if capability in ("bucket:list", "bucket:read", "bucket:write", "bucket:prune"):
         return _bucket_statements(stage, capability.removeprefix("bucket:"))
     if capability in ("manifests:sign", "manifests:verify"):
         return [_signing_statement(stage, capability.removeprefix("manifests:"))]
@@ -125,15 +163,31 @@ LABEL_OBJECT = "backup_label.json"  # chalicelib.physical.names.LABEL_NAME: the 
 
 
 def _bucket_statements(stage: str, what: str) -> list[Statement]:
-    bucket = f"arn:aws:s3:::{names.bucket_prefix(stage)}*"
+    """Every S3 statement is pinned to this account (OWN_RESOURCES). Versioned calls are their own IAM actions: a
+    GET or HEAD with a versionId (a restore, `lifeboat verify` and the keep pass read a backup by the version its
+    manifest recorded) needs s3:GetObjectVersion, tagging a version (the keep pass) s3:PutObjectVersionTagging;
+    s3:PutObjectRetention covers a version too."""
+    bucket = bucket_arn(stage)
+    own = {"StringEquals": OWN_RESOURCES}
+    if what == "list":  # the keys only (the dispatcher's dead-man's gauge: chalicelib.scheduling.dispatch)
+        return [
+            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket, "Condition": own}
+        ]
     if what == "read":
         return [
-            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket},
+            {
+                "Sid": "ListBackups",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket,
+                "Condition": own,
+            },
             {
                 "Sid": "ReadBackups",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:GetObjectTagging"],
+                "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging"],
                 "Resource": f"{bucket}/*",
+                "Condition": own,
             },
             _s3_kms(stage, ["kms:Decrypt"]),
         ]
@@ -144,19 +198,19 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
                 "Resource": bucket,
+                "Condition": own,
             },
             {
                 "Sid": "WriteBackups",
                 "Effect": "Allow",
                 "Action": [
                     "s3:GetObject",
+                    "s3:GetObjectVersion",
                     "s3:GetObjectTagging",
                     "s3:PutObject",
                     "s3:PutObjectTagging",
-                    # Locks a complete backup (S3 Object Lock); without s3:BypassGovernanceRetention it can only
-                    # set or extend a lock, never shorten one. GetObjectRetention: HEAD then shows the current lock.
-                    "s3:PutObjectRetention",
-                    "s3:GetObjectRetention",
+                    "s3:PutObjectVersionTagging",  # the keep pass tags the version a manifest recorded
+                    "s3:GetObjectRetention",  # HEAD then shows the current lock
                     # Plain deletes only (a failed attempt's objects): in the versioned bucket each leaves a delete
                     # marker, and no version can be removed without s3:DeleteObjectVersion, which no function has.
                     "s3:DeleteObject",
@@ -164,18 +218,22 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
                     "s3:ListMultipartUploadParts",
                 ],
                 "Resource": f"{bucket}/*",
+                "Condition": own,
             },
+            # Locks a complete backup (S3 Object Lock) for its retention class, bounded (lock_statement).
+            lock_statement("LockBackups", f"{bucket}/*"),
             _s3_kms(stage, ["kms:GenerateDataKey", "kms:Decrypt"]),
         ]
     # prune: the pruner deletes the backup labels of the snapshots it deletes, and nothing else: only keys
     # shaped like chalicelib.physical.names.label_key ("<prefix>snapshots/<target>/<stamp>/backup_label.json").
     return [
-        {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket},
+        {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket, "Condition": own},
         {
             "Sid": "DeleteBackupLabels",
             "Effect": "Allow",
             "Action": ["s3:DeleteObject"],
             "Resource": f"{bucket}/*snapshots/*/{LABEL_OBJECT}",
+            "Condition": own,
         },
     ]
 
@@ -186,7 +244,8 @@ def _queue_statements(stage: str, verb: str, kind: str) -> list[Statement]:
             {
                 "Sid": f"Send{kind.capitalize()}",
                 "Effect": "Allow",
-                "Action": ["sqs:SendMessage"],
+                # GetQueueUrl: a `chalice deploy` stage knows the queue by name only (chalicelib.adapters.sqs)
+                "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
                 "Resource": f"arn:aws:sqs:*:*:{names.queue(stage, kind)}",
             }
         ]
@@ -223,6 +282,14 @@ BACKUP_SOURCE_TAG = ("lifeboat:backup-source", "true")
 BACKUP_SOURCE = {"StringEquals": {f"aws:ResourceTag/{BACKUP_SOURCE_TAG[0]}": BACKUP_SOURCE_TAG[1]}}
 # chalicelib.physical.names OBSERVED_TAG and LOCKED_UNTIL_TAG: the only tags the sweeper adds to a managed snapshot.
 OBSERVED_ONLY = {"ForAllValues:StringEquals": {"aws:TagKeys": ["lifeboat:observed", "lifeboat:locked-until"]}}
+# What a new snapshot may not be tagged with (Null: absent from the request), so that leaked worker or sweeper
+# credentials cannot make one the pruner treats as a copy, or as already observed or locked (chalicelib.physical.
+# names COPY_OF_TAG, OBSERVED_TAG, LOCKED_UNTIL_TAG). Not a list of allowed keys (ForAllValues:StringEquals on
+# aws:TagKeys): a target's own `tags` (any keys, from the configuration) go on its snapshots and their copies too.
+COPY_OF_TAG = "lifeboat:copy-of"
+NOT_MARKED = {f"aws:RequestTag/{key}": "true" for key in ("lifeboat:observed", "lifeboat:locked-until")}
+NOT_A_COPY = {**NOT_MARKED, f"aws:RequestTag/{COPY_OF_TAG}": "true"}  # created: never tagged as a copy
+AS_A_COPY = {**NOT_MARKED, f"aws:RequestTag/{COPY_OF_TAG}": "false"}  # copied: always tagged with its source
 # chalicelib.scheduling.retention.KEEP_LOCK_DAYS: the shortest lock the sweeper may set on an EBS snapshot.
 MIN_SNAPSHOT_LOCK_DAYS = 30
 
@@ -284,14 +351,14 @@ def _take_snapshots() -> list[Statement]:
             "Effect": "Allow",
             "Action": creates,
             "Resource": RDS_SNAPSHOTS,
-            "Condition": {"StringEquals": AS_MANAGED},
+            "Condition": {"StringEquals": AS_MANAGED, "Null": NOT_A_COPY},
         },
         {
             "Sid": "TagNewRdsSnapshots",
             "Effect": "Allow",
             "Action": ["rds:AddTagsToResource"],
             "Resource": RDS_SNAPSHOTS,
-            "Condition": {"Null": NOT_YET_MANAGED, "StringEquals": AS_MANAGED},
+            "Condition": {"Null": {**NOT_YET_MANAGED, **NOT_A_COPY}, "StringEquals": AS_MANAGED},
         },
         {
             "Sid": "SnapshotOptedInVolumes",
@@ -318,14 +385,17 @@ def _take_snapshots() -> list[Statement]:
             "Effect": "Allow",
             "Action": ["ec2:CreateSnapshots", "ec2:CreateSnapshot"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": {"StringEquals": AS_MANAGED},
+            "Condition": {"StringEquals": AS_MANAGED, "Null": NOT_A_COPY},
         },
         {
             "Sid": "TagNewEbsSnapshots",
             "Effect": "Allow",
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": {"StringEquals": {"ec2:CreateAction": ["CreateSnapshots", "CreateSnapshot"], **AS_MANAGED}},
+            "Condition": {
+                "StringEquals": {"ec2:CreateAction": ["CreateSnapshots", "CreateSnapshot"], **AS_MANAGED},
+                "Null": NOT_A_COPY,
+            },
         },
     ]
 
@@ -341,15 +411,31 @@ def _take_snapshots() -> list[Statement]:
 #   NEW_EBS_SNAPSHOT, aws:RequestTag: managed). ec2:CreateTags with ec2:CreateAction CopySnapshot: its tags.
 # It also protects them (chalicelib.physical.protect):
 # - ec2:LockSnapshot (the only role with it; none has ec2:UnlockSnapshot): managed snapshots, with a LockDuration
-#   (ec2:SnapshotLockDuration, so never an ExpirationDate) of at least MIN_SNAPSHOT_LOCK_DAYS and no cooling-off
-#   period (ec2:CoolOffPeriod absent: a compliance lock is final at once). A lock can then only be extended, with
-#   one limit IAM cannot remove: in governance mode whoever holds ec2:LockSnapshot may lower a lock to that floor
-#   (EC2 allows it; IAM sees only the new duration). COMPLIANCE mode closes that: no one can shorten a lock.
+#   (ec2:SnapshotLockDuration, so never an ExpirationDate) of at least MIN_SNAPSHOT_LOCK_DAYS and at most
+#   MAX_LOCK_DAYS, and no cooling-off period (ec2:CoolOffPeriod absent: a compliance lock is final at once). A lock
+#   can then only be extended, with one limit IAM cannot remove: in governance mode whoever holds ec2:LockSnapshot
+#   may lower a lock to that floor (EC2 allows it; IAM sees only the new duration). COMPLIANCE mode closes that: no
+#   one can shorten a lock. EC2 documents no condition key for the lock mode (only ec2:SnapshotLockDuration and
+#   ec2:CoolOffPeriod): a compromised sweeper may lock a managed snapshot in compliance mode, for MAX_LOCK_DAYS at most.
 # - ec2:ModifySnapshotAttribute (the vault share): managed snapshots, to an account (ec2:Add/userId present), never
-#   to a group (ec2:Add/group absent: never public). rds:ModifyDB(Cluster)SnapshotAttribute: managed snapshots; RDS
-#   has no condition key on the values, so IAM cannot limit to whom (or forbid "all", public). Which account is in
-#   SSM, unknown to these files: a compromised sweeper may share a managed snapshot with any account; an encrypted
-#   one is useless there unless its key policy names that account (RDS refuses to make encrypted snapshots public).
+#   to a group (ec2:Add/group absent: never public), removing nothing (ec2:Remove/userId and /group absent).
+#   rds:ModifyDB(Cluster)SnapshotAttribute: managed snapshots; RDS has no condition key on the values, so IAM cannot
+#   limit to whom (or forbid "all", public, or a removal of the vault). Which account is in SSM, unknown to these
+#   files: a compromised sweeper may share a managed snapshot with any account; an encrypted one is useless there
+#   unless its key policy names that account (RDS refuses to make encrypted snapshots public), which is why the
+#   code shares only encrypted RDS snapshots (chalicelib.physical.rds share).
+# - New snapshots (worker) are never tagged lifeboat:copy-of, copies (sweeper) always are; neither may carry the
+#   marks only the sweeper's Mark statements set (NOT_A_COPY, AS_A_COPY).
+# The vault share only adds an account (chalicelib.physical.protect never removes one): no group (public), and no
+# Remove in the same call (an Add of any account would otherwise carry a Remove of the vault).
+ADD_AN_ACCOUNT_ONLY = {
+    "ec2:Add/userId": "false",
+    "ec2:Add/group": "true",
+    "ec2:Remove/userId": "true",
+    "ec2:Remove/group": "true",
+}
+
+
 def _sweep_snapshots() -> list[Statement]:
     copies = ["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"]
     return [
@@ -372,7 +458,7 @@ def _sweep_snapshots() -> list[Statement]:
             "Effect": "Allow",
             "Action": [*copies, "rds:AddTagsToResource"],
             "Resource": RDS_SNAPSHOTS,
-            "Condition": {"Null": NOT_YET_MANAGED, "StringEquals": AS_MANAGED},
+            "Condition": {"Null": {**NOT_YET_MANAGED, **AS_A_COPY}, "StringEquals": AS_MANAGED},
         },
         {
             "Sid": "CopyManagedEbsSnapshots",
@@ -386,14 +472,14 @@ def _sweep_snapshots() -> list[Statement]:
             "Effect": "Allow",
             "Action": ["ec2:CopySnapshot"],
             "Resource": NEW_EBS_SNAPSHOT,
-            "Condition": {"StringEquals": AS_MANAGED},
+            "Condition": {"StringEquals": AS_MANAGED, "Null": AS_A_COPY},
         },
         {
             "Sid": "TagEbsCopies",
             "Effect": "Allow",
             "Action": ["ec2:CreateTags"],
             "Resource": EBS_SNAPSHOTS,
-            "Condition": {"StringEquals": {"ec2:CreateAction": "CopySnapshot", **AS_MANAGED}},
+            "Condition": {"StringEquals": {"ec2:CreateAction": "CopySnapshot", **AS_MANAGED}, "Null": AS_A_COPY},
         },
         {
             "Sid": "MarkManagedEbsSnapshots",
@@ -410,6 +496,7 @@ def _sweep_snapshots() -> list[Statement]:
             "Condition": {
                 **MANAGED,
                 "NumericGreaterThanEquals": {"ec2:SnapshotLockDuration": str(MIN_SNAPSHOT_LOCK_DAYS)},
+                "NumericLessThanEquals": {"ec2:SnapshotLockDuration": str(MAX_LOCK_DAYS)},
                 "Null": {"ec2:CoolOffPeriod": "true"},
             },
         },
@@ -418,7 +505,7 @@ def _sweep_snapshots() -> list[Statement]:
             "Effect": "Allow",
             "Action": ["ec2:ModifySnapshotAttribute"],
             "Resource": EXISTING_EBS_SNAPSHOTS,
-            "Condition": {**MANAGED, "Null": {"ec2:Add/userId": "false", "ec2:Add/group": "true"}},
+            "Condition": {**MANAGED, "Null": ADD_AN_ACCOUNT_ONLY},
         },
         {
             "Sid": "ShareManagedRdsSnapshots",

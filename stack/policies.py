@@ -23,7 +23,8 @@ snapshot ids start with `lifeboat-`, deletion and restores need the `lifeboat:ma
 snapshot, restores create resources only when tagged `lifeboat:restore-id`, and volumes are attached only to
 instances the operator tagged `lifeboat:restore-target=true` (by the sweeper alone). Describe calls that IAM
 cannot scope are the only actions on Resource "*" (capabilities.UNSCOPED_ACTIONS; the tests hold the files to
-that). What each capability grants is stack/capabilities.py.
+that). What each capability grants is stack/capabilities.py; restore drills' (`drills:*`) and the WAL stream task's
+are stack/recovery_capabilities.py (drills delete only lifeboat-drill-* resources tagged lifeboat:drill).
 
 Adding a function is one line in ACCESS, e.g. a scheduled job that reads the catalog:
     "catalog_report": ("config", "bucket:read"),
@@ -40,13 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from stack import names
-from stack.capabilities import capability_statements, logs_statement
+from stack.capabilities import logs_statement
+from stack.recovery_capabilities import statements as capability_statements
+from stack.recovery_capabilities import wal_stream_policy
 
 REPO = Path(__file__).resolve().parent.parent
 CHALICE_DIR = REPO / ".chalice"
 
 ACCESS: dict[str, tuple[str, ...]] = {
-    "dispatcher": ("config", "jobs", "send:backups"),
+    "dispatcher": ("config", "jobs", "send:backups", "bucket:list"),  # bucket:list: the backup-age gauge
     # Logical backups, and the start of physical ones (RDS/EBS snapshots, a backup label in the bucket).
     # A whole-server run queues one backup per database (send:backups).
     # A backup that will not fit the invocation is handed to the Fargate task (fargate:run, chalicelib.fargate).
@@ -61,6 +64,13 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "snapshots:take",
         "fargate:run",
         "manifests:sign",  # kms:GenerateMac on the signing key only: it signs, it never verifies nor administers
+        # Restore drills (chalicelib.drills, message kind `drill`): a logical drill restores through the one restore
+        # path (it checks the manifest's signature), a snapshot drill restores a managed snapshot into a temporary
+        # lifeboat-drill-* instance and deletes it when it fails or is done (stack/recovery_capabilities.py).
+        "manifests:verify",
+        "snapshots:keys",
+        "drills:restore",
+        "drills:instances",
     ),
     # Logical restores (pg_restore), and the first AWS call of snapshot and point-in-time restores.
     "restore_worker": (
@@ -87,8 +97,24 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "database",
         "snapshots:read",
         "restores:check",
+        "manifests:verify",  # a logical restore request is refused at once when the manifest's signature fails
+        "drills:read",  # GET /targets/{target}/drills reads each evidence document by version and verifies it
     ),
-    "snapshot_sweeper": ("config", "snapshots:read", "snapshots:sweep", "snapshots:keys"),
+    # With drills configured the sweeper also finishes them (chalicelib.drills.sweep): their records (jobs:list: Get,
+    # Put, a Query on the indexes), the checks of a restored copy and the scratch database's drop (database), the
+    # evidence documents (drills:evidence), deleting what a drill left (drills:instances).
+    "snapshot_sweeper": (
+        "config",
+        "snapshots:read",
+        "snapshots:sweep",
+        "snapshots:keys",
+        "jobs:list",
+        "database",
+        "drills:evidence",  # includes drills:read: the overdue check verifies the finished drills' documents
+        "drills:instances",
+        "manifests:sign",  # a finished drill's evidence document is signed (kms:GenerateMac)
+        "manifests:verify",  # and checked before a drill counts (kms:VerifyMac)
+    ),
     "snapshot_pruner": ("config", "bucket:prune", "snapshots:read", "snapshots:prune"),
     # Advances snapshot restores: an Aurora cluster's first instance, EBS volumes attached to tagged instances only.
     "restore_sweeper": ("config", "jobs:list", "snapshots:read", "restores:advance", "snapshots:keys"),
@@ -116,8 +142,23 @@ def stage_default_policy(stage: str) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": [logs_statement(names.log_group(stage, "*"))]}
 
 
+# The policy files allow a lock in either mode (capabilities.lock_statement): which one the stack chose is its
+# ObjectLockMode parameter, known to the template only. Every role that locks (backup worker, snapshot sweeper, the
+# Fargate and WAL stream tasks) also connects to PostgreSQL, so this Deny rides on the DatabaseAccessPolicy they all
+# carry: no function can lock in COMPLIANCE mode a stack that chose GOVERNANCE (nor at all with NONE). A lock set by
+# PutObject's own x-amz-object-lock-* headers is authorized as s3:PutObjectRetention too.
+LOCK_IN_THE_STACKS_MODE_ONLY = {
+    "Sid": "LockOnlyInTheStacksMode",
+    "Effect": "Deny",
+    "Action": "s3:PutObjectRetention",
+    "Resource": "arn:aws:s3:::*/*",
+    "Condition": {"StringNotEquals": {"s3:object-lock-mode": {"Ref": "ObjectLockMode"}}},
+}
+
+
 def database_policy() -> dict[str, Any]:
-    """Template-side grants (CloudFormation intrinsics): parameters name what the operator owns."""
+    """Template-side grants (CloudFormation intrinsics): parameters name what the operator owns; and the lock mode
+    (LOCK_IN_THE_STACKS_MODE_ONLY)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -130,6 +171,7 @@ def database_policy() -> dict[str, Any]:
                     ":secret:${SecretsPrefix}*"
                 },
             },
+            LOCK_IN_THE_STACKS_MODE_ONLY,
             {
                 "Fn::If": [
                     "HasRdsIamUsers",
@@ -240,6 +282,12 @@ def fargate_launch_policy(cluster: str, task_definition: str, task_role: str, ex
             },
         ],
     }
+
+
+def wal_stream_task_policy(stage: str, target: str) -> dict[str, Any]:
+    """The role of `lifeboat wal-stream TARGET`'s task (one per streaming target, stack/template/fargate.py): its own
+    prefixes only; the template attaches the DatabaseAccessPolicy for the replication login's secret."""
+    return wal_stream_policy(stage, target)
 
 
 def needs(function: str, capability: str) -> bool:

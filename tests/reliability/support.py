@@ -393,6 +393,7 @@ S3_ACTIONS = {
     "GetObject": "s3:GetObject",
     "ListObjectsV2": "s3:ListBucket",
     "ListObjects": "s3:ListBucket",
+    "ListObjectVersions": "s3:ListBucketVersions",  # chalicelib.pitr.versions
     "HeadBucket": "s3:ListBucket",
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",
@@ -415,14 +416,44 @@ BATCH_ACTIONS = {
 }
 
 
-def iam_actions(service: str, operation: str, headers: dict[str, str]) -> set[str]:
-    """The IAM actions an API call needs (S3's differ from its operation names)."""
+# A call on one version of an object (the versionId query parameter) is another IAM action for these; the others
+# (PutObjectRetention, GetObjectRetention, ...) keep theirs.
+S3_VERSION_ACTIONS = {
+    "HeadObject": "s3:GetObjectVersion",
+    "GetObject": "s3:GetObjectVersion",
+    "GetObjectTagging": "s3:GetObjectVersionTagging",
+    "PutObjectTagging": "s3:PutObjectVersionTagging",
+    "DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+    "DeleteObject": "s3:DeleteObjectVersion",
+    "GetObjectAcl": "s3:GetObjectVersionAcl",
+    "GetObjectAttributes": "s3:GetObjectVersionAttributes",
+}
+
+
+def names_a_version(params: Any) -> bool:
+    """The request carries the versionId query parameter (botocore's request dict: query_string, or the URL)."""
+    if not isinstance(params, dict):
+        return False
+    query = params.get("query_string")
+    if isinstance(query, dict) and query.get("versionId"):
+        return True
+    url = params.get("url") or params.get("url_path") or ""
+    return isinstance(url, str) and ("?versionId=" in url or "&versionId=" in url)
+
+
+def iam_actions(service: str, operation: str, headers: dict[str, str], versioned: bool = False) -> set[str]:
+    """The IAM actions an API call needs (S3's differ from its operation names, and by version)."""
     if service == "s3":
-        actions = {S3_ACTIONS.get(operation, f"s3:{operation}")}
+        version_action = S3_VERSION_ACTIONS.get(operation) if versioned else None
+        actions = {version_action or S3_ACTIONS.get(operation, f"s3:{operation}")}
         if operation in ("PutObject", "CreateMultipartUpload") and any(
             k.lower() == "x-amz-tagging" and v for k, v in headers.items()
         ):
             actions.add("s3:PutObjectTagging")  # x-amz-tagging on a write needs it as well
+        if operation in ("PutObject", "CreateMultipartUpload", "CopyObject") and any(
+            k.lower() == "x-amz-object-lock-mode" and v for k, v in headers.items()
+        ):
+            actions.add("s3:PutObjectRetention")  # a lock set by the write itself
         return actions
     action = f"{service}:{operation}"
     return {BATCH_ACTIONS.get(action, action)}
@@ -445,7 +476,9 @@ class OperationRecorder:
         headers = params.get("headers", {}) if isinstance(params, dict) else {}
         with self.lock:
             self.calls.setdefault(handler, set()).add((service, model.name))
-            self.actions.setdefault(handler, set()).update(iam_actions(service, model.name, headers))
+            self.actions.setdefault(handler, set()).update(
+                iam_actions(service, model.name, headers, names_a_version(params))
+            )
 
     @contextlib.contextmanager
     def handler(self, name: str) -> Iterator[None]:
