@@ -83,8 +83,9 @@ def wheelhouse(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_fresh_venv_gets_a_working_lifeboat(wheel: Path, tmp_path: Path) -> None:
-    """~20 s: a venv, the wheel and its dependencies installed without an index, then the command."""
+def test_a_fresh_venv_gets_a_working_lifeboat(wheel: Path, tmp_path: Path, config_path: Path) -> None:
+    """~25 s: a venv, the wheel and its dependencies installed without an index, then the command, and `lifeboat
+    check` against the test stand-ins (moto, a real PostgreSQL over verified TLS) passes every check."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
@@ -113,3 +114,12 @@ def test_a_fresh_venv_gets_a_working_lifeboat(wheel: Path, tmp_path: Path) -> No
         [python, "-c", "import devstack"], capture_output=True, text=True, cwd=tmp_path, env=clean, check=False
     )
     assert probe.returncode == 1 and "No module named 'devstack'" in probe.stderr
+
+    # Against the stand-ins, as an operator would after `make devstack`: the environment the fixtures set.
+    clean.update({k: v for k, v in os.environ.items() if k.startswith(("LIFEBOAT_", "AWS_"))})
+    assert clean["LIFEBOAT_CONFIG"] == str(config_path)
+    applied = lifeboat("lifecycle", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    checked = lifeboat("check", "shop")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "FAIL" not in checked.stdout and "login" in checked.stdout

@@ -112,21 +112,22 @@ def relay() -> Iterator[FetchRelay]:
     server.shutdown()
 
 
-def start_recovered(pgdata: Path, port: int) -> subprocess.CompletedProcess[str]:
-    """Start a recovered data directory as the postgres account (pg_ctl -w); the caller checks the result."""
+def start_recovered(pgdata: Path, port: int, bin_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Start a recovered data directory as the postgres account (pg_ctl -w) with the server binaries of `bin_dir`
+    (default: MAJOR's); the caller checks the result."""
     sockets = pgdata.parent
     if os.geteuid() == 0:
         subprocess.run(["chown", "-R", "postgres:postgres", str(pgdata.parent)], check=True)
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sockets}"
-    pg_ctl = str(pgbin.server_bin(MAJOR) / "pg_ctl")
+    pg_ctl = str((bin_dir or pgbin.server_bin(MAJOR)) / "pg_ctl")
     command = [pg_ctl, "-D", str(pgdata), "-l", str(sockets / "server.log"), "-o", options, "-w", "-t", "60", "start"]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--", *command]
     return subprocess.run(command, check=False, capture_output=True, text=True, env=real_clock_env())
 
 
-def stop_recovered(pgdata: Path) -> None:
-    pg_ctl = str(pgbin.server_bin(MAJOR) / "pg_ctl")
+def stop_recovered(pgdata: Path, bin_dir: Path | None = None) -> None:
+    pg_ctl = str((bin_dir or pgbin.server_bin(MAJOR)) / "pg_ctl")
     command = [pg_ctl, "-D", str(pgdata), "-m", "immediate", "-w", "stop"]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--", *command]
