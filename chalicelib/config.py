@@ -23,6 +23,10 @@ from chalicelib.pitr.settings import Wal
 from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+RESERVED_NAME_ENDINGS = ("wal", "base", "drills")  # key folders the stack's IAM patterns match with a leading `*`
+# The bucket's key folders (stack.capabilities.RESERVED_NAMES): no target and no segment of the prefix may be one, so
+# that one folder's keys never fall under another's in the IAM patterns (WAL of a target `logical` under `*/logical/*`).
+RESERVED_NAMES = ("logical", "failed", "drills", "snapshots", "wal", "base", "check")
 # Real S3 bucket naming rules (moto accepts far more).
 BUCKET_NAME = re.compile(r"^(?!xn--)(?!sthree-)(?!.*-s3alias$)(?!.*--ol-s3$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -31,7 +35,7 @@ SSLModes = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # schemas built on first use (cold start)
 
 
 class Connection(_Model):
@@ -275,6 +279,17 @@ class Target(_Model):
             raise ValueError(
                 f"{value!r}: use 1-48 lowercase letters, digits and single hyphens, starting with a letter"
             )
+        if value in RESERVED_NAMES:
+            raise ValueError(
+                f"{value!r} names one of the bucket's key folders ({', '.join(RESERVED_NAMES)}), which the stack's IAM"
+                f" tells apart by name; rename the target, e.g. {value + '-db'!r}"
+            )
+        if value.endswith(RESERVED_NAME_ENDINGS):
+            # IAM key patterns start with a wildcard (`*wal/<t>/*`, `*drills/*`): `prodwal` would match them.
+            raise ValueError(
+                f"{value!r}: a target name may not be, or end in, {', '.join(RESERVED_NAME_ENDINGS)}"
+                f" (the stack's IAM key patterns use these words); rename it, e.g. {value + '-db'!r}"
+            )
         return value
 
 
@@ -356,6 +371,11 @@ class Settings(_Model):
     def _prefix(cls, value: str) -> str:
         if value and (not value.endswith("/") or value.startswith("/") or "//" in value):
             raise ValueError(f"{value!r}: a prefix ends with '/' and does not start with one, e.g. 'pg/'")
+        if clash := [segment for segment in value.split("/") if segment in RESERVED_NAMES]:
+            raise ValueError(
+                f"{value!r}: {clash[0]!r} is one of the bucket's key folders ({', '.join(RESERVED_NAMES)}), which the"
+                " stack's IAM tells apart by name; choose another prefix, e.g. 'pg/'"
+            )
         return value
 
     @model_validator(mode="after")

@@ -108,7 +108,12 @@ def _signing_statement(stage: str, what: str) -> Statement:
         "Effect": "Allow",
         "Action": ["kms:GenerateMac"] if what == "sign" else ["kms:VerifyMac"],
         "Resource": "arn:aws:kms:*:*:key/*",
-        "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)}},
+        # An alias names a key only in its own account: without OWN_RESOURCES a key of another account carrying the
+        # same alias name would do (a MAC made with an attacker's key, or an attacker's key answering VerifyMac).
+        "Condition": {
+            "ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)},
+            "StringEquals": OWN_RESOURCES,
+        },
     }
 
 
@@ -160,6 +165,61 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
 
 
 LABEL_OBJECT = "backup_label.json"  # chalicelib.physical.names.LABEL_NAME: the only objects the pruner may delete
+# The key roots under settings.prefix that the backup worker and the Fargate task write, tag, lock and delete:
+# logical backups and failed attempts (chalicelib.logical.catalog.Layout), drill evidence (chalicelib.drills.evidence,
+# a drill the worker runs) and backup labels (chalicelib.physical.names.label_key). Never the point-in-time archive
+# (ARCHIVE_ROOTS: <prefix>wal/<target>/, <prefix>base/<target>/), which only each target's WAL stream task writes
+# (and the operator prunes): with kms:GenerateMac a worker could otherwise plant signed WAL or bases, or hide them.
+WORKER_ROOTS = ("logical", "failed", "drills", "snapshots")
+ARCHIVE_ROOTS = ("wal", "base")
+# Names chalicelib.config refuses for a target and for any path segment of settings.prefix: one root's keys must never
+# fall under another's (the WAL of a target named `logical` is <prefix>wal/logical/..., which `*/logical/*` matches).
+# `check`: the operator's `lifeboat check` objects (chalicelib.operator.check_storage.CHECK_FOLDER).
+RESERVED_NAMES = (*WORKER_ROOTS, *ARCHIVE_ROOTS, "check")
+WORKER_WRITES = [
+    "s3:PutObject",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionTagging",
+    "s3:PutObjectRetention",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+]
+
+
+def worker_objects(bucket: str) -> list[str]:
+    """The worker roots' objects, `{bucket}/logical/*`, with or without a settings.prefix (empty or e.g. `pg/`): IAM's
+    `*` spans `/`, and bucket_arn ends in `-*` (the region), so `{bucket}/logical/*` is `{bucket}/*/logical/*` too
+    (one ARN, not both: the backup worker's policy is near IAM's 10,240-character limit for a role's inline policy).
+    It matches any key with a `logical` path segment; the archive's keys (<prefix>wal/<target>/<timeline>/<segment>,
+    <prefix>base/<target>/<backup id>/...) have one only when a segment of the prefix or the target is one of
+    RESERVED_NAMES (refused by chalicelib.config), or below a target's folder, where archive_guard denies it (a planted
+    wal/<target>/gaps/logical/x.json or base/<target>/logical/manifest.json)."""
+    return [f"{bucket}/{root}/*" for root in WORKER_ROOTS]
+
+
+def archive_guard() -> Statement:
+    """Deny the workers' writes to any key with a worker root's name below an archive root (ARCHIVE_ROOTS), whatever
+    the prefix: what worker_objects alone would allow inside the archive. No worker key has an archive root segment
+    followed by a worker root (a database named `wal` is one segment followed by its file names only)."""
+    return {
+        "Sid": "NeverThePitrArchive",
+        "Effect": "Deny",
+        "Action": WORKER_WRITES,
+        "Resource": [f"arn:aws:s3:::*/{archive}/*{root}/*" for archive in ARCHIVE_ROOTS for root in WORKER_ROOTS],
+    }
+
+
+def _list_backup_versions(bucket: str) -> Statement:
+    """The version listing of logical backups (chalicelib.logical.history: one ListObjectVersions per target, and
+    of a manifest's own key: a manifest is read at its first version, a delete marker hides no backup); only under
+    a `logical` folder (ListBucketVersions is a bucket action: s3:prefix says what is listed)."""
+    return {
+        "Sid": "ListBackupVersions",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucketVersions"],
+        "Resource": bucket,
+        "Condition": {"StringEquals": OWN_RESOURCES, "StringLike": {"s3:prefix": ["logical/*", "*/logical/*"]}},
+    }
 
 
 def _bucket_statements(stage: str, what: str) -> list[Statement]:
@@ -171,7 +231,14 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
     own = {"StringEquals": OWN_RESOURCES}
     if what == "list":  # the keys only (the dispatcher's dead-man's gauge: chalicelib.scheduling.dispatch)
         return [
-            {"Sid": "ListBackups", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket, "Condition": own}
+            {
+                "Sid": "ListBackups",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket,
+                "Condition": own,
+            },
+            _list_backup_versions(bucket),
         ]
     if what == "read":
         return [
@@ -182,16 +249,18 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
                 "Resource": bucket,
                 "Condition": own,
             },
+            _list_backup_versions(bucket),
             {
                 "Sid": "ReadBackups",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging"],
+                "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectVersionTagging"],
                 "Resource": f"{bucket}/*",
                 "Condition": own,
             },
             _s3_kms(stage, ["kms:Decrypt"]),
         ]
-    if what == "write":
+    if what == "write":  # only under WORKER_ROOTS; reads of anything (bucket:read) stay ReadBackups' `{bucket}/*`
+        objects = worker_objects(bucket)
         return [
             {
                 "Sid": "ListBackups",
@@ -200,28 +269,39 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
                 "Resource": bucket,
                 "Condition": own,
             },
+            _list_backup_versions(bucket),
             {
-                "Sid": "WriteBackups",
+                "Sid": "ReadBackups",
                 "Effect": "Allow",
                 "Action": [
                     "s3:GetObject",
                     "s3:GetObjectVersion",
                     "s3:GetObjectTagging",
+                    "s3:GetObjectVersionTagging",  # the keep pass reads a manifest's tags at its first version
+                    "s3:GetObjectRetention",  # HEAD then shows the current lock
+                ],
+                "Resource": f"{bucket}/*",
+                "Condition": own,
+            },
+            {
+                "Sid": "WriteBackups",
+                "Effect": "Allow",
+                "Action": [
                     "s3:PutObject",
                     "s3:PutObjectTagging",
                     "s3:PutObjectVersionTagging",  # the keep pass tags the version a manifest recorded
-                    "s3:GetObjectRetention",  # HEAD then shows the current lock
                     # Plain deletes only (a failed attempt's objects): in the versioned bucket each leaves a delete
                     # marker, and no version can be removed without s3:DeleteObjectVersion, which no function has.
                     "s3:DeleteObject",
                     "s3:AbortMultipartUpload",
                     "s3:ListMultipartUploadParts",
                 ],
-                "Resource": f"{bucket}/*",
+                "Resource": objects,
                 "Condition": own,
             },
             # Locks a complete backup (S3 Object Lock) for its retention class, bounded (lock_statement).
-            lock_statement("LockBackups", f"{bucket}/*"),
+            lock_statement("LockBackups", objects),
+            archive_guard(),
             _s3_kms(stage, ["kms:GenerateDataKey", "kms:Decrypt"]),
         ]
     # prune: the pruner deletes the backup labels of the snapshots it deletes, and nothing else: only keys
@@ -518,7 +598,10 @@ def _sweep_snapshots() -> list[Statement]:
 
 
 def _snapshot_keys() -> list[Statement]:
-    """Encrypted snapshots: copies and restores, through EC2 and RDS only."""
+    """Encrypted snapshots: copies and restores, through EC2 and RDS only, with keys of this account only
+    (OWN_RESOURCES): EC2 and RDS use the caller's permissions on the key a copy names (KmsKeyId), so without it a
+    compromised sweeper could copy a managed snapshot under a key of an attacker's account and share the copy there
+    (physical.copy_kms_key_id must be a key of this account)."""
     return [
         {
             "Sid": "SnapshotKeys",
@@ -531,14 +614,17 @@ def _snapshot_keys() -> list[Statement]:
                 "kms:ReEncryptTo",
             ],
             "Resource": "arn:aws:kms:*:*:key/*",
-            "Condition": {"StringLike": {"kms:ViaService": ["ec2.*.amazonaws.com", "rds.*.amazonaws.com"]}},
+            "Condition": {
+                "StringLike": {"kms:ViaService": ["ec2.*.amazonaws.com", "rds.*.amazonaws.com"]},
+                "StringEquals": OWN_RESOURCES,
+            },
         },
         {
             "Sid": "SnapshotKeyGrants",
             "Effect": "Allow",
             "Action": ["kms:CreateGrant"],
             "Resource": "arn:aws:kms:*:*:key/*",
-            "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}, "StringEquals": OWN_RESOURCES},
         },
     ]
 

@@ -10,7 +10,9 @@
    with two settings its command line lacks: `lambda_architecture` = ARCH, so deployment.zip holds the
    wheels for that architecture (config.json could only fix it per stage), and the stage's queue
    names (stack.template.app_model.queue_environment), so the SQS event sources name the stack's queues;
-4. copies the PostgreSQL client layer zip next to the template (sam.json refers to ./pg-clients-ARCH.zip).
+4. adds bytecode beside every Python source in deployment.zip (stack/bytecode.py: Lambda cannot keep any, so
+   without it every cold start compiles the app and its dependencies);
+5. copies the PostgreSQL client layer zip next to the template (sam.json refers to ./pg-clients-ARCH.zip).
 
 OUT then holds sam.json, deployment.zip, pg-clients-ARCH.zip and merge.json: feed sam.json to
 `aws cloudformation package` (uploads both zips) and `aws cloudformation deploy` (stack/README.md).
@@ -36,6 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from stack import policies  # noqa: E402
+from stack.bytecode import add_bytecode  # noqa: E402
 from stack.template import build  # noqa: E402
 from stack.template.app_model import chalice_params  # noqa: E402
 from stack.template.fargate import check_wal_targets  # noqa: E402
@@ -153,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_NO_WHEELS
     prune_dependency_cache()
+    compiled = add_bytecode(out / "deployment.zip")
     if not args.no_layer_zip:
         shutil.copyfile(layer_zip, out / layer_zip_name(args.arch))
     rel = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     print(
-        f"packaged {args.stage} for {args.arch} in {time.monotonic() - started:.1f} s: {rel}/sam.json\n"
+        f"packaged {args.stage} for {args.arch} in {time.monotonic() - started:.1f} s: {rel}/sam.json"
+        f" (deployment.zip with bytecode for {compiled} modules)\n"
         f"next: aws cloudformation package --template-file {rel}/sam.json --s3-bucket ARTIFACT_BUCKET"
         f" --output-template-file {rel}/packaged.yaml\n"
         f"      aws cloudformation deploy --template-file {rel}/packaged.yaml --stack-name pg-lifeboat-{args.stage}"

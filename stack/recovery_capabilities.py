@@ -54,6 +54,7 @@ from stack.capabilities import (
     TAGGED_BY_A_RESTORE,
     Statement,
     _s3_kms,
+    archive_guard,
     bucket_arn,
     capability_statements,
     lock_statement,
@@ -160,6 +161,7 @@ def _drill_evidence(stage: str) -> list[Statement]:
             "Condition": {"StringEquals": OWN_RESOURCES},
         },
         lock_statement("LockDrillEvidence", evidence),  # by the version it wrote: s3:PutObjectRetention all the same
+        archive_guard(),  # `*drills/*_d-*.json` would match a key planted below a target's wal/ or base/ folder
         *_drill_read(stage),
         {**_s3_kms(stage, ["kms:GenerateDataKey", "kms:Decrypt"]), "Sid": "DrillEvidenceKey"},
     ]

@@ -58,7 +58,10 @@ def test_who_signs_and_who_verifies(stage: str) -> None:
     for function in set(ACCESS) - {"backup_worker", "restore_worker", "api_handler", "snapshot_sweeper"}:
         assert not _mac_actions(function_policy(stage, function)), function
     for st in _signing(function_policy(stage, "backup_worker")) + _signing(task_policy(stage)):
-        assert st["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)}}
+        assert st["Condition"] == {  # the alias, in this account only (an alias names a key only in its account)
+            "ForAnyValue:StringEquals": {"kms:ResourceAliases": names.signing_key_alias(stage)},
+            "StringEquals": {"aws:ResourceAccount": "${aws:PrincipalAccount}"},
+        }
 
 
 @pytest.mark.parametrize("action", KEY_ADMIN)
