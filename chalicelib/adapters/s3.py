@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message, http_status
+from chalicelib.adapters.versions import NULL_VERSION, VersionInfo, from_pages
 from chalicelib.errors import StorageError
 from chalicelib.observability import logger
 
@@ -76,6 +77,10 @@ class ObjectInfo:
     version_id: str | None = None  # HEAD: the version it describes
 
 
+class AlreadyWritten(StorageError):
+    """A write-once PUT (put_bytes(if_absent=True)) found the key already there."""
+
+
 class BackupStore(Protocol):
     bucket: str
 
@@ -98,6 +103,7 @@ class BackupStore(Protocol):
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> PutResult: ...
 
     def get_bytes(self, key: str, version_id: str | None = None) -> bytes: ...
@@ -108,9 +114,13 @@ class BackupStore(Protocol):
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
+    def list_versions(self, prefix: str, exact: bool = False) -> list[VersionInfo]: ...
+
+    def read_version(self, key: str, version_id: str) -> tuple[bytes, dict[str, str], datetime | None]: ...
+
     def head(self, key: str, version_id: str | None = None) -> ObjectInfo | None: ...
 
-    def tags(self, key: str) -> dict[str, str]: ...
+    def tags(self, key: str, version_id: str | None = None) -> dict[str, str]: ...
 
     def put_tags(self, key: str, tags: Mapping[str, str], version_id: str | None = None) -> None: ...
 
@@ -148,11 +158,12 @@ def _explain(exc: BaseException, bucket: str, key: str | None = None, version_id
 
 
 def _read_version(version_id: str | None) -> dict[str, str]:
-    """The VersionId argument of a read. "null" is the version id of an object written while the bucket's versioning
-    was off (moto reports it for every write to an unversioned bucket, and refuses a GET that names it): there is one
+    """The VersionId argument of a call on one version (a read, its tags, its lock). "null" (NULL_VERSION) is the
+    version id of an object written while the bucket's versioning was off (moto reports it for every write to an
+    unversioned bucket, and refuses a GET that names it): there is one
     such version per key and it is the current one, so it is read as the current object. The stack's bucket is
     versioned from its creation, so its backups always name a real version."""
-    return {"VersionId": version_id} if version_id and version_id != "null" else {}
+    return {"VersionId": version_id} if version_id and version_id != NULL_VERSION else {}
 
 
 class S3Store:
@@ -188,9 +199,14 @@ class S3Store:
         tags: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> PutResult:
-        """One PUT. `metadata` (x-amz-meta-*) is stored with the object and, like its bytes, never changes."""
+        """One PUT. `metadata` (x-amz-meta-*) is stored with the object and, like its bytes, never changes.
+        `if_absent`: a conditional PUT (If-None-Match: *) that S3 refuses when the key has a current version
+        (AlreadyWritten); a key whose current version is a delete marker is written."""
         extra: Any = {"Metadata": dict(metadata)} if metadata else {}
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
         try:
             resp = self.client.put_object(
                 Bucket=self.bucket,
@@ -202,6 +218,8 @@ class S3Store:
                 **extra,
             )
         except AWS_ERRORS as exc:
+            if if_absent and (error_code(exc) == "PreconditionFailed" or http_status(exc) == 412):
+                raise AlreadyWritten(f"s3://{self.bucket}/{key} is already there: it is written once") from exc
             raise _explain(exc, self.bucket, key) from exc
         return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1, resp.get("VersionId"))
 
@@ -270,6 +288,27 @@ class S3Store:
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, prefix) from exc
 
+    def list_versions(self, prefix: str, exact: bool = False) -> list[VersionInfo]:
+        """Every version and delete marker under `prefix` (`exact`: of the key `prefix` only), each key's oldest first:
+        one paginated ListObjectVersions (s3:ListBucketVersions). An unversioned bucket lists one "null" version."""
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix)
+            return from_pages(pages, prefix if exact else None)
+        except AWS_ERRORS as exc:
+            hint = " (listing versions needs s3:ListBucketVersions)" if http_status(exc) == 403 else ""
+            raise StorageError(f"{_explain(exc, self.bucket, prefix)}{hint}") from exc
+
+    def read_version(self, key: str, version_id: str) -> tuple[bytes, dict[str, str], datetime | None]:
+        """(bytes, user metadata, LastModified) of the version `version_id` (NULL_VERSION: the current object)."""
+        extra: Any = _read_version(version_id)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+            with resp["Body"] as body:
+                data = body.read()
+        except AWS_ERRORS as exc:
+            raise _explain(exc, self.bucket, key, extra.get("VersionId")) from exc
+        return data, dict(resp.get("Metadata", {})), resp.get("LastModified")
+
     def head(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         """The object's current version, or the version `version_id` (None: not there)."""
         extra: Any = _read_version(version_id)
@@ -287,16 +326,17 @@ class S3Store:
             resp.get("VersionId"),
         )
 
-    def tags(self, key: str) -> dict[str, str]:
+    def tags(self, key: str, version_id: str | None = None) -> dict[str, str]:
+        extra: Any = _read_version(version_id)
         try:
-            resp = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+            resp = self.client.get_object_tagging(Bucket=self.bucket, Key=key, **extra)
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key) from exc
         return {t["Key"]: t["Value"] for t in resp["TagSet"]}
 
     def put_tags(self, key: str, tags: Mapping[str, str], version_id: str | None = None) -> None:
         """Replace the object's tags (its current version's, or those of the version `version_id`)."""
-        extra: Any = {"VersionId": version_id} if version_id else {}
+        extra: Any = _read_version(version_id)
         try:
             self.client.put_object_tagging(
                 Bucket=self.bucket,
@@ -312,7 +352,7 @@ class S3Store:
         version before `until`, and without s3:BypassGovernanceRetention (GOVERNANCE) or at all (COMPLIANCE) no one
         can shorten the lock. Extending it is always allowed."""
         retention: Any = {"Mode": mode, "RetainUntilDate": until}  # mode: GOVERNANCE | COMPLIANCE (settings)
-        extra: Any = {"VersionId": version_id} if version_id else {}
+        extra: Any = _read_version(version_id)
         try:
             self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention, **extra)
         except AWS_ERRORS as exc:

@@ -3,7 +3,7 @@
 A logical backup is complete exactly when its manifest exists *and* every object it lists is in the bucket with
 its size: the manifest is written last, after every object it lists. Objects without a manifest are never listed
 and never restored, and neither is a manifest whose objects are missing (a phantom: it is reported as not
-complete, never listed). Ids and keys are formatted and parsed here and nowhere else.
+complete, never listed). Ids and keys: chalicelib.logical.ids (re-exported here).
 
 A manifest is believed only for the key it sits at (manifest_problems): its backup_id must be the id that key
 encodes, its target that id's target, its status SUCCEEDED, it must list a dump (or a directory dump's files; a
@@ -18,130 +18,63 @@ timeout) is resolved by reading back before the attempt is called complete or fa
 
 With a signing key (settings.signing_key_id) every manifest is signed as it is written and checked before a restore
 or `lifeboat verify` believes it: chalicelib.logical.signing.
+
+A manifest is written once (a conditional PUT) and read at its first version: later versions of its key (someone
+with the worker's PutObject and GenerateMac swapping in a signed manifest of forged data) and delete markers (hiding
+the backup) are logged as errors with the metric ManifestOverwritten and otherwise ignored. Which backups exist is
+read from the versions too (chalicelib.logical.history): a backup whose manifest a delete marker hides is still
+listed, flagged `hidden`, and still kept and locked by the keep pass.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
-from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from chalicelib.adapters.s3 import BackupStore
+from chalicelib.adapters.s3 import AlreadyWritten, BackupStore
+from chalicelib.adapters.versions import KeyHistory
 from chalicelib.errors import BadRequestError, NotFoundError, StorageError
-from chalicelib.observability import logger
+from chalicelib.logical.history import TargetListing
+from chalicelib.logical.ids import (
+    ALL_DATABASES,
+    FUTURE_SLOT_TOLERANCE,
+    MANIFEST_NAME,
+    STAMP_FORMAT,
+    BackupId,
+    Layout,
+    format_stamp,
+    is_future,
+    parse_stamp,
+)
+from chalicelib.observability import logger, record
 
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_ID = re.compile(r"^(logical|snapshot):([a-z][a-z0-9-]{0,47})(?:/([A-Za-z0-9_.%~-]{1,200}))?:(\d{8}T\d{6}Z)$")
-MANIFEST_NAME = "manifest.json"
-FUTURE_SLOT_TOLERANCE = timedelta(minutes=5)  # a slot later than now + this is not believed (see is_future)
-ALL_DATABASES = "@"  # the database part of a failed record's key for the target (never made by quote: '@' -> %40)
-
-
-def is_future(slot: datetime, now: datetime) -> bool:
-    """Whether a backup's slot lies later than `now` allows: it is not the newest, whatever it says."""
-    return slot > now + FUTURE_SLOT_TOLERANCE
-
-
-def format_stamp(when: datetime) -> str:
-    return when.astimezone(UTC).strftime(STAMP_FORMAT)
-
-
-def parse_stamp(text: str) -> datetime:
-    return datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, order=True)
-class BackupId:
-    """`<kind>:<target>[/<database>]:<YYYYMMDDTHHMMSSZ>`: kind (logical, snapshot), target, slot, and for a
-    whole-server target the database (percent-encoded) of one of the run's dumps."""
-
-    target: str
-    stamp: datetime
-    kind: str = "logical"
-    database: str = ""
-
-    def __str__(self) -> str:
-        db = f"/{quote(self.database, safe='')}" if self.database else ""
-        return f"{self.kind}:{self.target}{db}:{format_stamp(self.stamp)}"
-
-    def for_database(self, database: str) -> BackupId:
-        return BackupId(self.target, self.stamp, self.kind, database)
-
-    @classmethod
-    def parse(cls, text: str) -> BackupId:
-        m = _ID.match(text or "")
-        if not m:
-            raise BadRequestError(
-                f"{text!r} is not a backup id (expected logical|snapshot:<target>:<YYYYMMDDTHHMMSSZ>)"
-            )
-        try:
-            stamp = parse_stamp(m.group(4))
-        except ValueError:
-            raise BadRequestError(f"{text!r} has an impossible date") from None
-        return cls(m.group(2), stamp, m.group(1), unquote(m.group(3)) if m.group(3) else "")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Keys sort by target and then time: logical/<target>/<YYYY>/<MM>/<DD>/<stamp>/<object>."""
-
-    prefix: str = ""
-
-    def target_prefix(self, target: str) -> str:
-        return f"{self.prefix}logical/{target}/"
-
-    def backup_prefix(self, bid: BackupId) -> str:
-        """A run's folder; each database of a whole-server run has its own folder inside it."""
-        s = bid.stamp
-        run = f"{self.target_prefix(bid.target)}{s:%Y}/{s:%m}/{s:%d}/{format_stamp(s)}/"
-        return f"{run}databases/{quote(bid.database, safe='')}/" if bid.database else run
-
-    def dump_key(self, bid: BackupId, fmt: str = "custom") -> str:
-        return self.backup_prefix(bid) + ("database.dump" if fmt == "custom" else "database.dir/")
-
-    def globals_key(self, bid: BackupId) -> str:
-        return self.backup_prefix(bid) + "globals.sql"
-
-    def manifest_key(self, bid: BackupId) -> str:
-        return self.backup_prefix(bid) + MANIFEST_NAME
-
-    @property
-    def failed_prefix(self) -> str:
-        return f"{self.prefix}failed/"
-
-    def failed_key(self, bid: BackupId, attempt: datetime) -> str:
-        """failed/<target>/<slot>_<database, percent-encoded; @: the target's>_<attempt's start, microseconds>.json:
-        one record per database and attempt (a retry of the slot, another database of the run, never overwrite)."""
-        db = quote(bid.database, safe="") if bid.database else ALL_DATABASES
-        started = attempt.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"{self.failed_prefix}{bid.target}/{format_stamp(bid.stamp)}_{db}_{started}.json"
-
-    def parse_manifest_key(self, key: str) -> BackupId | None:
-        rest = key.removeprefix(self.prefix)
-        parts = rest.split("/")
-        if parts[0] != "logical" or parts[-1] != MANIFEST_NAME:
-            return None
-        if len(parts) == 7:
-            text = f"logical:{parts[1]}:{parts[5]}"
-        elif len(parts) == 9 and parts[6] == "databases":
-            text = f"logical:{parts[1]}/{parts[7]}:{parts[5]}"
-        else:
-            return None
-        try:
-            bid = BackupId.parse(text)
-        except BadRequestError:
-            return None
-        return bid if self.manifest_key(bid) == key else None
+__all__ = [  # ids and keys are chalicelib.logical.ids', re-exported for the modules that import them from here
+    "ALL_DATABASES",
+    "FUTURE_SLOT_TOLERANCE",
+    "MANIFEST_NAME",
+    "STAMP_FORMAT",
+    "BackupId",
+    "Catalog",
+    "Layout",
+    "Manifest",
+    "ManifestConflict",
+    "ManifestLeftBehind",
+    "ManifestNotWritten",
+    "ManifestObject",
+    "ManifestSignature",
+    "Signing",
+    "format_stamp",
+    "is_future",
+    "parse_stamp",
+]
 
 
 class ManifestObject(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)  # built on first use, not at import (cold start)
     role: Literal["dump", "globals", "dir-file"]  # dir-file: one file of a directory-format dump
     key: str
     size: int
@@ -152,7 +85,7 @@ class ManifestObject(BaseModel):
 class ManifestSignature(BaseModel):
     """A KMS MAC over the manifest's canonical form without this block (chalicelib.logical.signing)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     key_id: str  # as KMS named the key that signed (informative: a check uses the configured key, never this)
     algorithm: str
     canonicalization: str
@@ -160,7 +93,7 @@ class ManifestSignature(BaseModel):
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     manifest_version: int = 1
     backup_id: str
     kind: Literal["logical"] = "logical"
@@ -186,10 +119,12 @@ class Manifest(BaseModel):
     error: str | None = None
     databases: list[str] | None = None  # a whole-server run: the databases dumped (each its own backup)
     signature: ManifestSignature | None = None  # None: written without a signing key (or before signing existed)
+    # Set when read (never written, never signed): a delete marker hides the manifest from a plain listing.
+    hidden: bool = Field(default=False, exclude=True)
     _read_from: BackupId | None = PrivateAttr(default=None)  # the id of the key it was read from (read_manifest)
     _raw: dict[str, Any] | None = PrivateAttr(default=None)  # the JSON as stored (read_manifest): what was signed
     _stored_at: datetime | None = PrivateAttr(default=None)  # the manifest object's LastModified (set by S3)
-    _stored_version: str | None = PrivateAttr(default=None)  # and its VersionId (HEAD before the GET)
+    _stored_version: str | None = PrivateAttr(default=None)  # and its VersionId: the first version (read_manifest)
 
     @property
     def raw(self) -> dict[str, Any] | None:
@@ -202,6 +137,10 @@ class Manifest(BaseModel):
     @property
     def read_from(self) -> BackupId | None:
         return self._read_from
+
+    @property
+    def stored_version(self) -> str | None:
+        return self._stored_version
 
     def files(self) -> list[ManifestObject]:
         """The files of a directory-format dump (toc.dat among them)."""
@@ -235,6 +174,10 @@ class ManifestLeftBehind(StorageError):
     must stay with it (never a manifest without its objects). The next delivery finds it incomplete and redoes it."""
 
 
+class ManifestConflict(ManifestLeftBehind):
+    """Another manifest is at the key (a manifest is written once): nothing of the slot is removed."""
+
+
 class Signing(Protocol):
     """Signs manifests as they are written and checks them before they are believed (signing.ManifestSigning)."""
 
@@ -254,12 +197,8 @@ class Catalog:
         """What the signature check found (IntegrityError: refused); without a signing key, nothing is checked."""
         if self.signing is None:
             return {"status": "NOT_CHECKED", "reason": "settings.signing_key_id is not set"}
-        if manifest.signature is None and manifest.read_from is not None:
-            # An unsigned one is judged by when S3 stored it: the body read must be the version HEAD dated (a new
-            # version PUT between the HEAD and the GET would borrow the old one's LastModified).
-            now = self.store.head(self.layout.manifest_key(manifest.read_from))
-            if now is None or (now.last_modified, now.version_id) != (manifest.stored_at, manifest._stored_version):
-                manifest._stored_at = None  # not known: refused as unsigned
+        # An unsigned one is judged by when S3 stored it: stored_at is the LastModified of the GET of the very version
+        # read (read_manifest), so a version PUT later cannot lend it an older date.
         return self.signing.check(manifest)
 
     def write_manifest(self, manifest: Manifest, tags: dict[str, str]) -> None:
@@ -267,18 +206,37 @@ class Catalog:
         may have landed and only its answer been lost), so it is read back: the manifest and every object it lists
         are HEADed; all there with their sizes: the backup is complete and this returns. Otherwise the manifest is
         removed first (its objects only after that, by the caller) and ManifestNotWritten is raised, or, when the
-        manifest cannot be removed, ManifestLeftBehind (the caller then keeps the objects)."""
+        manifest cannot be removed, ManifestLeftBehind (the caller then keeps the objects).
+
+        Written once: the PUT is conditional (If-None-Match: *); when the key is already there and its first version
+        is not this body (another writer's), ManifestConflict: nothing is removed. A manifest removed here is always
+        this attempt's own: the worker starts an attempt only when no manifest version is there (dump._existing)."""
         bid = BackupId.parse(manifest.backup_id)
         key = self.layout.manifest_key(bid)
         if self.signing is not None:
             self.signing.seal(manifest)
         body = manifest.model_dump_json(indent=2).encode()
         try:
-            self.store.put_bytes(key, body, tags=tags, content_type="application/json")
+            put = self.store.put_bytes(key, body, tags=tags, content_type="application/json", if_absent=True)
+            manifest._stored_version = put.version_id
+        except AlreadyWritten as exc:
+            if not self._first_version_is(key, body):
+                raise ManifestConflict(
+                    f"the manifest of {bid} is already in the bucket, written by another attempt: a manifest is written"
+                    " once, so this attempt's is not written and nothing is removed"
+                ) from exc
+            logger.warning("the manifest PUT was retried after it had landed: the backup is complete")
         except StorageError as exc:
-            self._resolve_unknown_write(bid, manifest, key, len(body), exc)
+            self._resolve_unknown_write(bid, manifest, key, body, exc)
 
-    def _resolve_unknown_write(self, bid: BackupId, manifest: Manifest, key: str, size: int, exc: StorageError) -> None:
+    def _first_version_is(self, key: str, body: bytes) -> bool:
+        first = KeyHistory(tuple(self.store.list_versions(key, exact=True))).first
+        return first is not None and self.store.read_version(key, first.version_id)[0] == body
+
+    def _resolve_unknown_write(
+        self, bid: BackupId, manifest: Manifest, key: str, body: bytes, exc: StorageError
+    ) -> None:
+        size = len(body)
         try:
             stored = self.store.head(key)
             problems = (
@@ -302,7 +260,11 @@ class Catalog:
                 f"writing the manifest of {bid} failed and it is not in the bucket: the backup is not complete ({exc})"
             ) from exc
         try:
+            if not self._first_version_is(key, body):
+                raise ManifestConflict(f"the manifest at {key} is not the one this attempt wrote: it is not removed")
             self.store.delete([key])
+        except ManifestConflict:
+            raise
         except StorageError as delete_exc:
             raise ManifestLeftBehind(
                 f"writing the manifest of {bid} failed ({exc}); reading back found it incomplete"
@@ -322,18 +284,19 @@ class Catalog:
                 problems.append(_problem(obj, head.size if head else None))
         return problems
 
-    def missing_objects(self, manifest: Manifest, sizes: dict[str, int] | None = None) -> list[str]:
+    def missing_objects(self, manifest: Manifest, listing: TargetListing | None = None) -> list[str]:
         """Why the manifest is not a complete backup (empty: it is): what manifest_problems finds (checked against
-        the key it was read from), else the objects it lists that are not in the bucket. `sizes`: a listing already
-        made (key -> size); without one, one LIST of the backup's folder. An object that is there with another size
-        is not missing: the restore refuses it by its size and SHA-256 (IntegrityError)."""
+        the key it was read from), else the objects it lists that are not in the bucket: the version it recorded
+        (TargetListing.present; a delete marker over it does not make it missing). `listing`: one already made;
+        without one, one ListObjectVersions of the backup's folder. An object that is there with another size is
+        not missing: the restore refuses it by its size and SHA-256 (IntegrityError)."""
         invalid = self.manifest_problems(manifest)
         if invalid:
             return invalid
-        if sizes is None:
+        if listing is None:
             prefix = self.layout.backup_prefix(BackupId.parse(manifest.backup_id))
-            sizes = {o.key: o.size for o in self.store.list_objects(prefix)}
-        return [_problem(o, None) for o in manifest.objects if o.key not in sizes]
+            listing = TargetListing.of(self.store.list_versions(prefix))
+        return [_problem(o, None) for o in manifest.objects if not listing.present(o.key, o.version_id)]
 
     def manifest_problems(self, manifest: Manifest, bid: BackupId | None = None) -> list[str]:
         """Why the manifest does not describe the backup `bid` (default: the id of the key it was read from, else
@@ -363,20 +326,35 @@ class Catalog:
             problems.append(f"it lists objects outside {prefix}: {', '.join(outside[:3])}")
         return [f"invalid manifest at {self.layout.manifest_key(bid)}: {p}" for p in problems]
 
-    def read_manifest(self, bid: BackupId) -> Manifest | None:
-        """The manifest as it is in the bucket, complete or not (None: there is none)."""
+    def read_manifest(self, bid: BackupId, history: KeyHistory | None = None) -> Manifest | None:
+        """The manifest's first version, complete or not, hidden by a delete marker or not (None: there is none).
+        `history`: its key's versions from a listing already made; without one, one ListObjectVersions of the key."""
         key = self.layout.manifest_key(bid)
-        stored = self.store.head(key)
-        if stored is None:
+        if history is None:
+            history = KeyHistory(tuple(self.store.list_versions(key, exact=True)))
+        first = history.first
+        if first is None:
             return None
-        raw = json.loads(self.store.get_bytes(key))
+        if history.later:
+            logger.error(
+                "a manifest was written over or deleted after its first version: the first version is read",
+                extra={
+                    "key": key,
+                    "read": first.version_id,
+                    "ignored": [f"{v.version_id}{' (delete marker)' if v.deleted else ''}" for v in history.later],
+                },
+            )
+            record("ManifestOverwritten", 1, "Count", bid.target)
+        data, _, stored_at = self.store.read_version(key, first.version_id)
+        raw = json.loads(data)
         found = Manifest.model_validate(raw)
-        found._read_from, found._raw, found._stored_at = bid, raw, stored.last_modified
-        found._stored_version = stored.version_id
+        found._read_from, found._raw, found._stored_at = bid, raw, stored_at or first.last_modified
+        found._stored_version, found.hidden = first.version_id, history.hidden
         return found
 
     def remove_manifest(self, bid: BackupId) -> None:
-        """Take an incomplete backup out of the catalog (a plain delete: a delete marker in a versioned bucket)."""
+        """Take an incomplete backup out of the catalog (a plain delete: a delete marker in a versioned bucket). Only
+        for an unversioned bucket's: in a versioned one a manifest is never removed once written (dump._existing)."""
         self.store.delete([self.layout.manifest_key(bid)])
 
     def write_failure(self, manifest: Manifest) -> None:
@@ -385,15 +363,23 @@ class Catalog:
         key = self.layout.failed_key(bid, manifest.started_at)
         self.store.put_bytes(key, manifest.model_dump_json(indent=2).encode(), content_type="application/json")
 
-    def listing(self, target: str) -> dict[str, int]:
-        """Every object of a target's backups: key -> size (one LIST)."""
-        return {o.key: o.size for o in self.store.list_objects(self.layout.target_prefix(target))}
+    def listing(self, target: str) -> TargetListing:
+        """Every version of every object of a target's backups (one paginated ListObjectVersions)."""
+        return TargetListing.of(self.store.list_versions(self.layout.target_prefix(target)))
 
-    def backup_ids(self, target: str, listing: dict[str, int] | None = None) -> list[BackupId]:
-        """Backups of a target that have a manifest, newest first (one LIST, no GETs). Whether every object a
-        manifest lists is there is checked when the manifest is read (manifest, list_backups)."""
-        keys = self.listing(target) if listing is None else listing
-        return sorted((bid for key in keys if (bid := self.layout.parse_manifest_key(key)) is not None), reverse=True)
+    def backup_ids(self, target: str, listing: TargetListing | None = None) -> list[BackupId]:
+        """Backups of a target that have a manifest version, hidden by a delete marker or not, newest first (one
+        ListObjectVersions, no GETs). Whether every object a manifest lists is there is checked when the manifest is
+        read (manifest, list_backups)."""
+        found = self.listing(target) if listing is None else listing
+        return sorted(
+            (
+                bid
+                for key, history in found.keys.items()
+                if history.first is not None and (bid := self.layout.parse_manifest_key(key)) is not None
+            ),
+            reverse=True,
+        )
 
     def manifest(self, bid: BackupId) -> Manifest:
         """The manifest of a complete backup; NotFoundError when there is none, or when objects it lists are not
@@ -418,15 +404,20 @@ class Catalog:
         return found
 
     def list_backups(self, target: str, limit: int = 50) -> list[Manifest]:
-        """Complete backups of a target, newest first: one LIST, one GET per manifest; a manifest whose objects
-        are not all in that listing is left out (and logged)."""
+        """Complete backups of a target, newest first (a `hidden` one among them): one ListObjectVersions, one GET
+        per manifest (its first version); a manifest whose objects are not all in that listing is left out (and
+        logged)."""
         listing = self.listing(target)
         ids = self.backup_ids(target, listing)
         complete: list[Manifest] = []
+
+        def read(bid: BackupId) -> Manifest | None:
+            return self.read_manifest(bid, listing.history(self.layout.manifest_key(bid)))
+
         with ThreadPoolExecutor(max_workers=8) as pool:
             while ids and len(complete) < limit:
                 batch, ids = ids[: limit - len(complete)], ids[limit - len(complete) :]
-                for manifest in pool.map(self.read_manifest, batch):
+                for manifest in pool.map(read, batch):
                     if manifest is None:
                         continue
                     missing = self.missing_objects(manifest, listing)

@@ -27,6 +27,7 @@ from chalicelib.adapters.pgtools import (
 )
 from chalicelib.adapters.postgres import CredentialResolver, Login, connect, exported_snapshot, server_version
 from chalicelib.adapters.s3 import BackupStore
+from chalicelib.adapters.versions import NULL_VERSION
 from chalicelib.config import Config, Logical, Target
 from chalicelib.errors import BadRequestError, LifeboatError, StorageError
 from chalicelib.logical.catalog import (
@@ -125,15 +126,30 @@ def check_slot(slot: datetime, now: datetime) -> None:
 
 
 def _existing(svc: BackupServices, bid: BackupId) -> Manifest | None:
-    """The slot's manifest when the backup is complete. A manifest whose objects are not all in the bucket is not
-    complete (a phantom: an interrupted clean-up, objects deleted by hand): it is removed, and the slot is backed up
-    again unless its claim says an attempt finished it (then the slot ends with nothing, never with a phantom)."""
+    """The slot's manifest when the backup is complete: its first version, and every object it lists there by the
+    version it recorded (Catalog.read_manifest, missing_objects), so a delete marker over the manifest or over one of
+    its objects (someone with the worker's DeleteObject) neither hides the backup nor gets it redone.
+
+    A manifest whose objects are not all there is not complete (a phantom: an interrupted clean-up, objects deleted
+    by hand). In an unversioned bucket it is removed and the slot backed up again, unless its claim says an attempt
+    finished it (then the slot ends with nothing, never with a phantom). In a versioned bucket a manifest is written
+    once and read at its first version, so it is never removed nor written over (only an attempt's own manifest is,
+    by _record_failure): StorageError says what is missing."""
     found = svc.catalog.read_manifest(bid)
     if found is None:
         return None
     missing = svc.catalog.missing_objects(found)
     if not missing:
+        if found.hidden:
+            logger.error("the manifest of this complete backup is hidden by a delete marker: it stays a backup")
         return found
+    if found.stored_version not in (None, NULL_VERSION):
+        raise StorageError(
+            f"backup {bid} is not complete: its manifest (first version {found.stored_version}) lists object versions"
+            f" that are not in the bucket: {'; '.join(missing[:5])}. A manifest is written once, so the slot is not"
+            " backed up again over it: look at the versions of its keys (aws s3api list-object-versions), and restore"
+            " another backup"
+        )
     logger.error(
         "the manifest of this backup lists objects that are not in the bucket: it is not complete; removing"
         " the manifest",

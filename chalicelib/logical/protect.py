@@ -67,7 +67,10 @@ def protect(store: BackupStore, catalog: Catalog, config: Config, manifest: Mani
     facts = [LogicalFacts(m.backup_id, m.slot, m.retention_class, m.trigger == SCHEDULED) for m in manifests.values()]
     wanted = retention_tags(facts, policy)
     current = {
-        key: store.tags(catalog.layout.manifest_key(BackupId.parse(key))).get(RETENTION_TAG, "") for key in wanted
+        key: store.tags(catalog.layout.manifest_key(BackupId.parse(key)), manifests[key].stored_version).get(
+            RETENTION_TAG, ""
+        )
+        for key in wanted
     }
     # Keep first: while tags change, the target never has fewer than keep_last backups that no rule expires.
     order = sorted(wanted, key=lambda key: (key != str(bid), wanted[key] != KEEP))
@@ -80,7 +83,7 @@ def protect(store: BackupStore, catalog: Catalog, config: Config, manifest: Mani
             tags = {RETENTION_TAG: new, POLICY_TAG: m.retention_policy, "target": m.target}
             for obj in m.objects:
                 store.put_tags(obj.key, tags, version_id=obj.version_id)
-            store.put_tags(manifest_key, tags)
+            store.put_tags(manifest_key, tags, version_id=m.stored_version)  # its first version, even if hidden
         until = None
         if mode:
             rolling = new == KEEP or key == str(bid)  # counted from now; any other: from the backup's completion
@@ -97,7 +100,7 @@ def protect(store: BackupStore, catalog: Catalog, config: Config, manifest: Mani
 def _window(catalog: Catalog, manifest: Manifest, bid: BackupId, keep_last: int, now: datetime) -> dict[str, Manifest]:
     """The complete backups the pass decides for, by id: the new one, the newest keep_last, and older ones until
     WINDOW_EXTRA scheduled ones more (on-demand ones do not count); none whose slot is in the future."""
-    listing = catalog.listing(bid.target)
+    listing = catalog.listing(bid.target)  # from the versions: a backup a delete marker hides is still seen
     ids = [b for b in catalog.backup_ids(bid.target, listing) if b.database == bid.database]
     manifests: dict[str, Manifest] = {}
     if is_future(manifest.slot, now):
@@ -111,7 +114,7 @@ def _window(catalog: Catalog, manifest: Manifest, bid: BackupId, keep_last: int,
         found = manifests.get(str(other))
         if found is None and str(other) != str(bid):
             reads += 1
-            found = catalog.read_manifest(other)
+            found = catalog.read_manifest(other, listing.history(catalog.layout.manifest_key(other)))
             if found is None or catalog.missing_objects(found, listing):
                 continue
             if is_future(found.slot, now):
@@ -129,12 +132,13 @@ def _window(catalog: Catalog, manifest: Manifest, bid: BackupId, keep_last: int,
 
 
 def _lock(store: BackupStore, m: Manifest, manifest_key: str, mode: str, until: datetime) -> bool:
-    """Lock each object of the backup, and its manifest last, until `until` where its own lock (HEAD of the version
-    the manifest recorded, else of the current one) is shorter; by that version. Whether any lock was set."""
+    """Lock each object of the backup, and its manifest last (the version read: its first), until `until` where its
+    own lock (HEAD of the version the manifest recorded, else of the current one) is shorter; by that version.
+    Whether any lock was set."""
     objects = [(o.key, o.version_id) for o in m.objects]
     with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:  # a directory dump: hundreds of files
         locked = list(pool.map(lambda o: _lock_one(store, o[0], o[1], mode, until), objects))
-    return _lock_one(store, manifest_key, None, mode, until) or any(locked)  # the manifest last
+    return _lock_one(store, manifest_key, m.stored_version, mode, until) or any(locked)  # the manifest last
 
 
 def _lock_one(store: BackupStore, key: str, version_id: str | None, mode: str, until: datetime) -> bool:

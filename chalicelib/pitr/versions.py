@@ -4,33 +4,21 @@ whatever was PUT over it later.
 
 The bucket is versioned (the stack creates it so; Object Lock requires it), so a PutObject over a finished segment
 adds a version and never replaces the original: the first version is the original. Needs s3:ListBucketVersions on
-the bucket and s3:GetObjectVersion on the keys. The S3 calls live here rather than in chalicelib.adapters.s3 only
-because that module belongs to the logical backups' owners; it takes the adapter's client and explains errors the
-same way.
+the bucket and s3:GetObjectVersion on the keys. The S3 calls are S3Store's (chalicelib.adapters.s3: list_versions,
+read_version); this is their per-key view for the PITR readers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
-from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message
 from chalicelib.adapters.s3 import BackupStore, S3Store
-from chalicelib.errors import StorageError
+from chalicelib.adapters.versions import NULL_VERSION, KeyHistory, VersionInfo
 
-if TYPE_CHECKING:
-    from types_boto3_s3 import S3Client
+__all__ = ["NULL_VERSION", "KeyVersions", "Version", "VersionRead"]
 
-NULL_VERSION = "null"  # an object written while versioning was off: read as the current object
-
-
-@dataclass(frozen=True)
-class Version:
-    version_id: str
-    last_modified: datetime
-    is_latest: bool
-    deleted: bool = False  # a delete marker
+Version = VersionInfo
 
 
 @dataclass(frozen=True)
@@ -42,55 +30,27 @@ class VersionRead:
 
 
 class KeyVersions:
-    def __init__(self, client: S3Client, bucket: str) -> None:
-        self.client, self.bucket = client, bucket
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
 
     @classmethod
     def of(cls, store: BackupStore) -> KeyVersions | None:
         """The versions reader of an S3 store (None for any other store: current versions are read)."""
-        return cls(store.client, store.bucket) if isinstance(store, S3Store) else None
-
-    def _explain(self, exc: BaseException, key: str, what: str) -> StorageError:
-        code = error_code(exc)
-        hint = " (the role needs s3:ListBucketVersions and s3:GetObjectVersion)" if "AccessDenied" in code else ""
-        return StorageError(f"cannot {what} s3://{self.bucket}/{key}: {code or 'error'}: {error_message(exc)}{hint}")
+        return cls(store) if isinstance(store, S3Store) else None
 
     def versions(self, key: str) -> list[Version]:
         """Every version and delete marker of exactly `key`, oldest first."""
-        found: list[Version] = []
-        try:
-            pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key)
-            for page in pages:
-                for kind, deleted in (("Versions", False), ("DeleteMarkers", True)):
-                    for item in page.get(kind, []):  # type: ignore[attr-defined]
-                        if item["Key"] == key:
-                            found.append(_version(item, deleted))
-        except AWS_ERRORS as exc:
-            raise self._explain(exc, key, "list the versions of") from exc
-        # S3 lists a key's versions newest first: reversed, then a stable sort keeps that order within one second.
-        return sorted(reversed(found), key=lambda v: v.last_modified)
+        return self.store.list_versions(key, exact=True)
 
     def read(self, key: str, version_id: str) -> VersionRead:
-        extra: Any = {} if version_id == NULL_VERSION else {"VersionId": version_id}
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-            with resp["Body"] as body:
-                data = body.read()
-        except AWS_ERRORS as exc:
-            raise self._explain(exc, key, f"read version {version_id} of") from exc
-        return VersionRead(data, dict(resp.get("Metadata", {})), version_id, resp.get("LastModified"))
+        data, metadata, last_modified = self.store.read_version(key, version_id)
+        return VersionRead(data, metadata, version_id, last_modified)
 
     def first(self, key: str) -> tuple[Version | None, list[Version]]:
         """(the oldest version that is not a delete marker, all versions); (None, ...) when the key's current
         version is a delete marker or there is none: the object is not there."""
         every = self.versions(key)
-        live = [v for v in every if not v.deleted]
-        if not live or any(v.deleted and v.is_latest for v in every):
+        history = KeyHistory(tuple(every))
+        if history.first is None or history.hidden:
             return None, every
-        return live[0], every
-
-
-def _version(item: Any, deleted: bool) -> Version:
-    return Version(
-        str(item.get("VersionId") or NULL_VERSION), item["LastModified"], bool(item.get("IsLatest")), deleted
-    )
+        return history.first, every
