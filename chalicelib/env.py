@@ -7,7 +7,10 @@ through `configured(...)` (chalicelib.wiring.configured). Variables that boto3 a
 (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_CONFIG_FILE, POWERTOOLS_SERVICE_NAME, POWERTOOLS_LOG_LEVEL, ...) are
 left to them.
 
-Cheap to import (app.py imports it at cold start): pydantic-settings and the standard library only.
+Cheap to import (app.py imports it and parses the environment at cold start): pydantic and the standard library
+only. `Env` is a plain pydantic model fed the set variables by name: pydantic-settings did the same for ~70 ms of
+import (its settings sources import asyncio, among others) and features pg-lifeboat does not use (.env files,
+secrets directories, JSON-decoded values).
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chalicelib.errors import ConfigError
 
@@ -30,19 +32,15 @@ DEFAULT_CONTAINER = "lifeboat"  # chalicelib.fargate.DEFAULT_CONTAINER, stack/na
 
 
 def _var(default: Any, name: str, description: str) -> Any:
+    # The alias is the variable's name: VARIABLES maps it to the field, and `load` passes values by field name.
     return Field(default, validation_alias=name, description=description)
 
 
-class Env(BaseSettings):
-    """The variables pg-lifeboat reads. An empty value counts as unset."""
+class Env(BaseModel):
+    """The variables pg-lifeboat reads (by their exact names). An empty value counts as unset (`load`)."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=True,
-        frozen=True,
-        extra="ignore",
-        env_ignore_empty=True,
-        validate_by_name=True,
-        validate_by_alias=True,
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, validate_by_name=True, validate_by_alias=False
     )
 
     # --- what to back up, and where the jobs go
@@ -66,7 +64,7 @@ class Env(BaseSettings):
     )
 
     # --- PostgreSQL client programs and TLS
-    pg_roots: Annotated[tuple[Path, ...], NoDecode] = _var(
+    pg_roots: tuple[Path, ...] = _var(
         DEFAULT_PG_ROOTS, "LIFEBOAT_PG_ROOTS", f"'{os.pathsep}'-separated roots holding <major>/bin/pg_dump"
     )
     ca_bundle: Path = _var(
@@ -78,10 +76,10 @@ class Env(BaseSettings):
     fargate_task_definition: str | None = _var(
         None, "LIFEBOAT_FARGATE_TASK_DEFINITION", "task definition ARN of the Fargate worker"
     )
-    fargate_subnets: Annotated[tuple[str, ...], NoDecode] = _var(
+    fargate_subnets: tuple[str, ...] = _var(
         (), "LIFEBOAT_FARGATE_SUBNETS", "comma-separated subnet ids of the tasks (needed with a cluster)"
     )
-    fargate_security_groups: Annotated[tuple[str, ...], NoDecode] = _var(
+    fargate_security_groups: tuple[str, ...] = _var(
         (), "LIFEBOAT_FARGATE_SECURITY_GROUPS", "comma-separated security group ids of the tasks"
     )
     fargate_container: str = _var(
@@ -133,12 +131,9 @@ class Env(BaseSettings):
         not by URL is addressed by its name, which adapters.sqs resolves (GetQueueUrl)."""
         if not isinstance(data, dict):
             return data
-        for url_var, name_var in (
-            ("LIFEBOAT_BACKUP_QUEUE_URL", "LIFEBOAT_BACKUP_QUEUE"),
-            ("LIFEBOAT_RESTORE_QUEUE_URL", "LIFEBOAT_RESTORE_QUEUE"),
-        ):
-            if not data.get(url_var) and data.get(name_var):
-                data = {**data, url_var: data[name_var]}
+        for url_field, name_field in (("backup_queue_url", "backup_queue"), ("restore_queue_url", "restore_queue")):
+            if not data.get(url_field) and data.get(name_field):
+                data = {**data, url_field: data[name_field]}
         return data
 
     @model_validator(mode="after")
@@ -195,8 +190,9 @@ def settings_from_stack(stack: str, outputs: Mapping[str, str]) -> dict[str, str
 def load(overrides: Mapping[str, Any] | None = None, fallbacks: Mapping[str, Any] | None = None) -> Env:
     """Parse the environment now. `overrides` (by field name) win over it; `fallbacks` apply where it is unset."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    environment = {field: value for name, field in VARIABLES.items() if (value := os.environ.get(name))}
     try:
-        env = Env(**given)
+        env = Env.model_validate({**environment, **given})
     except ValidationError as exc:
         raise ConfigError(f"bad environment: {_describe(exc)}") from None
     unset = {k: v for k, v in (fallbacks or {}).items() if v is not None and k not in env.model_fields_set}

@@ -16,7 +16,7 @@ Status = Literal["SUCCEEDED", "IN_PROGRESS", "FAILED", "DELETING"]
 class SnapshotEntry(BaseModel):
     """A physical backup as `lifeboat list` shows it next to logical ones."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import (cold start)
     kind: Literal["snapshot"] = "snapshot"
     backup_id: str
     target: str

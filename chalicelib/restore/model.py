@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.adapters.dynamo import RestoreJobTable, RestoreRecord
 from chalicelib.adapters.pgtools import Toolbox
@@ -36,11 +36,13 @@ def new_restore_id() -> str:
 
 
 class JobError(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on first use, not at import (cold start)
     code: str
     message: str
 
 
 class RestoreJob(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     restore_id: str
     kind: JobKind
     status: Status = "PENDING"

@@ -122,6 +122,19 @@ def test_options_win_and_fallbacks_yield_within_the_block_only(monkeypatch: pyte
         assert e.metrics_off is False  # the environment asked for metrics
 
 
+def test_a_queue_url_given_as_an_option_wins_over_the_queue_name_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`lifeboat --stack` gives the stack's queue URLs: a LIFEBOAT_BACKUP_QUEUE name left in the environment
+    stands in for an unset URL only, it never overrides the stack's."""
+    monkeypatch.setenv("LIFEBOAT_BACKUP_QUEUE", "by-name.fifo")
+    assert env.current().backup_queue_url == "by-name.fifo"
+    with env.configured({"backup_queue_url": "https://sqs.example/1/stack.fifo"}) as e:
+        assert e.backup_queue_url == "https://sqs.example/1/stack.fifo" and e.backup_queue == "by-name.fifo"
+    with env.configured({"restore_queue": "restores-by-option"}) as e:
+        assert e.restore_queue_url == "restores-by-option"
+
+
 def test_the_command_line_does_not_write_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
     from chalicelib.cli import main
 
