@@ -143,7 +143,8 @@ def _headers() -> dict[str, str]:
 @app.route("/targets/{target}/backups", methods=["GET"], authorizer=iam)
 def list_backups(target: str) -> Response:
     def op() -> tuple[int, Any, dict[str, str]]:
-        return 200, api.list_backups(wiring.api_services(), target, _query().get("kind")), {}
+        svc = wiring.api_services()
+        return 200, api.list_backups(svc, target, _query().get("kind"), evidence=evidence_store(svc.config)), {}
 
     return _api(op)
 

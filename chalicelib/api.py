@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from chalicelib.adapters.dynamo import IDEMPOTENCY_KEY_PREFIX
+from chalicelib.drills.evidence import EvidenceStore
+from chalicelib.drills.views import proof, proven_backups
 from chalicelib.errors import BadRequestError, ConflictError
 from chalicelib.logical.catalog import BackupId
 from chalicelib.physical.catalog import list_snapshots
@@ -79,7 +81,11 @@ def request_backup(svc: ApiServices, name: str, req: BackupRequest) -> dict[str,
     }
 
 
-def list_backups(svc: ApiServices, target: str, kind: str | None, limit: int = 50) -> dict[str, Any]:
+def list_backups(
+    svc: ApiServices, target: str, kind: str | None, limit: int = 50, evidence: EvidenceStore | None = None
+) -> dict[str, Any]:
+    """The target's catalog, newest first; each complete backup's `last_proven`: its newest successful restore drill
+    (verified evidence, one read of the drill records), or null."""
     svc.config.target(target)
     if kind not in (None, "logical", "snapshot"):
         raise BadRequestError("kind must be 'logical' or 'snapshot'")
@@ -116,7 +122,12 @@ def list_backups(svc: ApiServices, target: str, kind: str | None, limit: int = 5
                 }
             )
     entries.sort(key=lambda e: e["time"], reverse=True)
-    return {"target": target, "backups": entries[:limit]}
+    entries = entries[:limit]
+    complete = [(target, e["backup_id"]) for e in entries if e["status"] == "SUCCEEDED"]
+    drills = proven_backups(evidence, complete) if evidence is not None and complete else {}
+    for entry in entries:
+        entry["last_proven"] = proof(drills[entry["backup_id"]]) if entry["backup_id"] in drills else None
+    return {"target": target, "backups": entries}
 
 
 def start_restore_once(

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chalicelib.api import BackupRequest
 from chalicelib.drills.model import DrillRecord
@@ -23,6 +23,13 @@ from chalicelib.restore.requests import LogicalRestoreRequest, PointInTimeRestor
 class ErrorResponse(BaseModel):
     error: str
     message: str
+
+
+class DrillProof(BaseModel):
+    """The newest successful restore drill of a backup whose signed evidence verifies."""
+
+    drill_id: str
+    finished_at: str
 
 
 class BackupEntry(BaseModel):
@@ -37,6 +44,7 @@ class BackupEntry(BaseModel):
     database: str | None = None
     region: str | None = None
     resource_ids: list[str] | None = None
+    last_proven: DrillProof | None = Field(description="when the backup was last proven restorable; null: never")
 
 
 class BackupList(BaseModel):

@@ -28,12 +28,19 @@ from chalicelib.cli import commands, listing, operations
 from chalicelib.cli.completion import SHELLS, script
 from chalicelib.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, Output
 from chalicelib.cli.parser import LifeboatParser, UsageError, add_command, arg, new_parser, print_usage_error
-from chalicelib.errors import BadRequestError, ConfigError, ConflictError, LifeboatError, NotFoundError
+from chalicelib.errors import (
+    BadRequestError,
+    ConfigError,
+    ConflictError,
+    ForbiddenError,
+    LifeboatError,
+    NotFoundError,
+)
 from chalicelib.observability import command_line_logging
 from chalicelib.pitr import commands as pitr
 from chalicelib.pitr.fetch import FATAL
 
-BAD_INPUT = (ConfigError, BadRequestError, NotFoundError, ConflictError)
+BAD_INPUT = (ConfigError, BadRequestError, NotFoundError, ConflictError, ForbiddenError)
 WAL_FETCH_EXITS = """exit codes (PostgreSQL's restore_command reads them):
   0    the file was fetched, verified and written to PATH
   1    not in the archive: the end of the WAL (recovery ends there)
@@ -214,7 +221,7 @@ def add_operator_commands(sub: argparse._SubParsersAction[LifeboatParser]) -> No
         "status",
         operations.run_status,
         "one line per target: last good backup and its age against the schedule, failures, snapshots"
-        " (exit 1: a target is STALE, FAILING or NEVER backed up)",
+        " (exit 1: a target is STALE, FAILING, NEVER backed up or DRILL_OVERDUE)",
         [
             arg("targets", nargs="*", metavar="TARGET", help="the targets to show (default: every backed-up target)"),
             arg(

@@ -47,12 +47,14 @@ def status_of(targets: list[str], grace_minutes: int | None, now: datetime) -> l
     for name in names:
         cfg.target(name)  # an unknown name fails before anything is read
     physical = any(cfg.target(n).physical is not None for n in names)
-    facts = gather(cfg, wiring.catalog(cfg), wiring.snapshot_services(cfg) if physical else None, names)
+    drilled = any(cfg.target(n).drill is not None for n in names)
+    snapshots = wiring.snapshot_services(cfg) if physical else None
+    facts = gather(cfg, wiring.catalog(cfg), snapshots, names, evidence_store(cfg) if drilled else None)
     return status_rows(facts, now, None if grace_minutes is None else timedelta(minutes=grace_minutes))
 
 
 def run_status(args: argparse.Namespace, out: Output, clock: Clock = utcnow) -> int:
-    """0 when every target is OK, 1 when any is STALE, FAILING or NEVER backed up."""
+    """0 when every target is OK, 1 when any is STALE, FAILING, NEVER backed up or DRILL_OVERDUE."""
     rows = status_of(args.targets, args.grace, clock())
     document: dict[str, Any] = {"status": "OK", "targets": [r.as_json() for r in rows]}
     if not overall_ok(rows):

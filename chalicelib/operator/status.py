@@ -7,32 +7,38 @@ A row's status, the worst of its backup kinds (logical dumps, snapshots) configu
   grace is the dead-man alarm's (chalicelib.scheduling.dispatch.expected_slot: a quarter of the interval, at least
   an hour), so `status` and the dashboard agree; `--grace` sets another;
 - NEVER: no good backup and no failed attempt yet;
+- DRILL_OVERDUE: backups fine, but no drill whose signed evidence says SUCCEEDED finished within drill.max_age_days
+  (the DrillsOverdue alarm's rule): an unproven backup is not one to count on, so not OK (exit 1); a backup problem
+  outranks it (both problem lines are shown);
 - OK otherwise. A kind without a schedule (on demand only) is never STALE; a target without a backup kind (a restore
   destination only) is OK and listed only when named.
 
 `status_rows` decides from facts and a `now` (pure, tested with a fixed clock); `gather` reads the facts from the
-catalog, the failed/ records and the snapshots; `render_table` is the human view (the command's runner:
+catalog, failed/ records, snapshots and drill evidence; `render_table` is the human view (the command's runner:
 chalicelib.cli.operations.run_status). Exit 0 when every row is OK, else 1.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TextIO
 
 from chalicelib.config import Config
+from chalicelib.drills.evidence import EvidenceStore
+from chalicelib.drills.model import DrillRecord
+from chalicelib.drills.views import TargetDrills, drills_by_target
 from chalicelib.logical.catalog import Catalog, Manifest, is_future
 from chalicelib.physical.catalog import SnapshotEntry, list_snapshots
 from chalicelib.physical.model import SnapshotServices
 from chalicelib.scheduling.dispatch import expected_slot
 from chalicelib.scheduling.schedules import Schedule
 
-Status = Literal["OK", "STALE", "FAILING", "NEVER"]
+Status = Literal["OK", "DRILL_OVERDUE", "STALE", "FAILING", "NEVER"]
 Kind = Literal["logical", "snapshot"]
-SEVERITY: dict[Status, int] = {"OK": 0, "NEVER": 1, "STALE": 2, "FAILING": 3}
+SEVERITY: dict[Status, int] = {"OK": 0, "DRILL_OVERDUE": 1, "NEVER": 2, "STALE": 3, "FAILING": 4}
 TREND_HISTORY = 5  # the last good backup's size and duration are compared with the median of this many before it
 RECENT_MANIFESTS = 30  # manifests read per target (a whole-server run has one per database)
 FAILURES_READ = 5  # newest failed/ records read per target
@@ -77,6 +83,18 @@ class SnapshotSeen:
 
 
 @dataclass(frozen=True)
+class DrillSeen:
+    """A target's newest restore drill, as its verified evidence shows it (status UNVERIFIED when it does not)."""
+
+    drill_id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    recovery_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class TargetFacts:
     """What `gather` read about one target; `logical` and `snapshots` newest first."""
 
@@ -89,7 +107,9 @@ class TargetFacts:
     oldest_logical: GoodBackup | None = None  # the oldest complete dump (the restorable window)
     failures: tuple[FailedAttempt, ...] = ()  # failed/ records
     snapshots: tuple[SnapshotSeen, ...] = ()
-    last_drill: datetime | None = None  # restore drills do not exist yet: always None
+    drill_max_age_days: int | None = None  # None: no drill section
+    last_drill: DrillSeen | None = None
+    last_drill_success: datetime | None = None  # when the newest verified successful drill finished
 
 
 @dataclass(frozen=True)
@@ -104,11 +124,12 @@ class StatusRow:
     last_failure: FailedAttempt | None = None
     snapshot: SnapshotSeen | None = None  # the newest one, any state
     restorable: tuple[datetime, datetime] | None = None  # oldest and newest good backup
-    last_drill: datetime | None = None
+    last_drill: DrillSeen | None = None
+    last_drill_success: datetime | None = None
     schedules: dict[str, str | None] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        good, failure, snap = self.last_good, self.last_failure, self.snapshot
+        good, failure, snap, drill = self.last_good, self.last_failure, self.snapshot, self.last_drill
         return {
             "target": self.target,
             "status": self.status,
@@ -141,7 +162,16 @@ class StatusRow:
             "restorable": None
             if self.restorable is None
             else {"oldest": self.restorable[0].isoformat(), "newest": self.restorable[1].isoformat()},
-            "last_drill": _iso(self.last_drill),
+            "last_drill": None
+            if drill is None
+            else {
+                "drill_id": drill.drill_id,
+                "status": drill.status,
+                "started_at": drill.started_at.isoformat(),
+                "finished_at": _iso(drill.finished_at),
+                "recovery_seconds": drill.recovery_seconds,
+                "last_success_at": _iso(self.last_drill_success),
+            },
         }
 
 
@@ -168,6 +198,7 @@ def target_status(facts: TargetFacts, now: datetime, grace: timedelta | None = N
     if facts.has_snapshots:
         lanes.append(("snapshot", good_snapshots, _failed_snapshots(snapshots), facts.snapshot_schedule))
     verdicts = [_lane_status(kind, runs, failed, schedule, now, grace) for kind, runs, failed, schedule in lanes]
+    verdicts.append(_drill_status(facts, now))
     # No kind configured (a restore destination only): nothing can be late.
     status: Status = max((v[0] for v in verdicts), key=SEVERITY.__getitem__, default="OK")
     primary = lanes[0][1] if lanes else []
@@ -187,6 +218,7 @@ def target_status(facts: TargetFacts, now: datetime, grace: timedelta | None = N
         snapshot=snapshots[0] if snapshots else None,
         restorable=(min(b.slot for b in oldest + newest), max(b.slot for b in newest)) if newest else None,
         last_drill=facts.last_drill,
+        last_drill_success=facts.last_drill_success,
         schedules={"logical": facts.logical_schedule, "snapshot": facts.snapshot_schedule},
     )
 
@@ -216,6 +248,21 @@ def _lane_status(
         return "STALE", [
             f"the {kind} backup of the {_short(due)} slot is missing (schedule {schedule});"
             f" the last good one is {_age(now - last.slot)} old"
+        ]
+    return "OK", []
+
+
+def _drill_status(facts: TargetFacts, now: datetime) -> tuple[Status, list[str]]:
+    """DRILL_OVERDUE when the target has a drill section and no verified success within its max_age_days."""
+    days, last = facts.drill_max_age_days, facts.last_drill_success
+    if days is None:
+        return "OK", []
+    if last is None:
+        return "DRILL_OVERDUE", [f"no successful restore drill yet (drill.max_age_days is {days})"]
+    if now - last > timedelta(days=days):
+        return "DRILL_OVERDUE", [
+            f"the last successful restore drill finished {_short(last)}, {_age(now - last)} ago"
+            f" (drill.max_age_days is {days})"
         ]
     return "OK", []
 
@@ -277,9 +324,15 @@ def _failed_snapshots(snapshots: Sequence[SnapshotSeen]) -> list[FailedAttempt]:
 
 
 def gather(
-    cfg: Config, catalog: Catalog, snapshots: SnapshotServices | None, names: Sequence[str]
+    cfg: Config,
+    catalog: Catalog,
+    snapshots: SnapshotServices | None,
+    names: Sequence[str],
+    evidence: EvidenceStore | None = None,
 ) -> list[TargetFacts]:
-    """The facts of each named target: its newest dumps, its oldest, its newest failed/ records, its snapshots."""
+    """The facts of each named target: its newest dumps, its oldest, its newest failed/ records, its snapshots, and
+    (with `evidence`) its drills, read once for all the targets with a drill section."""
+    drills = _drills(cfg, evidence, names)
     facts = []
     for name in names:
         target = cfg.target(name)
@@ -305,9 +358,24 @@ def gather(
                 oldest_logical=oldest,
                 failures=tuple(failures),
                 snapshots=tuple(seen),
+                drill_max_age_days=target.drill.max_age_days if target.drill else None,
+                last_drill=_drill_seen(drills[name].latest) if name in drills else None,
+                last_drill_success=drills[name].last_success_at if name in drills else None,
             )
         )
     return facts
+
+
+def _drills(cfg: Config, evidence: EvidenceStore | None, names: Collection[str]) -> dict[str, TargetDrills]:
+    drilled = [name for name in names if cfg.target(name).drill is not None]
+    return drills_by_target(evidence, drilled) if evidence is not None and drilled else {}
+
+
+def _drill_seen(rec: DrillRecord | None) -> DrillSeen | None:
+    if rec is None:
+        return None
+    error = rec.error.message if rec.error else None
+    return DrillSeen(rec.drill_id, rec.status, rec.started_at, rec.finished_at, rec.recovery_seconds, error)
 
 
 def _oldest(catalog: Catalog, target: str) -> GoodBackup | None:
@@ -364,7 +432,7 @@ def render_table(rows: Sequence[StatusRow], out: TextIO, *, color: bool = False)
             _duration(good.duration_seconds, row.duration_trend) if good else "-",
             f"{snap.status} {_short(snap.slot)}" if snap else "-",
             f"{row.restorable[0]:%Y-%m-%d} .. {row.restorable[1]:%Y-%m-%d}" if row.restorable else "-",
-            _short(row.last_drill) if row.last_drill else "-",
+            _drill_cell(row.last_drill),
         )
         line = " ".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, COLUMNS, strict=True)).rstrip()
         bad = row.status != "OK"
@@ -373,10 +441,21 @@ def render_table(rows: Sequence[StatusRow], out: TextIO, *, color: bool = False)
         failure = row.last_failure
         if failure is not None and row.status != "FAILING":
             notes.append(f"  last failure {_short(failure.at)} ({failure.backup_id}): {failure.reason}")
+        drill = row.last_drill
+        if drill is not None and drill.status in ("FAILED", "UNVERIFIED"):
+            notes.append(f"  last drill {drill.status} {_short(drill.started_at)} ({drill.drill_id}): {drill.error}")
         for note in notes:
             out.write((f"{RED}{note}{RESET}" if color and note.startswith("  !") else note) + "\n")
     if not rows:
         out.write("(no targets configured)\n")
+
+
+def _drill_cell(drill: DrillSeen | None) -> str:
+    """The newest drill: its status, when it finished (or started) and its measured recovery time."""
+    if drill is None:
+        return "-"
+    took = "" if drill.recovery_seconds is None else f" {drill.recovery_seconds:.0f}s"
+    return f"{drill.status} {_short(drill.finished_at or drill.started_at)}{took}"
 
 
 def _iso(when: datetime | None) -> str | None:

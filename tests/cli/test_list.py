@@ -82,6 +82,7 @@ def test_age_and_duration(lifeboat: Lifeboat) -> None:
         "SIZE",
         "STATUS",
         "RETENTION",
+        "PROVEN",
         "REGION",
         "SERVER",
     ]
