@@ -23,9 +23,9 @@ from chalicelib.pitr.settings import Wal
 from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-RESERVED_NAME_ENDINGS = ("wal", "base", "drills")  # key folders the stack's IAM patterns match with a leading `*`
 # The bucket's key folders (stack.capabilities.RESERVED_NAMES): no target and no segment of the prefix may be one, so
-# that one folder's keys never fall under another's in the IAM patterns (WAL of a target `logical` under `*/logical/*`).
+# that one folder's keys never fall under another's in the IAM patterns (WAL of a target `logical` under `*/logical/*`);
+# nor may a target end in `drills` (the sweeper's evidence pattern `*drills/*_d-*.json` has no `/` before it).
 RESERVED_NAMES = ("logical", "failed", "drills", "snapshots", "wal", "base", "check")
 # Real S3 bucket naming rules (moto accepts far more).
 BUCKET_NAME = re.compile(r"^(?!xn--)(?!sthree-)(?!.*-s3alias$)(?!.*--ol-s3$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -279,16 +279,10 @@ class Target(_Model):
             raise ValueError(
                 f"{value!r}: use 1-48 lowercase letters, digits and single hyphens, starting with a letter"
             )
-        if value in RESERVED_NAMES:
+        if value in RESERVED_NAMES or value.endswith("drills"):
             raise ValueError(
-                f"{value!r} names one of the bucket's key folders ({', '.join(RESERVED_NAMES)}), which the stack's IAM"
-                f" tells apart by name; rename the target, e.g. {value + '-db'!r}"
-            )
-        if value.endswith(RESERVED_NAME_ENDINGS):
-            # IAM key patterns start with a wildcard (`*wal/<t>/*`, `*drills/*`): `prodwal` would match them.
-            raise ValueError(
-                f"{value!r}: a target name may not be, or end in, {', '.join(RESERVED_NAME_ENDINGS)}"
-                f" (the stack's IAM key patterns use these words); rename it, e.g. {value + '-db'!r}"
+                f"{value!r}: a target may not be named {', '.join(RESERVED_NAMES)} (the bucket's key folders, which the"
+                f" stack's IAM tells apart by name) nor end in 'drills'; rename it, e.g. {value + '-db'!r}"
             )
         return value
 

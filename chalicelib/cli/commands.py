@@ -9,18 +9,21 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import ValidationError
+
 from chalicelib import wiring
 from chalicelib.cli.output import EXIT_FAILED, EXIT_OK, Output, end_progress, human_size, progress
 from chalicelib.entrypoints import dispatch_tick
 from chalicelib.errors import BadRequestError, ConfigError
 from chalicelib.logical.catalog import BackupId, Layout
 from chalicelib.logical.dump import check_slot, run_logical_backup
-from chalicelib.logical.restore import RestoreOptions, restore_logical
+from chalicelib.logical.restore import restore_logical
 from chalicelib.logical.verify import ObjectCheck, verify_backup
 from chalicelib.physical.prune import prune
 from chalicelib.physical.start import start_snapshot
 from chalicelib.restore import service
 from chalicelib.restore.model import RestoreJob
+from chalicelib.restore.requests import LogicalRestoreRequest, describe_validation_error
 from chalicelib.restore.service import run_restore_job
 from chalicelib.scheduling.retention import lifecycle_rules
 
@@ -85,22 +88,16 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
 def cmd_restore(args: argparse.Namespace, out: Output) -> int:
     cfg = wiring.load_config()
     bid = BackupId.parse(args.backup_id)
-    into = cfg.target(args.into_target or bid.target)
-    if into.connection is None:
-        raise BadRequestError(f"target {into.name!r} has no connection to restore into")
-    login = wiring.credentials().restore_login(into.connection)
-    catalog = wiring.catalog(cfg)
     if args.clean and args.confirm != args.database:
         raise BadRequestError(f"--clean replaces database {args.database!r}: add --confirm {args.database}")
-    options = RestoreOptions(
-        schemas=tuple(args.schema),
-        tables=tuple(args.table),
-        no_owner=args.no_owner,
-        no_acl=args.no_acl,
-        jobs=args.jobs,
-        replace=args.clean,
-        globals=args.globals,
-    )
+    # The API's and the worker's rules (restore_into, --clean only on the backup's own target, a new database):
+    request = restore_request(args, bid)
+    destination = service.check_rules(cfg, wiring.credentials(), request)
+    into = cfg.target(destination.target)
+    assert destination.login is not None and into.connection is not None  # check_rules: a logical restore's login
+    login = destination.login
+    catalog = wiring.catalog(cfg)
+    options = service.restore_options(request)  # what the request says, as the worker reads it
     result = restore_logical(
         catalog.store,
         catalog,
@@ -125,6 +122,30 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
         f" {result.pg_restore_version}; verified: {checked}"
     )
     return EXIT_OK
+
+
+def restore_request(args: argparse.Namespace, bid: BackupId) -> LogicalRestoreRequest:
+    """`lifeboat restore`'s arguments as the API's request, for the rules they share (service.check_rules)."""
+    if bid.kind != "logical":
+        raise BadRequestError(f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form")
+    body = {
+        "backup_id": str(bid),
+        "into": {"target": args.into_target, "database": args.database},
+        "options": {
+            "schemas": args.schema,
+            "tables": args.table,
+            "clean": args.clean,
+            "confirm": args.confirm,
+            "no_owner": args.no_owner,
+            "no_acl": args.no_acl,
+            "jobs": args.jobs,
+            "globals": args.globals,
+        },
+    }
+    try:
+        return LogicalRestoreRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequestError(describe_validation_error(exc)) from None
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:

@@ -1,17 +1,21 @@
 """A logical drill: restore a picked dump into a scratch database on the configured scratch server, with the one
 restore path (chalicelib.logical.restore.restore_logical: signature, sizes, SHA-256, row counts), run the checks, and
-always drop the scratch database, whatever happened. The outcome is recorded (chalicelib.drills.runner.finish)."""
+always drop the scratch database, whatever happened. The outcome is recorded (chalicelib.drills.runner.finish).
+
+What is dropped never comes from a record (any role that writes the jobs table can forge one): only
+`scratch_database(drill_id)`, only a name of SCRATCH_DATABASE's shape, and only while the database carries the
+marker the restore wrote naming this drill (`pg-lifeboat restoring|restored <drill id> from <backup>`)."""
 
 from __future__ import annotations
 
 from chalicelib.adapters.postgres import Login
 from chalicelib.config import Target
 from chalicelib.drills.checks import row_count_check, run_checks
-from chalicelib.drills.model import CheckResult, DrillRecord, scratch_database
+from chalicelib.drills.model import SCRATCH_DATABASE, CheckResult, DrillRecord, scratch_database
 from chalicelib.drills.selection import Candidate
 from chalicelib.drills.services import DrillServices
 from chalicelib.errors import LifeboatError
-from chalicelib.logical.databases import drop_database
+from chalicelib.logical.databases import database_comment, drop_database, marker
 from chalicelib.logical.restore import restore_logical
 from chalicelib.observability import logger
 
@@ -53,7 +57,7 @@ def run_logical(svc: DrillServices, target: Target, rec: DrillRecord, picked: Ca
             )
             recovery = svc.monotonic() - t0
         finally:
-            cleanup = drop_scratch(login, database)
+            cleanup = drop_scratch(login, rec.drill_id)
     except LifeboatError as exc:
         return rec.model_copy(update={"cleanup": cleanup}).failed(exc.code, str(exc))
     rec = rec.model_copy(
@@ -70,13 +74,32 @@ def _judged(rec: DrillRecord, checks: list[CheckResult]) -> DrillRecord:
     return rec.model_copy(update={"status": "SUCCEEDED"})
 
 
-def drop_scratch(login: Login | None, database: str) -> dict[str, object]:
-    """Drop the scratch database if it exists; never raises (the drill's own outcome is what to report)."""
+def drill_markers(drill_id: str) -> tuple[str, str]:
+    """How the restore (restore_id = the drill id) marks the scratch database: while restoring, then restored."""
+    return marker("restoring", drill_id, ""), marker("restored", drill_id, "")
+
+
+def drop_scratch(login: Login | None, drill_id: str) -> dict[str, object]:
+    """Drop drill `drill_id`'s scratch database if it exists and is that drill's; never raises (the drill's own
+    outcome is what to report). A database without the drill's marker is left alone and the reason recorded."""
+    try:
+        database = scratch_database(drill_id)
+    except ValueError as exc:
+        return {"database": None, "dropped": False, "reason": str(exc)}
+    if not SCRATCH_DATABASE.fullmatch(database):  # never anything else, whatever scratch_database becomes
+        return {"database": database, "dropped": False, "reason": "not a drill's scratch database name"}
     if login is None:
         return {"database": database, "dropped": False, "reason": "no login to the scratch server"}
     import psycopg
 
     try:
+        comment = database_comment(login, database)
+        if comment is None:
+            return {"database": database, "dropped": False, "reason": "it does not exist"}
+        if not comment.startswith(drill_markers(drill_id)):
+            reason = f"it does not carry drill {drill_id}'s marker (its comment: {comment[:200]!r}): left alone"
+            logger.error("a scratch database that is not the drill's", extra={"database": database, "why": reason})
+            return {"database": database, "dropped": False, "reason": reason}
         drop_database(login, database)
     except (LifeboatError, psycopg.Error) as exc:
         logger.warning("could not drop a drill's scratch database", extra={"database": database, "error": str(exc)})

@@ -13,16 +13,18 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from chalicelib.restore.plan import DRILL_ID_PREFIX
+from chalicelib.restore.plan import DRILL_DATABASE_PREFIX, DRILL_ID_PREFIX
 
 # UNVERIFIED: never stored; how a view shows a finished drill whose signed evidence does not verify (drills.evidence)
 DrillStatus = Literal["RUNNING", "SUCCEEDED", "FAILED", "UNVERIFIED"]
 DRILL_ID = re.compile(r"^d-[0-9a-f]{16}$")
 DRILL_TAG = "lifeboat:drill"  # on a snapshot drill's temporary instance/cluster: the drill's id
 INSTANCE_PREFIX = DRILL_ID_PREFIX  # no restore job may take a name under it (restore.service)
-DATABASE_PREFIX = "lifeboat_drill_"
+DATABASE_PREFIX = DRILL_DATABASE_PREFIX
+# The only names a drill's runner or the sweeper ever drops (scratch_database's shape); nothing from a record.
+SCRATCH_DATABASE = re.compile(r"^lifeboat_drill_[0-9a-f]{12}$")
 
 
 def new_drill_id(rng: random.Random) -> str:
@@ -34,6 +36,9 @@ def digits(drill_id: str) -> str:
 
 
 def scratch_database(drill_id: str) -> str:
+    """The scratch database of a logical drill; a ValueError for anything but a drill id (`d-<16 hex digits>`)."""
+    if not DRILL_ID.fullmatch(drill_id):
+        raise ValueError(f"{drill_id!r} is not a drill id (d-<16 hex digits>)")
     return DATABASE_PREFIX + digits(drill_id)[:12]
 
 
@@ -46,6 +51,7 @@ def drill_restore_id(drill_id: str) -> str:
 
 
 class CheckResult(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on first use, not at import (cold start)
     name: str
     passed: bool
     detail: str = ""
@@ -53,11 +59,13 @@ class CheckResult(BaseModel):
 
 
 class DrillError(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     code: str
     message: str
 
 
 class DrillRecord(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     drill_id: str
     target: str
     kind: Literal["logical", "snapshot"]

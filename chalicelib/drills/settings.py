@@ -20,7 +20,7 @@ SNAPSHOT_DRILL_METHODS = ("rds_instance", "aurora_cluster")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # schemas built on first use (cold start)
 
 
 class DrillCheck(_Model):
@@ -105,6 +105,16 @@ def drill_problem(target: Any, targets: dict[str, Any]) -> str | None:
         scratch = targets.get(into.target)
         if scratch is None:
             return f"{where}.into.target names {into.target!r}, which is not a target"
+        if into.target == target.name:
+            return (
+                f"{where}.into.target is the drilled target itself: a drill restores into a scratch server, never"
+                " the production one; name another target (and list it in restore_into)"
+            )
+        if into.target not in target.restore_into:
+            return (
+                f"{where}.into.target {into.target!r} is not in the target's restore_into"
+                f" ({', '.join(target.restore_into) or 'empty'}): add {into.target!r} to restore_into"
+            )
         if scratch.connection is None:
             return f"{where}.into.target names {into.target!r}, which has no connection to restore into"
         return None

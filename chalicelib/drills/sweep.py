@@ -4,7 +4,9 @@
   deleted once available; one that has not finished within STUCK_AFTER fails and is deleted.
 - A RUNNING drill whose worker died before its restore was recorded (logical, or a snapshot drill killed right
   after creating its instance) is FAILED as `drill_abandoned`, and what it may have created is removed: the scratch
-  database, the temporary instance/cluster.
+  database, the temporary instance/cluster. The scratch database is the drill id's (chalicelib.drills.logical
+  drop_scratch: its shape and marker checked), never a name the record gives: a record naming another database, or
+  with an id that is not a drill's, is reported under `refused` and that database left alone.
 - Any `lifeboat-drill-*` RDS instance or cluster carrying a drill's restore tag whose drill is not running any more
   (or has no record) is deleted: nothing a dead drill made outlives the next sweep.
 - DrillOverdue (per target, 1 or 0): no successful drill within the target's drill.max_age_days; DrillsOverdue (no
@@ -18,7 +20,7 @@ from typing import Any
 
 from chalicelib.adapters.aws_errors import AWS_ERRORS, error_message
 from chalicelib.drills.logical import drop_scratch, scratch_login
-from chalicelib.drills.model import DRILL_TAG, INSTANCE_PREFIX, DrillRecord
+from chalicelib.drills.model import DRILL_ID, DRILL_TAG, INSTANCE_PREFIX, DrillRecord, scratch_database
 from chalicelib.drills.runner import finish
 from chalicelib.drills.selection import overdue
 from chalicelib.drills.services import DrillServices
@@ -34,10 +36,20 @@ STUCK_AFTER = timedelta(hours=6)
 
 def sweep_drills(svc: DrillServices, now: datetime | None = None) -> dict[str, Any]:
     now = now or svc.clock()
-    report: dict[str, Any] = {"advanced": [], "finished": [], "abandoned": [], "orphans_deleted": [], "errors": []}
+    report: dict[str, Any] = {
+        "advanced": [],
+        "finished": [],
+        "abandoned": [],
+        "orphans_deleted": [],
+        "refused": [],
+        "errors": [],
+    }
     for rec in svc.evidence.running():
         if rec.lease_until is not None and rec.lease_until > now:
             continue  # a worker is in it
+        if not DRILL_ID.fullmatch(rec.drill_id):
+            _refuse(report, f"{rec.drill_id!r} is not a drill id (d-<16 hex digits>): a forged record, left alone")
+            continue
         try:
             _sweep_one(svc, rec, now, report)
         except (LifeboatError, *AWS_ERRORS) as exc:
@@ -69,10 +81,24 @@ def _sweep_one(svc: DrillServices, rec: DrillRecord, now: datetime, report: dict
         cleanup = delete_drill_resources(svc, rec)
     else:
         login = scratch_login(svc, target) if target.drill is not None and target.drill.into.target else None
-        cleanup = drop_scratch(login, str(rec.into.get("database", "")))
+        cleanup = drop_scratch(login, rec.drill_id)
+        named = rec.into.get("database")
+        if named is not None and named != scratch_database(rec.drill_id):
+            why = (
+                f"its record names database {named!r}, not its scratch database {scratch_database(rec.drill_id)!r}:"
+                " a forged or damaged record; that database was left alone"
+            )
+            _refuse(report, f"{rec.drill_id}: {why}")
+            finish(svc, rec.model_copy(update={"cleanup": cleanup}).failed("drill_record_forged", why))
+            return
     message = "the drill's worker stopped (time limit or crash) before it finished; what it created was removed"
     finish(svc, rec.model_copy(update={"cleanup": cleanup}).failed("drill_abandoned", message))
     report["abandoned"].append(rec.drill_id)
+
+
+def _refuse(report: dict[str, Any], why: str) -> None:
+    logger.error("the drills' sweeper refused a record", extra={"why": why[:500]})
+    report["refused"].append(why)
 
 
 def _delete_orphans(svc: DrillServices, report: dict[str, Any]) -> None:

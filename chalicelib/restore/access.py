@@ -22,7 +22,8 @@ def destination(config: Config, source: str, into: str | None) -> Target:
     if name != source and name not in origin.restore_into:
         allowed = ", ".join(repr(t) for t in [source, *origin.restore_into])
         raise ForbiddenError(
-            f"a backup of {source!r} may be restored into {allowed} only (the target's restore_into), not {name!r}"
+            f"a backup of {source!r} may be restored into {allowed} only (the target's restore_into), not {name!r};"
+            f" to allow it, the operator adds {name!r} to target {source!r}'s restore_into in the configuration"
         )
     target = config.target(name)
     if target.connection is None:

@@ -36,6 +36,8 @@ NEW_ID_PREFIX = "lifeboat-"
 # Restore drills' temporary instances (chalicelib.drills): the sweeper may delete what is named so and tagged by a
 # drill, so a restore job may not take such a name (its instance could be tagged and deleted as a dead drill's).
 DRILL_ID_PREFIX = "lifeboat-drill-"
+# Logical drills' scratch databases (chalicelib.drills.model.scratch_database): no restore job may create one.
+DRILL_DATABASE_PREFIX = "lifeboat_drill_"
 RESTORE_TAG = "lifeboat:restore-id"
 # The operator opts an RDS instance or Aurora cluster in to point-in-time restores with this tag; the restore
 # worker's IAM policy restores no other source, and the API refuses one without it (409).
@@ -68,6 +70,16 @@ def refuse_drill_name(req: SnapshotRestoreRequest | PointInTimeRestoreRequest) -
         raise BadRequestError(
             f"new_id {req.new_id!r}: names starting with {DRILL_ID_PREFIX!r} are reserved for restore drills,"
             " whose leftovers the sweeper deletes; choose another name after 'lifeboat-'"
+        )
+
+
+def refuse_drill_database(database: str) -> None:
+    """A restore's database is never named like a drill's scratch database (DRILL_DATABASE_PREFIX): only drills
+    create those, and only drills drop them."""
+    if database.lower().startswith(DRILL_DATABASE_PREFIX):
+        raise BadRequestError(
+            f"database {database!r}: names starting with {DRILL_DATABASE_PREFIX!r} are reserved for restore drills'"
+            " scratch databases; choose another name"
         )
 
 

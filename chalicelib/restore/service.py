@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from chalicelib.adapters.pgtools import Deadline
-from chalicelib.adapters.postgres import Login, database_exists
+from chalicelib.adapters.postgres import CredentialResolver, Login
+from chalicelib.config import Config
 from chalicelib.errors import (
     BadRequestError,
     ConflictError,
@@ -20,9 +24,11 @@ from chalicelib.errors import (
     IntegrityError,
     LifeboatError,
     NotFoundError,
+    RestoreError,
     UntrustedBackupError,
 )
 from chalicelib.logical.catalog import BackupId
+from chalicelib.logical.databases import database_comment, marker
 from chalicelib.logical.restore import RestoreOptions, restore_logical
 from chalicelib.observability import logger, record
 from chalicelib.restore import access
@@ -35,48 +41,102 @@ from chalicelib.restore.model import (
     RestoreServices,
     new_restore_id,
 )
-from chalicelib.restore.plan import refuse_drill_name
+from chalicelib.restore.plan import refuse_drill_database, refuse_drill_name
 from chalicelib.restore.requests import (
     LogicalRestoreRequest,
+    PointInTimeRestoreRequest,
     RestoreRequest,
     SnapshotRestoreRequest,
+    describe_validation_error,
+    source_target,
 )
 
+REQUEST_MODELS: dict[str, type[RestoreRequest]] = {
+    "logical": LogicalRestoreRequest,
+    "snapshot": SnapshotRestoreRequest,
+    "point_in_time": PointInTimeRestoreRequest,
+}
 
-def into_login(svc: RestoreServices, req: LogicalRestoreRequest) -> tuple[Login, str]:
-    """The restore login of the configured target a logical restore goes into, and that target's name."""
-    target = access.destination(svc.config, BackupId.parse(req.backup_id).target, req.into.target)
-    assert target.connection is not None  # access.destination refuses a target without one
-    return svc.credentials.restore_login(target.connection), target.name
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a restore goes once check_rules allowed it: the configured target and (logical) its restore login."""
+
+    target: str
+    login: Login | None = None
 
 
-def check_logical(svc: RestoreServices, req: LogicalRestoreRequest) -> tuple[str, str]:
-    """Everything that can be refused now is refused now (403, 404, 409), before a job exists.
-    Returns (the backup's target, the target restored into)."""
+def check_rules(
+    config: Config, credentials: CredentialResolver, req: RestoreRequest, restore_id: str | None = None
+) -> Destination:
+    """The rules of where a restore may go, in one place, run by the API before a job exists, by the worker before
+    it acts on one (a job record is not proof: any role that writes the jobs table can forge one), and by
+    `lifeboat restore`. `restore_id`: the worker's job, whose own finished database is not "already there".
+
+    - snapshot and point-in-time: new_id is never a drill's name (plan.refuse_drill_name, 400);
+    - logical: into the backup's own target or one its restore_into lists (access.destination, 403); never a drill's
+      scratch database name (400); options.clean (replacing a database) only without a selection (400), only on
+      the backup's own target (403), only with options.confirm naming the database (409); without clean the
+      database must not exist yet (409)."""
+    if not isinstance(req, LogicalRestoreRequest):
+        refuse_drill_name(req)
+        return Destination(source_target(req))
     bid = BackupId.parse(req.backup_id)
-    svc.config.target(bid.target)
-    login, into = into_login(svc, req)
-    check_manifest(svc, bid)
-    if req.options.clean and (req.options.schemas or req.options.tables):
+    target = access.destination(config, bid.target, req.into.target)
+    assert target.connection is not None  # access.destination refuses a target without one
+    database, options = req.into.database, req.options
+    refuse_drill_database(database)
+    if options.clean and (options.schemas or options.tables):
         raise BadRequestError(
             "options.clean replaces the whole database: it cannot be combined with options.schemas or"
             " options.tables (restore the selection into a new database instead)"
         )
-    if req.options.clean and into != bid.target:
+    if options.clean and target.name != bid.target:
         raise ForbiddenError(
-            f"options.clean replaces a database of target {into!r} with a backup of target {bid.target!r}:"
+            f"options.clean replaces a database of target {target.name!r} with a backup of target {bid.target!r}:"
             " replacing is allowed only on the backup's own target; restore into a new database instead"
         )
-    if req.options.clean and req.options.confirm != req.into.database:
-        raise ConflictError(
-            f"replacing database {req.into.database!r} needs options.confirm set to {req.into.database!r} as well"
+    if options.clean and options.confirm != database:
+        raise ConflictError(f"replacing database {database!r} needs options.confirm set to {database!r} as well")
+    login = credentials.restore_login(target.connection)
+    if not options.clean:
+        existing = database_comment(login, database)
+        own = restore_id is not None and existing == marker("restored", restore_id, req.backup_id)
+        if existing is not None and not own:
+            raise ConflictError(
+                f"database {database!r} already exists on target {target.name!r}: choose a new name,"
+                " or set options.clean=true and options.confirm to the same name to replace it"
+            )
+    return Destination(target.name, login)
+
+
+def check_job(svc: RestoreServices, job: RestoreJob) -> tuple[RestoreRequest, Destination]:
+    """The worker's look at a job before it acts: its request read again and check_rules run again with the current
+    configuration; a request that restores another target than the job's, or into another, fails the job."""
+    try:
+        req = REQUEST_MODELS[job.kind].model_validate(job.request)
+    except ValidationError as exc:
+        raise RestoreError(f"the job's request is not a {job.kind} restore: {describe_validation_error(exc)}") from None
+    if source_target(req) != job.target:
+        restores = source_target(req)
+        raise RestoreError(f"the job is recorded for target {job.target!r} but its request restores {restores!r}")
+    destination = check_rules(svc.config, svc.credentials, req, job.restore_id)
+    if destination.target != access.into_target(job):
+        raise RestoreError(
+            f"the job is recorded as restoring into {access.into_target(job)!r} but its request restores into"
+            f" {destination.target!r}"
         )
-    if not req.options.clean and database_exists(login, req.into.database):
-        raise ConflictError(
-            f"database {req.into.database!r} already exists on target {into!r}: choose a new name,"
-            " or set options.clean=true and options.confirm to the same name to replace it"
-        )
-    return bid.target, into
+    return req, destination
+
+
+def check_logical(svc: RestoreServices, req: LogicalRestoreRequest) -> tuple[str, str]:
+    """Everything that can be refused now is refused now (400, 403, 404, 409), before a job exists.
+    Returns (the backup's target, the target restored into)."""
+    bid = BackupId.parse(req.backup_id)
+    svc.config.target(bid.target)
+    destination = check_rules(svc.config, svc.credentials, req)
+    check_manifest(svc, bid)
+    return bid.target, destination.target
 
 
 def check_manifest(svc: RestoreServices, bid: BackupId) -> None:
@@ -99,7 +159,7 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
     if isinstance(req, LogicalRestoreRequest):
         (target, into), kind, backup_id = check_logical(svc, req), "logical", req.backup_id
     elif isinstance(req, SnapshotRestoreRequest):
-        refuse_drill_name(req)
+        check_rules(svc.config, svc.credentials, req)
         target, kind, backup_id = snapshot_restores.check(svc, req), "snapshot", req.backup_id
         into = target
     else:
@@ -108,7 +168,7 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
             raise BadRequestError(
                 f"target {req.target!r} is not an RDS instance or Aurora cluster: point-in-time restore needs one"
             )
-        refuse_drill_name(req)
+        check_rules(svc.config, svc.credentials, req)
         target, kind, backup_id = snapshot_restores.check(svc, req), "point_in_time", None
         into = target
     access.check_quota(svc.config, svc.jobs, into)
@@ -169,8 +229,9 @@ def run_restore_job(
     job = running
     logger.append_keys(restore_id=restore_id, target=job.target)
     try:
-        if job.kind == "logical":
-            job = _run_logical(svc, job, lease, remaining_ms, workdir)
+        req, destination = check_job(svc, job)  # before anything is created
+        if isinstance(req, LogicalRestoreRequest):
+            job = _run_logical(svc, job, req, destination, lease, remaining_ms, workdir)
         else:
             job = snapshot_restores.start(svc, job)
     except LifeboatError as exc:
@@ -195,15 +256,30 @@ def run_restore_job(
     return jobs.save(job)
 
 
+def restore_options(req: LogicalRestoreRequest) -> RestoreOptions:
+    o = req.options
+    return RestoreOptions(
+        schemas=tuple(o.schemas),
+        tables=tuple(o.tables),
+        no_owner=o.no_owner,
+        no_acl=o.no_acl,
+        jobs=o.jobs,
+        replace=o.clean,
+        globals=o.globals,
+    )
+
+
 def _run_logical(
     svc: RestoreServices,
     job: RestoreJob,
+    req: LogicalRestoreRequest,
+    destination: Destination,
     lease: timedelta,
     remaining_ms: Callable[[], int] | None,
     workdir: Path | None,
 ) -> RestoreJob:
-    req = LogicalRestoreRequest.model_validate(job.request)
-    login, into = into_login(svc, req)
+    login, into = destination.login, destination.target
+    assert login is not None  # check_rules gives a logical restore its login
     last = [0.0]
 
     def progress(done: int) -> None:
@@ -213,16 +289,7 @@ def _run_logical(
             last[0] = now
             job = svc.jobs.save(job.model_copy(update={"progress": {"bytes_restored": done}}), lease)
 
-    o = req.options
-    opts = RestoreOptions(
-        schemas=tuple(o.schemas),
-        tables=tuple(o.tables),
-        no_owner=o.no_owner,
-        no_acl=o.no_acl,
-        jobs=o.jobs,
-        replace=o.clean,
-        globals=o.globals,
-    )
+    opts = restore_options(req)
     deadline = Deadline(remaining_ms, svc.config.settings.deadline_margin_seconds) if remaining_ms else None
     result = restore_logical(
         svc.catalog.store,

@@ -47,6 +47,7 @@ def free_port() -> int:
 
 def drill_targets(pg: PostgresServer, secret: str, checks: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
     shop = target("shop", pg.port, secret, schedule="cron(0 3 * * ? *)")
+    shop["restore_into"] = ["scratch"]  # a logical drill's scratch server is one the target may restore into
     shop["drill"] = {
         "schedule": "cron(0 6 ? * MON *)",
         "pick": "latest",

@@ -32,6 +32,7 @@ def signed_config(aws: LocalStack, pg: PostgresServer, write: Callable[..., Conf
     key = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["Arn"]
     kms.create_alias(AliasName=ALIAS, TargetKeyId=key)
     billing = target("billing", pg.port, aws.secret_arn)
+    billing["restore_into"] = ["scratch"]
     billing["drill"] = {"schedule": "cron(0 6 ? * MON *)", "into": {"target": "scratch"}, "rto_seconds": 300}
     scratch = target("scratch", pg.port, aws.secret_arn, schedule=None)
     del scratch["logical"]

@@ -125,6 +125,7 @@ def test_a_scratch_server_that_refuses_connections_fails_the_drill(
 ) -> None:
     targets = drill_targets(pg, aws.secret_arn)
     targets[0]["drill"]["into"] = {"target": "refused"}
+    targets[0]["restore_into"] = ["refused"]
     cfg = write_drill_config(targets)
     from chalicelib import wiring
     from chalicelib.logical.dump import run_logical_backup

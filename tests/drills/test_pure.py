@@ -21,12 +21,16 @@ CONN = {"host": "db.internal", "user": "lifeboat", "sslmode": "verify-full"}
 
 
 def config(drill: dict[str, Any], physical: dict[str, Any] | None = None, logical: bool = True) -> Any:
-    shop: dict[str, Any] = {"name": "shop", "connection": CONN, "drill": drill}
+    shop: dict[str, Any] = {"name": "shop", "connection": CONN, "drill": drill, "restore_into": ["scratch"]}
     if logical:
         shop["logical"] = {"schedule": "cron(0 3 * * ? *)"}
     if physical:
         shop["physical"] = physical
-    targets = [shop, {"name": "scratch", "connection": {**CONN, "host": "scratch.internal"}}]
+    targets = [
+        shop,
+        {"name": "scratch", "connection": {**CONN, "host": "scratch.internal"}},
+        {"name": "other", "connection": {**CONN, "host": "other.internal"}},
+    ]
     return parse_config({"settings": {"bucket": "lifeboat-test"}, "targets": targets}, "test configuration")
 
 
@@ -40,6 +44,14 @@ GOOD = {"schedule": "cron(0 6 ? * MON *)", "into": {"target": "scratch"}}
         ({**GOOD, "pick": "newest"}, None, True, "drill.pick: Input should be 'latest', 'random' or 'oldest-kept'"),
         ({**GOOD, "into": {}}, None, True, "drill.into.target: name the configured target"),
         ({**GOOD, "into": {"target": "nowhere"}}, None, True, "names 'nowhere', which is not a target"),
+        # a scratch server is never the production one, and always one the target may restore into
+        ({**GOOD, "into": {"target": "shop"}}, None, True, "drill.into.target is the drilled target itself"),
+        (
+            {**GOOD, "into": {"target": "other"}},
+            None,
+            True,
+            "drill.into.target 'other' is not in the target's restore_into (scratch): add 'other' to restore_into",
+        ),
         ({**GOOD, "max_age_days": 0}, None, True, "drill.max_age_days: Input should be greater than or equal to 1"),
         (
             {**GOOD, "checks": [{"name": "a", "sql": "SELECT true"}, {"name": "a", "sql": "SELECT true"}]},

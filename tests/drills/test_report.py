@@ -30,6 +30,7 @@ def quarter_config(aws: LocalStack, pg: PostgresServer, write: Callable[..., Con
     for name in ("shop", "billing", "quiet", "scratch"):
         t = target(name, pg.port, aws.secret_arn)
         if name != "scratch":
+            t["restore_into"] = ["scratch"]
             t["drill"] = {"schedule": "cron(0 6 ? * MON *)", "into": {"target": "scratch"}, "rto_seconds": 300}
         targets.append(t)
     return write(targets)

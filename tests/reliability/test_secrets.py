@@ -68,9 +68,11 @@ def setup(aws: LocalStack, pg: PostgresServer, tmp_path: Path, monkeypatch: pyte
     wrong = sm.create_secret(Name="lifeboat/wrong", SecretString=WRONG)["ARN"]
     shop = target("shop", pg.port, aws.secret_arn, globals=True)
     shop["restore_into"] = ["nasty", "wrongpw", "nodb"]
+    nasty_target = target("nasty", pg.port, nasty, user=NASTY_USER, schedule=None, globals=True)
+    nasty_target["restore_into"] = ["wrongpw", "refused"]  # the CLI's restores below go there (check_rules)
     targets = [
         shop,
-        target("nasty", pg.port, nasty, user=NASTY_USER, schedule=None, globals=True),
+        nasty_target,
         target("wrongpw", pg.port, wrong, schedule=None),
         target("nodb", pg.port, nasty, database="no_such_db", user=NASTY_USER, schedule=None),
         target("refused", free_port(), nasty, user=NASTY_USER, schedule=None),
