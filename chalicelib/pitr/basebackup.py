@@ -49,7 +49,7 @@ MANIFEST = "manifest.json"
 
 
 class BaseObject(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import (cold start)
     role: str  # data | backup_manifest
     key: str
     size: int
@@ -60,7 +60,7 @@ class BaseObject(BaseModel):
 class BaseBackup(BaseModel):
     """What manifest.json records: everything recovery needs to pick, check and start from this base."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
     target: str
     backup_id: str
     started_at: datetime

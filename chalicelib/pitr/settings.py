@@ -15,7 +15,7 @@ SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 class Wal(BaseModel):
     """`wal: {}` streams the target's WAL into the bucket (`lifeboat wal-stream TARGET`, one long-running task)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # schemas built on first use (cold start)
 
     flush_seconds: int = Field(
         default=60,

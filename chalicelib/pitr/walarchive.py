@@ -12,7 +12,9 @@ open segment's `.partial` object is not: it is replaced every flush_seconds and 
 
 Substitution: the checksum in the metadata proves only that bytes and metadata were written together, and anyone who
 may PutObject can write both. So (README "Point-in-time recovery without an agent", integrity):
-- a finished segment or history file is written once: `fetch` reads the *first* version of its key (ListObjectVersions),
+- a finished segment or history file is written once (a conditional PUT, If-None-Match: *; a re-upload after a
+  crash finds it there and compares the SHA-256: the same bytes are fine, others are refused as SegmentConflict
+  and the first kept): `fetch` reads the *first* version of its key (ListObjectVersions),
   never a later one, and logs an error when a later one exists (an overwrite: the original is still served);
 - with a signing key (settings.signing_key_id) each object also carries `mac`, a KMS HMAC over {kind, key, sha256,
   size} made at upload (chalicelib.pitr.sealing): an object without a valid one is refused (wal-fetch exits 255),
@@ -32,7 +34,7 @@ from typing import Any
 
 import zstandard
 
-from chalicelib.adapters.s3 import BackupStore, ObjectInfo, PutResult
+from chalicelib.adapters.s3 import AlreadyWritten, BackupStore, ObjectInfo, PutResult, S3Store
 from chalicelib.errors import IntegrityError, StorageError
 from chalicelib.observability import logger
 from chalicelib.pitr.sealing import Sealer
@@ -93,6 +95,33 @@ def check_mac(
         )
 
 
+class SegmentConflict(IntegrityError):
+    """A different finished file is already archived under the name: the first is kept, this one is not stored."""
+
+    def __init__(self, key: str, stored_sha256: str, sha256: str) -> None:
+        super().__init__(
+            f"{key} is already archived with SHA-256 {stored_sha256 or '(none)'}, not {sha256}: the first is kept;"
+            " the stream no longer matches the archive (a restored or replaced server?)"
+        )
+        self.key = key
+
+
+def put_once(store: S3Store, key: str, body: bytes, tags: dict[str, str], meta: dict[str, str]) -> PutResult:
+    """PUT `key` only if it does not exist (the adapter's conditional write); when it does, the stored object's
+    version if its SHA-256 is the same (a re-upload after a crash), SegmentConflict otherwise."""
+    try:
+        return store.put_bytes(key, body, tags=tags, metadata=meta, if_absent=True)
+    except AlreadyWritten:
+        pass
+    found = store.get_with_metadata(key)  # rare (a restart): a whole read rather than a second metadata API
+    stored = found[1].get(SHA256_META, "") if found else ""
+    if stored != meta[SHA256_META]:
+        raise SegmentConflict(key, stored, meta[SHA256_META])
+    logger.info("already archived (a re-upload after a restart): the same bytes", extra={"key": key})
+    head = store.head(key)
+    return PutResult(key, len(body), hashlib.sha256(body).hexdigest(), 1, head.version_id if head else None)
+
+
 @dataclass(frozen=True)
 class WalEntry:
     kind: Kind
@@ -125,11 +154,15 @@ class WalArchive:
         self.versions = KeyVersions.of(store)
 
     def _put(self, key: str, data: bytes, kind: str, lock: bool) -> PutResult:
+        """Locked files are written once (put_once); the `.partial` object is replaced."""
         meta = {SHA256_META: hashlib.sha256(data).hexdigest(), SIZE_META: str(len(data))}
         if self.sealer is not None:
             meta[MAC_META] = self.sealer.mac(digest_document(key, meta[SHA256_META], meta[SIZE_META]))
         tags = {KIND_TAG: kind, "target": self.layout.target}
-        result = self.store.put_bytes(key, compress(data), tags=tags, metadata=meta)
+        if lock and isinstance(self.store, S3Store):
+            result = put_once(self.store, key, compress(data), tags, meta)
+        else:
+            result = self.store.put_bytes(key, compress(data), tags=tags, metadata=meta)
         if lock and self.lock_mode and self.lock_days > 0:
             until = (self.clock() + timedelta(days=self.lock_days)).replace(microsecond=0)
             self.store.lock(key, self.lock_mode, until, version_id=result.version_id)

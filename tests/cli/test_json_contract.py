@@ -135,8 +135,9 @@ def recovery_tour(
     segment, a dry prune; then each refusing (wal-fetch: 1 for a file not archived, 255 for any error)."""
     stream = wal_stream(tmp_path / "spool")
     try:
-        active = f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
-        wait_for(lambda: stream.poll() is None and pg.psql(active) == "t", "wal-stream did not start streaming")
+        # pg_receivewal streams without the slot (wal-stream advances it after each upload): a streaming walsender
+        streaming = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        wait_for(lambda: stream.poll() is None and pg.psql(streaming) == "1", "wal-stream did not start streaming")
         base = run("base-backup", "shop")
         assert base.code == 0, base
         pg.psql("SELECT pg_switch_wal()")

@@ -78,7 +78,8 @@ def _receiver(config: Path, spool: Path) -> subprocess.Popen[bytes]:
 def _wait_streaming(source: PostgresServer, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if source.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'lifeboat_shop'") == "t":
+        # pg_receivewal streams without the slot (wal-stream advances it after uploads): a walsender streaming
+        if source.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1":
             return
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         time.sleep(0.2)

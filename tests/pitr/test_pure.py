@@ -15,7 +15,7 @@ from chalicelib.adapters.s3 import ObjectInfo
 from chalicelib.errors import BadRequestError, IntegrityError, NotFoundError
 from chalicelib.pitr import recover
 from chalicelib.pitr.basebackup import BaseBackup, BaseObject, TarTap, label_facts, manifest_end_lsn
-from chalicelib.pitr.slot import SlotState, slot_problems
+from chalicelib.pitr.slot import SlotState, lock_key, slot_problems
 from chalicelib.pitr.walarchive import SHA256_META, SIZE_META, WalEntry, compress, decompress_verified
 from chalicelib.pitr.walnames import Segment, WalLayout, continuity, format_lsn, parse_lsn
 
@@ -166,3 +166,12 @@ def test_slot_problems() -> None:
     problems = slot_problems(lost, 1)
     assert any("removed WAL" in p for p in problems) and any("no receiver" in p for p in problems)
     assert "keep 20 MiB" in slot_problems(SlotState("s", True, 1, "reserved", "0/1", 20 * 1024 * 1024), 16 * 1024**2)[0]
+
+
+def test_the_receivers_lock_key_is_stable_per_slot_and_a_bigint() -> None:
+    key = lock_key("lifeboat_shop")
+    assert key == lock_key("lifeboat_shop") != lock_key("lifeboat_other")
+    assert -(2**63) <= key < 2**63
+    assert SlotState("s", False, None, "lost", None, None).invalidated
+    assert SlotState("s", False, None, "reserved", None, None).invalidated  # no restart_lsn: it holds nothing
+    assert not SlotState("s", True, 1, "unreserved", "0/1", 1).invalidated  # may still return to reserved
