@@ -92,12 +92,13 @@ class WalReceiver:
             return
         name = s.archive.download_to(newest, s.spool)
         self.newest = newest.segment
+        # No advance from what the archive says: it may be ahead of this server (a replaced server, a planted name);
+        # the slot moves only after this receiver's own uploads (a crash between an upload and its advance only
+        # keeps a little more WAL on the server until the next one).
         if newest.kind == "segment":
             self.done.add(name)
-            self._advance(newest.segment.following())  # a crash may have come between an upload and its advance
         else:
             self.partial_sha[name] = hashlib.sha256((s.spool / name).read_bytes()).hexdigest()
-            self._advance(newest.segment)
         logger.info("resuming from the archive", extra={"target": s.target, "from": name})
 
     def _ensure_slot(self, had_archive: bool) -> None:
@@ -288,10 +289,15 @@ class WalReceiver:
             self.setup.on_gap(key)
 
     def _put_segment(self, segment: Segment) -> None:
-        """Upload a finished segment; one archived before with other bytes is kept, and this WAL is a gap."""
+        """Upload a finished segment. One archived before under its name with other bytes is kept (recovery
+        follows it) and this WAL is a gap; the stream's own bytes are kept too, under conflicts/, before the caller
+        advances the slot (a StorageError there: the file stays in the spool, the slot where it is)."""
+        data = (self.setup.spool / segment.name).read_bytes()
         try:
-            self.setup.archive.put_segment(segment, (self.setup.spool / segment.name).read_bytes())
+            self.setup.archive.put_segment(segment, data)
         except SegmentConflict as exc:
+            kept = self.setup.archive.put_conflict(segment, data)
+            logger.error("a different segment is archived under this name", extra={"kept": kept, "error": str(exc)})
             before = Segment(segment.timeline, max(segment.number - 1, 0), segment.segment_size)
             self._record_gap(Gap(before.name, segment.following().name, str(exc)))
 
@@ -337,7 +343,13 @@ class WalReceiver:
                 extra={"target": self.setup.target, "detail": tail[-500:]},
             )
             self.retry_at = 0.0
-            self._upload_finished()  # what the spool holds and the archive lacks, before the spool is emptied
+            # What the spool holds and the archive lacks goes up before the spool is emptied: it may be the only copy
+            # left (uploads failed until the slot was invalidated). If it cannot, the spool stays and the next exit
+            # tries again (pg_receivewal exits at once on the same error).
+            self.tick(force_flush=True)
+            if self.retry_at > 0.0:
+                logger.error("spool kept: its WAL is not archived yet", extra={"target": self.setup.target})
+                return
             for path in self.setup.spool.iterdir():
                 path.unlink()
             self.done.clear()

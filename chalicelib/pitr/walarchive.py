@@ -179,6 +179,14 @@ class WalArchive:
             self.store.delete([self.layout.partial_key(segment)])
         return result
 
+    def put_conflict(self, segment: Segment, data: bytes) -> str:
+        """The stream's own bytes of a segment whose name the archive already holds with other bytes (a replaced
+        server, or a planted object): kept, locked, under `conflicts/` (which listings and recovery ignore) before
+        the slot lets the server recycle them; an operator decides which is right. Its key."""
+        key = f"{self.layout.root}conflicts/{segment.name}.{hashlib.sha256(data).hexdigest()}"
+        self._put(key, data, "wal-conflict", lock=True)
+        return key
+
     def put_partial(self, segment: Segment, data: bytes) -> PutResult:
         return self._put(self.layout.partial_key(segment), data, WAL_PARTIAL_KIND, lock=False)
 

@@ -238,3 +238,20 @@ def test_a_finished_segment_is_written_once(pitr_config: Path) -> None:
     assert len(versions) == 1
     fetched = archive.fetch(segment.name)
     assert fetched is not None and fetched[0] == data
+
+
+def test_the_streams_own_bytes_of_a_conflicting_segment_are_kept_aside(pitr_config: Path) -> None:
+    """A replaced server (or a planted object) repeats a name the archive holds: the first stays what recovery
+    reads, and the stream's bytes are kept under conflicts/ before the slot may let the server recycle them."""
+    cfg = wiring.load_config()
+    layout = WalLayout(cfg.settings.prefix, "shop")
+    archive = WalArchive(S3Store(boto3.client("s3"), BUCKET), layout)
+    segment = Segment(1, 9, 1024 * 1024)
+    archive.put_segment(segment, b"\x02" * segment.segment_size)
+    ours = b"\x03" * segment.segment_size
+    key = archive.put_conflict(segment, ours)
+    assert key.startswith(f"{layout.root}conflicts/{segment.name}.")
+    assert archive.put_conflict(segment, ours) == key  # again after a crash: the same object
+    assert [e.key for e in archive.entries(segment.segment_size)] == [layout.segment_key(segment)]
+    fetched = archive.fetch(segment.name)
+    assert fetched is not None and fetched[0] == b"\x02" * segment.segment_size
