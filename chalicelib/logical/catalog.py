@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from chalicelib.adapters.s3 import AlreadyWritten, BackupStore
-from chalicelib.adapters.versions import KeyHistory
+from chalicelib.adapters.versions import KeyHistory, VersionInfo
 from chalicelib.errors import BadRequestError, NotFoundError, StorageError
 from chalicelib.logical.history import TargetListing
 from chalicelib.logical.ids import (
@@ -336,6 +336,7 @@ class Catalog:
         if first is None:
             return None
         if history.later:
+            first = self._first_complete(bid, history) or first
             logger.error(
                 "a manifest was written over or deleted after its first version: the first version is read",
                 extra={
@@ -351,6 +352,19 @@ class Catalog:
         found._read_from, found._raw, found._stored_at = bid, raw, stored_at or first.last_modified
         found._stored_version, found.hidden = first.version_id, history.hidden
         return found
+
+    def _first_complete(self, bid: BackupId, history: KeyHistory) -> VersionInfo | None:
+        """The oldest version of a manifest key whose objects are all there, when its first version's are not: a
+        backup from before manifests were written once, whose phantom first manifest (objects never completed) the
+        old cleanup hid with a delete marker before the slot was redone. No one can make a complete first version
+        incomplete (no role deletes a version), so a later version is read only where the first never was a backup."""
+        listing = TargetListing.of(self.store.list_versions(self.layout.backup_prefix(bid)))
+        key = self.layout.manifest_key(bid)
+        for version in (v for v in history.versions if not v.deleted):
+            manifest = Manifest.model_validate(json.loads(self.store.read_version(key, version.version_id)[0]))
+            if all(listing.present(o.key, o.version_id) for o in manifest.objects):
+                return version
+        return None
 
     def remove_manifest(self, bid: BackupId) -> None:
         """Take an incomplete backup out of the catalog (a plain delete: a delete marker in a versioned bucket). Only

@@ -178,3 +178,39 @@ def test_a_phantom_in_a_versioned_bucket_is_reported_not_removed(bucket: keep.Bu
         _existing(services, BackupId.parse(first.backup_id))
     key = bucket.catalog.layout.manifest_key(BackupId.parse(first.backup_id))
     assert _versions(bucket.s3, keep.BUCKET, key)[1] == []
+
+
+def test_a_backup_redone_before_manifests_were_written_once_reads_its_complete_version(
+    backed_up: Manifest, clock: exact.Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before manifests were written once, a phantom (a manifest whose objects never completed) was hidden with a
+    delete marker and the slot redone, writing a second version at the same key: the first complete version is
+    read, not the phantom (which no one could have made out of a complete backup: no role deletes a version)."""
+    s3, cfg = boto3.client("s3"), wiring.load_config()
+    catalog = wiring.catalog(cfg)
+    assert catalog.signing is not None
+    old = BackupId.parse(backed_up.backup_id)
+    redone = BackupId(old.target, old.stamp + timedelta(days=1), old.kind)
+    old_prefix, new_prefix = catalog.layout.backup_prefix(old), catalog.layout.backup_prefix(redone)
+    phantom = backed_up.model_copy(deep=True, update={"backup_id": str(redone), "slot": redone.stamp})
+    for o in phantom.objects:
+        o.key = o.key.replace(old_prefix, new_prefix)
+        o.version_id = "never-written"
+    catalog.signing.seal(phantom)
+    key = catalog.layout.manifest_key(redone)
+    clock.now += timedelta(days=1)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=phantom.model_dump_json(indent=2).encode())
+    clock.now += timedelta(minutes=5)
+    s3.delete_object(Bucket=BUCKET, Key=key)  # the old cleanup's plain delete
+    complete = phantom.model_copy(deep=True)
+    for o, source in zip(complete.objects, backed_up.objects, strict=True):  # the redo's objects
+        copied = s3.copy_object(Bucket=BUCKET, Key=o.key, CopySource={"Bucket": BUCKET, "Key": source.key})
+        o.version_id = copied["VersionId"]
+    catalog.signing.seal(complete)
+    clock.now += timedelta(minutes=5)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=complete.model_dump_json(indent=2).encode())
+
+    read = catalog.manifest(redone)
+    assert [o.version_id for o in read.objects] == [o.version_id for o in complete.objects]
+    out = io.StringIO()
+    assert cli.main(["verify", str(redone), "--json"], out=out) == 0, out.getvalue()
