@@ -137,11 +137,13 @@ def _lock(store: BackupStore, m: Manifest, manifest_key: str, mode: str, until: 
     Whether any lock was set."""
     objects = [(o.key, o.version_id) for o in m.objects]
     with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:  # a directory dump: hundreds of files
-        locked = list(pool.map(lambda o: _lock_one(store, o[0], o[1], mode, until), objects))
-    return _lock_one(store, manifest_key, m.stored_version, mode, until) or any(locked)  # the manifest last
+        locked = list(pool.map(lambda o: extend_lock(store, o[0], o[1], mode, until), objects))
+    return extend_lock(store, manifest_key, m.stored_version, mode, until) or any(locked)  # the manifest last
 
 
-def _lock_one(store: BackupStore, key: str, version_id: str | None, mode: str, until: datetime) -> bool:
+def extend_lock(store: BackupStore, key: str, version_id: str | None, mode: str, until: datetime) -> bool:
+    """Lock that version of `key` (else its current one) until `until` unless it is locked as long already; whether
+    a lock was set. Also for point-in-time bases and WAL (chalicelib.pitr.protect)."""
     head = store.head(key, version_id=version_id)
     if head is None:
         logger.warning("cannot lock: not in the bucket", extra={"key": key, "version_id": version_id})

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.config import RetentionPolicy
+from chalicelib.logical.protect import extend_lock
 from chalicelib.observability import logger
 from chalicelib.pitr.basebackup import MANIFEST, BaseBackup, BaseLayout, BaseRun, read_bases, run_base_backup
 from chalicelib.pitr.prune import bases_to_keep
@@ -55,18 +56,6 @@ def base_locks(bases: Sequence[BaseBackup], policy: RetentionPolicy, now: dateti
             until = max(until, now + timedelta(days=KEEP_LOCK_DAYS))
         locks[base.backup_id] = until.replace(microsecond=0)
     return locks
-
-
-def _extend(store: BackupStore, key: str, version_id: str | None, mode: str, until: datetime) -> bool:
-    """Lock that version of `key` until `until` unless it is locked as long already; whether a lock was set."""
-    head = store.head(key, version_id=version_id)
-    if head is None:
-        logger.warning("cannot lock: not in the bucket", extra={"key": key, "version_id": version_id})
-        return False
-    if head.retain_until is not None and head.retain_until >= until:
-        return False
-    store.lock(key, mode, until, version_id=version_id or head.version_id)
-    return True
 
 
 def _wal_keys(base: BaseBackup, wal: WalLayout) -> list[str]:
@@ -100,7 +89,7 @@ def protect_bases(
         for key in _wal_keys(base, wal):  # the first version: the one wal-fetch serves
             first = versions.first(key)[0] if versions is not None else None
             objects.insert(0, (key, first.version_id if first else None))
-        if sum(_extend(store, key, version, mode, until) for key, version in objects):
+        if sum(extend_lock(store, key, version, mode, until) for key, version in objects):
             changed.append({"base": base.backup_id, "until": until.isoformat()})
     if changed:
         logger.info("base backups locked", extra={"target": target, "locks": changed})
