@@ -242,14 +242,7 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
         ]
     if what == "read":
         return [
-            {
-                "Sid": "ListBackups",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": bucket,
-                "Condition": own,
-            },
-            _list_backup_versions(bucket),
+            *_bucket_statements(stage, "list"),
             {
                 "Sid": "ReadBackups",
                 "Effect": "Allow",

@@ -173,20 +173,8 @@ def _key() -> Json:
             "Properties": {
                 "Description": sub("pg-lifeboat ${Stage}: encrypts the backup bucket"),
                 "EnableKeyRotation": True,
-                "KeyPolicy": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            # The account administers the key and IAM policies decide who uses it (the functions'
-                            # policies allow it only through S3, for this stage's buckets).
-                            "Sid": "AccountAdministersKeyThroughIam",
-                            "Effect": "Allow",
-                            "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
-                            "Action": "kms:*",
-                            "Resource": "*",
-                        }
-                    ],
-                },
+                # The functions' policies allow it only through S3, for this stage's buckets.
+                "KeyPolicy": _account_key_policy(),
             },
         },
         "BackupKeyAlias": {
@@ -194,6 +182,22 @@ def _key() -> Json:
             "Condition": "CreateKmsKey",
             "Properties": {"AliasName": sub("alias/pg-lifeboat-${Stage}"), "TargetKeyId": ref("BackupKey")},
         },
+    }
+
+
+def _account_key_policy() -> Json:
+    """The stack's keys' policy: the account administers the key and IAM policies decide who uses it."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AccountAdministersKeyThroughIam",
+                "Effect": "Allow",
+                "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
     }
 
 
@@ -207,20 +211,8 @@ def _signing_key() -> Json:
                 "Description": sub("pg-lifeboat ${Stage}: signs backup manifests (HMAC)"),
                 "KeySpec": "HMAC_256",
                 "KeyUsage": "GENERATE_VERIFY_MAC",
-                "KeyPolicy": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            # As the bucket key: the account administers it and IAM policies decide who uses it (the
-                            # backup worker and the Fargate task GenerateMac, restores VerifyMac, nobody else).
-                            "Sid": "AccountAdministersKeyThroughIam",
-                            "Effect": "Allow",
-                            "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
-                            "Action": "kms:*",
-                            "Resource": "*",
-                        }
-                    ],
-                },
+                # The backup worker and the Fargate task GenerateMac, restores VerifyMac, nobody else.
+                "KeyPolicy": _account_key_policy(),
             },
         },
         "ManifestSigningKeyAlias": {
