@@ -73,12 +73,25 @@ __all__ = [  # ids and keys are chalicelib.logical.ids', re-exported for the mod
 ]
 
 
+class PartDigest(BaseModel):
+    """One uploaded part of an object: its byte range and SHA-256 (sent to S3 as the part's ChecksumSHA256)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
+    number: int  # S3 part number, from 1
+    offset: int  # first byte of the part in the object
+    size: int
+    sha256: str  # hex
+
+
 class ManifestObject(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)  # built on first use, not at import (cold start)
     role: Literal["dump", "globals", "dir-file"]  # dir-file: one file of a directory-format dump
     key: str
     size: int
     sha256: str
+    # Per-part digests in part order (empty: an older manifest, or an object sent in one PUT). When present,
+    # `sha256` is the SHA-256 of the concatenated binary part digests, so every byte is hashed once.
+    parts: list[PartDigest] = []
     version_id: str | None = None  # the S3 version written (None: not recorded, an older manifest): locked by it
 
 
