@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 
 from chalicelib.errors import IntegrityError
-from chalicelib.logical.catalog import ManifestObject, PartDigest
+from chalicelib.logical.manifest import ManifestObject, PartDigest
 
 
 def composite_sha256(part_digests_hex: Sequence[str]) -> str:
