@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint unit demo test-shifted layers package bench clean
+.PHONY: venv test lint unit demo test-shifted layers package bench bench-big clean
 
 venv: $(STAMP)
 
@@ -81,11 +81,14 @@ image: layers/dist/pg-clients-$(ARCH).zip
 	  echo "  $$cmd"; \
 	fi
 
-# Benchmarks, not part of `make test` (~12 min): writes BENCHMARKS.md. Sizes, repetitions, sections:
-# make bench BENCH_ARGS="--reps 5 --large-mb 2000" (python -m bench.run --help).
+# Benchmarks, not part of `make test` (~30 min): writes BENCHMARKS.md. Sizes, repetitions, sections:
+# make bench BENCH_ARGS="--reps 7 --transport both" (python -m bench.run --help); make bench-big adds the 5 GB run.
 BENCH_ARGS ?=
 bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-big: venv
+	$(PY) -m bench.run --big $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache out layers/dist .demo

@@ -6,11 +6,16 @@
   tables and builds the primary keys.
 - random: hard to compress: random `bytea` (2-8 KiB per row, from gen_random_uuid()) plus `jsonb`
   documents of random numbers and hex strings; about 70 % of the bytes in bytea.
+
+Every row is made by SQL inside PostgreSQL (generate_series), never by a Python loop. Generation is
+cached: `CachedPostgresServer` keeps its data directory in the benchmark's workdir, and each database
+carries a comment naming what it was made from (`fingerprint`): a later run with the same sizes reuses it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD, PostgresServer
 PGBENCH_MB_PER_SCALE = 15.6  # pg_database_size per pgbench scale unit, PostgreSQL 17 (fillfactor 100)
 RANDOM_ROW_BYTES = 5 * 1024  # average bytea payload
 RANDOM_BYTES_PER_MB = 1.28  # on-disk MB per MB of payload (TOAST headers, the jsonb table, indexes)
+GENERATOR_VERSION = 1  # bump when a generator changes: cached databases made by an older one are remade
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,61 @@ class Dataset:
     def pgbench_scale(self) -> float:
         return self.target_mb / PGBENCH_MB_PER_SCALE
 
+    @property
+    def fingerprint(self) -> str:
+        """What the database was generated from: a cached one is reused only when this matches."""
+        return f"lifeboat-bench v{GENERATOR_VERSION} {self.kind} {self.target_mb:g} MB"
+
 
 @dataclass(frozen=True)
 class Built:
     dataset: Dataset
     size_bytes: int  # pg_database_size after generation
-    seconds: float
+    seconds: float  # generation time, 0 when reused from the cache
     rows: dict[str, int]
+    cached: bool = False
+
+
+@dataclass
+class CachedPostgresServer(PostgresServer):
+    """A PostgreSQL server whose data directory outlives the run, so datasets are generated once.
+
+    The first start is PostgresServer's (initdb); a later one reuses the data directory with this run's
+    port, socket directory and certificates (appended to postgresql.auto.conf: the last setting wins).
+    """
+
+    def start(self) -> CachedPostgresServer:
+        version_file = self.data_dir / "PG_VERSION"
+        version = subprocess.run(
+            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        major = int(version.split()[-1].split(".")[0])
+        if version_file.exists() and int(version_file.read_text()) != major:
+            shutil.rmtree(self.data_dir)  # made by another major: start over
+        if not version_file.exists():
+            super().start()
+            return self
+        self.major = major
+        (self.base_dir / "pw").write_text(SUPERUSER_PASSWORD + "\n")
+        with open(self.data_dir / "postgresql.auto.conf", "a") as f:
+            f.write(f"port = {self.port}\nunix_socket_directories = '{self.base_dir}'\n")
+        if self.ssl:
+            self._make_certs()
+        self._as_owner(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+        self._wait_ready()
+        return self
 
 
 def _pgbench(pg: PostgresServer, dbname: str, steps: str, scale: int) -> None:
@@ -114,20 +168,31 @@ def _build_random(pg: PostgresServer, ds: Dataset) -> None:
     pg.psql("VACUUM ANALYZE random_docs", dbname=ds.name)
 
 
+def cached_fingerprint(pg: PostgresServer, name: str) -> str:
+    """The comment of database `name` ("" when it does not exist or has none)."""
+    sql = "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database"
+    sql += f" WHERE datname = '{name}'"  # a dataset name of ours
+    return str(pg.psql(sql))
+
+
 def build(pg: PostgresServer, ds: Dataset) -> Built:
+    """The dataset's database: reused when a cached one has the same fingerprint, else generated."""
     t0 = time.monotonic()
-    pg.psql(f'DROP DATABASE IF EXISTS "{ds.name}"')
-    pg.psql(f'CREATE DATABASE "{ds.name}"')
-    if ds.kind == "pgbench":
-        _build_pgbench(pg, ds)
-    elif ds.kind == "random":
-        _build_random(pg, ds)
-    else:
-        raise ValueError(f"unknown dataset kind {ds.kind!r}")
-    pg.psql("CHECKPOINT")
+    cached = cached_fingerprint(pg, ds.name) == ds.fingerprint
+    if not cached:
+        pg.psql(f'DROP DATABASE IF EXISTS "{ds.name}"')
+        pg.psql(f'CREATE DATABASE "{ds.name}"')
+        if ds.kind == "pgbench":
+            _build_pgbench(pg, ds)
+        elif ds.kind == "random":
+            _build_random(pg, ds)
+        else:
+            raise ValueError(f"unknown dataset kind {ds.kind!r}: pgbench or random")
+        pg.psql("CHECKPOINT")
+        pg.psql(f"COMMENT ON DATABASE \"{ds.name}\" IS '{ds.fingerprint}'")
     size = int(pg.psql(f"SELECT pg_database_size('{ds.name}')"))
     rows = {}
     for line in pg.psql("SELECT relname || '=' || n_live_tup FROM pg_stat_user_tables", dbname=ds.name).splitlines():
         name, _, count = line.partition("=")
         rows[name] = int(count)
-    return Built(ds, size, time.monotonic() - t0, rows)
+    return Built(ds, size, 0.0 if cached else time.monotonic() - t0, rows, cached)

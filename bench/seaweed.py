@@ -11,6 +11,12 @@ Every port is chosen and passed explicitly (their gRPC ports too, which otherwis
 telemetry is off and the Iceberg/Lance side servers are disabled, so nothing leaves the machine and two
 servers can run side by side.
 
+With `tls_dir` (a directory holding `ca.crt`, `server.crt` and `server.key` for 127.0.0.1, e.g.
+devstack.postgres.tls_certificates()), the S3 gateway also listens for HTTPS on `https_port`
+(`-s3.port.https`, with `-s3.cert.file`/`-s3.key.file`): one server, both transports. boto3 trusts the
+local CA through AWS_CA_BUNDLE and, over HTTPS, sends UNSIGNED-PAYLOAD (its streaming variant with a
+checksum trailer) instead of a SHA-256 of every payload, as it does against AWS.
+
 Two settings make it accept what S3Store sends:
 - `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` in weed's environment become its admin identity, so
   signatures are checked (without them any key is accepted and every request logs a warning);
@@ -57,12 +63,26 @@ class SeaweedServer:
     access_key: str = "testing"
     secret_key: str = "testing"  # noqa: S105 (a local emulator's dummy key)
     volume_size_limit_mb: int = 1024
+    tls_dir: Path | None = None
+    https_port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
     _log: object | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def https_endpoint(self) -> str:
+        if self.tls_dir is None:
+            raise RuntimeError("SeaweedServer was made without tls_dir: no HTTPS endpoint")
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        if self.tls_dir is None:
+            raise RuntimeError("SeaweedServer was made without tls_dir: no CA")
+        return self.tls_dir / "ca.crt"
 
     @property
     def log_file(self) -> Path:
@@ -79,9 +99,14 @@ class SeaweedServer:
         found = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", out)
         return found.group(1) if found else out.strip()
 
-    def env(self) -> dict[str, str]:
-        """boto3 environment: S3 here; other services keep AWS_ENDPOINT_URL (moto)."""
-        return {"AWS_ENDPOINT_URL_S3": self.endpoint}
+    def env(self, transport: str = "plain") -> dict[str, str]:
+        """boto3 environment: S3 here; other services keep AWS_ENDPOINT_URL (moto). "tls": the HTTPS
+        endpoint and the local CA (AWS_CA_BUNDLE), which boto3 and the aws CLI both honour."""
+        if transport == "plain":
+            return {"AWS_ENDPOINT_URL_S3": self.endpoint}
+        if transport == "tls":
+            return {"AWS_ENDPOINT_URL_S3": self.https_endpoint, "AWS_CA_BUNDLE": str(self.ca_file)}
+        raise ValueError(f"unknown transport {transport!r}: plain or tls")
 
     def command(self) -> list[str]:
         ports = {
@@ -112,6 +137,16 @@ class SeaweedServer:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.localSocket={self.base_dir / 's3.sock'}",
+            *self._tls_flags(),
+        ]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        return [
+            f"-s3.port.https={self.https_port}",
+            f"-s3.cert.file={self.tls_dir / 'server.crt'}",
+            f"-s3.key.file={self.tls_dir / 'server.key'}",
         ]
 
     def start(self, timeout: float = 60) -> SeaweedServer:

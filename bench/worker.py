@@ -2,7 +2,6 @@
 
     python -m bench.worker backup  --target NAME --slot ISO [--profile FILE]
     python -m bench.worker sink    --bytes N --key KEY
-    python -m bench.worker slowsink --bytes N [--delay SECONDS]
     python -m bench.worker restore --backup-id ID --database NAME --jobs N [--profile FILE]
     python -m bench.worker coldstart --mode boto3|app
 
@@ -10,7 +9,8 @@ The parent (bench.run) sets the environment exactly as the Lambda function sees 
 LIFEBOAT_PG_ROOTS, LIFEBOAT_JOBS_TABLE, AWS_ENDPOINT_URL for moto, AWS_ENDPOINT_URL_S3 for SeaweedFS).
 Services come from chalicelib.wiring, the handlers' own factory. Memory is this process's VmHWM
 (peak RSS) from /proc/self/status; the PostgreSQL tool it ran (pg_dump, pg_restore) is reported apart
-through RUSAGE_CHILDREN.
+through RUSAGE_CHILDREN. `cpu_call` is this process's CPU time (time.process_time: every thread) during the
+measured call alone, imports and client creation excluded: the Python CPU a backup costs.
 """
 
 from __future__ import annotations
@@ -80,26 +80,32 @@ class ChildPeaks:
         self._thread.join()
 
 
+CALL_CPU: dict[str, float] = {"seconds": 0.0}
+
+
 def _usage() -> dict[str, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "cpu_self": me.ru_utime + me.ru_stime,
         "cpu_children": kids.ru_utime + kids.ru_stime,
+        "cpu_call": CALL_CPU["seconds"],
     }
 
 
 def _timed(fn: Callable[[], Any], profile: str | None) -> tuple[Any, float]:
-    """Run fn, with pyinstrument around it when asked (the timing then includes the profiler's overhead)."""
+    """Run fn, with pyinstrument around it when asked (the timing then includes the profiler's overhead).
+    The CPU time of the call is left in CALL_CPU["seconds"]."""
     profiler = None
     if profile:
         from pyinstrument import Profiler
 
         profiler = Profiler(interval=0.001)
         profiler.start()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = fn()
     seconds = time.perf_counter() - t0
+    CALL_CPU["seconds"] = time.process_time() - cpu0
     if profiler is not None and profile:
         profiler.stop()
         Path(profile).write_text(profiler.output_text(unicode=True, color=False, show_all=False))
@@ -184,57 +190,6 @@ def sink(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class SlowS3:
-    """An S3 client stub whose UploadPart takes `delay` seconds: a slow network, so the in-flight budget fills."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-
-    def create_multipart_upload(self, **_: Any) -> dict[str, Any]:
-        return {"UploadId": "slow"}
-
-    def upload_part(self, **_: Any) -> dict[str, Any]:
-        time.sleep(self.delay)
-        return {"ETag": '"slow"'}
-
-    def complete_multipart_upload(self, **_: Any) -> dict[str, Any]:
-        return {}
-
-    def abort_multipart_upload(self, **_: Any) -> dict[str, Any]:
-        return {}
-
-
-class FreshStream:
-    """`n` bytes handed out as new, touched buffers (as a pipe's reads are)."""
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-
-    def read(self, size: int = -1) -> bytes:
-        size = self.left if size < 0 else min(size, self.left)
-        self.left -= size
-        return b"\x5a" * size
-
-
-def slowsink(args: argparse.Namespace) -> dict[str, Any]:
-    """S3Store.put_stream (the handler's settings) against a slow S3: how far memory grows when it fills."""
-    from chalicelib import wiring
-
-    store = wiring.store(wiring.load_config())
-    store.client = SlowS3(args.delay)  # type: ignore[assignment]
-    hwm_before = vm_kib("VmHWM")
-    result, seconds = _timed(lambda: store.put_stream("slow", FreshStream(args.bytes)), None)  # type: ignore[arg-type]
-    return {
-        "seconds": seconds,
-        "bytes": result.size,
-        "parts": result.parts,
-        "hwm_before_kib": hwm_before,
-        "hwm_kib": vm_kib("VmHWM"),
-        "budget_kib": store.memory_budget // 1024,
-        "part_kib": store.plan.size(1) // 1024,
-    }
-
-
 def restore(args: argparse.Namespace) -> dict[str, Any]:
     from chalicelib import wiring
     from chalicelib.adapters.postgres import Login
@@ -313,9 +268,6 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     p.add_argument("--key", required=True)
     p.add_argument("--start-after", help="wait for this file, remove it, then upload")
     p.add_argument("--profile")
-    p = sub.add_parser("slowsink")
-    p.add_argument("--bytes", type=int, required=True)
-    p.add_argument("--delay", type=float, default=0.2)
     p = sub.add_parser("restore")
     p.add_argument("--backup-id", required=True)
     p.add_argument("--database", required=True)
@@ -328,7 +280,6 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "backup": backup,
         "sink": sink,
-        "slowsink": slowsink,
         "restore": restore,
         "coldstart": coldstart,
     }
