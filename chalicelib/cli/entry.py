@@ -38,7 +38,7 @@ from chalicelib.errors import (
 )
 from chalicelib.observability import command_line_logging
 from chalicelib.pitr import commands as pitr
-from chalicelib.pitr.fetch import FATAL
+from chalicelib.pitr.fetch import DEFAULT_PREFETCH, FATAL
 
 BAD_INPUT = (ConfigError, BadRequestError, NotFoundError, ConflictError, ForbiddenError)
 WAL_FETCH_EXITS = """exit codes (PostgreSQL's restore_command reads them):
@@ -220,8 +220,9 @@ def add_operator_commands(sub: argparse._SubParsersAction[LifeboatParser]) -> No
         sub,
         "status",
         operations.run_status,
-        "one line per target: last good backup and its age against the schedule, failures, snapshots"
-        " (exit 1: a target is STALE, FAILING, NEVER backed up or DRILL_OVERDUE)",
+        "one line per target: last good backup and its age against the schedule, failures, snapshots, the WAL"
+        " window (STALE when its latest restorable time is older than 2 x wal.flush_seconds + 5 minutes, FAILING"
+        " when a gap breaks it) (exit 1: a target is STALE, FAILING, NEVER backed up or DRILL_OVERDUE)",
         [
             arg("targets", nargs="*", metavar="TARGET", help="the targets to show (default: every backed-up target)"),
             arg(
@@ -283,6 +284,15 @@ def add_recovery_commands(sub: argparse._SubParsersAction[LifeboatParser]) -> No
             arg("--target", required=True, help="the target whose archive to read"),
             arg("name", help="%%f: the file PostgreSQL asks for"),
             arg("path", help="%%p: where to write it"),
+            arg(
+                "--prefetch",
+                type=int,
+                default=DEFAULT_PREFETCH,
+                metavar="N",
+                help=f"also fetch the next N segments into a spool for the next calls (default: {DEFAULT_PREFETCH};"
+                " 0: none)",
+            ),
+            arg("--prefetch-dir", metavar="DIR", help="the spool (default: PATH's directory/lifeboat-prefetch)"),
         ],
         epilog=WAL_FETCH_EXITS,
         error_exit=FATAL,  # never main's 1 (read as "end of WAL": an early promotion) nor 2
@@ -297,7 +307,18 @@ def add_recovery_commands(sub: argparse._SubParsersAction[LifeboatParser]) -> No
             arg("--time", help="recover to this time (ISO 8601 with an offset): commits at or before it"),
             arg("--lsn", help="recover to this LSN"),
             arg("--latest", action="store_true", help="recover all the WAL archived"),
-            arg("--pgdata", required=True, metavar="DIR", help="the new data directory (absent or empty)"),
+            arg(
+                "--pgdata",
+                required=True,
+                metavar="DIR",
+                help="the new data directory (absent or empty); with --snapshot-set: the set's restored volumes",
+            ),
+            arg(
+                "--snapshot-set",
+                metavar="SET_ID",
+                help="base: an app-consistent EBS snapshot set (snapshot:<target>:<stamp>) whose volumes are"
+                " mounted at --pgdata, instead of a base backup",
+            ),
             arg(
                 "--postgres",
                 metavar="BIN_DIR",

@@ -10,6 +10,11 @@ end, which `recover` checks). One tablespace only: pg_basebackup cannot write se
     base/<target>/<stamp>/backup_manifest    PostgreSQL's manifest (pg_verifybackup checks the restored files)
     base/<target>/<stamp>/manifest.json      ours, last: LSNs, timeline, times, objects with SHA-256 and VersionId
 
+An incremental base (PostgreSQL 17+, `wal.incremental`: chalicelib.pitr.incremental chooses the parent when the run
+starts) has the same layout: pg_basebackup gets `--incremental=<the parent's backup_manifest>` (that small file in a
+temporary file, read at the VersionId and checked against the SHA-256 the parent's manifest recorded; the data still
+streams), and manifest.json records `parent` and `chain` (the ancestors' ids, the full base first).
+
 Integrity (README "Point-in-time recovery without an agent"): with settings.signing_key_id the manifest is signed
 (chalicelib.pitr.sealing, the logical manifests' key and canonical form) and `read_bases` believes only a manifest
 whose signature verifies (an unsigned one only when stored before settings.accept_unsigned_before); it reads the
@@ -23,20 +28,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, cast
+from pathlib import Path
+from typing import IO, Any, cast
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from chalicelib.adapters.pgtools import ChildProcess, PgTool, minimal_env
 from chalicelib.adapters.postgres import Login
-from chalicelib.adapters.s3 import BackupStore
+from chalicelib.adapters.s3 import BackupStore, PutResult
 from chalicelib.errors import IntegrityError, LifeboatError, PgToolError
 from chalicelib.logical.catalog import ManifestSignature
+from chalicelib.logical.digests import part_digests
 from chalicelib.logical.dump_tools import dumping
+from chalicelib.logical.manifest import PartDigest
 from chalicelib.observability import logger
 from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.versions import KeyVersions
@@ -55,6 +65,7 @@ class BaseObject(BaseModel):
     size: int
     sha256: str
     version_id: str | None = None
+    parts: list[PartDigest] = []  # sent in parts: each part's digest, `sha256` the composite (logical.digests)
 
 
 class BaseBackup(BaseModel):
@@ -74,6 +85,9 @@ class BaseBackup(BaseModel):
     tar_sha256: str
     objects: list[BaseObject]
     backup_label: str
+    parent: str | None = None  # an incremental base: the backup id it was taken against (None: a full base)
+    chain: list[str] = Field(default_factory=list)  # an incremental base's ancestors, the full base first
+    slot: datetime | None = None  # the base_schedule slot it was taken for (None: by hand or after a gap)
     kind: str = "base"  # signed with the rest: a base manifest's MAC never stands for another kind of document
     signature: ManifestSignature | None = None  # None: written without a signing key
     _stored_version: str | None = PrivateAttr(default=None)  # the manifest.json version read (or written)
@@ -209,6 +223,17 @@ class BaseRun:
     tags: dict[str, str]
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     sealer: Sealer | None = None
+    # chalicelib.pitr.incremental: called as the run starts, the base to take an incremental one against (None: full)
+    parent_for: Callable[[], BaseBackup | None] | None = None
+    slot: datetime | None = None  # recorded in the manifest (chalicelib.pitr.basesched)
+
+
+@dataclass(frozen=True)
+class _Streamed:
+    """What one pg_basebackup run left: the tar's facts as the tap saw them, and the stored data object."""
+
+    tap: TarTap
+    data: PutResult
 
 
 def run_base_backup(run: BaseRun) -> BaseBackup:
@@ -217,22 +242,9 @@ def run_base_backup(run: BaseRun) -> BaseBackup:
     started = run.clock()
     backup_id = started.strftime("%Y%m%dT%H%M%SZ")
     folder = run.layout.folder(backup_id)
-    args = ["-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "--no-password", f"--label=lifeboat {backup_id}"]
-    child = ChildProcess(run.pg_basebackup, args, minimal_env(run.login.env()), run.login.secrets, run.login.context)
-    with dumping(child, None):
-        tap = TarTap(child.stdout)
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-        compressed = compressor.stream_reader(cast(IO[bytes], tap))
-        data = run.store.put_stream(folder + "base.tar.zst", compressed, tags=run.tags, before_complete=child.check)
-    label = tap.captured.get("backup_label", b"").decode()
-    pg_manifest = tap.captured.get("backup_manifest")
-    if not label or pg_manifest is None:
-        raise PgToolError(
-            f"pg_basebackup {run.pg_basebackup.major} wrote no backup_label or backup_manifest into its tar:"
-            " PostgreSQL 13 or newer is needed for point-in-time recovery from base backups"
-        )
-    if "tablespace_map" in tap.captured and tap.captured["tablespace_map"].strip():
-        raise PgToolError("the server has tablespaces: pg_basebackup cannot stream several into one archive")
+    parent = run.parent_for() if run.parent_for is not None else None
+    streamed = _stream_tar(run, backup_id, parent)
+    label, pg_manifest = _captured_label_and_manifest(run, streamed.tap)
     stored = run.store.put_bytes(folder + "backup_manifest", pg_manifest, tags=run.tags)
     start_lsn, timeline = label_facts(label)
     manifest = BaseBackup(
@@ -245,19 +257,12 @@ def run_base_backup(run: BaseRun) -> BaseBackup:
         start_lsn=start_lsn,
         end_lsn=manifest_end_lsn(pg_manifest),
         segment_size=run.segment_size,
-        tar_size=tap.size,
-        tar_sha256=tap.sha256,
-        objects=[
-            BaseObject(role="data", key=data.key, size=data.size, sha256=data.sha256, version_id=data.version_id),
-            BaseObject(
-                role="backup_manifest",
-                key=stored.key,
-                size=stored.size,
-                sha256=stored.sha256,
-                version_id=stored.version_id,
-            ),
-        ],
+        tar_size=streamed.tap.size,
+        tar_sha256=streamed.tap.sha256,
+        objects=_base_objects(streamed.data, stored),
         backup_label=label,
+        slot=run.slot,
+        **lineage(parent),
     )
     manifest = write_manifest(run.store, run.layout, manifest, run.tags, run.sealer)
     logger.info(
@@ -265,6 +270,84 @@ def run_base_backup(run: BaseRun) -> BaseBackup:
         extra={"target": run.target, "backup_id": backup_id, "start_lsn": start_lsn, "end_lsn": manifest.end_lsn},
     )
     return manifest
+
+
+def _stream_tar(run: BaseRun, backup_id: str, parent: BaseBackup | None) -> _Streamed:
+    """pg_basebackup's tar through the tap and zstd into base.tar.zst (an incremental against `parent`'s manifest);
+    the upload completes only once pg_basebackup exited cleanly."""
+    args = ["-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "--no-password", f"--label=lifeboat {backup_id}"]
+    with parent_manifest_file(run.store, parent) as parent_manifest:
+        args += [f"--incremental={parent_manifest}"] if parent_manifest is not None else []
+        env = minimal_env(run.login.env())
+        child = ChildProcess(run.pg_basebackup, args, env, run.login.secrets, run.login.context)
+        with dumping(child, None):
+            tap = TarTap(child.stdout)
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+            compressed = compressor.stream_reader(cast(IO[bytes], tap))
+            key = run.layout.folder(backup_id) + "base.tar.zst"
+            data = run.store.put_stream(key, compressed, tags=run.tags, before_complete=child.check)
+    return _Streamed(tap, data)
+
+
+def _captured_label_and_manifest(run: BaseRun, tap: TarTap) -> tuple[str, bytes]:
+    """(backup_label, PostgreSQL's backup_manifest) from the tar; PgToolError when either is missing or the server
+    has tablespaces (one archive cannot hold them)."""
+    label = tap.captured.get("backup_label", b"").decode()
+    pg_manifest = tap.captured.get("backup_manifest")
+    if not label or pg_manifest is None:
+        raise PgToolError(
+            f"pg_basebackup {run.pg_basebackup.major} wrote no backup_label or backup_manifest into its tar:"
+            " PostgreSQL 13 or newer is needed for point-in-time recovery from base backups"
+        )
+    if "tablespace_map" in tap.captured and tap.captured["tablespace_map"].strip():
+        raise PgToolError("the server has tablespaces: pg_basebackup cannot stream several into one archive")
+    return label, pg_manifest
+
+
+def _base_objects(data: PutResult, pg_manifest: PutResult) -> list[BaseObject]:
+    """The manifest's object list: the tar (with its part digests) and PostgreSQL's backup_manifest. Pure."""
+    return [
+        BaseObject(
+            role="data",
+            key=data.key,
+            size=data.size,
+            sha256=data.sha256,
+            version_id=data.version_id,
+            parts=part_digests(data),
+        ),
+        BaseObject(
+            role="backup_manifest",
+            key=pg_manifest.key,
+            size=pg_manifest.size,
+            sha256=pg_manifest.sha256,
+            version_id=pg_manifest.version_id,
+        ),
+    ]
+
+
+def lineage(parent: BaseBackup | None) -> dict[str, Any]:
+    """The manifest fields of a base taken against `parent` (None: a full base: none). Pure."""
+    return {} if parent is None else {"parent": parent.backup_id, "chain": [*parent.chain, parent.backup_id]}
+
+
+@contextmanager
+def parent_manifest_file(store: BackupStore, parent: BaseBackup | None) -> Iterator[Path | None]:
+    """The parent's backup_manifest in a temporary file (removed on exit), read at the VersionId and checked against
+    the SHA-256 and size its manifest.json recorded; None without a parent. The file is small (a line per file)."""
+    if parent is None:
+        yield None
+        return
+    stored = parent.object("backup_manifest")
+    body = store.get_bytes(stored.key, stored.version_id)
+    if hashlib.sha256(body).hexdigest() != stored.sha256 or len(body) != stored.size:
+        raise IntegrityError(
+            f"base {parent.backup_id}: s3://{store.bucket}/{stored.key} does not match the SHA-256 its manifest"
+            " recorded: no incremental base can be taken against it; set wal.incremental to false for a full base"
+        )
+    with tempfile.TemporaryDirectory(prefix="lifeboat-parent-") as folder:
+        path = Path(folder) / "backup_manifest"
+        path.write_bytes(body)
+        yield path
 
 
 def write_manifest(

@@ -6,7 +6,7 @@ restore_command: `--fetch-command "python -m chalicelib.cli"`).
     lifeboat wal-stream TARGET [--spool DIR]        the WAL receiver (one per target; an ECS service runs it)
     lifeboat base-backup TARGET                      pg_basebackup into the bucket
     lifeboat wal-fetch --target T NAME PATH          PostgreSQL's restore_command (exit codes: chalicelib.pitr.fetch)
-    lifeboat recover TARGET --time T | --lsn L | --latest --pgdata DIR
+    lifeboat recover TARGET --time T | --lsn L | --latest --pgdata DIR [--snapshot-set SET_ID]
     lifeboat wal-status TARGET                       the slot's safety and the recoverable window
     lifeboat wal-window TARGET                       the recoverable window and its gaps (exit 1: broken)
     lifeboat wal-prune TARGET [--dry-run]            bases the retention policy drops, and the WAL only they needed
@@ -27,15 +27,21 @@ from typing import TYPE_CHECKING, Any
 from chalicelib import wiring
 from chalicelib.adapters.postgres import Login
 from chalicelib.config import Config, Target
-from chalicelib.errors import BadRequestError, ConfigError
+from chalicelib.errors import BadRequestError, ConfigError, ConflictError, SnapshotError
 from chalicelib.pitr import recover as recovery
+from chalicelib.pitr import restored_dir, snapshotbase
 from chalicelib.pitr.basebackup import BaseLayout, BaseRun, list_bases
-from chalicelib.pitr.fetch import FETCHED, MISSING, wal_fetch
+from chalicelib.pitr.basesched import scheduler_for
+from chalicelib.pitr.chains import check_incremental_server
+from chalicelib.pitr.fetch import FETCHED, MISSING, Prefetch, wal_fetch
+from chalicelib.pitr.incremental import ParentChooser, restore_base
 from chalicelib.pitr.protect import protect_bases, protected_base_backup, wal_lock_days
 from chalicelib.pitr.prune import prune_wal
-from chalicelib.pitr.receiver import BaseAfterGap, ReceiverSetup, WalReceiver
+from chalicelib.pitr.receiver import ReceiverSetup, WalReceiver
 from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.slot import ServerFacts, server_facts, slot_problems, slot_state
+from chalicelib.pitr.spool import Spool
+from chalicelib.pitr.spool import default_directory as default_spool
 from chalicelib.pitr.walarchive import WalArchive, now_utc
 from chalicelib.pitr.walnames import WalLayout
 from chalicelib.pitr.window import describe_window, gather_window
@@ -73,12 +79,18 @@ def archive_for(cfg: Config, target: Target) -> WalArchive:
         wiring.store(cfg),
         WalLayout(cfg.settings.prefix, target.name),
         lock_mode=mode,
-        lock_days=wal_lock_days(cfg.policy_for(target)) if mode else 0,
+        lock_days=wal_lock_days(cfg.policy_for(target), target.wal) if mode else 0,
         sealer=sealer(cfg),
     )
 
 
 def base_run(cfg: Config, target: Target, login: Login, facts: ServerFacts) -> BaseRun:
+    parent_for = None
+    if target.wal is not None and target.wal.incremental:  # summarize_wal is checked as each base starts
+        check_incremental_server(target.name, facts.major)
+        parent_for = ParentChooser(
+            target.name, wiring.store(cfg), cfg.settings.prefix, login, facts.major, target.wal.full_every, sealer(cfg)
+        )
     return BaseRun(
         target=target.name,
         store=wiring.store(cfg),
@@ -89,6 +101,7 @@ def base_run(cfg: Config, target: Target, login: Login, facts: ServerFacts) -> B
         segment_size=facts.segment_size,
         tags={"kind": "base", "target": target.name},
         sealer=sealer(cfg),
+        parent_for=parent_for,
     )
 
 
@@ -98,11 +111,8 @@ def cmd_wal_stream(args: argparse.Namespace, out: Output) -> int:
     assert target.wal is not None
     login = replication_login(target)
     facts = server_facts(login)
-    after_gap = None
-    if target.wal.base_backup_after_gap:
-        run = base_run(cfg, target, login, facts)
-        policy, mode = cfg.policy_for(target), cfg.settings.object_lock_mode
-        after_gap = BaseAfterGap(target.name, lambda: protected_base_backup(run, policy, mode))
+    run, policy, mode = base_run(cfg, target, login, facts), cfg.policy_for(target), cfg.settings.object_lock_mode
+    bases = scheduler_for(target.wal, run, policy, mode)  # scheduled bases and bases after a gap
     spool = Path(args.spool) if args.spool else Path(tempfile.mkdtemp(prefix="lifeboat-wal-"))
     setup = ReceiverSetup(
         target=target.name,
@@ -114,12 +124,13 @@ def cmd_wal_stream(args: argparse.Namespace, out: Output) -> int:
         segment_size=facts.segment_size,
         server_major=facts.major,
         flush_seconds=target.wal.flush_seconds,
-        on_gap=after_gap,
+        on_gap=bases,
+        on_flush=bases.poll if bases is not None else None,
     )
     receiver = WalReceiver(setup)
     receiver.prepare()
-    if after_gap is not None and gather_window(wiring.store(cfg), cfg.settings.prefix, target.name).broken:
-        after_gap("the window is broken: a gap recorded earlier has no newer base backup")
+    if bases is not None and gather_window(wiring.store(cfg), cfg.settings.prefix, target.name).broken:
+        bases.request("the window is broken: a gap recorded earlier has no newer base backup")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -147,8 +158,14 @@ def cmd_wal_fetch(args: argparse.Namespace, out: Output) -> int:
     raised here or before (the configuration, AWS, the command line) is 255 too, never 1: `lifeboat` registers
     this command with error_exit=FATAL (chalicelib.cli.entry), so recovery stops instead of ending early."""
     cfg = wiring.load_config()
-    archive = WalArchive(wiring.store(cfg), WalLayout(cfg.settings.prefix, args.target), sealer=sealer(cfg))
-    code, message = wal_fetch(archive, args.name, Path(args.path))
+    if args.prefetch < 0:
+        raise BadRequestError(f"--prefetch {args.prefetch}: give how many segments to fetch ahead, 0 or more")
+    path = Path(args.path)
+    spool = Spool(Path(args.prefetch_dir) if args.prefetch_dir else default_spool(path), args.target)
+    prefetch = Prefetch(spool, args.prefetch) if args.prefetch else None
+    layout = WalLayout(cfg.settings.prefix, args.target)
+    archive = lambda: WalArchive(wiring.store(cfg), layout, sealer=sealer(cfg))  # noqa: E731 (a spool hit makes no S3 client)
+    code, message = wal_fetch(archive, args.name, path, prefetch)
     if code == FETCHED:
         out.json({"status": "OK", "name": args.name, "path": args.path, "message": message})
         out.line(message)
@@ -198,6 +215,8 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
     if sum(bool(x) for x in (args.time, args.lsn, args.latest)) != 1:
         raise BadRequestError("give exactly one of --time, --lsn, --latest")
     goal = recovery.RecoveryTarget(parse_time(args.time) if args.time else None, args.lsn)
+    if args.snapshot_set:
+        return _recover_snapshot_set(args, out, cfg, target, goal)
     store = wiring.store(cfg)
     archive = archive_for(cfg, target)
     bases = list_bases(store, BaseLayout(cfg.settings.prefix, target.name), sealer(cfg))
@@ -221,9 +240,65 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
         "settings": plan.settings,
     }
     if not args.dry_run:
-        recovery.unpack_base(store, plan.base, pgdata)
-        recovery.verify_files(wiring.toolbox(), plan.base, pgdata)
+        restore_base(store, wiring.toolbox(), bases, plan.base, pgdata)  # an incremental: combined with its chain
+        if plan.base.parent:
+            out.line(f"incremental base: combined with {' and '.join(plan.base.chain)} (pg_combinebackup)")
         recovery.write_recovery(pgdata, plan.settings)
+        out.line(f"ready: start it with  pg_ctl -D {pgdata} start  (it replays the WAL, then promotes)")
+    out.json(document)
+    return 0
+
+
+def _recover_snapshot_set(
+    args: argparse.Namespace, out: Output, cfg: Config, target: Target, goal: recovery.RecoveryTarget
+) -> int:
+    """--snapshot-set: DIR is the data directory restored from an app-consistent EBS snapshot set, and the set's
+    backup label is the base (chalicelib.pitr.snapshotbase). Everything is checked before anything is written."""
+    set_id = snapshotbase.parse_set_id(args.snapshot_set, target.name)
+    if target.physical is None or target.physical.method != "ebs":
+        raise BadRequestError(
+            f"target {target.name!r} has no EBS physical section: --snapshot-set takes an app-consistent EBS snapshot"
+            " set; for a base backup leave it out"
+        )
+    label = snapshotbase.read_label(wiring.store(cfg), cfg.settings.prefix, set_id)
+    found, failures = snapshotbase.find_sets(wiring.snapshot_services(cfg), target.physical, set_id)
+    if not found and failures:
+        raise SnapshotError(f"cannot list the snapshots of set {set_id}: {'; '.join(failures)}")
+    chosen = snapshotbase.choose_set(label, found)
+    snapshotbase.check_goal(label, goal)
+    archive = archive_for(cfg, target)
+    config_path = str(Path(wiring.settings().config).resolve()) if wiring.settings().config else None
+    command = recovery.fetch_command(args.fetch_command, target.name, config_path, wiring.region())
+    base = snapshotbase.as_base(label)
+    entries, gaps = archive.entries(label.segment_size), archive.gaps()
+    plan = recovery.plan_for_base(base, entries, gaps, goal, command, _server_major(args))
+    pgdata = Path(args.pgdata)
+    refused = restored_dir.refusal(restored_dir.read_facts(pgdata, label), label)
+    if refused:
+        raise ConflictError(refused)
+    out.line(
+        f"snapshot set {set_id} ({chosen.region}, PostgreSQL {label.major}, timeline {label.timeline},"
+        f" {label.start_lsn} .. {label.stop_lsn}); WAL {plan.first_segment} .. {plan.last_segment};"
+        f" target {goal.describe()}"
+    )
+    document: dict[str, Any] = {
+        "status": "PLANNED" if args.dry_run else "READY",
+        "target": target.name,
+        "base": str(set_id),
+        "snapshot_set": str(set_id),
+        "snapshot_ids": [m.resource_id for m in chosen.members],
+        "region": chosen.region,
+        "first_segment": plan.first_segment,
+        "last_segment": plan.last_segment,
+        "recovery_target": goal.describe(),
+        "pgdata": str(pgdata),
+        "settings": plan.settings,
+    }
+    if not args.dry_run:
+        document["done"] = restored_dir.prepare(pgdata, label)
+        recovery.write_recovery(pgdata, plan.settings)
+        for line in document["done"]:
+            out.line(f"  {line}")
         out.line(f"ready: start it with  pg_ctl -D {pgdata} start  (it replays the WAL, then promotes)")
     out.json(document)
     return 0
@@ -285,7 +360,10 @@ def cmd_wal_prune(args: argparse.Namespace, out: Output) -> int:
     cfg = wiring.load_config()
     target = _streaming_target(cfg, args.target)
     store, policy, mode = wiring.store(cfg), cfg.policy_for(target), cfg.settings.object_lock_mode
-    report = prune_wal(store, cfg.settings.prefix, target.name, policy, now_utc(), args.dry_run, sealer(cfg))
+    assert target.wal is not None
+    report = prune_wal(
+        store, cfg.settings.prefix, target.name, policy, now_utc(), args.dry_run, sealer(cfg), target.wal.pitr_days
+    )
     if mode and not args.dry_run:  # extend the kept bases' locks (and their WAL's) to the class each earns now
         kept = list_bases(store, BaseLayout(cfg.settings.prefix, target.name), sealer(cfg))
         protect_bases(store, cfg.settings.prefix, target.name, policy, mode, now_utc(), kept)

@@ -8,11 +8,17 @@ delete them before the retention policy lets `wal-prune` do so (README "Point-in
   KEEP_LOCK_DAYS from now, extended on every pass while they stay among the newest. The newest base is not yet
   the newest of any finished period, so it earns its class only when the next base exists: locking it for the
   longest class at once would keep every base for years (a lock cannot be shortened).
-- WAL: each finished segment and history file is locked at upload for `wal_lock_days` (the longest class, at least
-  KEEP_LOCK_DAYS): the oldest base the policy keeps is about that old, and `wal-prune` keeps every segment after it,
-  so this costs little more than what prune keeps anyway. On top, every pass extends the locks of each kept base's
-  own WAL (start to end segment, and its timeline's history file) to the base's lock: a locked base is always
-  restorable to its consistent point.
+- An incremental base's ancestors are kept with it (prune.bases_to_keep) and each is locked at least as long as
+  its longest-locked descendant: a locked incremental is worthless without its chain.
+- WAL: each finished segment and history file is locked at upload for `wal_lock_days`, which follows the window
+  `wal-prune` keeps (`wal.pitr_days`): a segment is needed for "any time" until a base that started after it is
+  pitr_days old, i.e. for pitr_days plus the time between two bases (base_schedule's longest interval; without a
+  schedule NO_SCHEDULE_MARGIN_DAYS, so bases taken less often than weekly leave the oldest window WAL unlocked for a
+  while, never deleted early: prune decides by the bases, not by locks). Never longer than the longest class. WAL
+  outside the window is needed only as a kept base's own WAL (a restore point): every pass extends the locks of each
+  kept base's start..end segments (and its timeline's history file) to the base's lock, so a locked base is always
+  restorable to its consistent point. A segment not yet uploaded when a pass runs (the end segment, right after the
+  base) keeps its upload lock until the next pass (the next base or `wal-prune`, well within pitr_days).
 
 A pass runs after every base backup and every `wal-prune`; it is idempotent and only ever extends locks. It reads
 the bases as `recover` does (signed manifests only, with a signing key): a forged manifest is never locked.
@@ -20,6 +26,7 @@ the bases as `recover` does (signed manifests only, with a signing key): a forge
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -29,14 +36,24 @@ from chalicelib.logical.protect import extend_lock
 from chalicelib.observability import logger
 from chalicelib.pitr.basebackup import MANIFEST, BaseBackup, BaseLayout, BaseRun, read_bases, run_base_backup
 from chalicelib.pitr.prune import bases_to_keep
+from chalicelib.pitr.settings import Wal
 from chalicelib.pitr.versions import KeyVersions
 from chalicelib.pitr.walnames import Segment, WalLayout
 from chalicelib.scheduling.retention import KEEP_LOCK_DAYS, RetentionClass, class_days, newest_class
 
+NO_SCHEDULE_MARGIN_DAYS = 7  # without wal.base_schedule: bases are assumed at least weekly (README "Locks")
 
-def wal_lock_days(policy: RetentionPolicy) -> int:
-    """How long each finished WAL segment is locked at upload: the longest class, at least KEEP_LOCK_DAYS. Pure."""
-    return max(KEEP_LOCK_DAYS, *class_days(policy).values())
+
+def wal_lock_days(policy: RetentionPolicy, wal: Wal | None = None) -> int:
+    """How long each finished WAL segment is locked at upload (the module's docstring): `wal.pitr_days` plus the
+    base schedule's interval in whole days (NO_SCHEDULE_MARGIN_DAYS without one), at most the longest class (at
+    least KEEP_LOCK_DAYS): without a `wal` section, that longest class. Pure."""
+    longest = max(KEEP_LOCK_DAYS, *class_days(policy).values())
+    if wal is None:
+        return longest
+    schedule = wal.schedule()
+    between = math.ceil(schedule.interval_hint / timedelta(days=1)) if schedule else NO_SCHEDULE_MARGIN_DAYS
+    return min(longest, wal.pitr_days + between)
 
 
 def base_locks(bases: Sequence[BaseBackup], policy: RetentionPolicy, now: datetime) -> dict[str, datetime]:
@@ -55,7 +72,19 @@ def base_locks(bases: Sequence[BaseBackup], policy: RetentionPolicy, now: dateti
         if base.backup_id in newest:
             until = max(until, now + timedelta(days=KEEP_LOCK_DAYS))
         locks[base.backup_id] = until.replace(microsecond=0)
-    return locks
+    return _locked_with_descendants(locks, ordered)
+
+
+def _locked_with_descendants(locks: dict[str, datetime], bases: Sequence[BaseBackup]) -> dict[str, datetime]:
+    """Each ancestor of a locked incremental locked at least as long as it (the chain goes whole or not at all)."""
+    extended, listed = dict(locks), {b.backup_id for b in bases}
+    for base in bases:
+        until = locks.get(base.backup_id)
+        if until is None:
+            continue
+        for ancestor in {*base.chain, *([base.parent] if base.parent else [])} & listed:
+            extended[ancestor] = max(extended.get(ancestor, until), until)
+    return extended
 
 
 def _wal_keys(base: BaseBackup, wal: WalLayout) -> list[str]:

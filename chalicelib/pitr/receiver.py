@@ -23,6 +23,8 @@ bucket as the archive and nothing kept on the host that matters:
   that went backwards, is recorded as a gap (walarchive.record_gap) and logged as an error: recovery cannot cross
   it, and a new base backup is needed. When the server says the WAL to resume from is gone ("has already been
   removed"), the spool is emptied and pg_receivewal starts again from the slot, which records the gap.
+- Base backups are taken by the receiver too (chalicelib.pitr.basesched, which says why): `on_gap` asks for one after
+  a gap, `on_flush` (every flush interval) takes the one `wal.base_schedule` says is due; in a thread of their own.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class ReceiverSetup:
     flush_seconds: float = 60
     poll_seconds: float = 0.5
     clock: Callable[[], float] = time.monotonic
-    on_gap: Callable[[str], None] | None = None  # called with the gap record's key (BaseAfterGap)
+    on_gap: Callable[[str], None] | None = None  # called with the gap record's key (basesched.BaseScheduler)
+    on_flush: Callable[[], object] | None = None  # every flush interval while streaming (BaseScheduler.poll)
 
 
 @dataclass
@@ -172,6 +175,8 @@ class WalReceiver:
             return
         self.last_flush = s.clock()
         self._watch_slot()
+        if s.on_flush is not None and not force_flush:  # not on the last ticks of a stop
+            s.on_flush()
         if not uploaded:
             return
         if not force_flush:  # pg_receivewal ran and uploads went through for a whole flush interval: the stack's
@@ -366,50 +371,3 @@ class WalReceiver:
             child.check()
         except LifeboatError as exc:
             logger.error("pg_receivewal stopped; restarting", extra={"target": self.setup.target, "error": str(exc)})
-
-
-@dataclass
-class BaseAfterGap:
-    """A base backup in a thread of the receiver, one at a time: what makes the window whole again after a gap.
-
-    Why the receiver and not the dispatcher: it is the one process that sees the gap the moment it is recorded,
-    it already holds the replication login and the tools, and a base backup is only usable while the WAL stream
-    runs (recover needs its WAL from start to end), which is exactly while the receiver runs. A gap recorded while
-    a base backup is running asks for one more: that one started before the gap and cannot cross it. A failure is
-    logged (and the window stays broken, which wal-window and recover report); the receiver keeps streaming.
-    """
-
-    target: str
-    take: Callable[[], object]  # one base backup (basebackup.run_base_backup with the target's BaseRun)
-    thread: threading.Thread | None = None
-    again: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    taken: int = 0
-
-    def __call__(self, reason: str) -> None:
-        with self.lock:
-            if self.thread is not None and self.thread.is_alive():
-                self.again = True
-                return
-            logger.warning(
-                "taking a base backup: the WAL archive has a gap, times after it need a newer base",
-                extra={"target": self.target, "reason": reason},
-            )
-            self.thread = threading.Thread(target=self._loop, name=f"base-after-gap-{self.target}", daemon=True)
-            self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.take()
-                self.taken += 1
-            except LifeboatError as exc:
-                logger.error("base backup after a gap failed", extra={"target": self.target, "error": str(exc)})
-            with self.lock:
-                if not self.again:
-                    return
-                self.again = False
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout)

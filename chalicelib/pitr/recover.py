@@ -1,7 +1,8 @@
 """`lifeboat recover TARGET --time T | --lsn L | --latest --pgdata DIR`, on the machine that will run the server.
 
 Picks the newest base backup that finished before the target (`choose_base`), checks the WAL it needs is archived
-and no recorded gap lies between it and the target (`wal_problems`), downloads it while checking its SHA-256 and
+and no recorded gap nor unrecorded hole (WAL pruned after a restore point's end) lies between it and the target
+(`wal_problems`), downloads it while checking its SHA-256 and
 unpacking it (a mismatch removes what was unpacked), runs pg_verifybackup against PostgreSQL's own backup_manifest,
 then writes recovery.signal and the recovery settings into postgresql.auto.conf (`recovery_settings`): PostgreSQL
 fetches each segment with `lifeboat wal-fetch`, replays up to the target and promotes. Physical recovery is
@@ -10,7 +11,6 @@ same-major only: a base of another major than the server that will start it is r
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tarfile
 from collections.abc import Callable, Sequence
@@ -31,7 +31,9 @@ from chalicelib.errors import (
     PgToolError,
     RestoreError,
 )
-from chalicelib.pitr.basebackup import BaseBackup
+from chalicelib.logical.digests import PartVerifier
+from chalicelib.pitr.basebackup import BaseBackup, BaseObject
+from chalicelib.pitr.chains import restorable
 from chalicelib.pitr.walarchive import WalEntry
 from chalicelib.pitr.walnames import Segment, format_lsn, parse_lsn
 
@@ -50,7 +52,9 @@ class RecoveryTarget:
 
 
 def choose_base(bases: Sequence[BaseBackup], target: RecoveryTarget) -> BaseBackup:
-    """The newest base that was complete (consistent) before the target. Pure."""
+    """The newest base that was complete (consistent) before the target; an incremental one only with its whole
+    chain (chains.restorable). Pure."""
+    bases, unusable = restorable(bases)
     if target.time is not None:
         when = target.time
         fits = [b for b in bases if b.finished_at <= when]
@@ -68,6 +72,7 @@ def choose_base(bases: Sequence[BaseBackup], target: RecoveryTarget) -> BaseBack
                 if oldest
                 else " (there is none: run lifeboat base-backup)"
             )
+            + "".join(f"; {why}" for why in unusable.values())
         )
     return max(fits, key=lambda b: b.started_at)
 
@@ -110,7 +115,57 @@ def wal_problems(
                 f" {detected.isoformat()}): recovery from base {base.backup_id} cannot pass it; choose a time before"
                 " it, or a base backup taken after it"
             )
-    return problems
+    hole = hole_problem(base, entries, gaps, target)
+    return [*problems, hole] if hole else problems
+
+
+def _uploaded(entries: Sequence[WalEntry], number: int) -> datetime | None:
+    """The newest upload time of segment `number` (any timeline, .partial included; None: the listing has none)."""
+    times = [e.info.last_modified for e in entries if e.segment is not None and e.segment.number == number]
+    return max((t for t in times if t is not None), default=None)
+
+
+def hole_problem(
+    base: BaseBackup, entries: Sequence[WalEntry], gaps: Sequence[dict[str, Any]], target: RecoveryTarget
+) -> str | None:
+    """Why WAL missing after the base's end with no gap record for it (pruned outside wal.pitr_days, or deleted)
+    stops recovery before `target`, naming what is restorable; None when it does not. Without this PostgreSQL
+    starts, replays to the hole and dies ("recovery ended before configured recovery target was reached"), or with
+    --latest promotes at the hole without a word. The bounds are the window's (chalicelib.pitr.window). Pure."""
+    numbers = {e.segment.number for e in entries if e.segment is not None}
+    newest = max((e.segment for e in entries if e.segment is not None), key=lambda s: s.position, default=None)
+    last = base.end_segment.number
+    while newest is not None and last < newest.number and last + 1 in numbers:
+        last += 1
+    explained = any(gap_affects(base, g) and _gap_after(g, base) == last for g in gaps)  # wal_problems says it
+    if newest is None or last >= newest.number or explained:
+        return None
+    restore_point = last == base.end_segment.number
+    until = base.finished_at if restore_point else max(_uploaded(entries, last) or base.finished_at, base.finished_at)
+    if target.lsn is not None:
+        reached = Segment.containing(parse_lsn(target.lsn), base.timeline, base.segment_size).number <= last
+    else:
+        reached = target.time is not None and target.time <= until
+    if reached:
+        return None
+    missing = Segment(base.timeline, last + 1, base.segment_size).name
+    if restore_point:
+        return (
+            f"base {base.backup_id} is a restore point: the WAL after its end ({missing} on) is not in the archive"
+            f" (pruned: wal.pitr_days keeps only its own WAL), so recovery from it cannot go past its end; recover"
+            f" to its end with --lsn {base.end_lsn} (consistent at {base.finished_at.isoformat()}), or choose a"
+            " time inside the recoverable window (lifeboat wal-window TARGET)"
+        )
+    return (
+        f"WAL {missing} is not in the archive and no gap was recorded for it (pruned or deleted): recovery from base"
+        f" {base.backup_id} reaches {base.finished_at.isoformat()} .. {until.isoformat()}, not {target.describe()};"
+        " choose a time in that range, or one inside the recoverable window (lifeboat wal-window TARGET)"
+    )
+
+
+def _gap_after(gap: dict[str, Any], base: BaseBackup) -> int | None:
+    after = gap.get("after")
+    return Segment.parse(str(after), base.segment_size).number if after else None
 
 
 def _quote(value: str) -> str:
@@ -147,15 +202,14 @@ def _shell_quote(text: str) -> str:
 
 
 class _Hashing:
-    """A reader that hashes what passes through it."""
+    """A reader that verifies what passes through it against the manifest (per part when it records parts)."""
 
-    def __init__(self, source: IO[bytes]) -> None:
-        self.source, self.sha, self.size = source, hashlib.sha256(), 0
+    def __init__(self, source: IO[bytes], recorded: BaseObject) -> None:
+        self.source, self.verifier = source, PartVerifier(recorded)
 
     def read(self, size: int = -1) -> bytes:
         data = self.source.read(size)
-        self.sha.update(data)
-        self.size += len(data)
+        self.verifier.update(data)
         return data
 
 
@@ -168,18 +222,17 @@ def unpack_base(store: BackupStore, base: BaseBackup, pgdata: Path) -> None:
     pgdata.chmod(0o700)
     data = base.object("data")
     body, _ = store.open_stream(data.key, data.version_id)  # the version the (signed) manifest recorded
-    hashing = _Hashing(body)
+    hashing = _Hashing(body, data)
     try:
         with body, zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashing)) as tar_stream:
             with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
                 tar.extractall(pgdata, filter="tar")
             while hashing.read(1024 * 1024):  # the frame's end, if tar stopped reading before it
                 pass
-        if hashing.sha.hexdigest() != data.sha256 or hashing.size != data.size:
-            raise IntegrityError(
-                f"base {base.backup_id}: s3://{store.bucket}/{data.key} has SHA-256 {hashing.sha.hexdigest()}"
-                f" ({hashing.size} bytes), its manifest says {data.sha256} ({data.size} bytes): refusing it"
-            )
+        try:
+            hashing.verifier.finish()
+        except IntegrityError as exc:
+            raise IntegrityError(f"base {base.backup_id}: s3://{store.bucket}/{exc}: refusing it") from None
     except (zstandard.ZstdError, tarfile.TarError, IntegrityError) as exc:
         _empty(pgdata)
         if isinstance(exc, IntegrityError):
@@ -241,7 +294,19 @@ def plan(
     server_major: Callable[[int], int],
 ) -> RecoveryPlan:
     """Everything decided before anything is written; raises the refusal that says what to do instead."""
-    base = choose_base(bases, target)
+    return plan_for_base(choose_base(bases, target), entries, gaps, target, restore_command, server_major)
+
+
+def plan_for_base(
+    base: BaseBackup,
+    entries: Sequence[WalEntry],
+    gaps: Sequence[dict[str, Any]],
+    target: RecoveryTarget,
+    restore_command: str,
+    server_major: Callable[[int], int],
+) -> RecoveryPlan:
+    """The plan once the base is known (chosen by `plan`, or an app-consistent snapshot set's label as a base:
+    chalicelib.pitr.snapshotbase.as_base): same major, and the WAL it needs archived without a gap."""
     check_major(base, server_major(base.major))
     problems = wal_problems(base, entries, gaps, target)
     if problems:

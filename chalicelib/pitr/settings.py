@@ -9,6 +9,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from chalicelib.scheduling.schedules import Schedule, ScheduleSyntaxError
+
 SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
 
@@ -40,6 +42,36 @@ class Wal(BaseModel):
         description="wal-stream takes a base backup itself when it records a gap (or starts with the window broken):"
         " times after a gap are restorable only from a base taken after it",
     )
+    incremental: bool = Field(
+        default=False,
+        description="PostgreSQL 17+ with summarize_wal = on: `lifeboat base-backup` takes incremental bases"
+        " (pg_basebackup --incremental against the previous base; recover combines the chain with pg_combinebackup)",
+    )
+    full_every: int = Field(
+        default=6, ge=1, le=100, description="with incremental: a full base after this many incremental ones"
+    )
+
+    base_schedule: str | None = Field(
+        default=None,
+        description="wal-stream takes a base backup at each slot of this EventBridge expression (as"
+        " logical.schedule), e.g. 'cron(0 3 * * ? *)'; slots missed while it was down give one base; None: none",
+    )
+    pitr_days: int = Field(
+        default=7,
+        ge=1,
+        description="wal-prune keeps all WAL from the newest kept base that started this many days ago (the"
+        " window for any time); older kept bases keep only their own WAL (restorable to their end)",
+    )
+
+    @field_validator("base_schedule")
+    @classmethod
+    def _base_schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Schedule.parse(value)
+            except ScheduleSyntaxError as exc:
+                raise ValueError(f"base_schedule: {exc}") from None
+        return value
 
     @field_validator("slot")
     @classmethod
@@ -50,3 +82,7 @@ class Wal(BaseModel):
 
     def slot_name(self, target: str) -> str:
         return self.slot or f"lifeboat_{target.replace('-', '_')}"
+
+    def schedule(self) -> Schedule | None:
+        """The parsed base_schedule (checked when the section was read)."""
+        return Schedule.parse(self.base_schedule) if self.base_schedule else None

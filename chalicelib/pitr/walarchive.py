@@ -193,9 +193,10 @@ class WalArchive:
     def put_history(self, timeline: int, data: bytes) -> PutResult:
         return self._put(self.layout.history_key(timeline), data, "wal-history", lock=True)
 
-    def fetch(self, name: str) -> tuple[bytes, str] | None:
+    def fetch(self, name: str, finished_only: bool = False) -> tuple[bytes, str] | None:
         """What PostgreSQL asks for by name (a segment or a history file), verified and decompressed, with the key
-        it came from: a segment's finished object, else its `.partial` (the end of the stream). None: not in the
+        it came from: a segment's finished object, else its `.partial` (the end of the stream; never with
+        `finished_only`: a prefetch must not keep an open segment that is still growing). None: not in the
         archive. IntegrityError: there, but damaged. StorageError: S3 could not say."""
         keys: list[str]
         timeline = history_timeline(name)
@@ -203,6 +204,7 @@ class WalArchive:
             keys = [self.layout.history_key(timeline)]
         elif is_segment_name(name):  # the key needs no segment size: the timeline folder is the name's first 8
             keys = [f"{self.layout.root}{name[:8]}/{name}", f"{self.layout.root}{name[:8]}/{name}{PARTIAL}"]
+            keys = keys[:1] if finished_only else keys
         else:
             return None  # e.g. a .backup or .partial file PostgreSQL probes for: never archived here
         for key in keys:

@@ -22,6 +22,8 @@ TRIPLET = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 ELF_MACHINE = {"x86_64": "EM_X86_64", "arm64": "EM_AARCH64"}  # e_machine as pyelftools names it
 # pg_receivewal and pg_basebackup: the WAL stream and base backups (chalicelib.pitr); pg_verifybackup: recover.
 CLIENT_PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_receivewal", "pg_basebackup", "pg_verifybackup")
+# Programs a major has only from some release on: pg_combinebackup (recover from incremental bases) since 17.
+PROGRAMS_SINCE = {"pg_combinebackup": 17}
 LIBPQ = "libpq.so.5"
 LAYOUTS = ("shared", "per-major")
 
@@ -66,3 +68,8 @@ def write_json(path: Path, data: object) -> None:
 
 def pinned_majors() -> list[int]:
     return sorted(int(m) for m in load_json(VERSIONS_FILE)["majors"])
+
+
+def client_programs(major: int) -> tuple[str, ...]:
+    """The programs the layer carries for one major: CLIENT_PROGRAMS and those of PROGRAMS_SINCE it has."""
+    return CLIENT_PROGRAMS + tuple(p for p, since in PROGRAMS_SINCE.items() if major >= since)

@@ -15,13 +15,13 @@ from pathlib import Path, PurePosixPath
 
 from .common import (
     BUNDLE_NAME,
-    CLIENT_PROGRAMS,
     DEBS_LOCK,
     ELF_MACHINE,
     LIBPQ,
     MAX_GLIBC,
     TRIPLET,
     BuildError,
+    client_programs,
     glibc_family,
     load_json,
 )
@@ -49,7 +49,7 @@ def extract_clients(whl: Path, dest: Path) -> None:
         with zf.open(inner) as raw, tarfile.open(fileobj=raw, mode="r:gz") as tar:
             members = {PurePosixPath(m.name): m for m in tar.getmembers()}
             top = next(p for p in members if len(p.parts) == 2 and p.name == "bin").parent
-            wanted = {top / "bin" / p: dest / "bin" / p for p in CLIENT_PROGRAMS}
+            wanted = {top / "bin" / p: dest / "bin" / p for p in client_programs(int(dest.name))}
             wanted[top / "lib" / LIBPQ] = dest / "lib" / LIBPQ
             # Follow symlinks (lib/libpq.so.5 -> libpq.so.5.17) to the regular member.
             targets = {}
@@ -90,7 +90,7 @@ def add_closure(root: Path, debroot: Path, arch: str, system_libs: dict[str, Pat
     """Add to system_libs (soname -> file in debroot) every library beyond glibc and libpq that the
     programs and libpq of one major need, directly or not."""
     family = glibc_family(arch)
-    queue = [root / "bin" / p for p in CLIENT_PROGRAMS] + [root / "lib" / LIBPQ]
+    queue = [root / "bin" / p for p in client_programs(int(root.name))] + [root / "lib" / LIBPQ]
     seen: set[Path] = set()
     while queue:
         obj = queue.pop()
@@ -116,7 +116,7 @@ def client_runpaths(root: Path, layout: str) -> dict[Path, str]:
     """The RUNPATH each program and libpq of one major (root = pg/<major>) gets."""
     shared = layout == "shared"
     program = "$ORIGIN/../lib:$ORIGIN/../../lib" if shared else "$ORIGIN/../lib"
-    out = {root / "bin" / p: program for p in CLIENT_PROGRAMS}
+    out = {root / "bin" / p: program for p in client_programs(int(root.name))}
     out[root / "lib" / LIBPQ] = "$ORIGIN:$ORIGIN/../../lib" if shared else "$ORIGIN"
     return out
 

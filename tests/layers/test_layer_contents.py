@@ -14,6 +14,7 @@ from layer_support import ARCHES, MAJORS, Layer, pinned_versions
 from pglayer.common import DEBS_LOCK, RDS_CA_LOCK, VERSIONS_FILE
 
 PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_receivewal", "pg_basebackup", "pg_verifybackup")
+SINCE_17 = ("pg_combinebackup",)  # recover from incremental bases: the program exists from PostgreSQL 17 on
 # Everything beyond glibc that the clients and libpq need, from Debian 12 (see layers/README.md).
 SYSTEM_LIBS = {
     "libzstd.so.1",
@@ -38,7 +39,7 @@ FUNCTION_UNZIPPED = 100 * MB  # rough size of the function package (boto3, pydan
 def test_exact_file_list(layer: Layer) -> None:
     with zipfile.ZipFile(layer.zip_path) as zf:
         names = zf.namelist()
-    expected = {f"pg/{m}/bin/{p}" for m in MAJORS for p in PROGRAMS}
+    expected = {f"pg/{m}/bin/{p}" for m in MAJORS for p in PROGRAMS + (SINCE_17 if m >= 17 else ())}
     expected |= {f"pg/{m}/lib/libpq.so.5" for m in MAJORS}
     expected |= {f"pg/lib/{lib}" for lib in SYSTEM_LIBS}
     expected |= {"pg/certs/rds-ca-bundle.pem", "pg/manifest.json"}

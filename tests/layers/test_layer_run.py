@@ -27,6 +27,11 @@ GLIBC = {
 PROGRAMS = ("pg_dump", "pg_restore", "pg_dumpall", "psql", "pg_receivewal", "pg_basebackup", "pg_verifybackup")
 
 
+def programs(major: int) -> tuple[str, ...]:
+    """PROGRAMS and, from 17 on, pg_combinebackup (recover from incremental bases)."""
+    return PROGRAMS + (("pg_combinebackup",) if major >= 17 else ())
+
+
 def short_version(major: int) -> str:
     """14.22.0 -> 14.22: what --version prints."""
     return ".".join(pinned_versions()[major].split(".")[:2])
@@ -34,7 +39,7 @@ def short_version(major: int) -> str:
 
 @pytest.mark.parametrize("major", MAJORS)
 def test_version_with_empty_environment(layer: Layer, major: int) -> None:
-    for program in PROGRAMS:
+    for program in programs(major):
         proc = layer.run([layer.bin(major, program), "--version"], env={})
         assert proc.returncode == 0, (program, proc.stderr)
         assert proc.stdout.strip() == f"{program} (PostgreSQL) {short_version(major)}"
@@ -58,7 +63,7 @@ def parse_ld_list(output: str) -> dict[str, str]:
 def test_libraries_come_from_the_layer(layer: Layer, major: int) -> None:
     """ld.so itself lists where every library is loaded from: on a full Debian system, only glibc may
     come from outside the layer (libpq's own RUNPATH decides where libssl comes from, not pg_dump's)."""
-    for program in PROGRAMS:
+    for program in programs(major):
         proc = layer.run([layer.loader, "--list", layer.bin(major, program)], env={})
         assert proc.returncode == 0, proc.stderr
         libs = parse_ld_list(proc.stdout)
@@ -69,7 +74,7 @@ def test_libraries_come_from_the_layer(layer: Layer, major: int) -> None:
                 continue
             real = Path(os.path.normpath(path))
             assert real.is_relative_to(layer.opt / "pg"), f"{program}: {name} from {path}"
-        if program == "pg_verifybackup":  # reads a backup on disk: no connection, no libpq
+        if program in ("pg_verifybackup", "pg_combinebackup"):  # read backups on disk: no connection, no libpq
             assert "libpq.so.5" not in libs, proc.stdout
             continue
         own = os.path.normpath(libs["libpq.so.5"])
@@ -132,7 +137,7 @@ def test_runs_where_nothing_but_glibc_is_installed(isolated_roots: dict[str, Pat
     root = isolated_roots[arch]
     assert not list(root.glob("lib*/**/libssl.so*")) and not list(root.glob("usr/lib/**/libssl.so*"))
     for major in MAJORS:
-        for program in PROGRAMS:
+        for program in programs(major):
             proc = run_isolated(root, arch, [f"/opt/pg/{major}/bin/{program}", "--version"])
             assert proc.returncode == 0, (major, program, proc.stderr)
             assert re.fullmatch(rf"{program} \(PostgreSQL\) {re.escape(short_version(major))}\n", proc.stdout)

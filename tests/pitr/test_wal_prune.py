@@ -167,7 +167,7 @@ def test_the_partial_objects_carry_the_tag_the_lifecycle_rule_expires(store: S3S
 def test_wal_prune_command_dry_run(store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build(store, Clock(T0))
     entry = target("shop", 5432, "arn:aws:secretsmanager:us-east-1:123456789012:secret:lifeboat/shop-AbCdEf")
-    entry["wal"] = {}
+    entry["wal"] = {"pitr_days": 30}  # no kept base is that old: all WAL from the oldest (test_prune_window_s3: less)
     config = write_config(tmp_path / "c.json", BUCKET, [entry], retention_policies={"default": POLICY})
     monkeypatch.setattr(commands, "now_utc", lambda: NOW)
     out = io.StringIO()

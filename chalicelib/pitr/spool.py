@@ -1,0 +1,135 @@
+"""The prefetch spool of `lifeboat wal-fetch`: WAL segments fetched ahead of PostgreSQL's requests, on local disk.
+
+PostgreSQL runs restore_command once per segment, a new process each time; `wal-fetch --prefetch N` also fetches the
+next N finished segments into this directory (default `<pg_wal>/lifeboat-prefetch/`) so that the next calls read
+them from here instead of starting S3 again. Each file `<name>` has a sidecar `<name>.json` (its name, target, size and
+SHA-256, as verified when it was fetched from S3), written after the file, each through a temporary file and a rename:
+the sidecar is the marker of completeness. `take` serves a file only for exactly the name (timeline included) and
+target its sidecar records, only when its size and SHA-256 still match, and removes it either way: a prefetched file
+is used once, and a damaged one is refused (the caller reads S3 instead). Pure file logic: no AWS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalicelib.observability import logger
+
+SIDECAR = ".json"
+TEMPORARY = ".tmp"
+DIRECTORY_NAME = "lifeboat-prefetch"
+
+
+def default_directory(path: Path) -> Path:
+    """Next to the file PostgreSQL asked for (%p is `pg_wal/RECOVERYXLOG`): `<pg_wal>/lifeboat-prefetch/`."""
+    return path.parent / DIRECTORY_NAME
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """`path` appears whole or not at all: a temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}{TEMPORARY}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `take` found: the verified bytes (None: nothing usable) and why nothing was usable, if something was
+    there."""
+
+    data: bytes | None
+    refused: str | None = None
+
+
+class Spool:
+    """One recovering data directory's prefetched segments of one target (the module's docstring)."""
+
+    def __init__(self, directory: Path, target: str) -> None:
+        self.directory, self.target = directory, target
+
+    def _file(self, name: str) -> Path:
+        return self.directory / name
+
+    def _sidecar(self, name: str) -> Path:
+        return self.directory / f"{name}{SIDECAR}"
+
+    def put(self, name: str, data: bytes, key: str) -> None:
+        """Keep verified bytes for a later request of `name`: the file, then its sidecar (the marker) last."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._sidecar(name).unlink(missing_ok=True)  # an older copy is not complete while the new one is written
+        _write_atomically(self._file(name), data)
+        record = {
+            "name": name,
+            "target": self.target,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "key": key,
+        }
+        _write_atomically(self._sidecar(name), json.dumps(record).encode())
+
+    def ready(self) -> set[str]:
+        """The names whose file and sidecar are both there (not checked yet: `take` does)."""
+        if not self.directory.is_dir():
+            return set()
+        found = {p.name.removesuffix(SIDECAR) for p in self.directory.iterdir() if p.name.endswith(SIDECAR)}
+        return {name for name in found if self._file(name).is_file() and not name.startswith(".")}
+
+    def take(self, name: str) -> Taken:
+        """The verified bytes of `name`, removed from the spool; Taken(None) when it is not there, Taken(None,
+        why) when it is there but not usable (removed too)."""
+        sidecar, file = self._sidecar(name), self._file(name)
+        if not sidecar.is_file():
+            return Taken(None)
+        try:
+            record = json.loads(sidecar.read_bytes())
+            why = self._refusal(name, record, file)
+            data = file.read_bytes() if why is None else None
+            if data is not None and hashlib.sha256(data).hexdigest() != record.get("sha256"):
+                why, data = "its SHA-256 does not match its sidecar's", None
+        except (OSError, ValueError) as exc:  # ValueError: a sidecar that is not JSON
+            why, data = f"unreadable: {exc}", None
+        self._remove(name)
+        if why is not None:
+            logger.warning("prefetched WAL refused: read from S3 instead", extra={"wal_file": name, "why": why})
+        return Taken(data, why)
+
+    def _refusal(self, name: str, record: Any, file: Path) -> str | None:
+        """Why the spool's `name` may not be served before its bytes are read (None: it may, if they hash right)."""
+        if not isinstance(record, dict):
+            return "its sidecar is not a JSON object"
+        if record.get("name") != name or record.get("target") != self.target:
+            return f"its sidecar is for {record.get('target')!r}'s {record.get('name')!r}"
+        if not file.is_file() or file.stat().st_size != record.get("size"):
+            return f"its size is not the {record.get('size')} bytes its sidecar records"
+        return None
+
+    def _remove(self, name: str) -> None:
+        """The marker first: never a sidecar without its file. A file that cannot be removed stays (a later
+        `keep_only` tries again): what PostgreSQL gets does not depend on the spool's housekeeping."""
+        try:
+            self._sidecar(name).unlink(missing_ok=True)
+            self._file(name).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("a prefetched WAL file could not be removed", extra={"wal_file": name, "why": str(exc)})
+
+    def keep_only(self, names: set[str]) -> None:
+        """Remove every file but the complete ones of `names` (and their sidecars): older segments, other
+        timelines, leftovers of an interrupted prefetch."""
+        if not self.directory.is_dir():
+            return
+        keep = names & self.ready()
+        for path in self.directory.iterdir():
+            if path.is_file() and path.name.removesuffix(SIDECAR) not in keep:
+                path.unlink(missing_ok=True)
