@@ -20,7 +20,10 @@ from chalicelib.drills.evidence import EvidenceStore
 from chalicelib.drills.views import proof, proven_backups
 from chalicelib.errors import BadRequestError, ConflictError
 from chalicelib.logical.catalog import BackupId
+from chalicelib.logical.signing import ManifestSigning
 from chalicelib.physical.catalog import list_snapshots
+from chalicelib.pitr.catalog import base_entry, read_wal_listing
+from chalicelib.pitr.sealing import Sealer
 from chalicelib.restore.model import RestoreServices
 from chalicelib.restore.requests import RestoreRequest, _Body, describe_validation_error
 from chalicelib.restore.service import start_restore
@@ -85,10 +88,11 @@ def list_backups(
     svc: ApiServices, target: str, kind: str | None, limit: int = 50, evidence: EvidenceStore | None = None
 ) -> dict[str, Any]:
     """The target's catalog, newest first; each complete backup's `last_proven`: its newest successful restore drill
-    (verified evidence, one read of the drill records), or null."""
-    svc.config.target(target)
-    if kind not in (None, "logical", "snapshot"):
-        raise BadRequestError("kind must be 'logical' or 'snapshot'")
+    (verified evidence, one read of the drill records), or null. A target with a `wal` section also lists its base
+    backups (kind `base`) and `wal`: its recoverable window (chalicelib.pitr.catalog); `wal` is null otherwise."""
+    config = svc.config.target(target)
+    if kind not in (None, "logical", "snapshot", "base"):
+        raise BadRequestError("kind must be 'logical', 'snapshot' or 'base'")
     entries: list[dict[str, Any]] = []
     if kind in (None, "logical"):
         for m in svc.catalog.list_backups(target, limit=limit):
@@ -121,13 +125,20 @@ def list_backups(
                     "resource_ids": e.resource_ids,
                 }
             )
+    wal = None
+    if kind in (None, "base") and config.wal is not None:
+        signing = svc.catalog.signing
+        sealer = Sealer.from_signing(signing if isinstance(signing, ManifestSigning) else None)
+        listing = read_wal_listing(svc.catalog.store, svc.config.settings.prefix, target, sealer)
+        entries.extend(base_entry(base) for base in listing.bases)
+        wal = listing.window
     entries.sort(key=lambda e: e["time"], reverse=True)
     entries = entries[:limit]
-    complete = [(target, e["backup_id"]) for e in entries if e["status"] == "SUCCEEDED"]
+    complete = [(target, e["backup_id"]) for e in entries if e["status"] == "SUCCEEDED" and e["kind"] != "base"]
     drills = proven_backups(evidence, complete) if evidence is not None and complete else {}
     for entry in entries:
         entry["last_proven"] = proof(drills[entry["backup_id"]]) if entry["backup_id"] in drills else None
-    return {"target": target, "backups": entries}
+    return {"target": target, "backups": entries, "wal": wal}
 
 
 def start_restore_once(

@@ -43,7 +43,7 @@ def status_of(targets: list[str], grace_minutes: int | None, now: datetime) -> l
         raise BadRequestError(f"--grace {grace_minutes}: give the minutes as a whole number, 0 or more")
     cfg = wiring.load_config()
     # By default the targets that are backed up (not those that are only restore destinations).
-    names = list(dict.fromkeys(targets)) or [t.name for t in cfg.targets if t.logical or t.physical]
+    names = list(dict.fromkeys(targets)) or [t.name for t in cfg.targets if t.logical or t.physical or t.wal]
     for name in names:
         cfg.target(name)  # an unknown name fails before anything is read
     physical = any(cfg.target(n).physical is not None for n in names)

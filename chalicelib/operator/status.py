@@ -10,6 +10,9 @@ A row's status, the worst of its backup kinds (logical dumps, snapshots) configu
 - DRILL_OVERDUE: backups fine, but no drill whose signed evidence says SUCCEEDED finished within drill.max_age_days
   (the DrillsOverdue alarm's rule): an unproven backup is not one to count on, so not OK (exit 1); a backup problem
   outranks it (both problem lines are shown);
+- a target with a `wal` section adds the lane of its recoverable window (chalicelib.operator.wal_status: FAILING
+  when a gap breaks it, NEVER before a usable base, STALE when the latest restorable time is older than 2 x
+  wal.flush_seconds + 5 minutes);
 - OK otherwise. A kind without a schedule (on demand only) is never STALE; a target without a backup kind (a restore
   destination only) is OK and listed only when named.
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TextIO
 
 from chalicelib.config import Config
@@ -31,6 +34,12 @@ from chalicelib.drills.evidence import EvidenceStore
 from chalicelib.drills.model import DrillRecord
 from chalicelib.drills.views import TargetDrills, drills_by_target
 from chalicelib.logical.catalog import Catalog, Manifest, is_future
+from chalicelib.operator.humanize import age as _age
+from chalicelib.operator.humanize import duration as _duration
+from chalicelib.operator.humanize import short as _short
+from chalicelib.operator.humanize import size as _bytes
+from chalicelib.operator.humanize import trend as _change
+from chalicelib.operator.wal_status import WalFacts, WalView, wal_facts, wal_note, wal_verdict
 from chalicelib.physical.catalog import SnapshotEntry, list_snapshots
 from chalicelib.physical.model import SnapshotServices
 from chalicelib.scheduling.dispatch import expected_slot
@@ -110,6 +119,7 @@ class TargetFacts:
     drill_max_age_days: int | None = None  # None: no drill section
     last_drill: DrillSeen | None = None
     last_drill_success: datetime | None = None  # when the newest verified successful drill finished
+    wal: WalFacts | None = None  # a target with a wal section: its recoverable window
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ class StatusRow:
     last_drill: DrillSeen | None = None
     last_drill_success: datetime | None = None
     schedules: dict[str, str | None] = field(default_factory=dict)
+    wal: WalView | None = None
 
     def as_json(self) -> dict[str, Any]:
         good, failure, snap, drill = self.last_good, self.last_failure, self.snapshot, self.last_drill
@@ -172,6 +183,7 @@ class StatusRow:
                 "recovery_seconds": drill.recovery_seconds,
                 "last_success_at": _iso(self.last_drill_success),
             },
+            "wal": None if self.wal is None else self.wal.as_json(),
         }
 
 
@@ -199,6 +211,8 @@ def target_status(facts: TargetFacts, now: datetime, grace: timedelta | None = N
         lanes.append(("snapshot", good_snapshots, _failed_snapshots(snapshots), facts.snapshot_schedule))
     verdicts = [_lane_status(kind, runs, failed, schedule, now, grace) for kind, runs, failed, schedule in lanes]
     verdicts.append(_drill_status(facts, now))
+    wal = wal_verdict(facts.wal, now) if facts.wal is not None else None
+    verdicts += [(wal[0], wal[1])] if wal is not None else []
     # No kind configured (a restore destination only): nothing can be late.
     status: Status = max((v[0] for v in verdicts), key=SEVERITY.__getitem__, default="OK")
     primary = lanes[0][1] if lanes else []
@@ -220,6 +234,7 @@ def target_status(facts: TargetFacts, now: datetime, grace: timedelta | None = N
         last_drill=facts.last_drill,
         last_drill_success=facts.last_drill_success,
         schedules={"logical": facts.logical_schedule, "snapshot": facts.snapshot_schedule},
+        wal=wal[2] if wal is not None else None,
     )
 
 
@@ -361,6 +376,9 @@ def gather(
                 drill_max_age_days=target.drill.max_age_days if target.drill else None,
                 last_drill=_drill_seen(drills[name].latest) if name in drills else None,
                 last_drill_success=drills[name].last_success_at if name in drills else None,
+                wal=wal_facts(catalog.store, cfg.settings.prefix, name, target.wal.flush_seconds)
+                if target.wal
+                else None,
             )
         )
     return facts
@@ -444,6 +462,7 @@ def render_table(rows: Sequence[StatusRow], out: TextIO, *, color: bool = False)
         drill = row.last_drill
         if drill is not None and drill.status in ("FAILED", "UNVERIFIED"):
             notes.append(f"  last drill {drill.status} {_short(drill.started_at)} ({drill.drill_id}): {drill.error}")
+        notes += [wal_note(row.wal)] if row.wal is not None else []
         for note in notes:
             out.write((f"{RED}{note}{RESET}" if color and note.startswith("  !") else note) + "\n")
     if not rows:
@@ -460,34 +479,3 @@ def _drill_cell(drill: DrillSeen | None) -> str:
 
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
-
-
-def _short(when: datetime) -> str:
-    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M}"
-
-
-def _age(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    if days:
-        return f"{sign}{days}d{hours}h" if hours else f"{sign}{days}d"
-    minutes = rest // 60
-    return f"{sign}{hours}h{minutes}m" if hours and minutes else f"{sign}{hours}h" if hours else f"{sign}{minutes}m"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _change(trend: float | None) -> str:
-    return "" if trend is None else f" {trend * 100:+.0f}%"
-
-
-def _duration(seconds: float | None, trend: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.1f}s{_change(trend)}"

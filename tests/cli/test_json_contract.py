@@ -144,6 +144,10 @@ def recovery_tour(
         wait_for(lambda: lifeboat("wal-window", "shop").code == 0, "the base's WAL was not archived")
         assert run("wal-window", "shop").code == 0
         assert run("wal-status", "shop").code == 0
+        status = run("status", "shop")  # now the WAL window is there too
+        assert status.code == 0 and status.json()["targets"][0]["wal"]["newest_base"], status
+        listed = run("list", "shop").json()
+        assert [row["kind"] for row in listed if row["kind"] in ("base", "wal_window")] == ["base", "wal_window"]
         plan = run("recover", "shop", "--latest", "--dry-run", "--pgdata", str(tmp_path / "recovered"))
         assert plan.code == 0 and plan.json()["status"] == "PLANNED", plan
         assert not (tmp_path / "recovered").exists()
@@ -188,7 +192,8 @@ def test_every_command_keeps_the_contract(
     run("validate")
     run("--config", "/nonexistent/lifeboat.json", "validate")
     listed = run("list", "--failed")
-    assert {row["status"] for row in listed.json()} == {"SUCCEEDED", "FAILED"}, listed
+    rows = [row for row in listed.json() if row["kind"] != "wal_window"]  # shop streams: its window comes last
+    assert {row["status"] for row in rows} == {"SUCCEEDED", "FAILED"} and listed.json()[-1]["target"] == "shop", listed
     run("list", "nosuch")
     assert run("verify", backup_id).code == 0
     run("verify", "not-an-id")
@@ -213,7 +218,7 @@ def test_every_command_keeps_the_contract(
     assert run("check", "shop").code == 0  # after lifecycle --apply: the rules match
     assert run("check", "broken").code == 1
     run("check", "nosuch")
-    assert run("status", "shop").code == 0  # backed up and snapshotted just now
+    assert run("status", "shop").code == 1  # backed up and snapshotted just now, but no base backup: NEVER (wal)
     assert run("status", "broken").code == 1  # never backed up
     run("status", "--grace", "-5")
     assert run("drills").code == 0 and run("drills", "shop").code == 0

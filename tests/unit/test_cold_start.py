@@ -70,7 +70,7 @@ def test_import_app_builds_only_the_settings_model_and_no_client_nor_driver() ->
     assert after_import["psycopg"] == [], "psycopg imported by `import app`"
     assert not after_import["pydantic_settings"], "pydantic-settings imported (chalicelib.env needs only pydantic)"
     # The probe sees a build and a client when there is one:
-    assert "chalicelib.logical.catalog.ManifestObject" in after_use["built"]
+    assert "chalicelib.logical.manifest.ManifestObject" in after_use["built"]
     assert after_use["clients"] == 1
 
 
