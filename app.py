@@ -170,7 +170,8 @@ def start_restore(target: str) -> Response:
             app.lambda_context,
             scope=f"{target}|{_caller()}",
         )
-        return 202, job, {"Location": f"/targets/{target}/restores/{job['restore_id']}"}
+        status = 201 if job["kind"] == "wal" else 202  # a WAL recovery plan is answered at once (restore.wal_recovery)
+        return status, job, {"Location": f"/targets/{target}/restores/{job['restore_id']}"}
 
     return _api(op)
 

@@ -17,7 +17,12 @@ from pydantic import BaseModel, Field
 from chalicelib.api import BackupRequest
 from chalicelib.drills.model import DrillRecord
 from chalicelib.restore.model import RestoreJob
-from chalicelib.restore.requests import LogicalRestoreRequest, PointInTimeRestoreRequest, SnapshotRestoreRequest
+from chalicelib.restore.requests import (
+    LogicalRestoreRequest,
+    PointInTimeRestoreRequest,
+    SnapshotRestoreRequest,
+    WalRecoveryRequest,
+)
 
 
 class ErrorResponse(BaseModel):
@@ -34,22 +39,50 @@ class DrillProof(BaseModel):
 
 class BackupEntry(BaseModel):
     backup_id: str
-    kind: str
+    kind: str = Field(description="logical, snapshot, or base (a streaming target's base backup)")
     target: str
     time: str
     size: int
     status: str
-    retention_class: str
+    retention_class: str | None = Field(description="null for a base backup (wal-prune keeps bases by the policy)")
     server_version: str | None = None
     database: str | None = None
     region: str | None = None
     resource_ids: list[str] | None = None
+    started_at: str | None = Field(default=None, description="a base backup: when pg_basebackup started")
+    finished_at: str | None = Field(default=None, description="a base backup: when it ended (restorable from then)")
+    timeline: int | None = None
+    start_lsn: str | None = None
+    end_lsn: str | None = None
+    incremental_of: str | None = Field(default=None, description="an incremental base: its parent's stamp")
     last_proven: DrillProof | None = Field(description="when the backup was last proven restorable; null: never")
+
+
+class WalSpan(BaseModel):
+    base: str
+    from_: str = Field(alias="from")
+    to: str
+    ended_by_gap: str | None
+
+
+class WalWindow(BaseModel):
+    """chalicelib.pitr.window.RecoverableWindow.as_dict: when a streaming target can be recovered to."""
+
+    target: str
+    earliest: str | None = Field(description="the oldest restorable time (the oldest usable base's end)")
+    latest: str | None = Field(description="the newest archived WAL's upload time")
+    broken: bool = Field(description="a gap after the newest usable base: later times need a new base backup")
+    restorable_until: str | None
+    spans: list[WalSpan]
+    gaps: list[dict[str, Any]]
+    unusable_bases: dict[str, str]
+    newest_wal: str | None
 
 
 class BackupList(BaseModel):
     target: str
     backups: list[BackupEntry]
+    wal: WalWindow | None = Field(description="the recoverable window of a target with a wal section; null otherwise")
 
 
 class BackupQueued(BaseModel):
@@ -76,6 +109,7 @@ MODELS: list[type[BaseModel]] = [
     LogicalRestoreRequest,
     SnapshotRestoreRequest,
     PointInTimeRestoreRequest,
+    WalRecoveryRequest,
     BackupRequest,
     RestoreJob,
     ErrorResponse,
@@ -123,9 +157,8 @@ SERVERS = [
 
 def _paths() -> dict[str, Any]:
     """Every route of app.py (long because it is the table of operations, one literal per route)."""
-    restore_body = {
-        "oneOf": [_ref("LogicalRestoreRequest"), _ref("SnapshotRestoreRequest"), _ref("PointInTimeRestoreRequest")]
-    }
+    forms = ("LogicalRestoreRequest", "SnapshotRestoreRequest", "PointInTimeRestoreRequest", "WalRecoveryRequest")
+    restore_body = {"oneOf": [_ref(form) for form in forms]}
     idempotency_key = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128}}
     job = {"description": "the job", **_json(_ref("RestoreJob"))}
     return {
@@ -133,7 +166,10 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listBackups",
                 "summary": "the target's catalog, newest first",
-                "parameters": [TARGET, {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot"]}}],
+                "parameters": [
+                    TARGET,
+                    {"name": "kind", "in": "query", "schema": {"enum": ["logical", "snapshot", "base"]}},
+                ],
                 "responses": {
                     "200": {"description": "backups", **_json(_ref("BackupList"))},
                     **_errors(400, 404, 500, 502, 503),
@@ -154,10 +190,17 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "startRestore",
                 "summary": "restore one of the target's backups (or its instance to a point in time) into a"
-                " configured target",
+                " configured target; for a target with a WAL stream (time, latest or lsn): the recovery plan and the"
+                " `lifeboat recover` command to run",
                 "parameters": [TARGET, idempotency_key],
                 "requestBody": _json(restore_body),
                 "responses": {
+                    "201": {
+                        "description": "a WAL recovery plan (kind wal, SUCCEEDED): its result names the base, the WAL"
+                        " range and the command",
+                        **_json(_ref("RestoreJob")),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
                     "202": {**job, "headers": {"Location": {"schema": {"type": "string"}}}},
                     **_errors(400, 403, 404, 409, 429, 500, 502, 503),
                 },

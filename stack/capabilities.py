@@ -25,6 +25,7 @@ CAPABILITIES = (
     "restores:check",
     "restores:run",
     "restores:advance",
+    "restores:plan",
     "fargate:run",
     "manifests:sign",
     "manifests:verify",
@@ -157,7 +158,7 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
     if capability.startswith("snapshots:"):
         return _snapshot_statements(capability.removeprefix("snapshots:"))
     if capability.startswith("restores:"):
-        return _restore_statements(capability.removeprefix("restores:"))
+        return _restore_statements(capability.removeprefix("restores:"), stage)
     verb, _, kind = capability.partition(":")
     if verb in ("send", "consume"):
         return _queue_statements(stage, verb, kind)
@@ -710,11 +711,14 @@ def _restored_cluster_instances() -> list[Statement]:
     ]
 
 
-def _restore_statements(what: str) -> list[Statement]:
+def _restore_statements(what: str, stage: str = "") -> list[Statement]:
     """restores:check (the API: look only), restores:run (the worker: start restores from managed snapshots
-    and point-in-time), restores:advance (the sweeper: an Aurora cluster's instance, attaching EBS volumes)."""
+    and point-in-time), restores:advance (the sweeper: an Aurora cluster's instance, attaching EBS volumes),
+    restores:plan (the API: WAL recovery plans, and the volumes of a snapshot set chosen as their base)."""
     if what == "check":
         return [_describe_restore_resources()]
+    if what == "plan":
+        return _plan_wal_recoveries(stage)
     if what == "advance":
         return [
             _describe_restore_resources(),
@@ -766,6 +770,13 @@ def _restore_statements(what: str) -> list[Statement]:
             "Resource": RDS_SNAPSHOTS,
             "Condition": MANAGED,
         },
+        *_restore_volumes(),
+    ]
+
+
+def _restore_volumes() -> list[Statement]:
+    """ec2:CreateVolume from a managed EBS snapshot, the new volume tagged by a restore (plan.tags) and nothing else."""
+    return [
         {
             "Sid": "CreateRestoreVolumes",
             "Effect": "Allow",
@@ -787,6 +798,23 @@ def _restore_statements(what: str) -> list[Statement]:
             "Resource": "arn:aws:ec2:*:*:volume/*",
             "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
         },
+    ]
+
+
+def _plan_wal_recoveries(stage: str) -> list[Statement]:
+    """restores:plan (the API's WAL recovery plans, chalicelib.restore.wal_recovery): the first version of each base
+    manifest and backup label (ListObjectVersions with the key as Prefix; the reads are bucket:read's), and the
+    volumes of an app-consistent snapshot set chosen as the base."""
+    prefixes = [f"{where}{folder}/*" for folder in ("base", "snapshots") for where in ("", "*/")]
+    return [
+        {
+            "Sid": "ListBaseAndLabelVersions",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucketVersions"],
+            "Resource": bucket_arn(stage),
+            "Condition": {"StringEquals": OWN_RESOURCES, "StringLike": {"s3:prefix": prefixes}},
+        },
+        *_restore_volumes(),
     ]
 
 

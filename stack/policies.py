@@ -97,8 +97,10 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "database",
         "snapshots:read",
         "restores:check",
+        "restores:plan",  # WAL recovery plans: base manifests' versions, volumes from an app-consistent snapshot set
         "manifests:verify",  # a logical restore request is refused at once when the manifest's signature fails
         "drills:read",  # GET /targets/{target}/drills reads each evidence document by version and verifies it
+        "archive:list",  # GET /targets/{target}/backups: a streaming target's base manifests, at their first version
     ),
     # With drills configured the sweeper also finishes them (chalicelib.drills.sweep): their records (jobs:list: Get,
     # Put, a Query on the indexes), the checks of a restored copy and the scratch database's drop (database), the
@@ -156,21 +158,24 @@ LOCK_IN_THE_STACKS_MODE_ONLY = {
 }
 
 
+# The database password secrets: those whose names start with the stack's SecretsPrefix parameter.
+DATABASE_PASSWORDS = {
+    "Sid": "DatabasePasswords",
+    "Effect": "Allow",
+    "Action": "secretsmanager:GetSecretValue",
+    "Resource": {
+        "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${SecretsPrefix}*"
+    },
+}
+
+
 def database_policy() -> dict[str, Any]:
     """Template-side grants (CloudFormation intrinsics): parameters name what the operator owns; and the lock mode
     (LOCK_IN_THE_STACKS_MODE_ONLY)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {
-                "Sid": "DatabasePasswords",
-                "Effect": "Allow",
-                "Action": "secretsmanager:GetSecretValue",
-                "Resource": {
-                    "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
-                    ":secret:${SecretsPrefix}*"
-                },
-            },
+            DATABASE_PASSWORDS,
             LOCK_IN_THE_STACKS_MODE_ONLY,
             {
                 "Fn::If": [

@@ -22,6 +22,10 @@ Drill records in the jobs table (`drill#<id>`, `drill-slot#<target>#<slot>`) com
 other record of the table: those capabilities scope by table, not by key (a `dynamodb:LeadingKeys` prefix condition
 needs `ForAllValues:StringLike`, a set operator the IAM evaluator of the tests does not know yet).
 
+`archive:list` (the API's GET /targets/{t}/backups lists a streaming target's bases and window,
+chalicelib.pitr.catalog): s3:ListBucketVersions for prefixes under `base/` only (a base manifest is read at its first
+version); reading the objects and listing wal/ come with bucket:read.
+
 The WAL stream (`lifeboat wal-stream TARGET`, one ECS service per target, stack/template/fargate.py) gets a role of
 its own per target: the configuration, its target's `wal/<target>/` prefix (list, read, write, lock; delete only the
 `.partial` object a finished segment supersedes, chalicelib.pitr.walarchive.put_segment) and `base/<target>/`
@@ -61,6 +65,11 @@ from stack.capabilities import (
 )
 
 DRILL_CAPABILITIES = ("drills:restore", "drills:instances", "drills:evidence", "drills:read")
+# The catalog's view of the point-in-time archive (chalicelib.pitr.catalog, GET /targets/{t}/backups): base manifests
+# are read at their first version, found by ListObjectVersions with the manifest's key as Prefix. The WAL listing
+# and the gap records need only bucket:read's ListBucket and GetObject.
+ARCHIVE_CAPABILITIES = ("archive:list",)
+BASE_PREFIXES = ["base/*", "*/base/*"]  # settings.prefix is "" or ends with "/"
 DRILL_RDS_PREFIX = "lifeboat-drill-"  # chalicelib.drills.model.INSTANCE_PREFIX
 DRILL_TAG = "lifeboat:drill"  # chalicelib.drills.model.DRILL_TAG: the drill's id, d-<16 hex digits>
 DRILL_ID_PATTERN = "d-*"
@@ -80,7 +89,20 @@ def statements(stage: str, capability: str) -> list[Statement]:
         return _drill_evidence(stage)
     if capability == "drills:read":
         return _drill_read(stage)
+    if capability == "archive:list":
+        return [_list_base_versions(stage)]
     return capability_statements(stage, capability)
+
+
+def _list_base_versions(stage: str) -> Statement:
+    """ListBucketVersions for prefixes under a `base/` folder only (not wal/, logical/ or drills/)."""
+    return {
+        "Sid": "ListBaseManifestVersions",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucketVersions"],
+        "Resource": bucket_arn(stage),
+        "Condition": {"StringLike": {"s3:prefix": BASE_PREFIXES}, "StringEquals": OWN_RESOURCES},
+    }
 
 
 def _drill_restore() -> list[Statement]:

@@ -25,7 +25,7 @@ from chalicelib.logical.catalog import Catalog
 from chalicelib.physical.model import SnapshotServices
 
 Status = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
-JobKind = Literal["logical", "snapshot", "point_in_time"]
+JobKind = Literal["logical", "snapshot", "point_in_time", "wal"]  # wal: a WAL recovery plan (restore.wal_recovery)
 RECENT_SCAN = 1000
 # A job unfinished for longer (its worker and every redelivery died) no longer counts against the quotas.
 ACTIVE_WINDOW = timedelta(hours=24)

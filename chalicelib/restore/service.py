@@ -31,7 +31,7 @@ from chalicelib.logical.catalog import BackupId
 from chalicelib.logical.databases import database_comment, marker
 from chalicelib.logical.restore import RestoreOptions, restore_logical
 from chalicelib.observability import logger, record
-from chalicelib.restore import access
+from chalicelib.restore import access, wal_recovery
 from chalicelib.restore import snapshot as snapshot_restores
 from chalicelib.restore.model import (
     JobError,
@@ -47,6 +47,7 @@ from chalicelib.restore.requests import (
     PointInTimeRestoreRequest,
     RestoreRequest,
     SnapshotRestoreRequest,
+    WalRecoveryRequest,
     describe_validation_error,
     source_target,
 )
@@ -55,6 +56,7 @@ REQUEST_MODELS: dict[str, type[RestoreRequest]] = {
     "logical": LogicalRestoreRequest,
     "snapshot": SnapshotRestoreRequest,
     "point_in_time": PointInTimeRestoreRequest,
+    "wal": WalRecoveryRequest,
 }
 
 
@@ -74,10 +76,13 @@ def check_rules(
     `lifeboat restore`. `restore_id`: the worker's job, whose own finished database is not "already there".
 
     - snapshot and point-in-time: new_id is never a drill's name (plan.refuse_drill_name, 400);
+    - a WAL recovery plan (kind `wal`): the target itself (it creates no server, only, for EBS, tagged volumes);
     - logical: into the backup's own target or one its restore_into lists (access.destination, 403); never a drill's
       scratch database name (400); options.clean (replacing a database) only without a selection (400), only on
       the backup's own target (403), only with options.confirm naming the database (409); without clean the
       database must not exist yet (409)."""
+    if isinstance(req, WalRecoveryRequest):
+        return Destination(req.target)
     if not isinstance(req, LogicalRestoreRequest):
         refuse_drill_name(req)
         return Destination(source_target(req))
@@ -153,9 +158,12 @@ def check_manifest(svc: RestoreServices, bid: BackupId) -> None:
 
 
 def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
-    """Check the request, count it against the quotas, record the job and queue it."""
+    """Check the request, count it against the quotas, record the job and queue it (a WAL recovery plan: answer it,
+    plan_wal_recovery)."""
     now = datetime.now(UTC)
     kind: JobKind
+    if isinstance(req, WalRecoveryRequest):
+        return plan_wal_recovery(svc, req)
     if isinstance(req, LogicalRestoreRequest):
         (target, into), kind, backup_id = check_logical(svc, req), "logical", req.backup_id
     elif isinstance(req, SnapshotRestoreRequest):
@@ -165,8 +173,10 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
     else:
         target_cfg = svc.config.target(req.target)
         if target_cfg.physical is None or target_cfg.physical.method == "ebs":
+            streams = " (it streams its WAL: post time, latest or lsn instead)" if target_cfg.wal else ""
             raise BadRequestError(
-                f"target {req.target!r} is not an RDS instance or Aurora cluster: point-in-time restore needs one"
+                f"target {req.target!r} is not an RDS instance or Aurora cluster: point-in-time restore with new_id"
+                f" needs one{streams}"
             )
         check_rules(svc.config, svc.credentials, req)
         target, kind, backup_id = snapshot_restores.check(svc, req), "point_in_time", None
@@ -184,6 +194,32 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
     )
     svc.jobs.create(job)
     svc.restore_queue.send(job.restore_id)
+    return job
+
+
+def plan_wal_recovery(svc: RestoreServices, req: WalRecoveryRequest) -> RestoreJob:
+    """A WAL recovery plan (chalicelib.restore.wal_recovery): the same rules and quotas as every restore, answered at
+    once and recorded as a SUCCEEDED job of kind `wal` (never queued: nothing is left for a worker)."""
+    check_rules(svc.config, svc.credentials, req)
+    target = wal_recovery.check(svc, req)
+    access.check_quota(svc.config, svc.jobs, target)
+    restore_id = new_restore_id()
+    result = wal_recovery.plan_recovery(svc, req, restore_id)
+    now = datetime.now(UTC)
+    job = RestoreJob(
+        restore_id=restore_id,
+        kind="wal",
+        status="SUCCEEDED",
+        target=target,
+        into_target=target,
+        request=req.model_dump(mode="json", exclude_none=True),
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=now,
+        result=result,
+    )
+    svc.jobs.create(job)
     return job
 
 
@@ -207,7 +243,7 @@ def advance_running(svc: RestoreServices) -> list[str]:
     """The restore sweeper: advance every running snapshot or point-in-time restore."""
     changed = []
     for job in svc.jobs.running(limit=500):
-        if job.status == "RUNNING" and job.kind != "logical" and job.result:
+        if job.status == "RUNNING" and job.kind in ("snapshot", "point_in_time") and job.result:
             advanced = snapshot_restores.advance(svc, job)
             if advanced != job:
                 svc.jobs.save(advanced)
@@ -230,6 +266,8 @@ def run_restore_job(
     logger.append_keys(restore_id=restore_id, target=job.target)
     try:
         req, destination = check_job(svc, job)  # before anything is created
+        if isinstance(req, WalRecoveryRequest):
+            raise RestoreError("a WAL recovery is planned by the API and run by the caller: no worker runs one")
         if isinstance(req, LogicalRestoreRequest):
             job = _run_logical(svc, job, req, destination, lease, remaining_ms, workdir)
         else:

@@ -8,7 +8,11 @@ them.
 - OperatorRecoveryPolicy: what `lifeboat recover`, `wal-fetch` (PostgreSQL's restore_command on the recovering
   machine), `wal-window` and `wal-prune` call (stack.recovery_capabilities.operator_recovery_statements), plus the
   stack's lock-mode Deny (policies.LOCK_IN_THE_STACKS_MODE_ONLY: wal-prune's lock pass never locks in another mode).
-  A machine that only recovers needs the same minus PruneWalAndBases and LockWalAndBases.
+  The same reads serve the WAL part of `lifeboat list` and `status` (base manifests at their first version, the WAL
+  listing, the gap records). `wal-status` also logs in with the replication login: ReplicationPasswords, GetSecretValue
+  on the secrets under the stack's SecretsPrefix (wal.replication_password_secret, else the connection's
+  password_secret), as DatabaseAccessPolicy grants the functions. A machine that only recovers needs the same minus
+  PruneWalAndBases, LockWalAndBases and ReplicationPasswords.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def operator_policy_document(stage: str) -> Json:
 
 
 def operator_recovery_document(stage: str) -> Json:
-    statements = [*operator_recovery_statements(stage), policies.LOCK_IN_THE_STACKS_MODE_ONLY]
+    secrets = {**policies.DATABASE_PASSWORDS, "Sid": "ReplicationPasswords"}  # wal-status's replication login
+    statements = [*operator_recovery_statements(stage), secrets, policies.LOCK_IN_THE_STACKS_MODE_ONLY]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -72,7 +77,8 @@ def operator_resources(stage: str) -> Json:
             "Type": "AWS::IAM::ManagedPolicy",
             "Properties": {
                 "Description": sub(
-                    "pg-lifeboat ${Stage}: lifeboat recover, wal-fetch, wal-window and wal-prune (WAL and base backups)"
+                    "pg-lifeboat ${Stage}: lifeboat recover, wal-fetch, wal-window, wal-status and wal-prune (WAL and"
+                    " base backups)"
                 ),
                 "PolicyDocument": operator_recovery_document(stage),
             },
