@@ -125,10 +125,20 @@ def _make_client(service: str, region_name: str, profile: str | None) -> Any:
     from botocore.config import Config as BotoConfig
 
     # Standard retry mode: throttles and 5xx are retried with backoff, up to 3 retries after the first try.
+    # Checksums "when_required" and no S3 payload signing: S3Store hashes every byte it writes once and sends the
+    # SHA-256 as ChecksumSHA256 (a signed header S3 verifies the body against), so botocore computes no CRC32
+    # and no SHA-256 payload hash of its own; reads are verified against the signed manifest, not by botocore.
+    # Operations that require a checksum (DeleteObjects, PutObjectRetention, ...) still get one from botocore.
     return _session(profile).client(
         service,
         region_name=region_name,
-        config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=32),
+        config=BotoConfig(
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=32,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
+        ),
     )
 
 

@@ -2,28 +2,36 @@
 
 Contract (every backend keeps it):
 - `put_stream` reads a stream to its end and stores it as one object, computing SHA-256 and size on the
-  way. The object becomes visible only if the stream ended *and* `before_complete` returned without
-  raising; on any failure the multipart upload is aborted, so no partial object and no open upload
-  remain. Memory stays bounded whatever the stream's length.
+  way: a stream longer than one part is sent in parts, each hashed once and verified by S3 on arrival
+  (`PutResult.part_digests`; its `sha256` is then the composite over them, chalicelib.adapters.s3_multipart),
+  a shorter one in one PUT with a plain SHA-256. The object becomes visible only if the stream ended *and*
+  `before_complete` returned without raising; on any failure the multipart upload is aborted, so no partial
+  object and no open upload remain. Memory stays within the budget whatever the stream's length.
 - Keys are opaque here: naming belongs to the catalog.
 - Errors are StorageError with a message that says what to fix.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message, http_status
+from chalicelib.adapters.s3_multipart import (
+    S3_MAX_PARTS,
+    BufferPool,
+    MultipartUpload,
+    UploadedPart,
+    composite_sha256,
+    fill,
+)
 from chalicelib.adapters.versions import NULL_VERSION, VersionInfo, from_pages
 from chalicelib.errors import StorageError
-from chalicelib.observability import logger
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -32,7 +40,6 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * GiB
-S3_MAX_PARTS = 10_000
 S3_MAX_OBJECT = 5 * 1024 * GiB
 
 
@@ -63,9 +70,10 @@ class PartPlan:
 class PutResult:
     key: str
     size: int
-    sha256: str
+    sha256: str  # hex: of the bytes (one PUT), or composite_sha256 of `part_digests` (a multipart upload)
     parts: int
     version_id: str | None = None  # the stored version (None: an unversioned bucket or a store that does not say)
+    part_digests: tuple[UploadedPart, ...] = ()  # a multipart upload's parts, in order (empty: one PUT)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ class BackupStore(Protocol):
     def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None: ...
 
     def open_stream(self, key: str, version_id: str | None = None) -> tuple[BinaryIO, int]: ...
+
+    def get_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes: ...
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
@@ -205,6 +215,7 @@ class S3Store:
         `if_absent`: a conditional PUT (If-None-Match: *) that S3 refuses when the key has a current version
         (AlreadyWritten); a key whose current version is a delete marker is written."""
         extra: Any = {"Metadata": dict(metadata)} if metadata else {}
+        digest = hashlib.sha256(data).digest()  # the one hash of these bytes: S3 checks it, the caller records it
         if if_absent:
             extra["IfNoneMatch"] = "*"
         try:
@@ -214,6 +225,7 @@ class S3Store:
                 Body=data,
                 ContentType=content_type,
                 Tagging=urllib.parse.urlencode(dict(tags or {})),
+                ChecksumSHA256=base64.b64encode(digest).decode(),
                 **self._encryption(),
                 **extra,
             )
@@ -221,7 +233,7 @@ class S3Store:
             if if_absent and (error_code(exc) == "PreconditionFailed" or http_status(exc) == 412):
                 raise AlreadyWritten(f"s3://{self.bucket}/{key} is already there: it is written once") from exc
             raise _explain(exc, self.bucket, key) from exc
-        return PutResult(key, len(data), hashlib.sha256(data).hexdigest(), 1, resp.get("VersionId"))
+        return PutResult(key, len(data), digest.hex(), 1, resp.get("VersionId"))
 
     def put_stream(
         self,
@@ -233,22 +245,26 @@ class S3Store:
         before_complete: Callable[[], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> PutResult:
-        sha = hashlib.sha256()
-        first = stream.read(self.plan.size(1))
-        sha.update(first)
-        if len(first) < self.plan.size(1):
+        pool = BufferPool(self.memory_budget)
+        first = pool.acquire(self.plan.size(1))
+        size = fill(stream, first)
+        if size < self.plan.size(1):
             # The whole stream fits one part: a single PUT, after the producer said it succeeded.
+            data = bytes(memoryview(first)[:size])
+            del first
             if before_complete:
                 before_complete()
-            result = self.put_bytes(key, first, tags=tags, content_type=content_type)
+            result = self.put_bytes(key, data, tags=tags, content_type=content_type)
             if on_progress:
-                on_progress(len(first))
+                on_progress(size)
             return result
-        holder = [first]  # handed over, so no frame keeps the first part alive for the whole upload
+        upload = MultipartUpload(self.client, self.bucket, key, pool, lambda exc: _explain(exc, self.bucket, key))
+        upload_id = upload.create(tags or {}, content_type, self._encryption())
+        holder = [first]  # handed over, so no frame keeps the first part's buffer out of the pool
         del first
-        return _MultipartUpload(self, key, tags or {}, content_type).run(
-            holder, stream, sha, before_complete, on_progress
-        )
+        done = upload.run(upload_id, holder, stream, self.plan.size, self.concurrency, before_complete, on_progress)
+        digest = composite_sha256([p.sha256 for p in done.parts])
+        return PutResult(key, done.size, digest, len(done.parts), done.version_id, done.parts)
 
     def get_bytes(self, key: str, version_id: str | None = None) -> bytes:
         body, _ = self.open_stream(key, version_id)
@@ -265,6 +281,16 @@ class S3Store:
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, key, extra.get("VersionId")) from exc
         return resp["Body"], int(resp["ContentLength"])  # type: ignore[return-value]
+
+    def get_range(self, key: str, version_id: str | None, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the version `version_id` (None: the current one): one ranged GET."""
+        extra: Any = _read_version(version_id)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
+            with resp["Body"] as body:
+                return body.read()
+        except AWS_ERRORS as exc:
+            raise _explain(exc, self.bucket, key, extra.get("VersionId")) from exc
 
     def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None:
         """The current version's bytes and user metadata (x-amz-meta-*); None when there is no such object. Any
@@ -385,116 +411,3 @@ class S3Store:
         except AWS_ERRORS as exc:
             raise _explain(exc, self.bucket, prefix) from exc
         return [u["Key"] for u in resp.get("Uploads", [])]
-
-
-class _MultipartUpload:
-    """One multipart upload: parts read in order on the caller's thread, sent by a bounded pool.
-
-    Part bytes held (being read, waiting, or being sent) never exceed the store's memory budget, except
-    that one part is always allowed: a part is reserved before it is read and released when it is sent,
-    so peak memory is about the budget whatever the stream's length or the speed of S3.
-    """
-
-    def __init__(self, store: S3Store, key: str, tags: Mapping[str, str], content_type: str) -> None:
-        self.store, self.key, self.tags, self.content_type = store, key, tags, content_type
-        self.client = store.client
-        self.in_flight = 0
-        self.cond = threading.Condition()
-        self.failure: BaseException | None = None
-
-    def run(
-        self,
-        first: list[bytes],
-        stream: IO[bytes],
-        sha: Any,
-        before_complete: Callable[[], None] | None,
-        on_progress: Callable[[int], None] | None,
-    ) -> PutResult:
-        store = self.store
-        try:
-            upload_id = self.client.create_multipart_upload(
-                Bucket=store.bucket,
-                Key=self.key,
-                ContentType=self.content_type,
-                Tagging=urllib.parse.urlencode(dict(self.tags)),
-                **store._encryption(),
-            )["UploadId"]
-        except AWS_ERRORS as exc:
-            raise _explain(exc, store.bucket, self.key) from exc
-        futures: list[Future[dict[str, Any]]] = []
-        total = 0
-        try:
-            with ThreadPoolExecutor(max_workers=store.concurrency, thread_name_prefix="s3-part") as pool:
-                data, number = first.pop(), 1
-                self._reserve(len(data))
-                while data:
-                    if len(futures) >= S3_MAX_PARTS:
-                        raise StorageError(
-                            f"s3://{store.bucket}/{self.key}: stream exceeds"
-                            f" {store.plan.capacity()} bytes, the most 10,000 parts can hold"
-                        )
-                    futures.append(pool.submit(self._upload_part, upload_id, number, data))
-                    total += len(data)
-                    if on_progress:
-                        on_progress(total)
-                    number += 1
-                    size = store.plan.size(number)
-                    data = b""
-                    self._reserve(size)  # room for the part about to be read, before reading it
-                    data = stream.read(size)
-                    sha.update(data)
-                    self._release(size - len(data))  # a short (or empty) last part
-                parts: list[Any] = [f.result() for f in futures]
-            if before_complete:
-                before_complete()
-            try:
-                done = self.client.complete_multipart_upload(
-                    Bucket=store.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-            except AWS_ERRORS as exc:
-                raise _explain(exc, store.bucket, self.key) from exc
-        except BaseException:  # whatever stops the upload (error, deadline, interrupt) aborts it; re-raised
-            with self.cond:
-                self.failure = self.failure or RuntimeError("aborted")
-                self.cond.notify_all()
-            self._abort(upload_id)
-            raise
-        return PutResult(self.key, total, sha.hexdigest(), len(parts), (done or {}).get("VersionId"))
-
-    def _reserve(self, size: int) -> None:
-        with self.cond:
-            while self.in_flight and self.in_flight + size > self.store.memory_budget and not self.failure:
-                self.cond.wait()
-            if self.failure:
-                raise self.failure
-            self.in_flight += size
-
-    def _release(self, size: int) -> None:
-        with self.cond:
-            self.in_flight -= size
-            self.cond.notify_all()
-
-    def _upload_part(self, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
-        try:
-            resp = self.client.upload_part(
-                Bucket=self.store.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=data
-            )
-            return {"PartNumber": number, "ETag": resp["ETag"]}
-        except AWS_ERRORS as exc:
-            err = _explain(exc, self.store.bucket, self.key)
-            with self.cond:
-                self.failure = self.failure or err
-                self.cond.notify_all()
-            raise err from exc
-        finally:
-            with self.cond:
-                self.in_flight -= len(data)
-                self.cond.notify_all()
-
-    def _abort(self, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
-        except AWS_ERRORS:
-            logger.warning(
-                "could not abort multipart upload; the lifecycle rule will remove it", extra={"key": self.key}
-            )

@@ -38,6 +38,7 @@ from chalicelib.logical.catalog import (
     ManifestNotWritten,
     ManifestObject,
 )
+from chalicelib.logical.digests import manifest_object
 from chalicelib.logical.dump_tools import dump_directory, pg_dump_args, pg_dumpall_args, stream_tool
 from chalicelib.logical.protect import protect
 from chalicelib.observability import logger, record
@@ -239,11 +240,7 @@ def _backup(
                 dump_key = svc.catalog.layout.dump_key(bid)
                 written.append(dump_key)
                 dump = stream_tool(svc.store, pg_dump, args, login, dump_key, tags, deadline, on_progress)
-                objects = [
-                    ManifestObject(
-                        role="dump", key=dump.key, size=dump.size, sha256=dump.sha256, version_id=dump.version_id
-                    )
-                ]
+                objects = [manifest_object("dump", dump)]
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
@@ -251,9 +248,7 @@ def _backup(
             g = stream_tool(
                 svc.store, pg_dumpall, pg_dumpall_args(login.database), login, globals_key, tags, deadline, None
             )
-            objects.append(
-                ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256, version_id=g.version_id)
-            )
+            objects.append(manifest_object("globals", g))
         elif opts.globals:
             objects.extend(_copy_run_globals(svc, bid, tags, written))
         finished = svc.clock()
@@ -314,9 +309,7 @@ def _copy_run_globals(
     key = svc.catalog.layout.globals_key(bid)
     written.append(key)
     copy = svc.store.put_bytes(key, body, tags=tags, content_type="application/sql")
-    return [
-        ManifestObject(role="globals", key=copy.key, size=copy.size, sha256=copy.sha256, version_id=copy.version_id)
-    ]
+    return [manifest_object("globals", copy)]
 
 
 # Databases no backup wants: templates, and the providers' own (RDS, Azure, Cloud SQL).
@@ -375,7 +368,7 @@ def _server_run(
             pg_dump_version=pg_dumpall.major,
             format=opts.format,
             compression="none",
-            objects=[ManifestObject(role="globals", key=g.key, size=g.size, sha256=g.sha256, version_id=g.version_id)],
+            objects=[manifest_object("globals", g)],
             size=g.size,
             started_at=started,
             finished_at=svc.clock(),

@@ -23,6 +23,7 @@ from chalicelib.adapters.s3 import BackupStore, PutResult
 from chalicelib.config import Logical
 from chalicelib.errors import DeadlineError, LifeboatError, StorageError
 from chalicelib.logical.catalog import ManifestObject
+from chalicelib.logical.digests import manifest_object
 
 
 def compression_args(compression: str, pg_dump_major: int) -> list[str]:
@@ -129,9 +130,7 @@ def dump_directory(
         written.append(key)
         with path.open("rb") as f:
             result = store.put_stream(key, f, tags=tags)
-        objects[path.name] = ManifestObject(
-            role="dir-file", key=key, size=result.size, sha256=result.sha256, version_id=result.version_id
-        )
+        objects[path.name] = manifest_object("dir-file", result)
         path.unlink()
         uploaded[0] += result.size
         if on_progress:

@@ -1,5 +1,6 @@
-"""`lifeboat verify`: re-read every object of a backup, check its size and SHA-256 against the manifest, and the
-manifest's signature (chalicelib.logical.signing); report each object and a verdict. Reads only: nothing is changed.
+"""`lifeboat verify`: re-read every object of a backup, check its size and SHA-256 against the manifest (part by part
+when the manifest records parts: logical.digests), and the manifest's signature (chalicelib.logical.signing); report
+each object and a verdict. Reads only: nothing is changed.
 
 Each object is read by the S3 version its manifest recorded, as a restore reads it: a later overwrite of the key (a
 new current version) is not what a restore would use, so it neither fails nor passes the verify. A manifest without
@@ -7,13 +8,13 @@ versions (written before they were recorded, or in an unversioned bucket) is che
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chalicelib.errors import IntegrityError, NotFoundError, StorageError
 from chalicelib.logical.catalog import BackupId, Catalog, ManifestObject
+from chalicelib.logical.digests import PartVerifier
 
 CHUNK = 1024 * 1024
 BELIEVED = ("VALID", "UNSIGNED_ACCEPTED", "NOT_CHECKED")
@@ -85,24 +86,35 @@ def verify_backup(
 
 def _check_object(catalog: Catalog, obj: ManifestObject) -> ObjectCheck:
     """Stream the object's recorded version once (1 MiB at a time): its size and SHA-256, compared with the
-    manifest's."""
+    manifest's, part by part when the manifest records parts (a mismatch names the part)."""
     check = ObjectCheck(obj.key, obj.role, obj.size, obj.sha256, obj.version_id)
+    try:
+        verifier = PartVerifier(obj)
+    except IntegrityError as exc:
+        check.problem = f"the manifest cannot vouch for it: {exc}"
+        return check
     try:
         if catalog.store.head(obj.key, version_id=obj.version_id) is None:
             check.problem = f"version {obj.version_id} missing" if obj.version_id else "missing"
             return check
         body, _ = catalog.store.open_stream(obj.key, obj.version_id)
-        sha, size = hashlib.sha256(), 0
         with body:
             while chunk := body.read(CHUNK):
-                sha.update(chunk)
-                size += len(chunk)
+                verifier.update(chunk)
     except StorageError as exc:
         check.problem = f"cannot read: {exc}"
         return check
-    check.size_read, check.sha256_read = size, sha.hexdigest()
-    if size != obj.size:
-        check.problem = f"{size} bytes, the manifest says {obj.size}"
+    except IntegrityError:  # a part that differs, or bytes past the manifest's end: reading stops there
+        check.size_read, bad = verifier.size, verifier.failed_part
+        if bad is not None:
+            end = bad.offset + bad.size - 1
+            check.problem = f"SHA-256 differs from the manifest's in part {bad.number} (bytes {bad.offset} to {end})"
+        else:
+            check.problem = f"more than the {obj.size} bytes the manifest says"
+        return check
+    check.size_read, check.sha256_read = verifier.size, verifier.hexdigest
+    if verifier.size != obj.size:
+        check.problem = f"{verifier.size} bytes, the manifest says {obj.size}"
     elif check.sha256_read != obj.sha256:
         check.problem = "SHA-256 differs from the manifest's"
     return check

@@ -1,9 +1,11 @@
 """What S3Store sends, and what a real S3 implementation (SeaweedFS 4.x) makes of it.
 
 Findings pinned here (each test fails if the behaviour changes, so the note stays true):
-- botocore 1.44 adds a CRC32 checksum (`x-amz-checksum-crc32`, `x-amz-sdk-checksum-algorithm`) to every
-  UploadPart and PutObject by default; CreateMultipartUpload carries none, so CompleteMultipartUpload
-  needs no per-part checksums. SeaweedFS accepts all of it.
+- S3Store sends its own SHA-256 of every part (`x-amz-checksum-sha256`; CreateMultipartUpload says
+  `x-amz-checksum-algorithm: SHA256`, CompleteMultipartUpload lists each part's checksum) and of every PutObject;
+  the clients (chalicelib.wiring: checksums "when_required", payload signing off) add no CRC32 and send
+  UNSIGNED-PAYLOAD, even over plain HTTP. SeaweedFS 4.x accepts all of it, verifies each part's checksum
+  (BadDigest when a part's bytes differ) and reports the object's composite checksum (ours, "-N").
 - `x-amz-tagging` on CreateMultipartUpload is honoured: the completed object has the tags.
 - `x-amz-server-side-encryption: AES256` works only when SeaweedFS has an SSE-S3 key (WEED_S3_SSE_KEY or
   `s3.sse.key` in security.toml). Without one, every AES256 write is a 500 InternalError, which botocore
@@ -16,9 +18,11 @@ Findings pinned here (each test fails if the behaviour changes, so the note stay
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,10 +53,11 @@ def test_what_s3store_sends_is_accepted(
     assert cmu["x-amz-server-side-encryption"] == "AES256"
     # The class recorded at completion (Sunday: the newest of its ISO week); the worker re-tags to `keep` afterwards.
     assert cmu["x-amz-tagging"] == "retention=weekly&retention-policy=default&target=shop"
-    assert "x-amz-checksum-algorithm" not in cmu  # so CompleteMultipartUpload needs no per-part checksums
+    assert cmu["x-amz-checksum-algorithm"] == "SHA256"  # so S3 checks every part, and Complete names them
     for seen in [*parts, *puts]:
-        assert seen.headers.get("x-amz-sdk-checksum-algorithm") == "CRC32", seen.headers
-        assert "x-amz-checksum-crc32" in seen.headers
+        assert "x-amz-checksum-sha256" in seen.headers, seen.headers
+        assert "x-amz-checksum-crc32" not in seen.headers and "x-amz-sdk-checksum-algorithm" not in seen.headers
+        assert seen.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"  # botocore hashes no payload
     assert puts[0].headers["x-amz-server-side-encryption"] == "AES256"
 
 
@@ -90,3 +95,22 @@ def test_without_an_sse_key_aes256_writes_fail_and_leak_uploads(
     assert keys == []
     # One orphaned upload per attempt (the first try and three retries), none of which S3Store can abort.
     assert uploads == ["big"] * 4
+
+
+def test_a_part_altered_on_the_way_is_refused_and_the_upload_aborted(real_s3: LocalStack) -> None:
+    client = wiring.client("s3")
+    store = S3Store(client, real_s3.bucket, plan=PartPlan(base=5 * MiB))
+
+    def flip_a_byte(request: Any, **_: Any) -> None:  # after our checksum was computed: what a bad link would do
+        if request.url.endswith("partNumber=2") or "partNumber=2&" in request.url:
+            body = bytearray(request.body)
+            body[100] ^= 0xFF
+            request.data = bytes(body)
+
+    client.meta.events.register("before-sign.s3.UploadPart", flip_a_byte)
+    try:
+        with pytest.raises(StorageError, match="BadDigest"):
+            store.put_stream("altered", io.BytesIO(bytes(range(256)) * (12 * MiB // 256)))
+    finally:
+        client.meta.events.unregister("before-sign.s3.UploadPart", flip_a_byte)
+    assert bucket_state(client, real_s3.bucket) == ([], [])

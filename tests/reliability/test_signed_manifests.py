@@ -110,7 +110,8 @@ def test_a_forged_dump_with_a_matching_manifest_is_refused(signed: Callable[...,
     forged_body = b"PGDMP forged by someone with the worker's S3 rights" * 100_000  # ~5 MB
     store = wiring.catalog(wiring.load_config()).store
     store.put_bytes(dump["key"], forged_body)
-    dump.update(size=len(forged_body), sha256=hashlib.sha256(forged_body).hexdigest(), version_id=None)
+    # One PUT: a plain SHA-256 and no parts (the real dump's part digests would give the forgery away).
+    dump.update(size=len(forged_body), sha256=hashlib.sha256(forged_body).hexdigest(), version_id=None, parts=[])
     _write_json(key, manifest)  # the old signature block kept: it no longer matches
 
     message = _restore_refused(pg, backup_id, "forged_restore")

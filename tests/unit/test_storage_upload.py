@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib.adapters.s3 import MiB, PartPlan, S3Store
+from chalicelib.adapters.s3_multipart import BufferPool, composite_sha256
 from chalicelib.errors import StorageError
 
 
@@ -53,48 +54,47 @@ class FakeS3:
 
 
 def watched_store(client: FakeS3, budget: int, part: int) -> tuple[S3Store, list[int]]:
-    """A store whose uploads report the bytes they hold after every change."""
-    from chalicelib.adapters import s3 as storage
-
-    peaks: list[int] = []
+    """A store, and the part-buffer bytes its pools hold after every buffer taken (watch_pool)."""
     store = S3Store(
-        client,
+        client,  # type: ignore[arg-type]
         "b",
         plan=PartPlan(base=part, parts_per_step=1000),
-        concurrency=4,  # type: ignore[arg-type]
+        concurrency=4,
         memory_budget=budget,
     )
-    original_reserve = storage._MultipartUpload._reserve
-
-    def reserve(self: Any, size: int) -> None:
-        original_reserve(self, size)
-        peaks.append(self.in_flight)
-
-    store_cls = storage._MultipartUpload
-    store_cls._reserve = reserve  # type: ignore[method-assign]
-    return store, peaks
+    return store, WATCHED
 
 
 @pytest.fixture(autouse=True)
-def restore_reserve() -> Any:
-    from chalicelib.adapters import s3 as storage
+def watch_pool(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every BufferPool.acquire records the bytes the pool holds afterwards (in the list watched_store returns)."""
+    original = BufferPool.acquire
 
-    original = storage._MultipartUpload._reserve
-    yield
-    storage._MultipartUpload._reserve = original  # type: ignore[method-assign]
+    def acquire(self: BufferPool, size: int) -> bytearray:
+        buffer = original(self, size)
+        WATCHED.append(self.allocated)
+        return buffer
+
+    WATCHED.clear()
+    monkeypatch.setattr(BufferPool, "acquire", acquire)
+    return WATCHED
+
+
+WATCHED: list[int] = []
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05])
 def test_held_bytes_stay_within_the_budget(delay: float) -> None:
     client = FakeS3(delay=delay)
     part = 6 * MiB
-    store, peaks = watched_store(client, budget=3 * part, part=part)
+    store, held = watched_store(client, budget=3 * part, part=part)
     data = bytes(range(256)) * (25 * MiB // 256)
     result = store.put_stream("k", io.BytesIO(data))
     assert client.objects["k"] == data
-    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
-    assert result.parts == 5
-    assert max(peaks) <= 3 * part
+    digests = [hashlib.sha256(data[i : i + part]).hexdigest() for i in range(0, len(data), part)]
+    assert [p.sha256 for p in result.part_digests] == digests and result.size == len(data)
+    assert result.sha256 == composite_sha256(digests) and result.parts == 5
+    assert held and max(held) <= 3 * part
 
 
 def test_a_failed_part_aborts_and_raises() -> None:
