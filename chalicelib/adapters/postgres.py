@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -247,13 +248,59 @@ class CredentialResolver:
             raise SecretError(f"cannot create an RDS IAM token for {user}@{conn.host}: {exc}") from None
 
 
+@dataclass
+class _HeldSession:
+    login: Login
+    conn: psycopg.Connection[Any] | None = None
+
+
+_held_session: ContextVar[_HeldSession | None] = ContextVar("lifeboat_held_session", default=None)
+
+
+@cache
+def _kept_session_class() -> type[psycopg.Connection[Any]]:
+    import psycopg
+
+    class KeptSession(psycopg.Connection[Any]):
+        """An autocommit session that `with` leaves open: `held_session` closes it at the end of its block."""
+
+        def __exit__(self, *exc: object) -> None:
+            pass  # autocommit: nothing to commit or roll back, and the session is reused
+
+    return KeptSession
+
+
+@contextmanager
+def held_session(login: Login) -> Iterator[None]:
+    """Within the block, every autocommit `connect(login)` with this very login (in this thread) gets one session,
+    opened on first use (again if it broke) and closed at the end, instead of a connection of its own each: a
+    restore's maintenance steps (exists, create, comment, rename, drop) then cost one connection, not six."""
+    held = _HeldSession(login)
+    token = _held_session.set(held)
+    try:
+        yield
+    finally:
+        _held_session.reset(token)
+        if held.conn is not None:
+            held.conn.close()
+
+
 def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
     import psycopg
 
+    held = _held_session.get()
+    shared = held is not None and autocommit and held.login == login
+    if held is not None and shared and held.conn is not None and not (held.conn.closed or held.conn.broken):
+        return held.conn
     try:
-        return psycopg.connect(**login.psycopg_kwargs(), autocommit=autocommit)
+        conn = (_kept_session_class() if shared else psycopg.Connection).connect(
+            **login.psycopg_kwargs(), autocommit=autocommit
+        )
     except psycopg.Error as exc:
         raise connection_error(exc, login) from None
+    if held is not None and shared:
+        held.conn = conn
+    return conn
 
 
 def server_version(login: Login) -> tuple[int, str]:

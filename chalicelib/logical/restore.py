@@ -10,12 +10,16 @@ a manifest without versions, from before they were recorded or of an unversioned
 anything fails, including a checksum mismatch found at the end, the new database is dropped, so a
 failed restore leaves nothing behind. After success the restored row counts are compared with the
 counts recorded at backup time.
+
+How: one job streams into pg_restore; parallel jobs (pg_restore -j reads only files) download first by concurrent
+ranged GETs, part by part verified (chalicelib.logical.download), when restore_strategy says they pay. Every step
+outside the restored database shares one maintenance session (postgres.held_session).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -36,7 +40,7 @@ from chalicelib.adapters.pgtools import (
     minimal_env,
     watchdog,
 )
-from chalicelib.adapters.postgres import Login, connect, count_rows, server_version
+from chalicelib.adapters.postgres import Login, connect, count_rows, held_session, server_version
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import (
     BadRequestError,
@@ -54,10 +58,13 @@ from chalicelib.logical.databases import (
     create_schemas,
     database_comment,
     drop_database,
+    maintenance_login,
     marker,
     set_comment,
     swap,
 )
+from chalicelib.logical.digests import PartVerifier
+from chalicelib.logical.download import download_objects, restore_strategy
 from chalicelib.logical.roles import apply_globals
 from chalicelib.logical.selection import Selection
 from chalicelib.logical.toc import resolve_selection
@@ -192,71 +199,81 @@ def restore_logical(
             "replacing a database restores all of it: a selection (schemas, tables) goes into a new database instead"
         )
     restore_id = restore_id or f"cli-{secrets.token_hex(6)}"
-    bid = BackupId.parse(backup_id)
-    manifest: Manifest = catalog.manifest(bid)
-    catalog.check_signature(manifest)  # a forged or unsigned manifest is refused before anything is created
-    # The objects to restore from: one archive, or the files of a directory-format dump.
-    parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
-    t0 = time.monotonic()
-    existing = database_comment(login, database)
-    if existing is not None and existing == marker("restored", restore_id, backup_id):
-        return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
-    work = _work_database(login, database, existing, opts, restore_id)
-    _check_objects(store, parts)
-    server_major = server_version(login)[0] // 10000
-    _check_compatible(manifest, server_major, selection)
-    pg_restore = toolbox.pick(
-        "pg_restore",
-        max(server_major, manifest.pg_dump_version),
-        purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version} into PostgreSQL {server_major}",
-    )
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as scratch:
-        tmp = Path(scratch)
-        local: Path | None = None
-        if opts.jobs > 1 or manifest.format == "directory":  # pg_restore -j needs a seekable archive
-            local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
-        list_file: Path | None = None
-        missing_schemas: list[str] = []
-        if selection:
-            list_file, missing_schemas = resolve_selection(
-                store,
-                parts[0].key,
-                local,
-                pg_restore,
-                selection,
-                selection.schemas_needed(manifest.row_counts),
-                tmp,
-                version_id=parts[0].version_id,
+    # One maintenance session for every step outside the restored database (exists, create, comment, drop, swap):
+    # `login`, moved off the databases this run renames or drops, and held open until the end.
+    login = maintenance_login(login, database, _side_database(database, restore_id))
+    with held_session(login):
+        bid = BackupId.parse(backup_id)
+        manifest: Manifest = catalog.manifest(bid)
+        catalog.check_signature(manifest)  # a forged or unsigned manifest is refused before anything is created
+        # The objects to restore from: one archive, or the files of a directory-format dump.
+        parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
+        t0 = time.monotonic()
+        existing = database_comment(login, database)
+        if existing is not None and existing == marker("restored", restore_id, backup_id):
+            return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
+        work = _work_database(login, database, existing, opts, restore_id)
+        _check_objects(store, parts)
+        server_major = server_version(login)[0] // 10000
+        _check_compatible(manifest, server_major, selection)
+        pg_restore = toolbox.pick(
+            "pg_restore",
+            max(server_major, manifest.pg_dump_version),
+            purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
+            f" into PostgreSQL {server_major}",
+        )
+        with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as scratch:
+            tmp = Path(scratch)
+            local: Path | None = None
+            mode, jobs = (
+                ("download", opts.jobs)  # a directory-format dump is files: downloaded whatever the jobs
+                if manifest.format == "directory"
+                else restore_strategy(parts[0].size, opts.jobs, len(os.sched_getaffinity(0)))
             )
-        roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
-        create_database(login, work)
-        set_comment(login, work, marker("restoring", restore_id, backup_id))
-        with _dropped_on_failure(login, work, manifest.target):
-            create_schemas(login, work, missing_schemas)
-            if local is not None:
-                restored = sum(p.size for p in parts)
-                _restore_local(pg_restore, local, login, work, opts, list_file, deadline)
-            else:
-                restored = _stream_into_pg_restore(
+            if mode == "download":  # pg_restore -j needs a seekable archive
+                local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
+            list_file: Path | None = None
+            missing_schemas: list[str] = []
+            if selection:
+                list_file, missing_schemas = resolve_selection(
                     store,
-                    parts[0],
+                    parts[0].key,
+                    local,
                     pg_restore,
-                    login,
-                    work,
-                    opts,
-                    on_progress,
-                    deadline,
-                    list_file,
+                    selection,
+                    selection.schemas_needed(manifest.row_counts),
+                    tmp,
+                    version_id=parts[0].version_id,
                 )
-            result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
-            kept = swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
-    set_comment(login, database, marker("restored", restore_id, backup_id))
-    result.database = database
-    result.replaced_database_kept_as = kept
-    result.roles = roles
-    record("RestoreSucceeded", 1, "Count", manifest.target)
-    record("RestoreBytes", restored, "Bytes", manifest.target)
-    return result
+            roles = apply_globals(login, _globals_sql(store, catalog, bid, manifest)) if opts.globals else None
+            create_database(login, work)
+            set_comment(login, work, marker("restoring", restore_id, backup_id))
+            with _dropped_on_failure(login, work, manifest.target):
+                create_schemas(login, work, missing_schemas)
+                if local is not None:
+                    restored = sum(p.size for p in parts)
+                    _restore_local(pg_restore, local, login, work, opts, jobs, list_file, deadline)
+                else:
+                    restored = _stream_into_pg_restore(
+                        store,
+                        parts[0],
+                        pg_restore,
+                        login,
+                        work,
+                        opts,
+                        on_progress,
+                        deadline,
+                        list_file,
+                    )
+                result = _finish(login, work, manifest, selection, backup_id, restored, t0, pg_restore.major)
+                kept = swap(login, database, work, time.strftime("%Y%m%d%H%M%S")) if work != database else None
+        set_comment(login, database, marker("restored", restore_id, backup_id))
+        result.database = database
+        result.replaced_database_kept_as = kept
+        result.roles = roles
+        record("RestoreSucceeded", 1, "Count", manifest.target)
+        record("RestoreBytes", restored, "Bytes", manifest.target)
+        return result
 
 
 def _work_database(login: Login, database: str, existing: str | None, opts: RestoreOptions, restore_id: str) -> str:
@@ -266,13 +283,18 @@ def _work_database(login: Login, database: str, existing: str | None, opts: Rest
             f"database {database!r} already exists on {login.host}: restore into a new name"
             " (replacing a database needs clean=true and confirm=<name>)"
         )
-    work = f"{database[:40]}_lifeboat_{restore_id[-8:]}" if existing is not None else database
+    work = _side_database(database, restore_id) if existing is not None else database
     leftover = database_comment(login, work) if work != database else None
     if leftover is not None:
         if not leftover.startswith(f"pg-lifeboat restoring {restore_id} "):
             raise ConflictError(f"database {work!r} exists and is not this restore's: remove it or retry later")
         drop_database(login, work)  # our own interrupted attempt
     return work
+
+
+def _side_database(database: str, restore_id: str) -> str:
+    """Where a restore that replaces `database` goes first (swapped in once verified)."""
+    return f"{database[:40]}_lifeboat_{restore_id[-8:]}"
 
 
 @contextmanager
@@ -322,20 +344,18 @@ def _deadline_error(deadline: Deadline | None) -> DeadlineError:
 
 
 def _read_verified(store: BackupStore, part: ManifestObject, deadline: Deadline | None) -> Iterator[bytes]:
-    """The object's chunks; raises IntegrityError after the last one if its SHA-256 is not the manifest's."""
+    """The object's chunks, verified as they pass (logical.digests.PartVerifier): IntegrityError at the end of the
+    first recorded part that differs (before its last chunk is yielded), or after the last chunk for an object
+    recorded with one whole-object SHA-256 (older manifests, objects sent in one PUT)."""
+    verifier = PartVerifier(part)
     body, _ = store.open_stream(part.key, part.version_id)
-    sha = hashlib.sha256()
     with body:
         while chunk := body.read(CHUNK):
             if deadline and deadline.seconds_left() <= 0:
                 raise _deadline_error(deadline)
-            sha.update(chunk)
+            verifier.update(chunk)
             yield chunk
-    if sha.hexdigest() != part.sha256:
-        raise IntegrityError(
-            f"{part.key} does not match its manifest's SHA-256: the object was tampered"
-            " with or corrupted; nothing was restored"
-        )
+    verifier.finish()
 
 
 def _download(
@@ -346,8 +366,8 @@ def _download(
     on_progress: Callable[[int], None] | None,
     deadline: Deadline | None,
 ) -> Path:
-    """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage and verify
-    every object's SHA-256 before anything is created."""
+    """pg_restore -j needs a seekable archive (or a directory): download to ephemeral storage by concurrent ranged
+    GETs (chalicelib.logical.download), every part verified, before anything is created."""
     need, free = sum(p.size for p in parts), shutil.disk_usage(tmp).free
     if need > free:
         raise RestoreError(
@@ -357,16 +377,15 @@ def _download(
         )
     root = tmp / "dump"
     root.mkdir()
-    total = 0
-    for part in parts:
-        path = root / part.key.rsplit("/", 1)[-1] if fmt == "directory" else tmp / "archive.dump"
-        with path.open("wb") as f:
-            for chunk in _read_verified(store, part, deadline):
-                f.write(chunk)
-                total += len(chunk)
-                if on_progress:
-                    on_progress(total)
-    return root if fmt == "directory" else tmp / "archive.dump"
+    archive = tmp / "archive.dump"
+    targets = [(part, root / part.key.rsplit("/", 1)[-1] if fmt == "directory" else archive) for part in parts]
+
+    def check_time() -> None:
+        if deadline and deadline.seconds_left() <= 0:
+            raise _deadline_error(deadline)
+
+    download_objects(store, targets, on_progress=on_progress, check_time=check_time)
+    return root if fmt == "directory" else archive
 
 
 def _restore_local(
@@ -375,10 +394,11 @@ def _restore_local(
     login: Login,
     database: str,
     opts: RestoreOptions,
+    jobs: int,
     list_file: Path | None,
     deadline: Deadline | None,
 ) -> None:
-    jobs = max(opts.jobs, 1)
+    jobs = max(jobs, 1)
     args = [
         *pg_restore_args(database, opts, single_transaction=jobs == 1, list_file=list_file),
         f"--jobs={jobs}",
@@ -423,9 +443,8 @@ def _stream_into_pg_restore(
     list_file: Path | None = None,
 ) -> int:
     # long because feeding, hashing and judging the stream are one loop under one watchdog.
-    key, sha256 = part.key, part.sha256
-    body, _size = store.open_stream(key, part.version_id)
-    sha = hashlib.sha256()
+    verifier = PartVerifier(part)  # per part when the manifest records parts (logical.digests)
+    body, _size = store.open_stream(part.key, part.version_id)
     total = 0
     child = ChildProcess(
         tool,
@@ -441,7 +460,7 @@ def _stream_into_pg_restore(
         while chunk := body.read(CHUNK):
             if fired.is_set() or (deadline and deadline.seconds_left() <= 0):
                 raise _deadline_error(deadline)
-            sha.update(chunk)
+            verifier.update(chunk)
             total += len(chunk)
             if stdin is not None:
                 try:
@@ -462,15 +481,7 @@ def _stream_into_pg_restore(
         except PgToolError as exc:
             if fired.is_set():
                 raise _deadline_error(deadline) from None
-            if sha.hexdigest() != sha256:  # a corrupted object is the more useful diagnosis
-                raise IntegrityError(
-                    f"{key} does not match its manifest's SHA-256: the object was tampered"
-                    " with or corrupted; nothing was restored"
-                ) from None
+            verifier.finish()  # a corrupted object is the more useful diagnosis (IntegrityError)
             raise RestoreError(str(exc)) from None
-    if sha.hexdigest() != sha256:
-        raise IntegrityError(
-            f"{key} has SHA-256 {sha.hexdigest()[:16]}... but the manifest says {sha256[:16]}...:"
-            " the object was tampered with or corrupted; the restore was rolled back"
-        )
+    verifier.finish()
     return total
