@@ -15,9 +15,10 @@ a spool (chalicelib.pitr.spool) with a few threads of the same process, for at m
 calls are served from local disk without starting S3 (a call served from the spool refills it only when fewer than
 a quarter of the next N are left: starting S3 costs about as much as fetching a few segments in parallel). Only
 finished segments are prefetched, never the open segment's `.partial` (it still grows). A spooled file whose size or
-SHA-256 no longer matches is refused and read from S3. The spool keeps only the next N segments; it is emptied when
-PostgreSQL asks for a history file the archive does not have (at the start of recovery and at its end, when it looks
-for a free timeline to promote onto).
+SHA-256 no longer matches is refused and read from S3. The spool (a folder of its own; a `--prefetch-dir` that is or
+holds a data directory, or is pg_wal, is refused: exit 255) keeps only the next N segments and deletes only files it
+wrote; it is emptied when PostgreSQL asks for a history file the archive does not have (at the start of recovery and
+at its end, when it looks for a free timeline to promote onto).
 """
 
 from __future__ import annotations

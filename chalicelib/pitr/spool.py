@@ -1,8 +1,13 @@
 """The prefetch spool of `lifeboat wal-fetch`: WAL segments fetched ahead of PostgreSQL's requests, on local disk.
 
 PostgreSQL runs restore_command once per segment, a new process each time; `wal-fetch --prefetch N` also fetches the
-next N finished segments into this directory (default `<pg_wal>/lifeboat-prefetch/`) so that the next calls read
-them from here instead of starting S3 again. Each file `<name>` has a sidecar `<name>.json` (its name, target, size and
+next N finished segments into the spool so that the next calls read them from there instead of starting S3 again.
+The spool is a directory of its own, `<DIR>/lifeboat-prefetch-<target>/`, that it creates under the directory it is
+given (`--prefetch-dir DIR`; default `<pg_wal>/lifeboat-prefetch/`), and it only ever deletes files it wrote there:
+segment names, their sidecars and its own temporary files (a directory someone else's files share, or a data
+directory given by mistake, keeps everything else). A DIR that is a data directory, contains one, or is a pg_wal is
+refused before anything is written (BadRequestError: wal-fetch exits 255).
+Each file `<name>` has a sidecar `<name>.json` (its name, target, size and
 SHA-256, as verified when it was fetched from S3), written after the file, each through a temporary file and a rename:
 the sidecar is the marker of completeness. `take` serves a file only for exactly the name (timeline included) and
 target its sidecar records, only when its size and SHA-256 still match, and removes it either way: a prefetched file
@@ -18,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chalicelib.errors import BadRequestError
 from chalicelib.observability import logger
+from chalicelib.pitr.walnames import is_segment_name
 
 SIDECAR = ".json"
 TEMPORARY = ".tmp"
@@ -26,8 +33,34 @@ DIRECTORY_NAME = "lifeboat-prefetch"
 
 
 def default_directory(path: Path) -> Path:
-    """Next to the file PostgreSQL asked for (%p is `pg_wal/RECOVERYXLOG`): `<pg_wal>/lifeboat-prefetch/`."""
+    """Next to the file PostgreSQL asked for (%p is `pg_wal/RECOVERYXLOG`): `<pg_wal>/lifeboat-prefetch/` (the
+    spool itself is a subdirectory of it, Spool.directory)."""
     return path.parent / DIRECTORY_NAME
+
+
+def owned(name: str) -> bool:
+    """A file name the spool writes: a segment, its sidecar, or either's temporary file (`_write_atomically`)."""
+    if name.startswith(".") and name.endswith(TEMPORARY):
+        name = name[1 : -len(TEMPORARY)]
+    return is_segment_name(name.removesuffix(SIDECAR))
+
+
+def unsafe_base(base: Path) -> str | None:
+    """Why `base` may not hold a spool (None: it may): a data directory, a directory holding one, or a pg_wal (by
+    name or by its archive_status folder, also when pg_wal is a symbolic link elsewhere)."""
+    try:
+        where = base.resolve()
+        if (where / "PG_VERSION").exists():
+            return "it is a PostgreSQL data directory (it has PG_VERSION)"
+        if where.name in ("pg_wal", "pg_xlog") or (where / "archive_status").is_dir():
+            return "it is a pg_wal directory"
+        if where.is_dir():
+            holders = [p.name for p in where.iterdir() if p.is_dir() and (p / "PG_VERSION").exists()]
+            if holders:
+                return f"it contains a PostgreSQL data directory ({holders[0]})"
+    except OSError as exc:
+        return f"it cannot be looked into ({exc.strerror})"
+    return None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -56,8 +89,21 @@ class Taken:
 class Spool:
     """One recovering data directory's prefetched segments of one target (the module's docstring)."""
 
-    def __init__(self, directory: Path, target: str) -> None:
-        self.directory, self.target = directory, target
+    def __init__(self, base: Path, target: str) -> None:
+        """The spool of `target` under `base` (`base/lifeboat-prefetch-<target>`); BadRequestError when `base` is
+        no place for it (unsafe_base) or the spool's own path is a symbolic link."""
+        if "/" in target or target in ("", ".", ".."):
+            raise BadRequestError(f"--target {target!r} is not a target name")
+        why = unsafe_base(base)
+        if why is not None:
+            raise BadRequestError(
+                f"--prefetch-dir {base}: {why}; give an empty directory of its own (the spool is created in it as"
+                f" {DIRECTORY_NAME}-{target}/) or leave --prefetch-dir out"
+            )
+        self.base, self.target = base, target
+        self.directory = base / f"{DIRECTORY_NAME}-{target}"
+        if self.directory.is_symlink():
+            raise BadRequestError(f"the prefetch spool {self.directory} is a symbolic link: remove it")
 
     def _file(self, name: str) -> Path:
         return self.directory / name
@@ -84,7 +130,7 @@ class Spool:
         if not self.directory.is_dir():
             return set()
         found = {p.name.removesuffix(SIDECAR) for p in self.directory.iterdir() if p.name.endswith(SIDECAR)}
-        return {name for name in found if self._file(name).is_file() and not name.startswith(".")}
+        return {name for name in found if is_segment_name(name) and self._file(name).is_file()}
 
     def take(self, name: str) -> Taken:
         """The verified bytes of `name`, removed from the spool; Taken(None) when it is not there, Taken(None,
@@ -125,11 +171,11 @@ class Spool:
             logger.warning("a prefetched WAL file could not be removed", extra={"wal_file": name, "why": str(exc)})
 
     def keep_only(self, names: set[str]) -> None:
-        """Remove every file but the complete ones of `names` (and their sidecars): older segments, other
-        timelines, leftovers of an interrupted prefetch."""
-        if not self.directory.is_dir():
+        """Remove every file of the spool's own (`owned`) but the complete ones of `names` and their sidecars: older
+        segments, other timelines, leftovers of an interrupted prefetch. Any other file is not the spool's: kept."""
+        if not self.directory.is_dir() or self.directory.is_symlink():
             return
         keep = names & self.ready()
         for path in self.directory.iterdir():
-            if path.is_file() and path.name.removesuffix(SIDECAR) not in keep:
+            if owned(path.name) and path.is_file() and path.name.removesuffix(SIDECAR) not in keep:
                 path.unlink(missing_ok=True)

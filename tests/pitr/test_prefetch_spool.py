@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.errors import IntegrityError
+from chalicelib.errors import BadRequestError, IntegrityError
 from chalicelib.pitr.fetch import FATAL, FETCHED, MISSING, Prefetch, following_names, wal_fetch
 from chalicelib.pitr.spool import Spool, default_directory
 from chalicelib.pitr.walarchive import WalArchive
@@ -75,7 +75,7 @@ def test_the_spool_serves_a_file_once_and_only_for_its_own_name(pg_wal: Path) ->
     spool = spool_for(pg_wal)
     data = body(FIRST)
     spool.put(FIRST.name, data, "wal/shop/00000001/" + FIRST.name)
-    assert spool.directory == pg_wal / "lifeboat-prefetch"
+    assert spool.directory == pg_wal / "lifeboat-prefetch" / "lifeboat-prefetch-shop"
     assert spool.ready() == {FIRST.name}
     other_timeline = Segment(2, FIRST.number, SIZE).name
     assert spool.take(other_timeline).data is None
@@ -97,7 +97,10 @@ def test_a_damaged_or_foreign_spool_file_is_refused_and_removed(pg_wal: Path) ->
     (spool.directory / FIRST.name).write_bytes(data[: SIZE // 2])
     assert "size" in str(spool.take(FIRST.name).refused)
 
-    Spool(spool.directory, "billing").put(FIRST.name, data, "k")  # another target's recovery left it
+    billing = Spool(spool.base, "billing")
+    billing.put(FIRST.name, data, "k")
+    for path in billing.directory.iterdir():  # another target's recovery left it in this target's spool
+        path.rename(spool.directory / path.name)
     assert "billing" in str(spool.take(FIRST.name).refused)
 
     spool.put(FIRST.name, data, "k")
@@ -113,7 +116,7 @@ def test_a_damaged_or_foreign_spool_file_is_refused_and_removed(pg_wal: Path) ->
 
 def test_a_file_without_its_sidecar_is_not_ready_and_keep_only_removes_leftovers(pg_wal: Path) -> None:
     spool = spool_for(pg_wal)
-    spool.directory.mkdir()
+    spool.directory.mkdir(parents=True)
     (spool.directory / FIRST.name).write_bytes(b"half written")  # renamed, sidecar never written
     (spool.directory / f".{FIRST.name}.tmp").write_bytes(b"x")
     assert spool.ready() == set() and spool.take(FIRST.name).data is None
@@ -207,3 +210,28 @@ def test_prefetch_is_bounded_in_time(pg_wal: Path) -> None:
     code, message = wal_fetch(lambda: source(archive), names(1)[0], pg_wal / "RECOVERYXLOG", prefetch)
     release.set()
     assert code == FETCHED and "prefetched 0 more" in message, message
+
+
+def test_keep_only_deletes_only_the_spools_own_files(pg_wal: Path) -> None:
+    spool = spool_for(pg_wal)
+    spool.put(FIRST.name, body(FIRST), "k")
+    foreign = ["PG_VERSION", "postgresql.conf", ".hidden.tmp", f"{FIRST.name}.txt", "00000002.history"]
+    for name in foreign:
+        (spool.directory / name).write_text("not the spool's")
+    (spool.directory / f".{FIRST.following().name}.tmp").write_bytes(b"an interrupted write")
+    spool.keep_only(set())
+    assert sorted(p.name for p in spool.directory.iterdir()) == sorted(foreign)
+
+
+@pytest.mark.parametrize("layout", ["pgdata", "pg_wal", "parent", "symlinked_wal"])
+def test_a_spool_is_refused_where_a_data_directory_is(tmp_path: Path, layout: str) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text("16")
+    wal = tmp_path / "waldisk"
+    (wal / "archive_status").mkdir(parents=True)
+    (pgdata / "pg_wal").symlink_to(wal)
+    base = {"pgdata": pgdata, "pg_wal": pgdata / "pg_wal", "parent": tmp_path, "symlinked_wal": wal}[layout]
+    with pytest.raises(BadRequestError, match=r"--prefetch-dir .*: it (is|contains) .*give an empty directory"):
+        Spool(base, "shop")
+    assert Spool(tmp_path / "elsewhere", "shop").directory == tmp_path / "elsewhere" / "lifeboat-prefetch-shop"
