@@ -197,7 +197,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "201": {
                         "description": "a WAL recovery plan (kind wal, SUCCEEDED): its result names the base, the WAL"
-                        " range and the command",
+                        " range and the command (for a snapshot set: the snapshot restore that makes its volumes)",
                         **_json(_ref("RestoreJob")),
                         "headers": {"Location": {"schema": {"type": "string"}}},
                     },

@@ -6,7 +6,13 @@ mounted one level up, or not at all); the volumes come from another set or anoth
 or latest checkpoint outside the label's range); the server was started on them after the restore (pg_control
 says shut down, or pg_control/postmaster.pid were written after the backup ended, or backup_label.old is this
 label), in which case its data no longer matches the archived WAL; recover ran already (recovery.signal,
-backup_label); a tablespace's volume is not mounted where tablespace_map says; pg_wal is a symlink to nothing.
+backup_label); a tablespace's volume is not mounted where tablespace_map says, or that path (resolved) lies in
+another data directory or holds a running server's directory or tablespace (a restore on the source's own host:
+PostgreSQL would replay into the live server's files); a file recover writes is a symlink.
+
+Nothing is followed out of DIR: a snapshot's pg_wal (or pg_replslot) that is a symlink points at the source host's
+directory, which on this host may be a live server's; prepare removes the link and creates an empty directory in
+DIR instead of emptying the directory it names, and writes files with O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from chalicelib.errors import ConflictError
 from chalicelib.pitr.snapshotbase import (
     CLOCK_SKEW,
     IN_ARCHIVE_RECOVERY,
@@ -30,6 +37,8 @@ from chalicelib.pitr.snapshotbase import (
 from chalicelib.pitr.walnames import format_lsn, parse_lsn
 
 STANDBY = "standby.signal"
+# the files recover writes into DIR (prepare, then chalicelib.pitr.recover.write_recovery)
+WRITTEN = ("backup_label", "tablespace_map", "recovery.signal", "postgresql.auto.conf")
 _STATES = {
     0: "starting up",
     SHUT_DOWN: "shut down",
@@ -77,8 +86,9 @@ class DirFacts:
     backup_label_old: str | None = None
     postmaster_started: datetime | None = None
     running_pid: int | None = None
-    pg_wal_dangling: bool = False
+    linked_files: tuple[str, ...] = ()
     missing_tablespaces: tuple[str, ...] = ()
+    unsafe_tablespaces: tuple[str, ...] = ()
 
 
 def tablespace_paths(spcmapfile: str) -> list[tuple[str, str]]:
@@ -113,12 +123,58 @@ def _running_pid(lines: list[str], pgdata: Path) -> int | None:
         return None
 
 
+def running_servers() -> list[Path]:
+    """The data directories of the PostgreSQL servers running on this host, and their tablespaces' directories
+    (pg_tblspc's links), resolved: a postmaster's working directory is its data directory. Only what /proc lets
+    this user see (root sees all)."""
+    found: list[Path] = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = (proc / "cwd").resolve(strict=True)
+            if (cwd / "postmaster.pid").is_file() and (cwd / "PG_VERSION").is_file() and cwd not in found:
+                found.append(cwd)
+                found += [link.resolve() for link in (cwd / "pg_tblspc").iterdir() if link.is_symlink()]
+        except OSError:
+            continue
+    return found
+
+
+def _data_dir_above(path: Path, pgdata: Path) -> Path | None:
+    """The nearest directory at or above `path` (resolved) that is a data directory other than DIR."""
+    for folder in (path, *path.parents):
+        if folder != pgdata and ((folder / "PG_VERSION").exists() or (folder / "postmaster.pid").exists()):
+            return folder
+    return None
+
+
+def unsafe_tablespace(path: Path, pgdata: Path, running: list[Path]) -> str:
+    """Why recovering into tablespace directory `path` could write into another server's files ("" when it
+    cannot): it lies inside another data directory, or equals or holds a running server's directory or one of its
+    tablespaces. `path` and `pgdata` resolved."""
+    other = _data_dir_above(path, pgdata)
+    if other is not None:
+        return f"{path} lies in the data directory {other}"
+    for live in running:
+        if live == path or live.is_relative_to(path) or path.is_relative_to(live):
+            return f"{path} is or holds or lies in {live}, a running server's directory"
+    return ""
+
+
+def _tablespace_problems(pgdata: Path, label: SnapshotLabel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(missing, unsafe) tablespace_map paths, each resolved (a symlinked path is judged where it leads)."""
+    paths = [Path(p).resolve() for _, p in tablespace_paths(label.spcmapfile)]
+    missing = tuple(str(p) for p in paths if not p.is_dir())
+    running = running_servers() if paths else []
+    unsafe = tuple(why for p in paths if (why := unsafe_tablespace(p, pgdata.resolve(), running)))
+    return missing, unsafe
+
+
 def read_facts(pgdata: Path, label: SnapshotLabel) -> DirFacts:
     if not pgdata.is_dir():
         return DirFacts(str(pgdata), False)
+    missing, unsafe = _tablespace_problems(pgdata, label)
     control_file = pgdata / "global" / "pg_control"
     control = parse_control(control_file.read_bytes()) if control_file.is_file() else None
-    wal = pgdata / "pg_wal"
     pid_lines = (_read_text(pgdata / "postmaster.pid") or "").splitlines()
     return DirFacts(
         path=str(pgdata),
@@ -126,12 +182,13 @@ def read_facts(pgdata: Path, label: SnapshotLabel) -> DirFacts:
         pg_version=(_read_text(pgdata / "PG_VERSION") or "").strip() or None,
         control=control,
         # a standby's snapshot carries its standby.signal: prepare removes it (the restored server promotes)
-        markers=tuple(m for m in MARKERS if (pgdata / m).exists() and not (label.from_standby and m == STANDBY)),
+        markers=tuple(m for m in MARKERS if os.path.lexists(pgdata / m) and not (label.from_standby and m == STANDBY)),
         backup_label_old=_read_text(pgdata / "backup_label.old"),
         postmaster_started=_postmaster_started(pid_lines),
         running_pid=_running_pid(pid_lines, pgdata),
-        pg_wal_dangling=wal.is_symlink() and not wal.exists(),
-        missing_tablespaces=tuple(p for _, p in tablespace_paths(label.spcmapfile) if not Path(p).is_dir()),
+        linked_files=tuple(name for name in WRITTEN if (pgdata / name).is_symlink()),
+        missing_tablespaces=missing,
+        unsafe_tablespaces=unsafe,
     )
 
 
@@ -187,10 +244,15 @@ def data_dir_problems(facts: DirFacts, label: SnapshotLabel) -> tuple[list[str],
         )
     if facts.backup_label_old is not None and facts.backup_label_old == label.labelfile:
         spoiled.append("backup_label.old is this set's label: a server was started with it already")
-    if facts.pg_wal_dangling:
-        fixable.append("its pg_wal is a symlink to nothing: mount the set's WAL volume where it points")
+    for name in facts.linked_files:
+        fixable.append(f"{name} is a symlink: recover writes it and never through a link; remove the link")
     for path in facts.missing_tablespaces:
         fixable.append(f"tablespace directory {path} (tablespace_map) is missing: mount its volume from the set there")
+    for why in facts.unsafe_tablespaces:
+        fixable.append(
+            f"tablespace directory {why} (tablespace_map): recovery would write into another server's files; recover"
+            " on another host, or mount the set's tablespace volume at its own path"
+        )
     return fixable, spoiled
 
 
@@ -206,41 +268,73 @@ def refusal(facts: DirFacts, label: SnapshotLabel) -> str:
 
 
 def _empty(folder: Path) -> list[str]:
-    """Remove every file under `folder` (keeping the folders of pg_wal, e.g. archive_status); the names removed."""
+    """Remove every file and symlink under `folder`, never following a link (keeping the real folders of pg_wal,
+    e.g. archive_status); the names removed."""
     removed = []
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-            removed.append(str(path.relative_to(folder)))
+    for top, folders, files in os.walk(folder, followlinks=False):
+        for name in [*files, *(f for f in folders if os.path.islink(os.path.join(top, f)))]:
+            os.unlink(os.path.join(top, name))
+            removed.append(os.path.relpath(os.path.join(top, name), folder))
     return removed
 
 
-def _write(pgdata: Path, name: str, text: str) -> None:
-    """A file of the data directory, owned like the directory (recover may run as root for the postgres account)."""
+def _own_directory(pgdata: Path, name: str) -> str:
+    """pg_wal or pg_replslot as a real directory of DIR. A symlink (the source host's layout) is removed, never
+    followed: where it points may be a live server's directory on this host. What was done ("" if nothing)."""
     path = pgdata / name
-    path.write_text(text)
-    path.chmod(0o600)
+    if not path.is_symlink():
+        path.mkdir(mode=0o700, exist_ok=True)
+        return ""
+    target = os.readlink(path)
+    path.unlink()
+    path.mkdir(mode=0o700)
+    _chown_like(pgdata, path)
+    return (
+        f"{name} was a symlink to {target} (the source host's layout): removed the link without following it and"
+        f" created an empty {name} in {pgdata}"
+    )
+
+
+def _chown_like(pgdata: Path, path: Path) -> None:
+    """Owned like the data directory (recover may run as root for the postgres account)."""
     owner = pgdata.stat()
     if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(path, owner.st_uid, owner.st_gid)
+        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
+def _write(pgdata: Path, name: str, text: str) -> None:
+    """A file of the data directory, mode 0600, owned like the directory; never written through a symlink."""
+    path = pgdata / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConflictError(
+            f"cannot write {path} ({exc.strerror}): a symlink there is never followed; remove it"
+        ) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        os.fchmod(handle.fileno(), 0o600)
+    _chown_like(pgdata, path)
 
 
 def prepare(pgdata: Path, label: SnapshotLabel) -> list[str]:
     """Make a checked DIR start from the set's label (recovery.signal and the settings come after); what was done."""
     done = []
-    if label.from_standby and (pgdata / STANDBY).exists():
+    if label.from_standby and os.path.lexists(pgdata / STANDBY):
         (pgdata / STANDBY).unlink()
         done.append("removed standby.signal (the snapshotted standby's; the restored server promotes at the target)")
-    if (pgdata / "postmaster.pid").exists():
+    if os.path.lexists(pgdata / "postmaster.pid"):
         (pgdata / "postmaster.pid").unlink()
         done.append("removed postmaster.pid (the snapshotted server's)")
-    wal = pgdata / "pg_wal"
-    wal.mkdir(mode=0o700, exist_ok=True)
-    done.append(f"emptied pg_wal ({len(_empty(wal))} file(s) from the snapshot; the archive has the WAL)")
+    done += [what for what in (_own_directory(pgdata, "pg_wal"), _own_directory(pgdata, "pg_replslot")) if what]
+    emptied = _empty(pgdata / "pg_wal")
+    (pgdata / "pg_wal" / "archive_status").mkdir(mode=0o700, exist_ok=True)  # after: a link there was removed
+    done.append(f"emptied pg_wal ({len(emptied)} file(s) from the snapshot; the archive has the WAL)")
     slots = pgdata / "pg_replslot"
-    dropped = sorted(p.name for p in slots.iterdir()) if slots.is_dir() else []
+    dropped = sorted(p.name for p in slots.iterdir())
     for name in dropped:
-        shutil.rmtree(slots / name) if (slots / name).is_dir() else (slots / name).unlink()
+        slot = slots / name
+        shutil.rmtree(slot) if slot.is_dir() and not slot.is_symlink() else slot.unlink()
     if dropped:
         done.append(f"removed the source's replication slot(s) {', '.join(dropped)} (they would hold WAL forever)")
     _write(pgdata, "backup_label", label.labelfile)

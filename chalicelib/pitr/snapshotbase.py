@@ -5,7 +5,9 @@ The operator (or the restore API) creates volumes from the set's snapshots and m
 directory. The set's backup label, kept in the bucket by the app-consistent bracket (chalicelib.physical.start,
 `snapshots/<target>/<stamp>/backup_label.json`), says where the WAL must start and stop; the WAL stream's archive
 must hold every segment in between. Before anything is written: the set must exist, be complete and be the one the
-label records (its snapshot ids, assigned by AWS, or for a cross-region copy the ids its members are copies of), and
+label records (`believed_label`, the same check the restore API makes: not a copy, created by AWS within its slot,
+tagged with the label's key, the label naming the set's id, target and exact snapshot ids, its LABEL line naming the
+set, backup mode ended no earlier than AWS created the snapshots, a signature that verifies if it has one), and
 DIR must be a data directory of the label's major that comes from this set and was not started since
 (`data_dir_problems`). Then, as PostgreSQL's documentation for restoring a file-system backup says: postmaster.pid
 (the snapshotted server's) goes, pg_wal is emptied (its files are older than the archive's), and so is
@@ -32,6 +34,7 @@ from chalicelib.physical.model import SnapshotServices, SnapshotSet, group_sets
 from chalicelib.physical.names import COPY_OF_TAG, SET_TAG, label_key
 from chalicelib.pitr.basebackup import BaseBackup
 from chalicelib.pitr.recover import RecoveryTarget
+from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.versions import KeyVersions
 from chalicelib.pitr.walnames import DEFAULT_SEGMENT_SIZE, Segment, format_lsn, parse_lsn
 
@@ -43,6 +46,13 @@ SHUT_DOWN, SHUT_DOWN_IN_RECOVERY, IN_ARCHIVE_RECOVERY, IN_PRODUCTION = 1, 2, 5, 
 _START = re.compile(r"^START WAL LOCATION: ([0-9A-Fa-f]+/[0-9A-Fa-f]+) \(file ([0-9A-F]{24})\)$", re.M)
 _CHECKPOINT = re.compile(r"^CHECKPOINT LOCATION: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)$", re.M)
 _FROM = re.compile(r"^BACKUP FROM: (\w+)$", re.M)
+_LABEL = re.compile(r"^LABEL: (.*)$", re.M)
+# what chalicelib.physical.start gives pg_backup_start as the label, before the set id
+BACKUP_LABEL_PREFIX = "pg-lifeboat "
+UNSIGNED_LABEL = (
+    "UNSIGNED: the backup worker does not sign backup labels; this one matched its snapshot set (backup id, target,"
+    " snapshot ids, AWS's creation times)"
+)
 MARKERS = ("recovery.signal", "standby.signal", "backup_label", "tablespace_map")
 
 
@@ -125,14 +135,18 @@ def parse_label(doc: Mapping[str, Any], set_id: BackupId) -> SnapshotLabel:
     )
 
 
-def read_label(store: BackupStore, prefix: str, set_id: BackupId) -> SnapshotLabel:
-    """The set's label, at the first version of its key (written once: a later PUT over it is not believed)."""
+def read_label_document(store: BackupStore, prefix: str, set_id: BackupId) -> tuple[dict[str, Any], datetime | None]:
+    """The set's label document at the first version of its key (written once: a later PUT over it is not believed),
+    and when S3 stored that version (None without versioning)."""
     key = label_key(prefix, set_id.target, set_id.stamp)
     versions = KeyVersions.of(store)
     raw: bytes | None = None
+    stored_at: datetime | None = None
     if versions is not None:
         first, _ = versions.first(key)
-        raw = versions.read(key, first.version_id).data if first is not None else None
+        if first is not None:
+            got = versions.read(key, first.version_id)
+            raw, stored_at = got.data, got.last_modified
     elif store.head(key) is not None:
         raw = store.get_bytes(key)
     if raw is None:
@@ -145,7 +159,67 @@ def read_label(store: BackupStore, prefix: str, set_id: BackupId) -> SnapshotLab
         doc = json.loads(raw)
     except ValueError:
         raise IntegrityError(f"the backup label of {set_id} (s3://{store.bucket}/{key}) is not JSON") from None
-    return parse_label(doc, set_id)
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"the backup label of {set_id} (s3://{store.bucket}/{key}) is not a JSON object")
+    return doc, stored_at
+
+
+def check_label_names_set(label: SnapshotLabel) -> None:
+    """The label text's `LABEL:` line (what pg_backup_start was given: chalicelib.physical.start passes
+    `pg-lifeboat <set id>`) names this set: a genuine label of another set copied over is refused. Pure."""
+    found = _LABEL.search(label.labelfile)
+    expected = f"{BACKUP_LABEL_PREFIX}{label.set_id}"
+    if found is None or found.group(1).strip() != expected:
+        named = repr(found.group(1).strip()) if found else "nothing"
+        raise IntegrityError(
+            f"the backup label of {label.set_id} says LABEL {named}, not {expected!r}: it is another backup's label;"
+            " not a base"
+        )
+
+
+def check_taken_before_stop(label: SnapshotLabel, snap: SnapshotSet) -> None:
+    """Backup mode ended (stopped_at) after AWS created every snapshot of the set (StartTime, which no caller
+    chooses): a label stopped earlier, paired with a later snapshot, would let recovery stop before changes the
+    snapshot already holds. Pure."""
+    created = [(m.created, m.resource_id) for m in snap.members if m.created is not None]
+    if not created or len(created) != len(snap.members):
+        raise IntegrityError(f"{snap.backup_id}: AWS gives no creation time for a snapshot of it; not a base")
+    last_at, last_id = max(created)
+    if label.stopped_at < last_at:
+        raise IntegrityError(
+            f"the backup label of {label.set_id} says backup mode ended at {label.stopped_at.isoformat()}, before AWS"
+            f" created snapshot {last_id} ({last_at.isoformat()}): the snapshot may hold changes from"
+            " after the label's stop point (a label paired with a later snapshot); not a base"
+        )
+
+
+def believed_label(
+    snap: SnapshotSet, document: Mapping[str, Any], label_uri: str, sealer: Sealer | None, stored_at: datetime | None
+) -> tuple[SnapshotLabel, str]:
+    """The set's label and its signature status when the set and its first-version label document (stored at
+    `label_uri`) agree; IntegrityError (or ConflictError/NotFoundError from choose_set) saying why not. The one
+    check of `lifeboat recover --snapshot-set` and the restore API's plan (chalicelib.restore.wal_recovery)."""
+    if snap.state != "available" or snap.copy_of is not None:
+        copy = (
+            " (a copy: AWS's creation time of a copy is the copy's, so its label cannot be tied to when the source was"
+            " taken; recover from the set in its source region)"
+            if snap.copy_of
+            else ""
+        )
+        raise IntegrityError(f"{snap.backup_id} in {snap.region} is {snap.state}{copy}: not a base")
+    if snap.slot_mismatch:
+        raise IntegrityError(snap.slot_mismatch)
+    if snap.label_uri != label_uri:
+        raise IntegrityError(f"{snap.backup_id} has no backup label tag naming {label_uri}")
+    label = parse_label(document, BackupId.parse(snap.backup_id))
+    check_label_names_set(label)
+    choose_set(label, [snap])  # its snapshots are exactly the label's
+    check_taken_before_stop(label, snap)
+    if "signature" not in document:
+        return label, UNSIGNED_LABEL
+    if sealer is None:
+        return label, "NOT_CHECKED: settings.signing_key_id is not set"
+    return label, str(sealer.check(dict(document), f"backup label {label_uri}", label.stopped_at, stored_at)["status"])
 
 
 def as_base(label: SnapshotLabel) -> BaseBackup:

@@ -71,12 +71,6 @@ def check_physical(physical: Physical, req: SnapshotRestoreRequest | PointInTime
             _allowed("availability_zone", req.availability_zone, allow.availability_zones, "availability_zones")
 
 
-def check_zone(physical: Physical, zone: str | None) -> None:
-    """An availability zone asked for new EBS volumes must be in physical.restore.availability_zones (empty: any)."""
-    if physical.restore.availability_zones:
-        _allowed("availability_zone", zone, physical.restore.availability_zones, "availability_zones")
-
-
 def with_defaults[R: SnapshotRestoreRequest | PointInTimeRestoreRequest](physical: Physical, req: R) -> R:
     """The request as it is carried out: a subnet group, security groups or (EBS) availability zone left out
     is the first one physical.restore lists, so a non-empty allow-list is never bypassed by omission (AWS's

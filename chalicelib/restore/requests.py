@@ -115,9 +115,6 @@ class WalRecoveryRequest(_Body):
         description="the new data directory on the machine that will run the server: an absolute path of letters,"
         " digits and ._/@+,:=- only (default: the command has a <PGDATA> placeholder to fill in)",
     )
-    availability_zone: AwsId | None = Field(
-        default=None, description="EBS snapshot set as the base: where the new volumes go (physical.restore)"
-    )
 
     @field_validator("lsn")
     @classmethod

@@ -199,15 +199,15 @@ def start_restore(svc: RestoreServices, req: RestoreRequest) -> RestoreJob:
 
 def plan_wal_recovery(svc: RestoreServices, req: WalRecoveryRequest) -> RestoreJob:
     """A WAL recovery plan (chalicelib.restore.wal_recovery): the same rules and quotas as every restore, answered at
-    once and recorded as a SUCCEEDED job of kind `wal` (never queued: nothing is left for a worker)."""
+    once and recorded as a job of kind `wal`, SUCCEEDED (never queued: a plan only reads, nothing is left for a
+    worker)."""
     check_rules(svc.config, svc.credentials, req)
     target = wal_recovery.check(svc, req)
     access.check_quota(svc.config, svc.jobs, target)
-    restore_id = new_restore_id()
-    result = wal_recovery.plan_recovery(svc, req, restore_id)
+    result = wal_recovery.plan_recovery(svc, req)
     now = datetime.now(UTC)
     job = RestoreJob(
-        restore_id=restore_id,
+        restore_id=new_restore_id(),
         kind="wal",
         status="SUCCEEDED",
         target=target,

@@ -12,22 +12,27 @@ the target may be the base. Its backup label (`<prefix>snapshots/<target>/<stamp
 version) is believed only when it matches its set: the set is managed, complete, not a copy, created by AWS within
 its slot (SnapshotSet.slot_mismatch), its label tag names that key, and the label names the set's backup id, target
 and exact snapshots (recover's own checks of a set: chalicelib.pitr.snapshotbase). The backup worker does not sign
-labels; one that carries a signature must verify. When a set is chosen, the API creates one volume per snapshot
-(tagged with the restore id like every restore-created resource; in the requested zone, the first one
-physical.restore allows, or the zone of the target's instance) and the command gains `--snapshot-set`.
+labels; one that carries a signature must verify. When a set is chosen the command gains `--snapshot-set` and the
+plan names the set and its snapshots, and how to make its volumes: the snapshot restore form of this API
+(POST /targets/{t}/restores with the set's backup_id and an availability_zone), which the restore worker runs under
+the same quotas, tags and IAM as every snapshot restore. The API itself creates nothing: its role has no restore
+write (tests/reliability/test_restore_iam.py), so a caller cannot pile up volumes by calling it in a loop.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from chalicelib.adapters.aws_errors import AWS_ERRORS, error_code, error_message
-from chalicelib.config import Physical, Target
-from chalicelib.errors import BadRequestError, ConflictError, IntegrityError, NotFoundError, RestoreError
-from chalicelib.logical.catalog import BackupId
+from chalicelib.config import Target
+from chalicelib.errors import (
+    BadRequestError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+)
 from chalicelib.logical.signing import ManifestSigning
 from chalicelib.observability import logger
 from chalicelib.physical.inventory import Inventory, driver_for
@@ -35,13 +40,12 @@ from chalicelib.physical.model import SnapshotSet
 from chalicelib.physical.names import label_key
 from chalicelib.pitr.basebackup import BaseBackup, BaseLayout, read_bases
 from chalicelib.pitr.sealing import Sealer
-from chalicelib.pitr.snapshotbase import SnapshotLabel, as_base, choose_set, parse_label
+from chalicelib.pitr.snapshotbase import SnapshotLabel, as_base, believed_label
 from chalicelib.pitr.versions import KeyVersions
 from chalicelib.pitr.walarchive import WalArchive
 from chalicelib.pitr.walnames import DEFAULT_SEGMENT_SIZE, WalLayout
-from chalicelib.restore import access
 from chalicelib.restore.model import RestoreServices
-from chalicelib.restore.plan import RESTORE_TAG, services, tags
+from chalicelib.restore.plan import services
 from chalicelib.restore.requests import WalRecoveryRequest
 from chalicelib.restore.wal_plan import (
     PGDATA_PLACEHOLDER,
@@ -51,11 +55,6 @@ from chalicelib.restore.wal_plan import (
     goal_of,
     last_needed,
     recover_command,
-)
-
-UNSIGNED_LABEL = (
-    "UNSIGNED: the backup worker does not sign backup labels; this one matched its snapshot set (backup id, target,"
-    " snapshot ids, AWS's creation times)"
 )
 
 
@@ -90,17 +89,8 @@ def uses_snapshot_sets(target: Target) -> bool:
 
 
 def check(svc: RestoreServices, req: WalRecoveryRequest) -> str:
-    """What can be refused before anything is read: the target, and an availability zone the target does not allow
-    (403). Returns the target's name."""
-    target = streaming_target(svc, req.target)
-    if req.availability_zone is not None:
-        if not uses_snapshot_sets(target) or target.physical is None:
-            raise BadRequestError(
-                f"availability_zone: target {target.name!r} has no app-consistent EBS snapshots to create volumes from;"
-                " leave it out"
-            )
-        access.check_zone(target.physical, req.availability_zone)
-    return target.name
+    """What can be refused before anything is read: the target. Returns the target's name."""
+    return streaming_target(svc, req.target).name
 
 
 def sealer_of(svc: RestoreServices) -> Sealer | None:
@@ -109,9 +99,9 @@ def sealer_of(svc: RestoreServices) -> Sealer | None:
     return Sealer.from_signing(signing) if isinstance(signing, ManifestSigning) else None
 
 
-def plan_recovery(svc: RestoreServices, req: WalRecoveryRequest, restore_id: str) -> dict[str, Any]:
-    """The plan as the job's result; creates the volumes when a snapshot set is the base. ConflictError (409) when the
-    target cannot be recovered to the goal (the message says what can), BadRequestError for a malformed goal."""
+def plan_recovery(svc: RestoreServices, req: WalRecoveryRequest) -> dict[str, Any]:
+    """The plan, as the job's result (reads only). ConflictError (409) when the target cannot be
+    recovered to the goal (the message says what can), BadRequestError for a malformed goal."""
     target = streaming_target(svc, req.target)
     store, prefix, sealer = svc.catalog.store, svc.config.settings.prefix, sealer_of(svc)
     bases, refused = read_bases(store, BaseLayout(prefix, target.name), sealer)
@@ -139,19 +129,21 @@ def plan_recovery(svc: RestoreServices, req: WalRecoveryRequest, restore_id: str
     }
     if req.pgdata is None:
         result["fill_in"] = {PGDATA_PLACEHOLDER: "a new, empty data directory on that machine (an absolute path)"}
-    if chosen:
-        snap = chosen.snap
-        zone = volume_zone(svc, target, req.availability_zone, snap.region)
-        result["snapshot_set"] = {
-            "backup_id": snap.backup_id,
-            "region": snap.region,
-            "availability_zone": zone,
-            "volumes": create_volumes(svc, target.name, snap, zone, restore_id),
-            "next": "attach the volumes to the machine that will run the server and mount them as they were mounted"
-            " when the snapshots were taken (the data directory at pgdata), then run the command",
-        }
-        if req.pgdata is not None:
-            result["snapshot_set"]["next"] += f" ({req.pgdata})"
+    if not chosen:
+        return result
+    snap = chosen.snap
+    snapshots = [{"snapshot_id": m.resource_id, "source_volume_id": m.source_id} for m in snap.members]
+    result["snapshot_set"] = {
+        "backup_id": snap.backup_id,
+        "region": snap.region,
+        "snapshots": snapshots,
+        "create_volumes": {"backup_id": snap.backup_id, "availability_zone": "<a zone physical.restore allows>"},
+        "next": f"create the set's volumes: POST /targets/{target.name}/restores with the create_volumes body (the"
+        " snapshot restore, run by the restore worker), attach them to the machine that will run the server and mount"
+        " them as they were mounted when the snapshots were taken (the data directory at pgdata), then run the command",
+    }
+    if req.pgdata is not None:
+        result["snapshot_set"]["next"] += f" ({req.pgdata})"
     return result
 
 
@@ -182,24 +174,18 @@ def snapshot_set_bases(
 
 
 def _believed_label(svc: RestoreServices, snap: SnapshotSet, sealer: Sealer | None) -> tuple[SnapshotLabel, str]:
-    """The set's backup label and its signature status, when the set and its label agree (the module's docstring);
-    IntegrityError (or the Conflict/NotFound snapshotbase raises) saying why not otherwise."""
-    if snap.state != "available" or snap.copy_of is not None:
-        raise IntegrityError(f"{snap.backup_id} is {snap.state}{' (a copy)' if snap.copy_of else ''}: not a base")
-    if snap.slot_mismatch:
-        raise IntegrityError(snap.slot_mismatch)
+    """The set's backup label and its signature status, when the set and its label agree (the module's docstring;
+    the one check `lifeboat recover --snapshot-set` makes too: snapshotbase.believed_label); IntegrityError (or the
+    Conflict/NotFound snapshotbase raises) saying why not otherwise."""
+    if snap.state != "available" or snap.copy_of is not None or snap.slot_mismatch:
+        return believed_label(snap, {}, "", sealer, None)  # refuses, before reading the label
     store = svc.catalog.store
     key = label_key(svc.config.settings.prefix, snap.target, snap.slot)
-    if snap.label_uri != f"s3://{store.bucket}/{key}":
-        raise IntegrityError(f"{snap.backup_id} has no backup label tag naming s3://{store.bucket}/{key}")
+    uri = f"s3://{store.bucket}/{key}"
+    if snap.label_uri != uri:
+        raise IntegrityError(f"{snap.backup_id} has no backup label tag naming {uri}")
     document, stored_at = _first_version(svc, key)
-    label = parse_label(document, BackupId.parse(snap.backup_id))
-    choose_set(label, [snap])  # its snapshots are exactly the label's
-    if "signature" not in document:
-        return label, UNSIGNED_LABEL
-    if sealer is None:
-        return label, "NOT_CHECKED: settings.signing_key_id is not set"
-    return label, str(sealer.check(document, f"backup label {key}", label.stopped_at, stored_at)["status"])
+    return believed_label(snap, document, uri, sealer, stored_at)
 
 
 def _first_version(svc: RestoreServices, key: str) -> tuple[dict[str, Any], datetime | None]:
@@ -221,55 +207,3 @@ def _first_version(svc: RestoreServices, key: str) -> tuple[dict[str, Any], date
     if not isinstance(document, dict):
         raise IntegrityError(f"s3://{store.bucket}/{key} is not a JSON object")
     return document, stored_at
-
-
-def volume_zone(svc: RestoreServices, target: Target, asked: str | None, region: str) -> str:
-    """Where the new volumes go: the request's zone (checked by `check`), else the first one physical.restore allows,
-    else the zone of the target's instance (or of its first volume)."""
-    physical: Physical | None = target.physical
-    assert physical is not None  # a snapshot set was chosen
-    if asked:
-        return asked
-    if physical.restore.availability_zones:
-        return physical.restore.availability_zones[0]
-    ec2 = services(svc).client_for("ec2", region)
-    try:
-        if physical.ec2_instance_id:
-            found = ec2.describe_instances(InstanceIds=[physical.ec2_instance_id])["Reservations"]
-            return str(found[0]["Instances"][0]["Placement"]["AvailabilityZone"])
-        volumes = ec2.describe_volumes(VolumeIds=physical.volume_ids[:1])["Volumes"]
-        return str(volumes[0]["AvailabilityZone"])
-    except (*AWS_ERRORS, IndexError, KeyError) as exc:
-        raise BadRequestError(
-            f"cannot tell the availability zone of target {target.name!r}'s instance or volumes"
-            f" ({error_code(exc) or type(exc).__name__}): give availability_zone"
-        ) from None
-
-
-def create_volumes(svc: RestoreServices, target: str, snap: SnapshotSet, zone: str, restore_id: str) -> list[Any]:
-    """One new volume per snapshot of the set, tagged like every restore-created resource (plan.tags)."""
-    ec2 = services(svc).client_for("ec2", snap.region)
-    volumes: list[dict[str, Any]] = []
-    for member in snap.members:
-        try:
-            made = ec2.create_volume(
-                SnapshotId=member.resource_id,
-                AvailabilityZone=zone,
-                TagSpecifications=[{"ResourceType": "volume", "Tags": tags(restore_id, target)}],
-            )
-        except AWS_ERRORS as exc:
-            before = ", ".join(v["volume_id"] for v in volumes) or "none"
-            raise RestoreError(
-                f"AWS refused a volume from {member.resource_id} in {zone}: {error_code(exc)}: {error_message(exc)};"
-                f" created before it (tagged {RESTORE_TAG}={restore_id}): {before}"
-            ) from None
-        volumes.append(
-            {
-                "snapshot_id": member.resource_id,
-                "volume_id": made["VolumeId"],
-                "source_volume_id": member.source_id,
-                "state": made.get("State"),
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-        )
-    return volumes

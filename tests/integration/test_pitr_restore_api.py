@@ -1,11 +1,12 @@
 """POST /targets/{target}/restores, the WAL form (time, latest or lsn) for a target with a WAL stream: the plan as
 `lifeboat recover` would make it, answered at once as a SUCCEEDED job of kind `wal`, against a catalog written into
 moto with the archive's own writers (signed base manifests, sealed WAL segments, a recorded gap) on a fixed clock that
-moto's S3 and EC2 follow; an app-consistent EBS snapshot set as the base (volumes created and tagged); refusals that
+moto's S3 and EC2 follow; an app-consistent EBS snapshot set as the base (the API creates nothing); refusals that
 say what is restorable."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 
 from chalicelib import wiring
 from chalicelib.adapters.kms import KmsMacKey
+from chalicelib.cli import main as lifeboat_main
 from chalicelib.pitr.basebackup import BaseBackup, BaseLayout, BaseObject, write_manifest
 from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.walarchive import WalArchive
@@ -258,7 +260,8 @@ def test_bad_requests(api: Any, shop: dict[str, BaseBackup]) -> None:
         ({"latest": True, "pgdata": "/srv/pg; rm -rf /"}, "absolute path"),
         ({"latest": True, "pgdata": "/srv/$(id)"}, "absolute path"),
         ({"latest": True, "pgdata": "/srv/../etc"}, "'..'"),
-        ({"latest": True, "availability_zone": "us-east-1a"}, "no app-consistent EBS snapshots"),
+        ({"latest": True, "availability_zone": "us-east-1a"}, "availability_zone"),  # the API creates no volume
+        ({"latest": True, "create_volumes": True}, "create_volumes"),
     ]
     for body, expected in cases:
         status, error = post(api, "shop", body)
@@ -294,7 +297,9 @@ def test_the_quota_counts_a_plan_like_any_restore(
     assert status == 429 and "max_running_restores" in error["message"], error
 
 
-def put_snapshot_set(clock: Clock, disk: str, slot: datetime, start: int, stopped: datetime) -> str:
+def put_snapshot_set(
+    clock: Clock, disk: str, slot: datetime, start: int, stopped: datetime, more: tuple[str, ...] = ()
+) -> str:
     """An app-consistent set as chalicelib.physical.start leaves it: the snapshot (managed, tagged with its slot and
     its label's key) created by AWS at the slot, and the label document pg_backup_stop's answer became."""
     clock.now = slot + MIN
@@ -308,10 +313,13 @@ def put_snapshot_set(clock: Clock, disk: str, slot: datetime, start: int, stoppe
         "lifeboat:set": set_id,
         "lifeboat:backup-label": f"s3://{bucket}/{key}",
     }
-    snapshot = boto3.client("ec2").create_snapshot(
-        VolumeId=disk,
-        TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-    )["SnapshotId"]
+    snapshots = [
+        boto3.client("ec2").create_snapshot(
+            VolumeId=volume,
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        )["SnapshotId"]
+        for volume in (disk, *more)
+    ]
     start_lsn = format_lsn(seg(start).start_lsn + 40)
     labelfile = (
         f"START WAL LOCATION: {start_lsn} (file {seg(start).name})\nCHECKPOINT LOCATION: {start_lsn}\n"
@@ -329,21 +337,21 @@ def put_snapshot_set(clock: Clock, disk: str, slot: datetime, start: int, stoppe
         "target": "disks",
         "slot": slot.isoformat(),
         "region": "us-east-1",
-        "snapshot_ids": [snapshot],
+        "snapshot_ids": snapshots,
         "stopped_at": stopped.isoformat(),
     }
     wiring.store(wiring.load_config()).put_bytes(key, json.dumps(label).encode())
     return set_id
 
 
-def test_an_app_consistent_snapshot_set_is_the_base_and_gets_volumes(
+def test_an_app_consistent_snapshot_set_is_the_base_and_the_api_creates_nothing(
     api: Any, clock: Clock, sealer: Sealer, disk: str
 ) -> None:
     base = put_base("disks", T0, 2, sealer)
     set_id = put_snapshot_set(clock, disk, T0 + 60 * MIN, 6, T0 + 62 * MIN)
-    put_wal("disks", clock, sealer, [(n, (10 + 10 * n) * MIN) for n in range(2, 10)])  # 2..9, up to T0+100m
+    put_wal("disks", clock, sealer, [(n, (10 + 10 * n) * MIN) for n in range(2, 10)])
     status, job = post(api, "disks", {"time": at(90 * MIN), "pgdata": "/srv/pg/disks"})
-    assert status == 201, job
+    assert status == 201 and job["status"] == "SUCCEEDED", job
     result = job["result"]
     assert result["base"]["backup_id"] == set_id and result["base"]["kind"] == "snapshot_set"
     assert result["base"]["signature"].startswith("UNSIGNED: the backup worker does not sign backup labels")
@@ -351,19 +359,18 @@ def test_an_app_consistent_snapshot_set_is_the_base_and_gets_volumes(
     assert result["command"] == (
         f"lifeboat recover disks --time {at(90 * MIN)} --pgdata /srv/pg/disks --snapshot-set {set_id}"
     )
-    made = result["snapshot_set"]
-    assert made["availability_zone"] == "us-east-1b" and len(made["volumes"]) == 1
-    volume = boto3.client("ec2").describe_volumes(VolumeIds=[made["volumes"][0]["volume_id"]])["Volumes"][0]
-    assert volume["AvailabilityZone"] == "us-east-1b" and volume["SnapshotId"] == made["volumes"][0]["snapshot_id"]
-    assert {t["Key"]: t["Value"] for t in volume["Tags"]} == {
-        "lifeboat:restore-id": job["restore_id"],
-        "lifeboat:target": "disks",
-    }
-    # Before the set's backup ended, the older pg_basebackup base serves, and no volume is made.
+    snapshot_set = result["snapshot_set"]
+    assert [s["source_volume_id"] for s in snapshot_set["snapshots"]] == [disk]
+    # The volumes are a snapshot restore's (the worker's, under the quotas): the plan says how to ask for them.
+    assert (
+        snapshot_set["create_volumes"]["backup_id"] == set_id
+        and "POST /targets/disks/restores" in (snapshot_set["next"])
+    )
+    assert len(boto3.client("ec2").describe_volumes()["Volumes"]) == 1  # the target's disk only
+    # Before the set's backup ended, the older pg_basebackup base serves.
     status, job = post(api, "disks", {"time": at(50 * MIN)})
     assert status == 201 and job["result"]["base"]["backup_id"] == base.backup_id, job
     assert "snapshot_set" not in job["result"] and "--snapshot-set" not in job["result"]["command"]
-    assert len(boto3.client("ec2").describe_volumes()["Volumes"]) == 2  # the target's disk and the one above
 
 
 def test_a_newer_base_backup_wins_over_a_snapshot_set_and_a_label_must_match_its_set(
@@ -372,7 +379,7 @@ def test_a_newer_base_backup_wins_over_a_snapshot_set_and_a_label_must_match_its
     set_id = put_snapshot_set(clock, disk, T0 + 10 * MIN, 2, T0 + 12 * MIN)
     put_wal("disks", clock, sealer, [(n, (10 + 10 * n) * MIN) for n in range(2, 10)])
     newer = put_base("disks", T0 + 40 * MIN, 4, sealer)
-    status, job = post(api, "disks", {"latest": True, "availability_zone": "us-east-1c"})
+    status, job = post(api, "disks", {"latest": True})
     assert status == 201 and job["result"]["base"]["backup_id"] == newer.backup_id, job
     assert "snapshot_set" not in job["result"]
     # A label naming another snapshot than its set's is not believed: the set is not offered.
@@ -388,11 +395,22 @@ def test_a_newer_base_backup_wins_over_a_snapshot_set_and_a_label_must_match_its
     assert "not the ones its backup label records" in job["result"]["not_offered"][set_id]
 
 
-def test_a_zone_the_target_does_not_allow_is_403(
-    api: Any, aws: LocalStack, disk: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_label_stopped_before_aws_took_its_snapshot_is_refused_by_the_api_and_recover_alike(
+    api: Any, clock: Clock, sealer: Sealer, disk: str, tmp_path: Path
 ) -> None:
-    cfg = json.loads(Path(wiring.settings().config or "").read_text())
-    cfg["targets"][1]["physical"]["restore"]["availability_zones"] = ["us-east-1b"]
-    reconfigure(cfg, tmp_path, monkeypatch)
-    status, error = post(api, "disks", {"latest": True, "availability_zone": "us-east-1a"})
-    assert status == 403 and "physical.restore.availability_zones): us-east-1b" in error["message"], error
+    # The label says backup mode ended at T0+50m; AWS created the snapshot at T0+61m (after, say, a harmful DELETE).
+    base = put_base("disks", T0, 2, sealer)
+    set_id = put_snapshot_set(clock, disk, T0 + 60 * MIN, 6, T0 + 50 * MIN)
+    put_wal("disks", clock, sealer, [(n, (10 + 10 * n) * MIN) for n in range(2, 10)])
+    status, job = post(api, "disks", {"time": at(55 * MIN)})
+    assert status == 201 and job["result"]["base"]["backup_id"] == base.backup_id, job
+    why = job["result"]["not_offered"][set_id]
+    assert "backup mode ended at" in why and "before AWS created snapshot" in why, why
+    # `lifeboat recover --snapshot-set` makes the same check, before it looks at the data directory
+    pgdata = tmp_path / "restored"
+    pgdata.mkdir()
+    out = io.StringIO()
+    argv = ["--json", "recover", "disks", "--snapshot-set", set_id, "--time", at(55 * MIN), "--pgdata", str(pgdata)]
+    assert lifeboat_main(argv, out) != 0, out.getvalue()
+    assert json.loads(out.getvalue())["error"]["message"] == why
+    assert list(pgdata.iterdir()) == []

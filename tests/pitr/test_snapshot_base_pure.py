@@ -173,7 +173,8 @@ def test_pg_control_head() -> None:
         ({"control": parse_control(control(written=STOPPED + timedelta(minutes=5)))}, "pg_control was written at"),
         ({"postmaster_started": STOPPED + timedelta(hours=2)}, "postmaster.pid says a server started on it at"),
         ({"backup_label_old": LABELFILE}, "backup_label.old is this set's label"),
-        ({"pg_wal_dangling": True}, "its pg_wal is a symlink to nothing"),
+        ({"linked_files": ("backup_label",)}, "backup_label is a symlink: recover writes it and never through a link"),
+        ({"unsafe_tablespaces": ("/srv/ts lies in the data directory /srv",)}, "recovery would write into another"),
         ({"missing_tablespaces": ("/mnt/ts1",)}, "tablespace directory /mnt/ts1 (tablespace_map) is missing"),
     ],
 )
@@ -188,7 +189,7 @@ def test_a_fit_directory_passes_and_clock_skew_is_tolerated() -> None:
     assert refusal(facts(control=skewed, postmaster_started=SLOT - timedelta(days=30)), LABEL) == ""
     standby = replace(LABEL, from_standby=True)
     assert refusal(facts(control=parse_control(control(IN_ARCHIVE_RECOVERY))), standby) == ""
-    assert "Create new volumes" not in refusal(facts(pg_wal_dangling=True), LABEL)  # fixed by mounting
+    assert "Create new volumes" not in refusal(facts(missing_tablespaces=("/mnt/ts1",)), LABEL)  # fixed by mounting
 
 
 def test_tablespace_map_lines() -> None:
