@@ -62,8 +62,8 @@ def snapshot_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
 
 @app.schedule(Cron(45, 4, "*", "*", "?", "*"), name="snapshot_pruner")
 def snapshot_pruner(event: CloudWatchEvent) -> dict[str, Any]:
-    """Daily: delete managed snapshots that the retention policies no longer keep."""
-    return entrypoints.prune_snapshots()
+    """Daily: delete managed snapshots, and the base backups and WAL, that the retention policies no longer keep."""
+    return entrypoints.prune_snapshots(event_time=event.to_dict().get("time"))
 
 
 @app.schedule(Rate(2, unit=Rate.MINUTES), name="restore_sweeper")

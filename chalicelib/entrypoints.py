@@ -17,7 +17,7 @@ from chalicelib.config import Config
 from chalicelib.drills.build import drill_services
 from chalicelib.drills.runner import run_drill
 from chalicelib.drills.sweep import sweep_drills
-from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError
+from chalicelib.errors import BadRequestError, LifeboatError, NotFoundError, StorageError
 from chalicelib.fargate import route_backup, route_restore
 from chalicelib.logical.catalog import is_future
 from chalicelib.logical.dump import BackupServices, run_logical_backup
@@ -25,6 +25,7 @@ from chalicelib.observability import logger, record, traced
 from chalicelib.physical.prune import prune
 from chalicelib.physical.start import start_snapshot
 from chalicelib.physical.sweep import sweep
+from chalicelib.pitr.prune_runs import prune_archives
 from chalicelib.restore.service import run_restore_job
 from chalicelib.scheduling.dispatch import AGE_GAUGE_EVERY_MINUTES, DueBackup, backup_ages, run_dispatch
 
@@ -151,5 +152,21 @@ def sweep_snapshots() -> dict[str, Any]:
     return report
 
 
-def prune_snapshots(dry_run: bool = False) -> dict[str, Any]:
-    return prune(wiring.snapshot_services(), dry_run=dry_run).as_dict()
+def prune_snapshots(dry_run: bool = False, event_time: str | None = None) -> dict[str, Any]:
+    """The daily pruner: managed snapshots, then the point-in-time archive (bases and WAL) of every target with a
+    `wal` section, judged at the event's time (chalicelib.pitr.prune_runs). Each target's archive is pruned on its
+    own; when any failed, the run raises after all were tried, so the function's Errors alarm fires."""
+    cfg = wiring.load_config()
+    result = prune(wiring.snapshot_services(cfg), dry_run=dry_run).as_dict()
+    if not any(t.wal is not None for t in cfg.targets):
+        return result
+    now = datetime.fromisoformat(event_time.replace("Z", "+00:00")) if event_time else datetime.now(UTC)
+    archives = prune_archives(cfg, now, dry_run)
+    result["archives"] = archives.as_dict()
+    if archives.failures:
+        summary = {"snapshots_deleted": len(result["deleted"]), "archives_pruned": sorted(archives.reports)}
+        logger.error("pruned with failures", extra={**summary, "archives_failed": archives.failures})
+        failed = ", ".join(sorted(archives.failures))
+        first = next(iter(archives.failures.values()))
+        raise StorageError(f"pruning the WAL archive failed for {failed} (the other targets were pruned): {first}")
+    return result

@@ -16,6 +16,7 @@ CAPABILITIES = (
     "bucket:read",
     "bucket:write",
     "bucket:prune",
+    "archive:prune",
     "database",
     "snapshots:read",
     "snapshots:take",
@@ -153,6 +154,8 @@ def capability_statements(stage: str, capability: str) -> list[Statement]:
         return statements
     if capability in ("bucket:list", "bucket:read", "bucket:write", "bucket:prune"):
         return _bucket_statements(stage, capability.removeprefix("bucket:"))
+    if capability == "archive:prune":
+        return _archive_prune_statements(stage)
     if capability in ("manifests:sign", "manifests:verify"):
         return [_signing_statement(stage, capability.removeprefix("manifests:"))]
     if capability.startswith("snapshots:"):
@@ -309,6 +312,63 @@ def _bucket_statements(stage: str, what: str) -> list[Statement]:
             "Resource": f"{bucket}/*snapshots/*/{LABEL_OBJECT}",
             "Condition": own,
         },
+    ]
+
+
+# Never deleted by the archive's pruner: the worker roots but `snapshots` (backup labels, bucket:prune's) and the
+# operator's `lifeboat check` objects.
+NEVER_PRUNED_ROOTS = ("logical", "failed", "drills", "check")
+
+
+def archive_prune_guard(stage: str) -> Statement:
+    """`*/wal/*` also matches another root's key with a `wal` or `base` segment (the logical backup of a database
+    named `wal`: <prefix>logical/<target>/.../databases/wal/database.dump): the archive's pruner never deletes those.
+    Not `snapshots/`: it holds only backup labels, which the pruner deletes (bucket:prune), none with such a segment."""
+    bucket = bucket_arn(stage)
+    return {
+        "Sid": "PruneNeverTheWorkerRoots",
+        "Effect": "Deny",
+        "Action": ["s3:DeleteObject"],
+        "Resource": [f"{bucket}/{where}{root}/*" for root in NEVER_PRUNED_ROOTS for where in ("", "*/")],
+    }
+
+
+def _archive_prune_statements(stage: str) -> list[Statement]:
+    """archive:prune (the snapshot pruner's daily wal-prune of every streaming target, chalicelib.pitr.prune_runs):
+    list (and list the versions of: a base manifest is read at its first version) the ARCHIVE_ROOTS only; read their
+    objects at any version with their lock (HEAD shows a lock only with s3:GetObjectRetention); plain deletes there
+    (a delete marker; never s3:DeleteObjectVersion nor s3:BypassGovernanceRetention, so a locked object and every
+    version stay); kms:Decrypt through S3. No write, tag or lock: the lock pass is the WAL task's. Checking the
+    manifests' signatures is manifests:verify."""
+    bucket = bucket_arn(stage)
+    # settings.prefix is "" or ends with "/": `wal/` and `base/` as whole path segments.
+    prefixes = [f"{where}{root}/*" for root in ARCHIVE_ROOTS for where in ("", "*/")]
+    archive = [f"{bucket}/{p}" for p in prefixes]
+    own = {"StringEquals": OWN_RESOURCES}
+    return [
+        {
+            "Sid": "ListArchive",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": prefixes}, **own},
+        },
+        {
+            "Sid": "ReadArchive",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectRetention"],
+            "Resource": archive,
+            "Condition": own,
+        },
+        {
+            "Sid": "PruneArchive",
+            "Effect": "Allow",
+            "Action": ["s3:DeleteObject"],
+            "Resource": archive,
+            "Condition": own,
+        },
+        archive_prune_guard(stage),
+        {**_s3_kms(stage, ["kms:Decrypt"]), "Sid": "ArchiveKey"},
     ]
 
 
@@ -714,7 +774,7 @@ def _restored_cluster_instances() -> list[Statement]:
 def _restore_statements(what: str, stage: str = "") -> list[Statement]:
     """restores:check (the API: look only), restores:run (the worker: start restores from managed snapshots
     and point-in-time), restores:advance (the sweeper: an Aurora cluster's instance, attaching EBS volumes),
-    restores:plan (the API: WAL recovery plans, and the volumes of a snapshot set chosen as their base)."""
+    restores:plan (the API: WAL recovery plans; reads only, the volumes of a snapshot set are a snapshot restore's)."""
     if what == "check":
         return [_describe_restore_resources()]
     if what == "plan":
@@ -803,8 +863,8 @@ def _restore_volumes() -> list[Statement]:
 
 def _plan_wal_recoveries(stage: str) -> list[Statement]:
     """restores:plan (the API's WAL recovery plans, chalicelib.restore.wal_recovery): the first version of each base
-    manifest and backup label (ListObjectVersions with the key as Prefix; the reads are bucket:read's), and the
-    volumes of an app-consistent snapshot set chosen as the base."""
+    manifest and backup label (ListObjectVersions with the key as Prefix; the reads are bucket:read's). No write: the
+    volumes of a snapshot set chosen as the base are made by a snapshot restore, in the worker."""
     prefixes = [f"{where}{folder}/*" for folder in ("base", "snapshots") for where in ("", "*/")]
     return [
         {
@@ -814,7 +874,6 @@ def _plan_wal_recoveries(stage: str) -> list[Statement]:
             "Resource": bucket_arn(stage),
             "Condition": {"StringEquals": OWN_RESOURCES, "StringLike": {"s3:prefix": prefixes}},
         },
-        *_restore_volumes(),
     ]
 
 

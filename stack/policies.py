@@ -117,7 +117,17 @@ ACCESS: dict[str, tuple[str, ...]] = {
         "manifests:sign",  # a finished drill's evidence document is signed (kms:GenerateMac)
         "manifests:verify",  # and checked before a drill counts (kms:VerifyMac)
     ),
-    "snapshot_pruner": ("config", "bucket:prune", "snapshots:read", "snapshots:prune"),
+    # Daily: managed snapshots (and their backup labels), then every streaming target's bases and WAL
+    # (chalicelib.pitr.prune_runs: archive:prune, plain deletes under wal/ and base/ only; manifests:verify, only
+    # signed bases count).
+    "snapshot_pruner": (
+        "config",
+        "bucket:prune",
+        "snapshots:read",
+        "snapshots:prune",
+        "archive:prune",
+        "manifests:verify",
+    ),
     # Advances snapshot restores: an Aurora cluster's first instance, EBS volumes attached to tagged instances only.
     "restore_sweeper": ("config", "jobs:list", "snapshots:read", "restores:advance", "snapshots:keys"),
 }

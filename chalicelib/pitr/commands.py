@@ -28,6 +28,7 @@ from chalicelib import wiring
 from chalicelib.adapters.postgres import Login
 from chalicelib.config import Config, Target
 from chalicelib.errors import BadRequestError, ConfigError, ConflictError, SnapshotError
+from chalicelib.physical.names import label_key
 from chalicelib.pitr import recover as recovery
 from chalicelib.pitr import restored_dir, snapshotbase
 from chalicelib.pitr.basebackup import BaseLayout, BaseRun, list_bases
@@ -35,8 +36,8 @@ from chalicelib.pitr.basesched import scheduler_for
 from chalicelib.pitr.chains import check_incremental_server
 from chalicelib.pitr.fetch import FETCHED, MISSING, Prefetch, wal_fetch
 from chalicelib.pitr.incremental import ParentChooser, restore_base
-from chalicelib.pitr.protect import protect_bases, protected_base_backup, wal_lock_days
-from chalicelib.pitr.prune import prune_wal
+from chalicelib.pitr.protect import protected_base_backup, wal_lock_days
+from chalicelib.pitr.prune_runs import prune_streaming_target
 from chalicelib.pitr.receiver import ReceiverSetup, WalReceiver
 from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.slot import ServerFacts, server_facts, slot_problems, slot_state
@@ -260,11 +261,14 @@ def _recover_snapshot_set(
             f"target {target.name!r} has no EBS physical section: --snapshot-set takes an app-consistent EBS snapshot"
             " set; for a base backup leave it out"
         )
-    label = snapshotbase.read_label(wiring.store(cfg), cfg.settings.prefix, set_id)
+    store = wiring.store(cfg)
+    document, stored_at = snapshotbase.read_label_document(store, cfg.settings.prefix, set_id)
     found, failures = snapshotbase.find_sets(wiring.snapshot_services(cfg), target.physical, set_id)
     if not found and failures:
         raise SnapshotError(f"cannot list the snapshots of set {set_id}: {'; '.join(failures)}")
-    chosen = snapshotbase.choose_set(label, found)
+    chosen = snapshotbase.choose_set(snapshotbase.parse_label(document, set_id), found)
+    uri = f"s3://{store.bucket}/{label_key(cfg.settings.prefix, set_id.target, set_id.stamp)}"
+    label, signature = snapshotbase.believed_label(chosen, document, uri, sealer(cfg), stored_at)  # as the API does
     snapshotbase.check_goal(label, goal)
     archive = archive_for(cfg, target)
     config_path = str(Path(wiring.settings().config).resolve()) if wiring.settings().config else None
@@ -279,13 +283,14 @@ def _recover_snapshot_set(
     out.line(
         f"snapshot set {set_id} ({chosen.region}, PostgreSQL {label.major}, timeline {label.timeline},"
         f" {label.start_lsn} .. {label.stop_lsn}); WAL {plan.first_segment} .. {plan.last_segment};"
-        f" target {goal.describe()}"
+        f" target {goal.describe()}; label {signature}"
     )
-    document: dict[str, Any] = {
+    result: dict[str, Any] = {
         "status": "PLANNED" if args.dry_run else "READY",
         "target": target.name,
         "base": str(set_id),
         "snapshot_set": str(set_id),
+        "label_signature": signature,
         "snapshot_ids": [m.resource_id for m in chosen.members],
         "region": chosen.region,
         "first_segment": plan.first_segment,
@@ -295,12 +300,12 @@ def _recover_snapshot_set(
         "settings": plan.settings,
     }
     if not args.dry_run:
-        document["done"] = restored_dir.prepare(pgdata, label)
+        result["done"] = restored_dir.prepare(pgdata, label)
         recovery.write_recovery(pgdata, plan.settings)
-        for line in document["done"]:
+        for line in result["done"]:
             out.line(f"  {line}")
         out.line(f"ready: start it with  pg_ctl -D {pgdata} start  (it replays the WAL, then promotes)")
-    out.json(document)
+    out.json(result)
     return 0
 
 
@@ -359,14 +364,8 @@ def cmd_wal_window(args: argparse.Namespace, out: Output) -> int:
 def cmd_wal_prune(args: argparse.Namespace, out: Output) -> int:
     cfg = wiring.load_config()
     target = _streaming_target(cfg, args.target)
-    store, policy, mode = wiring.store(cfg), cfg.policy_for(target), cfg.settings.object_lock_mode
-    assert target.wal is not None
-    report = prune_wal(
-        store, cfg.settings.prefix, target.name, policy, now_utc(), args.dry_run, sealer(cfg), target.wal.pitr_days
-    )
-    if mode and not args.dry_run:  # extend the kept bases' locks (and their WAL's) to the class each earns now
-        kept = list_bases(store, BaseLayout(cfg.settings.prefix, target.name), sealer(cfg))
-        protect_bases(store, cfg.settings.prefix, target.name, policy, mode, now_utc(), kept)
+    # The same pass as the daily snapshot pruner's (prune_runs), which only does not extend the kept bases' locks.
+    report = prune_streaming_target(cfg, target, now_utc(), args.dry_run)
     document: dict[str, Any] = {"status": "OK", **report.as_dict()}
     if report.errors:
         message = f"{target.name}: {len(report.errors)} deletion(s) failed: {report.errors[0]}"

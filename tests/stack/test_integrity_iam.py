@@ -6,6 +6,7 @@ tests/reliability/test_restore_iam.py:
 
 - the WAL stream task of `shop` (stack/recovery_capabilities.py): its stream, a base backup and the lock pass;
 - the operator (the template's OperatorRecoveryPolicy): `recover` (plan, unpack), `wal-fetch`, `wal-prune`;
+- the snapshot pruner: its daily wal-prune of every streaming target (chalicelib.pitr.prune_runs, target `billing`);
 - the snapshot sweeper and the backup worker write evidence; the sweeper and the API read and verify it.
 
 Each role may make its own calls, and the same calls are refused to roles without the capability, for another
@@ -27,15 +28,17 @@ from typing import Any
 import boto3
 import pytest
 
+from chalicelib import wiring
 from chalicelib.adapters.kms import KmsMacKey
 from chalicelib.adapters.s3 import S3Store
-from chalicelib.config import RetentionPolicy
+from chalicelib.config import Config, RetentionPolicy, parse_config
 from chalicelib.drills.evidence import EvidenceStore
 from chalicelib.drills.model import DrillRecord, new_drill_id
 from chalicelib.pitr import recover
 from chalicelib.pitr.basebackup import BaseBackup, BaseLayout, BaseObject, list_bases, read_bases, write_manifest
 from chalicelib.pitr.protect import protect_bases, wal_lock_days
 from chalicelib.pitr.prune import prune_wal
+from chalicelib.pitr.prune_runs import prune_archives
 from chalicelib.pitr.sealing import Sealer
 from chalicelib.pitr.walarchive import WalArchive, compress
 from chalicelib.pitr.walnames import Segment, WalLayout, format_lsn
@@ -44,7 +47,7 @@ from stack import names, policies
 from stack.capabilities import MAX_LOCK_DAYS
 from stack.template.operators import operator_recovery_document, operator_resources
 from tests.reliability.support import iam_actions
-from tests.reliability.test_restore_iam import ACCOUNT, STAGES, Resource, authorized, policy
+from tests.reliability.test_restore_iam import ACCOUNT, REGION, STAGES, Resource, authorized, policy
 
 SIZE = 1024 * 1024
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -53,7 +56,7 @@ POLICY = RetentionPolicy.model_validate(
 )
 MODE = "GOVERNANCE"
 BUCKET_OPS = ("ListObjectsV2", "ListObjectVersions", "ListMultipartUploads")
-OTHER_FUNCTIONS = ("dispatcher", "restore_worker", "snapshot_pruner", "restore_sweeper")
+OTHER_FUNCTIONS = ("dispatcher", "restore_worker", "restore_sweeper")  # no access to the archive nor evidence
 
 
 @dataclass(frozen=True)
@@ -137,9 +140,9 @@ def seg(number: int) -> Segment:
     return Segment(1, number, SIZE)
 
 
-def put_base(store: S3Store, sealer: Sealer | None, started: datetime, first: int) -> BaseBackup:
-    """A base backup of `shop` (segments first .. first+1) as run_base_backup writes it: tar, then signed manifest."""
-    layout = BaseLayout("", "shop")
+def put_base(store: S3Store, sealer: Sealer | None, started: datetime, first: int, target: str = "shop") -> BaseBackup:
+    """A base backup of `target` (segments first .. first+1) as run_base_backup writes it: tar, then signed manifest."""
+    layout = BaseLayout("", target)
     bid = started.strftime("%Y%m%dT%H%M%SZ")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -148,7 +151,7 @@ def put_base(store: S3Store, sealer: Sealer | None, started: datetime, first: in
         tar.addfile(info, io.BytesIO(b"15\n"))
     data = store.put_bytes(layout.folder(bid) + "base.tar.zst", compress(buf.getvalue()), tags={"kind": "base"})
     base = BaseBackup(
-        target="shop",
+        target=target,
         backup_id=bid,
         started_at=started,
         finished_at=started + timedelta(minutes=5),
@@ -208,6 +211,43 @@ def _operator(store: S3Store, sealer: Sealer, pgdata: Path) -> None:
     assert protect_bases(store, "", "shop", POLICY, MODE, later, list_bases(store, BaseLayout("", "shop"), sealer))
 
 
+def pruner_config(bucket: str, key: str) -> Config:
+    """The deployed configuration's shape: one streaming target, `billing`, manifests signed with `key`."""
+    connection = {"host": "db.internal", "port": 5432, "database": "billing", "user": "lifeboat_backup"}
+    connection["password_secret"] = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:lifeboat/billing-AbCdEf"
+    return parse_config(
+        {
+            "settings": {
+                "bucket": bucket,
+                "signing_key_id": key,
+                "retention_policies": {"default": POLICY.model_dump()},
+            },
+            "targets": [{"name": "billing", "connection": connection, "wal": {}}],
+        }
+    )
+
+
+def _pruner(recorder: CallRecorder, store: S3Store, sealer: Sealer, cfg: Config) -> None:
+    """The snapshot pruner's daily pass over `billing`: an old base the policy drops and its WAL go, through the
+    clients the Lambda function builds (chalicelib.wiring)."""
+    archive = WalArchive(store, WalLayout("", "billing"), sealer=sealer)
+    put_base(store, sealer, NOW - timedelta(days=200), 1, "billing")
+    put_base(store, sealer, NOW - timedelta(days=1), 3, "billing")
+    for number in (1, 3, 4):
+        archive.put_segment(seg(number), bytes([number]) * SIZE)
+    clients = (wiring.client("s3"), wiring.client.get("kms"))
+    for client in clients:
+        client.meta.events.register("before-parameter-build", recorder.on_params)
+    try:
+        with _as(recorder, "snapshot_pruner"):
+            outcome = prune_archives(cfg, NOW)
+    finally:
+        for client in clients:
+            client.meta.events.unregister("before-parameter-build", recorder.on_params)
+    assert not outcome.failures, outcome
+    assert outcome.reports["billing"]["deleted_bases"] and outcome.reports["billing"]["deleted_wal"], outcome
+
+
 def _drills(recorder: CallRecorder, store: S3Store, sealer: Sealer) -> None:
     evidence = EvidenceStore(None, store, "", MODE, sealer=sealer)
     with _as(recorder, "backup_worker"):  # a logical drill finishes in the worker
@@ -254,12 +294,14 @@ def recorded(
         _wal_task(store, sealer)
     with _as(recorder, "operator"):
         _operator(store, sealer, tmp_path_factory.mktemp("pgdata") / "data")
+    _pruner(recorder, store, sealer, pruner_config(bucket, key))
     _drills(recorder, store, sealer)
     return stage, recorder.calls
 
 
 def roles(stage: str) -> dict[str, dict[str, Any]]:
-    docs = {f: policy(stage, f) for f in ("backup_worker", "snapshot_sweeper", "api_handler", *OTHER_FUNCTIONS)}
+    functions = ("backup_worker", "snapshot_sweeper", "api_handler", "snapshot_pruner", *OTHER_FUNCTIONS)
+    docs = {f: policy(stage, f) for f in functions}
     docs["wal_task"] = policies.wal_stream_task_policy(stage, "shop")
     docs["operator"] = resolved(operator_recovery_document(stage), MODE)
     return docs
@@ -271,6 +313,7 @@ INTEGRITY_ACTIONS: dict[str, set[str]] = {  # what each role's integrity path ca
     "snapshot_sweeper": {"kms:GenerateMac", "kms:VerifyMac", "s3:ListBucketVersions", "s3:GetObjectVersion"},
     "backup_worker": {"kms:GenerateMac", "s3:PutObject", "s3:PutObjectRetention"},
     "api_handler": {"kms:VerifyMac", "s3:ListBucketVersions", "s3:GetObjectVersion"},
+    "snapshot_pruner": {"kms:VerifyMac", "s3:ListBucketVersions", "s3:GetObjectVersion", "s3:DeleteObject"},
 }
 
 
@@ -289,7 +332,9 @@ def test_each_role_may_make_its_integrity_calls(recorded: tuple[str, dict[str, s
         for call in calls[role]:  # the signing key only: a key without the stack's alias is refused
             if call.action.startswith("kms:"):
                 assert not allowed(docs[role], call, "alias/someone-elses"), (role, call)
-    assert "kms:GenerateMac" not in {c.action for c in calls["api_handler"] | calls["operator"]}
+    assert "kms:GenerateMac" not in {
+        c.action for c in calls["api_handler"] | calls["operator"] | calls["snapshot_pruner"]
+    }
 
 
 def test_the_wal_task_reaches_only_its_own_target(recorded: tuple[str, dict[str, set[Call]]]) -> None:
@@ -314,7 +359,7 @@ def test_evidence_reads_are_for_the_sweeper_and_the_api_only(recorded: tuple[str
     docs = roles(stage)
     listings = [c for c in calls["api_handler"] if c.action == "s3:ListBucketVersions"]
     assert listings and all("drills/shop/" in dict(c.context)["s3:prefix"] for c in listings)
-    for role in ("wal_task", "operator", "backup_worker", *OTHER_FUNCTIONS):
+    for role in ("wal_task", "operator", "backup_worker", "snapshot_pruner", *OTHER_FUNCTIONS):
         for call in listings:
             assert not allowed(docs[role], call), (role, call)
     for role in ("snapshot_sweeper", "api_handler"):  # a listing of anything but an evidence document is refused
@@ -364,3 +409,35 @@ def test_the_operator_recovery_policy_is_in_the_template_attached_to_nothing(sta
     assert policies.LOCK_IN_THE_STACKS_MODE_ONLY in props["PolicyDocument"]["Statement"]
     sids = [st.get("Sid") for st in props["PolicyDocument"]["Statement"]]
     assert len(sids) == len(set(sids))
+
+
+def test_the_pruner_deletes_wal_and_bases_only_and_never_a_version(recorded: tuple[str, dict[str, set[Call]]]) -> None:
+    stage, calls = recorded
+    doc = roles(stage)["snapshot_pruner"]
+    pruner = calls["snapshot_pruner"]
+    deletes = [c for c in pruner if c.action == "s3:DeleteObject"]
+    assert {tuple(c.resource.split("/")[1:3]) for c in deletes} == {("base", "billing"), ("wal", "billing")}
+    assert not {c.action for c in pruner} & {"s3:PutObject", "s3:PutObjectRetention", "kms:GenerateMac"}
+    bucket = deletes[0].resource.split("/")[0]
+    for prefix in ("", "pg/"):
+        assert allowed(doc, Call("s3:DeleteObject", f"{bucket}/{prefix}wal/shop/00000001/{seg(1).name}"))  # any target
+        assert allowed(doc, Call("s3:DeleteObject", f"{bucket}/{prefix}base/shop/20261129T030000Z/manifest.json"))
+        assert allowed(doc, Call("s3:DeleteObject", f"{bucket}/{prefix}snapshots/shop/x/backup_label.json"))  # labels
+        for key in (
+            "logical/shop/2026/11/29/20261129T030000Z/database.dump",
+            "logical/shop/2026/11/29/20261129T030000Z/databases/wal/database.dump",  # a database named `wal`
+            "logical/shop/2026/11/29/20261129T030000Z/databases/base/manifest.json",
+            "failed/shop/x/wal/y.json",
+            "drills/shop/2026/x_d-1.json",
+            "snapshots/shop/x/other.json",
+            "check/wal/x",
+        ):
+            assert not allowed(doc, Call("s3:DeleteObject", f"{bucket}/{prefix}{key}")), key
+        for listed in ("logical/shop/", "drills/shop/", "snapshots/shop/", ""):
+            assert not allowed(doc, Call("s3:ListBucketVersions", bucket, (("s3:prefix", prefix + listed),))), listed
+    for call in [c for c in pruner if c.action.startswith("s3:") and "/" in c.resource]:
+        for action in ("s3:DeleteObjectVersion", "s3:BypassGovernanceRetention", "s3:PutObject", "s3:PutObjectTagging"):
+            assert not allowed(doc, Call(action, call.resource)), (action, call.resource)
+        assert not allowed(doc, Call("s3:PutObjectRetention", call.resource, lock_keys(MODE, 30)))
+    for call in [c for c in pruner if c.action.startswith("kms:")]:
+        assert not allowed(doc, Call("kms:GenerateMac", call.resource), names.signing_key_alias(stage))

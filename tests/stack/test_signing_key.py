@@ -55,7 +55,11 @@ def test_who_signs_and_who_verifies(stage: str) -> None:
     assert _mac_actions(task_policy(stage)) == set(MAC)
     # The snapshot sweeper signs the evidence of the drills it finishes and checks it (the overdue check).
     assert _mac_actions(function_policy(stage, "snapshot_sweeper")) == set(MAC)
-    for function in set(ACCESS) - {"backup_worker", "restore_worker", "api_handler", "snapshot_sweeper"}:
+    # The pruner believes only signed bases when it prunes the point-in-time archive (a forged newer one must not push
+    # a real one out of keep_last): it verifies, never signs.
+    assert _mac_actions(function_policy(stage, "snapshot_pruner")) == {"kms:VerifyMac"}
+    verifiers = {"backup_worker", "restore_worker", "api_handler", "snapshot_sweeper", "snapshot_pruner"}
+    for function in set(ACCESS) - verifiers:
         assert not _mac_actions(function_policy(stage, function)), function
     for st in _signing(function_policy(stage, "backup_worker")) + _signing(task_policy(stage)):
         assert st["Condition"] == {  # the alias, in this account only (an alias names a key only in its account)
