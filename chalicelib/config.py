@@ -17,6 +17,7 @@ from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chalicelib.adapters.upload_memory import UploadMemoryMib
 from chalicelib.drills.settings import Drill, drill_problem
 from chalicelib.errors import ConfigError, NotFoundError
 from chalicelib.pitr.settings import Wal
@@ -126,6 +127,7 @@ class Logical(_Model):
     exclude_databases: list[str] = Field(default_factory=list)
     lock_wait_timeout_seconds: int = Field(default=60, ge=1, le=3600)
     row_counts: bool = Field(default=True, description="exact per-table counts from the dump's snapshot")
+    row_counts_mode: Literal["serial", "parallel"] = "serial"  # parallel: beside pg_dump (README, Consistent counts)
     # Where the dump (and a logical restore of it) runs: chalicelib.fargate decides "auto".
     runner: Literal["auto", "lambda", "fargate"] = Field(
         default="auto",
@@ -311,10 +313,10 @@ class Settings(_Model):
     # before this time; unset: no unsigned manifest is believed once signing_key_id is set.
     accept_unsigned_before: AwareDatetime | None = None
     retention_policies: dict[str, RetentionPolicy] = Field(default_factory=lambda: {"default": RetentionPolicy()})
-    # 6 MiB is the smallest first part whose growing plan still reaches S3's 5 TiB object limit.
+    # 6 MiB is the smallest first part whose growing plan could reach S3's 5 TiB (growth stops at half the budget).
     part_size_mib: int = Field(default=8, ge=6, le=512)
     upload_concurrency: int = Field(default=4, ge=1, le=32)
-    upload_memory_mib: int = Field(default=64, ge=16, le=4096)
+    upload_memory_mib: UploadMemoryMib = Field(default=64, ge=16, le=4096)  # two parts: adapters.upload_memory
     deadline_margin_seconds: int = Field(default=60, ge=5, le=600)
     dispatch_lookback_minutes: int = Field(default=5, ge=1, le=1440)
     per_server_concurrency: int = Field(default=2, ge=1, le=50, description="concurrent dumps per server")

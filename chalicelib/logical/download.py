@@ -155,14 +155,16 @@ def download_objects(
     try:
         job.open()
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-range") as pool:
-            futures: list[Future[None]] = [pool.submit(job.fetch, piece) for piece in pieces]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failure = next((e for f in futures if f in finished and (e := f.exception()) is not None), None)
-            if failure is not None:
-                job.stop.set()
-                for future in futures:
-                    future.cancel()
-                raise failure
+            try:
+                futures: list[Future[None]] = [pool.submit(job.fetch, piece) for piece in pieces]
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failure = next((e for f in futures if f in finished and (e := f.exception()) is not None), None)
+                if failure is not None:
+                    raise failure
+            except BaseException:  # a worker's failure, an interrupt or a deadline here: stop now, then re-raised
+                job.stop.set()  # pieces under way end at their next range
+                pool.shutdown(wait=True, cancel_futures=True)  # queued pieces never start
+                raise
     finally:
         job.close()
     for obj, path in targets:
