@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.adapters.aws_errors import AWS_ERRORS
 from chalicelib.adapters.pgtools import explain, scrub
+from chalicelib.adapters.session_liveness import TCP_KEEPALIVES, still_usable
+from chalicelib.adapters.snapshot_counts import CountThread, count_error, count_plan
 from chalicelib.errors import ConfigError, DatabaseConnectionError, SecretError
 from chalicelib.observability import logger
 
@@ -252,6 +255,7 @@ class CredentialResolver:
 class _HeldSession:
     login: Login
     conn: psycopg.Connection[Any] | None = None
+    handed_out: float = 0.0  # time.monotonic() when `connect` last handed the session out
 
 
 _held_session: ContextVar[_HeldSession | None] = ContextVar("lifeboat_held_session", default=None)
@@ -290,16 +294,17 @@ def connect(login: Login, autocommit: bool = True) -> psycopg.Connection[Any]:
 
     held = _held_session.get()
     shared = held is not None and autocommit and held.login == login
-    if held is not None and shared and held.conn is not None and not (held.conn.closed or held.conn.broken):
+    if held is not None and shared and held.conn is not None and still_usable(held.conn, held.handed_out):
+        held.handed_out = time.monotonic()
         return held.conn
     try:
         conn = (_kept_session_class() if shared else psycopg.Connection).connect(
-            **login.psycopg_kwargs(), autocommit=autocommit
+            **login.psycopg_kwargs(), **TCP_KEEPALIVES, autocommit=autocommit
         )
     except psycopg.Error as exc:
         raise connection_error(exc, login) from None
     if held is not None and shared:
-        held.conn = conn
+        held.conn, held.handed_out = conn, time.monotonic()
     return conn
 
 
@@ -339,6 +344,8 @@ class SourceFacts:
     database_size: int
     snapshot_id: str | None
     row_counts: dict[str, int] | None
+    # row_counts_mode parallel: the counts, taken on a thread in the exporting session while pg_dump runs
+    counting: CountThread | None = None
 
     @property
     def major(self) -> int:
@@ -435,7 +442,9 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
     """Open a repeatable-read transaction, export its snapshot and, if asked, count rows in it.
 
     The transaction stays open for the duration of the block so pg_dump can attach with --snapshot:
-    the counts then describe exactly the data in the dump.
+    the counts then describe exactly the data in the dump. With row_counts_mode parallel they are not taken
+    here but by `facts.counting`, in this same transaction, while the block runs pg_dump (its thread is
+    stopped before the transaction ends).
     """
     import psycopg
 
@@ -455,11 +464,27 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                 except psycopg.Error:  # e.g. a hot standby that cannot export: dump without --snapshot
                     conn.rollback()
                     snapshot_id = None
-                counts = None
-                if opts is not None and opts.row_counts and snapshot_id:
-                    counts = count_rows(conn, lambda s, t, v: _selected(s, t, opts, v))
+                counts, counting = None, None
+                whose = f"{login.user}'s queries on {login.database}"
+                plan = count_plan(opts.row_counts, opts.row_counts_mode, snapshot_id) if opts else "off"
+                if opts is not None and plan == "serial":
+                    try:
+                        counts = count_rows(conn, lambda s, t, v: _selected(s, t, opts, v))
+                    except psycopg.Error as exc:
+                        raise count_error(exc, whose, login.secrets) from None
+                elif opts is not None and plan == "parallel":
+                    selected = opts
+                    counting = CountThread(
+                        lambda: count_rows(conn, lambda s, t, v: _selected(s, t, selected, v)),
+                        conn.cancel_safe,
+                        lambda exc: count_error(exc, whose, login.secrets),
+                    )
             except psycopg.Error as exc:
                 raise connection_error(exc, login) from None
-            yield SourceFacts(int(row[0]), str(row[1]), int(row[2]), snapshot_id, counts)
+            try:
+                yield SourceFacts(int(row[0]), str(row[1]), int(row[2]), snapshot_id, counts, counting)
+            finally:
+                if counting is not None:
+                    counting.stop()  # the thread's count is cancelled, so the session has one user to end it
     finally:
         conn.close()
