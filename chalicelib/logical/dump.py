@@ -3,7 +3,8 @@
 Order of work, which is what makes a backup trustworthy:
 1. skip the slot if it is complete (its manifest exists and every object it lists is there) or another attempt
    holds its claim; a manifest whose objects are missing is not complete: it is removed and the slot backed up again;
-2. export a snapshot in a repeatable-read transaction and count rows in it;
+2. export a snapshot in a repeatable-read transaction and count rows in it (before pg_dump, or beside it in the
+   same transaction with row_counts_mode parallel: a failed count stops pg_dump and fails the backup);
 3. stream pg_dump --snapshot into a multipart upload that completes only if pg_dump exited 0;
 4. write the manifest last (a PUT whose outcome is unknown is resolved by reading back: Catalog.write_manifest).
    On any failure: no manifest, no open upload, objects of the attempt deleted (the manifest first), a FAILED
@@ -27,6 +28,7 @@ from chalicelib.adapters.pgtools import (
 )
 from chalicelib.adapters.postgres import CredentialResolver, Login, connect, exported_snapshot, server_version
 from chalicelib.adapters.s3 import BackupStore
+from chalicelib.adapters.snapshot_counts import stop_when_failed
 from chalicelib.adapters.versions import NULL_VERSION
 from chalicelib.config import Config, Logical, Target
 from chalicelib.errors import BadRequestError, LifeboatError, StorageError
@@ -224,23 +226,31 @@ def _backup(
             }
             logger.info("dump starting", extra=log_extra)
             args = pg_dump_args(opts, pg_dump, facts.snapshot_id, compression)
-            if opts.format == "directory":
-                objects = dump_directory(
-                    svc.store,
-                    pg_dump,
-                    args,
-                    login,
-                    svc.catalog.layout.dump_key(bid, "directory"),
-                    tags,
-                    deadline,
-                    on_progress,
-                    written,
-                )
-            else:
-                dump_key = svc.catalog.layout.dump_key(bid)
-                written.append(dump_key)
-                dump = stream_tool(svc.store, pg_dump, args, login, dump_key, tags, deadline, on_progress)
-                objects = [manifest_object("dump", dump)]
+            watch = stop_when_failed(facts.counting, deadline)  # starts a parallel count once pg_dump runs
+            try:
+                if opts.format == "directory":
+                    objects = dump_directory(
+                        svc.store,
+                        pg_dump,
+                        args,
+                        login,
+                        svc.catalog.layout.dump_key(bid, "directory"),
+                        tags,
+                        watch,
+                        on_progress,
+                        written,
+                    )
+                else:
+                    dump_key = svc.catalog.layout.dump_key(bid)
+                    written.append(dump_key)
+                    dump = stream_tool(svc.store, pg_dump, args, login, dump_key, tags, watch, on_progress)
+                    objects = [manifest_object("dump", dump)]
+            except LifeboatError:
+                if facts.counting is not None:  # a failed count stopped the dump: its error is the cause
+                    facts.counting.stop()
+                    facts.counting.check()
+                raise
+            row_counts = facts.counting.wait() if facts.counting is not None else facts.row_counts
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)
@@ -271,7 +281,7 @@ def _backup(
             retention_class=retention_class.value,
             retention_policy=target.retention,
             snapshot_id=facts.snapshot_id,
-            row_counts=facts.row_counts,
+            row_counts=row_counts,
         )
         manifest_key.append(svc.catalog.layout.manifest_key(bid))
         svc.catalog.write_manifest(manifest, tags)  # last: from here on the backup exists
