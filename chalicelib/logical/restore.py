@@ -13,7 +13,10 @@ counts recorded at backup time.
 
 How: one job streams into pg_restore; parallel jobs (pg_restore -j reads only files) download first by concurrent
 ranged GETs, part by part verified (chalicelib.logical.download), when restore_strategy says they pay. Every step
-outside the restored database shares one maintenance session (postgres.held_session).
+outside the restored database shares one maintenance session (postgres.held_session). The fixed costs around
+pg_restore are kept to as few round trips as each step needs (chalicelib.logical.restore_steps: measured on a small
+restore against moto and a local PostgreSQL; chalicelib.logical.restored_counts), and
+tests/integration/test_restore_round_trips.py holds them there.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from chalicelib.adapters.pgtools import (
     ChildProcess,
@@ -40,7 +43,7 @@ from chalicelib.adapters.pgtools import (
     minimal_env,
     watchdog,
 )
-from chalicelib.adapters.postgres import Login, connect, count_rows, held_session, server_version
+from chalicelib.adapters.postgres import Login, connect, held_session
 from chalicelib.adapters.s3 import BackupStore
 from chalicelib.errors import (
     BadRequestError,
@@ -54,7 +57,6 @@ from chalicelib.logical.catalog import BackupId, Catalog, Manifest, ManifestObje
 from chalicelib.logical.databases import (
     MAX_IDENTIFIER,
     SwapError,
-    create_database,
     create_schemas,
     database_comment,
     drop_database,
@@ -65,6 +67,14 @@ from chalicelib.logical.databases import (
 )
 from chalicelib.logical.digests import PartVerifier
 from chalicelib.logical.download import download_objects, restore_strategy
+from chalicelib.logical.restore_steps import (
+    check_objects,
+    create_database,
+    manifest_and_comment,
+    opened_checked,
+    server_major_of,
+)
+from chalicelib.logical.restored_counts import count_restored_rows, verify_counts
 from chalicelib.logical.roles import apply_globals
 from chalicelib.logical.selection import Selection
 from chalicelib.logical.toc import resolve_selection
@@ -126,33 +136,6 @@ def pg_restore_args(
     return args
 
 
-def verify_counts(expected: dict[str, int] | None, actual: dict[str, int], selection: Selection) -> dict[str, Any]:
-    """Compare restored row counts with the manifest's; a selective restore compares the tables it chose."""
-    if expected is None:
-        return {"match": None, "reason": "the backup recorded no row counts"}
-    wanted = {t: n for t, n in expected.items() if t in selection.tables_in(expected)} if selection else expected
-    mismatched = {t: {"expected": n, "restored": actual.get(t)} for t, n in wanted.items() if actual.get(t) != n}
-    result: dict[str, Any] = {
-        "match": not mismatched,
-        "tables_checked": len(wanted),
-        "rows_checked": sum(wanted.values()),
-        "mismatches": mismatched,
-    }
-    if selection and not wanted:
-        result.update(match=None, reason="the selection holds no tables of the backup")
-    return result
-
-
-def _check_objects(store: BackupStore, parts: list[ManifestObject]) -> None:
-    for part in parts:
-        head = store.head(part.key, version_id=part.version_id)
-        if head is None or head.size != part.size:
-            raise IntegrityError(
-                f"{part.key} is {head.size if head else 'missing'} bytes but the manifest says"
-                f" {part.size}: the object was changed or truncated; refusing to restore it"
-            )
-
-
 def _check_compatible(manifest: Manifest, server_major: int, selection: Selection) -> None:
     """Refusals that need no database: a downgrade, a table the backup does not have."""
     if manifest.pg_dump_version > server_major:
@@ -202,19 +185,17 @@ def restore_logical(
     # One maintenance session for every step outside the restored database (exists, create, comment, drop, swap):
     # `login`, moved off the databases this run renames or drops, and held open until the end.
     login = maintenance_login(login, database, _side_database(database, restore_id))
-    with held_session(login):
+    with held_session(login), contextlib.ExitStack() as held_open:
         bid = BackupId.parse(backup_id)
-        manifest: Manifest = catalog.manifest(bid)
-        catalog.check_signature(manifest)  # a forged or unsigned manifest is refused before anything is created
+        # A forged or unsigned manifest is refused before anything is created.
+        manifest, existing = manifest_and_comment(catalog, bid, login, database)
         # The objects to restore from: one archive, or the files of a directory-format dump.
         parts = manifest.files() if manifest.format == "directory" else [manifest.object("dump")]
         t0 = time.monotonic()
-        existing = database_comment(login, database)
         if existing is not None and existing == marker("restored", restore_id, backup_id):
             return _finish(login, database, manifest, selection, backup_id, 0, t0, 0, recovered=True)
         work = _work_database(login, database, existing, opts, restore_id)
-        _check_objects(store, parts)
-        server_major = server_version(login)[0] // 10000
+        server_major = server_major_of(login)
         _check_compatible(manifest, server_major, selection)
         pg_restore = toolbox.pick(
             "pg_restore",
@@ -222,14 +203,18 @@ def restore_logical(
             purpose=f"restoring an archive written by pg_dump {manifest.pg_dump_version}"
             f" into PostgreSQL {server_major}",
         )
+        mode, jobs = (
+            ("download", opts.jobs)  # a directory-format dump is files: downloaded whatever the jobs
+            if manifest.format == "directory"
+            else restore_strategy(parts[0].size, opts.jobs, len(os.sched_getaffinity(0)))
+        )
+        # Streamed: the GET is opened now and its length is the size check (no HEAD of the same version before it).
+        body = held_open.enter_context(opened_checked(store, parts[0])) if mode == "stream" else None
+        if body is None:
+            check_objects(store, parts)
         with tempfile.TemporaryDirectory(dir=workdir, prefix="lifeboat-restore-") as scratch:
             tmp = Path(scratch)
             local: Path | None = None
-            mode, jobs = (
-                ("download", opts.jobs)  # a directory-format dump is files: downloaded whatever the jobs
-                if manifest.format == "directory"
-                else restore_strategy(parts[0].size, opts.jobs, len(os.sched_getaffinity(0)))
-            )
             if mode == "download":  # pg_restore -j needs a seekable archive
                 local = _download(store, parts, manifest.format, tmp, on_progress, deadline)
             list_file: Path | None = None
@@ -250,12 +235,13 @@ def restore_logical(
             set_comment(login, work, marker("restoring", restore_id, backup_id))
             with _dropped_on_failure(login, work, manifest.target):
                 create_schemas(login, work, missing_schemas)
-                if local is not None:
+                if body is None:
+                    assert local is not None
                     restored = sum(p.size for p in parts)
                     _restore_local(pg_restore, local, login, work, opts, jobs, list_file, deadline)
                 else:
                     restored = _stream_into_pg_restore(
-                        store,
+                        body,
                         parts[0],
                         pg_restore,
                         login,
@@ -326,7 +312,7 @@ def _finish(
     recovered: bool = False,
 ) -> RestoreResult:
     with connect(login.with_database(database)) as conn:
-        actual = count_rows(conn)
+        actual = count_restored_rows(conn)  # two statements, not one per table
     verification = verify_counts(manifest.row_counts, actual, selection)
     if verification["match"] is False:
         raise IntegrityError(f"restored row counts differ from the backup's: {verification['mismatches']}")
@@ -432,7 +418,7 @@ def _globals_sql(store: BackupStore, catalog: Catalog, bid: BackupId, manifest: 
 
 
 def _stream_into_pg_restore(
-    store: BackupStore,
+    body: BinaryIO,
     part: ManifestObject,
     tool: PgTool,
     login: Login,
@@ -444,7 +430,6 @@ def _stream_into_pg_restore(
 ) -> int:
     # long because feeding, hashing and judging the stream are one loop under one watchdog.
     verifier = PartVerifier(part)  # per part when the manifest records parts (logical.digests)
-    body, _size = store.open_stream(part.key, part.version_id)
     total = 0
     child = ChildProcess(
         tool,
@@ -455,7 +440,7 @@ def _stream_into_pg_restore(
         stdin=subprocess.PIPE,
         capture_stdout=False,
     )
-    with child, body, watchdog(child, deadline) as fired:
+    with child, body, watchdog(child, deadline) as fired:  # the body is released as soon as it is read
         stdin: IO[bytes] | None = child.stdin_pipe
         while chunk := body.read(CHUNK):
             if fired.is_set() or (deadline and deadline.seconds_left() <= 0):

@@ -323,9 +323,11 @@ def test_deadline_mid_restore_fails_cleanly(api: Any, pg: PostgresServer, monkey
         def __exit__(self, *exc: object) -> None:
             self.body.close()
 
-    monkeypatch.setattr(
-        svc.catalog.store, "open_stream", lambda key, version_id=None: (Slow(real_open(key, version_id)[0]), 0)
-    )
+    def slow_open(key: str, version_id: str | None = None) -> tuple[Slow, int]:
+        body, size = real_open(key, version_id)
+        return Slow(body), size
+
+    monkeypatch.setattr(svc.catalog.store, "open_stream", slow_open)
     start = time.monotonic()
     remaining = lambda: int((61.5 - (time.monotonic() - start)) * 1000)  # noqa: E731
     job = restores.run_restore_job(svc, restore_id, remaining_ms=remaining)
