@@ -12,8 +12,11 @@ with a status above 125 (what a shell reports for "command not found" or a signa
 
 Prefetch (`--prefetch N`, default 8): each call also fetches the next N finished segments of the same timeline into
 a spool (chalicelib.pitr.spool) with a few threads of the same process, for at most `Prefetch.seconds`, so the next
-calls are served from local disk without starting S3 (a call served from the spool refills it only when fewer than
-a quarter of the next N are left: starting S3 costs about as much as fetching a few segments in parallel). Only
+calls are served from local disk without starting S3. The `lifeboat` console script serves such a hit before
+importing any of this (chalicelib.pitr.fastfetch: the standard library and the spool only) and never refills: a
+refill costs the same start-up (boto3, the configuration, an S3 client) as a miss, so the spool is refilled by the
+miss that follows its last segment, N at a time. A hit that does come here (`-v`, `python -m chalicelib.cli`)
+refills only when fewer than a quarter of the next N are left. Only
 finished segments are prefetched, never the open segment's `.partial` (it still grows). A spooled file whose size or
 SHA-256 no longer matches is refused and read from S3. The spool (a folder of its own; a `--prefetch-dir` that is or
 holds a data directory, or is pg_wal, is refused: exit 255) keeps only the next N segments and deletes only files it
@@ -23,7 +26,6 @@ at its end, when it looks for a free timeline to promote onto).
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -33,9 +35,9 @@ from pathlib import Path
 
 from chalicelib.errors import LifeboatError
 from chalicelib.observability import logger
-from chalicelib.pitr.spool import Spool
+from chalicelib.pitr.spool import Spool, deliver, following_names
 from chalicelib.pitr.walarchive import WalArchive
-from chalicelib.pitr.walnames import PARTIAL, MiB, Segment, history_timeline, is_segment_name
+from chalicelib.pitr.walnames import PARTIAL, history_timeline, is_segment_name
 
 FETCHED = 0
 MISSING = 1
@@ -92,7 +94,7 @@ def wal_fetch(archive: ArchiveSource, name: str, path: Path, prefetch: Prefetch 
             return MISSING, f"wal-fetch {name}: not in the archive"
         data, key = found
     try:
-        _write(path, data)
+        deliver(path, data)
     except OSError as exc:
         return FATAL, f"wal-fetch {name}: cannot write {path}: {exc.strerror}"
     logger.info("wal-fetch", extra={"wal_file": name, "key": key, "bytes": len(data)})
@@ -110,34 +112,6 @@ def _empty(spool: Spool) -> None:
         logger.warning(
             "the prefetch spool could not be emptied", extra={"spool": str(spool.directory), "why": str(exc)}
         )
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".lifeboat-tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def following_names(name: str, segment_size: int, count: int) -> list[str]:
-    """The `count` segment names after `name` on its timeline (empty: `segment_size` is not one of `name`'s)."""
-    if not MiB <= segment_size <= 1024 * MiB or segment_size & (segment_size - 1):
-        return []  # PostgreSQL's segment sizes are powers of two from 1 MiB to 1 GiB
-    try:
-        segment = Segment.parse(name, segment_size)
-    except LifeboatError:
-        return []
-    names = []
-    for _ in range(count):
-        segment = segment.following()
-        names.append(segment.name)
-    return names
 
 
 def _prefetch_after(get: Callable[[], WalArchive], name: str, size: int, prefetch: Prefetch, from_spool: bool) -> str:

@@ -12,24 +12,32 @@ SHA-256, as verified when it was fetched from S3), written after the file, each 
 the sidecar is the marker of completeness. `take` serves a file only for exactly the name (timeline included) and
 target its sidecar records, only when its size and SHA-256 still match, and removes it either way: a prefetched file
 is used once, and a damaged one is refused (the caller reads S3 instead). Pure file logic: no AWS.
+
+This module imports only the standard library, chalicelib.errors and chalicelib.pitr.walnames: the fast path of
+`lifeboat wal-fetch` (chalicelib.pitr.fastfetch) serves a spooled segment with it before anything else is imported.
+Its log lines go to the standard library's logger of Powertools' Logger (chalicelib.observability: the same name),
+which formats them when the command line has set it up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalicelib.errors import BadRequestError
-from chalicelib.observability import logger
-from chalicelib.pitr.walnames import is_segment_name
+from chalicelib.errors import BadRequestError, LifeboatError
+from chalicelib.pitr.walnames import MiB, Segment, is_segment_name
 
 SIDECAR = ".json"
 TEMPORARY = ".tmp"
 DIRECTORY_NAME = "lifeboat-prefetch"
+DELIVERY_TEMPORARY = ".lifeboat-tmp"
+
+logger = logging.getLogger("lifeboat")  # chalicelib.observability.SERVICE, not imported: it brings pydantic
 
 
 def default_directory(path: Path) -> Path:
@@ -75,6 +83,36 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def deliver(path: Path, data: bytes) -> None:
+    """Write what PostgreSQL asked for to its `%p`: whole or not at all (a temporary file next to it, fsync,
+    rename)."""
+    tmp = path.with_name(path.name + DELIVERY_TEMPORARY)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def following_names(name: str, segment_size: int, count: int) -> list[str]:
+    """The `count` segment names after `name` on its timeline (empty: `segment_size` is not one of `name`'s)."""
+    if not MiB <= segment_size <= 1024 * MiB or segment_size & (segment_size - 1):
+        return []  # PostgreSQL's segment sizes are powers of two from 1 MiB to 1 GiB
+    try:
+        segment = Segment.parse(name, segment_size)
+    except LifeboatError:
+        return []
+    names = []
+    for _ in range(count):
+        segment = segment.following()
+        names.append(segment.name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -132,9 +170,9 @@ class Spool:
         found = {p.name.removesuffix(SIDECAR) for p in self.directory.iterdir() if p.name.endswith(SIDECAR)}
         return {name for name in found if is_segment_name(name) and self._file(name).is_file()}
 
-    def take(self, name: str) -> Taken:
-        """The verified bytes of `name`, removed from the spool; Taken(None) when it is not there, Taken(None,
-        why) when it is there but not usable (removed too)."""
+    def peek(self, name: str) -> Taken:
+        """What `take` would serve, verified the same way (sidecar, name, target, size, SHA-256), but nothing is
+        removed and nothing logged: the fast path serves it (then `discard`s it) or leaves it all to `take`."""
         sidecar, file = self._sidecar(name), self._file(name)
         if not sidecar.is_file():
             return Taken(None)
@@ -146,10 +184,20 @@ class Spool:
                 why, data = "its SHA-256 does not match its sidecar's", None
         except (OSError, ValueError) as exc:  # ValueError: a sidecar that is not JSON
             why, data = f"unreadable: {exc}", None
-        self._remove(name)
-        if why is not None:
-            logger.warning("prefetched WAL refused: read from S3 instead", extra={"wal_file": name, "why": why})
         return Taken(data, why)
+
+    def take(self, name: str) -> Taken:
+        """The verified bytes of `name`, removed from the spool; Taken(None) when it is not there, Taken(None,
+        why) when it is there but not usable (removed too)."""
+        taken = self.peek(name)
+        if taken.data is None and taken.refused is None:
+            return taken
+        self.discard(name)
+        if taken.refused is not None:
+            logger.warning(
+                "prefetched WAL refused: read from S3 instead", extra={"wal_file": name, "why": taken.refused}
+            )
+        return taken
 
     def _refusal(self, name: str, record: Any, file: Path) -> str | None:
         """Why the spool's `name` may not be served before its bytes are read (None: it may, if they hash right)."""
@@ -161,14 +209,19 @@ class Spool:
             return f"its size is not the {record.get('size')} bytes its sidecar records"
         return None
 
-    def _remove(self, name: str) -> None:
-        """The marker first: never a sidecar without its file. A file that cannot be removed stays (a later
-        `keep_only` tries again): what PostgreSQL gets does not depend on the spool's housekeeping."""
+    def discard(self, name: str) -> None:
+        """Remove `name` (served once). The marker first: never a sidecar without its file. A file that cannot be
+        removed stays (a later `keep_only` tries again): what PostgreSQL gets does not depend on the spool's
+        housekeeping."""
         try:
             self._sidecar(name).unlink(missing_ok=True)
             self._file(name).unlink(missing_ok=True)
         except OSError as exc:
             logger.warning("a prefetched WAL file could not be removed", extra={"wal_file": name, "why": str(exc)})
+
+    def ready_after(self, name: str, segment_size: int, count: int) -> int:
+        """How many of the `count` segments after `name` are spooled (complete; not checked yet)."""
+        return len(self.ready() & set(following_names(name, segment_size, count)))
 
     def keep_only(self, names: set[str]) -> None:
         """Remove every file of the spool's own (`owned`) but the complete ones of `names` and their sidecars: older

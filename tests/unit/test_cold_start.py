@@ -117,3 +117,29 @@ def test_the_deployment_package_gets_bytecode_that_python_uses(tmp_path: Path) -
         check=True,
     )
     assert done.stdout.split() == ["1", str(task / "pkg" / "mod.py")]
+
+
+def test_the_console_scripts_module_imports_only_the_standard_library_and_the_spool() -> None:
+    """`lifeboat` starts in chalicelib.pitr.fastfetch (a wal-fetch spool hit is served there, once per WAL segment
+    of a recovery): importing it costs the standard library and the spool's three modules, nothing installed."""
+    code = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "import chalicelib.pitr.fastfetch\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    imported = json.loads(done.stdout)
+    first_party = {m for m in imported if m.split(".")[0] == "chalicelib"}
+    others = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names and m not in first_party}
+    assert first_party == {
+        "chalicelib",
+        "chalicelib.errors",
+        "chalicelib.pitr",
+        "chalicelib.pitr.fastfetch",
+        "chalicelib.pitr.spool",
+        "chalicelib.pitr.walnames",
+    }
+    assert others == set(), "the console script's module imports an installed package"
