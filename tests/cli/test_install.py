@@ -65,7 +65,7 @@ def test_the_wheel_holds_chalicelib_and_declares_requirements_txt(wheel: Path) -
     assert metadata.get_all("Requires-Dist") == requirements()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert metadata["Version"] == project["version"] and metadata["Name"] == "pg-lifeboat"
-    assert "lifeboat = chalicelib.cli:main" in entry_points
+    assert "lifeboat = chalicelib.pitr.fastfetch:main" in entry_points  # wal-fetch hits before the CLI loads
 
 
 def wheelhouse(tmp_path: Path) -> Path:

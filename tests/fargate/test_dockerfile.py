@@ -72,7 +72,7 @@ def test_entry_point_is_lifeboat() -> None:
     assert [json.loads(a) for a in of("ENTRYPOINT")] == [["lifeboat"]]
     assert [json.loads(a) for a in of("CMD")] == [["--help"]]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["lifeboat"] == "chalicelib.cli:main"
+    assert scripts["lifeboat"] == "chalicelib.pitr.fastfetch:main"  # wal-fetch spool hits first
     assert any("pip install" in r and " ." in r for r in of("RUN")), "the project is installed (entry point)"
 
 

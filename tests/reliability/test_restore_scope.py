@@ -193,7 +193,7 @@ def test_an_archive_newer_than_the_server_is_refused_before_anything_exists(
     backed_up: tuple[BackupServices, str], stray_databases: Callable[[], set[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     svc, backup_id = backed_up
-    monkeypatch.setattr(restore_module, "server_version", lambda login: (140010, "14.10"))
+    monkeypatch.setattr(restore_module, "server_major_of", lambda login: 14)
     with pytest.raises(BadRequestError, match="PostgreSQL 14 cannot load it"):
         restore_logical(svc.store, svc.catalog, svc.toolbox, backup_id, login_of(svc), "scope_down")
     assert stray_databases() == set()
