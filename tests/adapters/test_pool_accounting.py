@@ -182,11 +182,34 @@ def test_no_queued_part_is_sent_after_a_part_fails(pools: list[BufferPool]) -> N
     client = FakeS3(fail_part=1)
     client.part_gate.clear()
     upload = store(client, 10, PartPlan(base=1), concurrency=1)
-    threading.Timer(0.2, client.part_gate.set).start()  # the reader has queued the budget by then
+    # The gate opens once the reader has read the budget's worth of parts (not on a timer: timed waits do not
+    # survive libfaketime in `make test-shifted`).
+    stream = GateAfterReads(b"x" * 40, reads=10, gate=client.part_gate)
     with pytest.raises(StorageError):
-        finishes(lambda: upload.put_stream("k", io.BytesIO(b"x" * 40)))
+        finishes(lambda: upload.put_stream("k", stream))  # type: ignore[arg-type]
     assert [n for n, _ in client.part_calls] == [1]  # before: parts 2-10 were sent after the failure
     assert client.aborted == 1
+
+
+class GateAfterReads:
+    """`data` read part by part; `gate` is set by the read that takes the `reads`-th part."""
+
+    def __init__(self, data: bytes, reads: int, gate: threading.Event) -> None:
+        self.stream, self.reads, self.gate = io.BytesIO(data), reads, gate
+
+    def readinto(self, buffer: bytearray) -> int:
+        got = self.stream.readinto(buffer)
+        self.reads -= 1
+        if self.reads == 0:
+            self.gate.set()
+        return got
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.reads -= 1
+        if self.reads == 0:
+            self.gate.set()
+        return data
 
 
 class InterruptedStream:
