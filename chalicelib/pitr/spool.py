@@ -73,22 +73,17 @@ def unsafe_base(base: Path) -> str | None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """`path` appears whole or not at all: a temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}{TEMPORARY}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_via(path.with_name(f".{path.name}{TEMPORARY}"), path, data)
 
 
 def deliver(path: Path, data: bytes) -> None:
     """Write what PostgreSQL asked for to its `%p`: whole or not at all (a temporary file next to it, fsync,
     rename)."""
-    tmp = path.with_name(path.name + DELIVERY_TEMPORARY)
+    _write_via(path.with_name(path.name + DELIVERY_TEMPORARY), path, data)
+
+
+def _write_via(tmp: Path, path: Path, data: bytes) -> None:
+    """`data` into `tmp`, fsynced, then renamed over `path`; `tmp` removed when anything fails."""
     try:
         with open(tmp, "wb") as f:
             f.write(data)
