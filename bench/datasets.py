@@ -79,20 +79,7 @@ class CachedPostgresServer(PostgresServer):
             f.write(f"port = {self.port}\nunix_socket_directories = '{self.base_dir}'\n")
         if self.ssl:
             self._make_certs()
-        self._as_owner(
-            [
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_file),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
-        self._wait_ready()
+        self.pg_ctl_start()
         return self
 
 

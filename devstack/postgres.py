@@ -163,6 +163,11 @@ class PostgresServer:
         with open(self.data_dir / "postgresql.auto.conf", "a") as f:
             for key, value in conf.items():
                 f.write(f"{key} = {value}\n")
+        self.pg_ctl_start()
+        return self
+
+    def pg_ctl_start(self) -> None:
+        """Start the configured data directory with pg_ctl (as its owner) and wait until it accepts connections."""
         self._as_owner(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -177,7 +182,6 @@ class PostgresServer:
             ]
         )
         self._wait_ready()
-        return self
 
     def _make_certs(self) -> None:
         d = self.base_dir
