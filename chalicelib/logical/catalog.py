@@ -306,19 +306,21 @@ class Catalog:
 
     def manifest(self, bid: BackupId) -> Manifest:
         """The manifest of a complete backup; NotFoundError when there is none, or when objects it lists are not
-        in the bucket (the backup is not complete, and says which)."""
+        in the bucket (the backup is not complete, and says which). One ListObjectVersions of the backup's folder
+        serves both: the manifest key's versions and the objects it lists."""
         if bid.kind != "logical":
             raise BadRequestError(
                 f"{bid} is a {bid.kind}, not a logical dump: restore it through the snapshot form"
                 " (POST /restores with its backup_id, new_id ...), not as a dump"
             )
-        found = self.read_manifest(bid)
+        listing = TargetListing.of(self.store.list_versions(self.layout.backup_prefix(bid)))
+        found = self.read_manifest(bid, listing.history(self.layout.manifest_key(bid)))
         if found is None:
             raise NotFoundError(f"no complete backup {bid} (no manifest at {self.layout.manifest_key(bid)})")
         invalid = self.manifest_problems(found, bid)
         if invalid:
             raise NotFoundError(f"{bid} is not a backup: {'; '.join(invalid)}")
-        missing = self.missing_objects(found)
+        missing = self.missing_objects(found, listing)
         if missing:
             raise NotFoundError(
                 f"backup {bid} is not complete: its manifest lists objects that are not in the bucket:"

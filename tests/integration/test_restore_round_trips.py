@@ -31,7 +31,7 @@ from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD, PostgresServer
 SLOT = datetime(2026, 11, 29, 3, tzinfo=UTC)
 ALIAS = "alias/lifeboat-round-trips"
 # The whole budget of one streamed restore into a new database, outside pg_restore itself.
-S3_CALLS = {"ListObjectVersions": 2, "GetObject": 2}  # manifest key's versions + its GET; backup folder; the dump
+S3_CALLS = {"ListObjectVersions": 1, "GetObject": 2}  # the backup's folder (manifest versions, objects); 2 GETs
 KMS_CALLS = {"VerifyMac": 1}  # one per manifest, not per object
 PG_CONNECTIONS = 2  # the maintenance session, and one into the restored database for the counts
 # comment lookup, CREATE DATABASE, COMMENT (restoring), list the tables, count them all, COMMENT (restored)
