@@ -316,7 +316,7 @@ class Settings(_Model):
     # 6 MiB is the smallest first part whose growing plan could reach S3's 5 TiB (growth stops at half the budget).
     part_size_mib: int = Field(default=8, ge=6, le=512)
     upload_concurrency: int = Field(default=4, ge=1, le=32)
-    upload_memory_mib: UploadMemoryMib = Field(default=64, ge=16, le=4096)  # two parts: adapters.upload_memory
+    upload_memory_mib: UploadMemoryMib = Field(default=56, ge=16, le=4096)  # two parts: adapters.upload_memory
     deadline_margin_seconds: int = Field(default=60, ge=5, le=600)
     dispatch_lookback_minutes: int = Field(default=5, ge=1, le=1440)
     per_server_concurrency: int = Field(default=2, ge=1, le=50, description="concurrent dumps per server")

@@ -187,7 +187,7 @@ class S3Store:
         kms_key_id: str | None = None,
         plan: PartPlan | None = None,
         concurrency: int = 4,
-        memory_budget: int = 64 * MiB,
+        memory_budget: int = 56 * MiB,
     ) -> None:
         self.client = client
         self.bucket = bucket
