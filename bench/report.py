@@ -173,10 +173,17 @@ def render(r: dict[str, Any]) -> str:  # long because it lays out every section 
         sections += ["## 6. Restore throughput", "", "Wall time into a new database.", "", *lines, ""]
 
     if r["coldstart"]:
-        lines, cs_ratio = tables.coldstart_rows(r)
+        lines, cs = tables.coldstart_rows(r)
+        goal = TARGETS["coldstart_ratio"]
         summary.append(
-            f"| cold start of the backup handler vs `import boto3` | ≤ {TARGETS['coldstart_ratio']}x |"
-            f" {cs_ratio:.2f}x | {verdict(cs_ratio <= TARGETS['coldstart_ratio'])} |"
+            f"| cold start (`import app`, every function's init) vs `import boto3` | ≤ {goal}x |"
+            f" {cs['app']:.2f}x | {verdict(cs['app'] <= goal)} |"
+        )
+        first = {name: cs[mode] for name, mode in (("backup", "app-backup"), ("API", "app-api")) if mode in cs}
+        measured = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in first.items())
+        summary.append(
+            f"| first call (init + the handler's settings and clients) vs a bare handler's | ≤ {goal}x |"
+            f" {measured} | {verdict(max(first.values(), default=math.nan) <= goal)} |"
         )
         sections += ["## 7. Cold start", "", *lines, ""]
 
@@ -212,5 +219,7 @@ METHOD = [
     " pg_restore, verifies the row counts) against `pg_restore` of the same archive from a local file into an"
     " existing empty database (`--single-transaction` for one job, `-j N` otherwise).",
     "- Cold start: a fresh `python` per measurement, time measured inside the process around the imports"
-    " and the handler's client construction; `-X importtime` once.",
+    " (init) and, for a first call, the handler's settings and clients; a bare handler is `import boto3` and"
+    " the two clients the backup handler builds first (S3, DynamoDB). `-X importtime` of the backup handler's"
+    " first call once.",
 ]

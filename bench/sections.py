@@ -42,6 +42,7 @@ FIRST_SLOT = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
 NOCOUNT = "-nocount"
 COMPRESSION_BUDGET = 40.0  # seconds: a (dataset, method) is repeated while its runs total less
 FIXED = "tiny"  # the dataset whose runs are fixed costs, not throughput
+COLDSTART_MODES = ("boto3", "boto3-client", "boto3-clients", "app", "app-backup", "app-api")
 
 
 class Sections:
@@ -278,13 +279,13 @@ class Sections:
     def coldstart_section(self) -> None:
         reps = max(self.opts.reps, 5) if not self.opts.quick else self.opts.reps
         env = {**self.env_for(self.opts.transports[0]), "PYTHONDONTWRITEBYTECODE": "1"}
-        for rep, _, mode in measuring_order([("coldstart", ("boto3", "boto3-client", "app"))], reps):
+        for rep, _, mode in measuring_order([("coldstart", COLDSTART_MODES)], reps):
             log(f"cold start {mode} round {rep + 1}/{reps}")
             proc = run_timed([sys.executable, "-m", "bench.worker", "coldstart", "--mode", mode], env)
             result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
             result["process_seconds"] = proc.seconds
             self.results["coldstart"].setdefault(mode, []).append(result)
-        code = "import time; t=time.perf_counter(); import app; from chalicelib import wiring; wiring.backup_services()"
+        code = "import app; from chalicelib import wiring; wiring.backup_services()"
         proc = run_timed([sys.executable, "-X", "importtime", "-c", code], env)
         self.results["coldstart"]["importtime"] = parse_importtime(proc.stderr)
 

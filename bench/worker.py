@@ -3,7 +3,7 @@
     python -m bench.worker backup  --target NAME --slot ISO [--profile FILE]
     python -m bench.worker sink    --bytes N --key KEY
     python -m bench.worker restore --backup-id ID --database NAME --jobs N [--profile FILE]
-    python -m bench.worker coldstart --mode boto3|app
+    python -m bench.worker coldstart --mode boto3|boto3-client|boto3-clients|app|app-backup|app-api
 
 The parent (bench.run) sets the environment exactly as the Lambda function sees it (LIFEBOAT_CONFIG,
 LIFEBOAT_PG_ROOTS, LIFEBOAT_JOBS_TABLE, AWS_ENDPOINT_URL for moto, AWS_ENDPOINT_URL_S3 for SeaweedFS).
@@ -238,7 +238,8 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def coldstart(args: argparse.Namespace) -> dict[str, Any]:
-    """The first invocation's own cost in a fresh interpreter: imports and the handler's clients."""
+    """In a fresh interpreter: `import app` (a function's init) alone, or with the clients and settings a handler
+    builds on its first event; and the floors to compare them with."""
     t0 = time.perf_counter()
     if args.mode == "boto3":
         import boto3
@@ -246,11 +247,19 @@ def coldstart(args: argparse.Namespace) -> dict[str, Any]:
         import boto3
 
         boto3.client("s3")
-    elif args.mode == "app":
-        import app  # noqa: F401
-        from chalicelib import wiring
+    elif args.mode == "boto3-clients":
+        import boto3
 
-        wiring.backup_services()
+        boto3.client("s3")
+        boto3.client("dynamodb")
+    elif args.mode in ("app", "app-backup", "app-api"):
+        import app  # noqa: F401
+        from chalicelib import wiring  # already imported by app: free
+
+        if args.mode == "app-backup":
+            wiring.backup_services()
+        elif args.mode == "app-api":
+            wiring.api_services()
     else:
         raise SystemExit(f"unknown mode {args.mode}")
     return {"seconds": time.perf_counter() - t0, "hwm_kib": vm_kib("VmHWM")}

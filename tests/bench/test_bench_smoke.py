@@ -192,6 +192,8 @@ def test_bench_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     assert text.strip() in proc.stdout  # printed and written alike
 
     results = json.loads(raw.read_text())
+    assert {"boto3", "boto3-clients", "app", "app-backup", "app-api"} <= set(results["coldstart"])
+    assert "| first call (init + the handler's settings and clients) vs a bare handler's |" in text
     signing = results["options"]["payload_signing"]
     assert "UNSIGNED-PAYLOAD" in signing["tls"], signing  # as against AWS
     assert "UNSIGNED" not in signing["plain"], signing
