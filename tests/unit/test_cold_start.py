@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 # Runs in the child: what `import app` left behind, then the same after building one model and one client,
 # which shows the probe would see them.
 PROBE = """
-import json, sys
+import gc, json, sys
 import app
+frozen = gc.get_freeze_count()
 
 from pydantic import BaseModel
 
@@ -48,7 +49,7 @@ from chalicelib.logical.catalog import ManifestObject
 ManifestObject(role="dump", key="k", size=1, sha256="0" * 64)
 import boto3
 boto3.client("s3", region_name="eu-west-1")
-print(json.dumps({"after_import": after_import, "after_use": state()}))
+print(json.dumps({"after_import": after_import, "after_use": state(), "frozen": frozen}))
 """
 
 
@@ -72,6 +73,11 @@ def test_import_app_builds_only_the_settings_model_and_no_client_nor_driver() ->
     # The probe sees a build and a client when there is one:
     assert "chalicelib.logical.manifest.ManifestObject" in after_use["built"]
     assert after_use["clients"] == 1
+
+
+def test_import_app_leaves_what_it_imported_out_of_the_collectors_scans() -> None:
+    """app.py ends with gc.freeze(): the first event's clients are built without rescanning the imports."""
+    assert probe()["frozen"] > 10_000
 
 
 def test_the_functions_skip_pydantic_plugin_discovery() -> None:
