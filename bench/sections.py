@@ -106,9 +106,13 @@ class Sections:
 
     # --- backup: limit, peer, pg-lifeboat, sink, limit while S3 ingests ------------------------------
 
+    @staticmethod
+    def aws_cli() -> str | None:
+        return shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+
     def peer_command(self) -> tuple[list[str], str]:
         """How the peer uploads stdin (`aws s3 cp -`, or boto3's upload_fileobj when aws is missing), and its name."""
-        aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+        aws = self.aws_cli()
         if aws:
             version = run_timed([aws, "--version"], self.env_for("plain")).stdout.strip() or "aws-cli/?"
             return [aws, "s3", "cp", "-", "{url}", "--sse", "AES256", "--only-show-errors"], version.split()[0]
@@ -231,7 +235,7 @@ class Sections:
             self.s3.download_file(BUCKET, self.backups[ds.name][0]["key"], str(archive))
             self.results["restore"][ds.name] = {"archive_bytes": archive.stat().st_size}
         jobs = str(self.opts.jobs)
-        variants = ["limit_1", f"limit_{jobs}", "lifeboat_1", f"lifeboat_{jobs}"]
+        variants = [f"{v}_{n}" for v in ("limit", "peer", "lifeboat") for n in ("1", jobs)]
         for rep, ds, variant in measuring_order([(ds, variants) for ds in datasets], self.opts.reps):
             log(f"restore {ds.name} {variant} round {rep + 1}/{self.opts.reps}")
             self.results["restore"][ds.name].setdefault(variant, []).append(self.measure_restore(ds, variant))
@@ -241,15 +245,21 @@ class Sections:
     def measure_restore(self, ds: Dataset, variant: str) -> dict[str, Any]:
         db = f"restored_{ds.name.replace('-', '_')}"
         n = variant.rsplit("_", 1)[1]
+        # the arguments chalicelib.logical.restore.pg_restore_args gives pg_restore
+        args = ["--exit-on-error", "--no-password", f"--dbname={db}"]
+        args += ["--single-transaction"] if n == "1" else [f"--jobs={n}"]
+        pg_restore = " ".join([str(self.pg_bin / "pg_restore"), *args])
         try:
             if variant.startswith("limit"):
                 self.psql(f'CREATE DATABASE "{db}"')
-                # the arguments chalicelib.logical.restore.pg_restore_args gives pg_restore
-                args = ["--exit-on-error", "--no-password", f"--dbname={db}"]
-                args += ["--single-transaction"] if n == "1" else [f"--jobs={n}"]
                 archive = self.opts.workdir / f"{ds.name}.dump"
-                p = run_timed([str(self.pg_bin / "pg_restore"), *args, str(archive)], self.pg_env)
+                p = run_timed([*pg_restore.split(), str(archive)], self.pg_env)
                 return {"seconds": p.seconds, "cpu": p.cpu, "maxrss_kib": p.maxrss_kib}
+            if variant.startswith("peer"):
+                self.psql(f'CREATE DATABASE "{db}"')
+                url = f"s3://{BUCKET}/{self.backups[ds.name][0]['key']}"
+                p = run_timed(["bash", "-c", self.peer_restore_script(url, pg_restore, n)], self.peer_env())
+                return {"seconds": p.seconds, "cpu": p.cpu}
             backup_id = self.backups[ds.name][0]["backup_id"]
             workdir = str(self.opts.workdir)
             args = ["--backup-id", backup_id, "--database", db, "--jobs", n, "--workdir", workdir]
@@ -258,6 +268,20 @@ class Sections:
         finally:
             self.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             self.psql("CHECKPOINT")
+
+    def peer_restore_script(self, url: str, pg_restore: str, jobs: str) -> str:
+        """The script users write instead: `aws s3 cp` piped into pg_restore (1 job), or to a local file that
+        `pg_restore -j` then reads (a parallel restore needs a seekable archive)."""
+        aws = self.aws_cli()
+        if aws is None:
+            raise RuntimeError("the restore peer is `aws s3 cp`: install the aws CLI (requirements-dev.txt, awscli)")
+        if jobs == "1":
+            return f"set -o pipefail; {aws} s3 cp {url} - --only-show-errors | {pg_restore}"
+        local = self.opts.workdir / "peer-restore.dump"
+        return f"{aws} s3 cp {url} {local} --only-show-errors && {pg_restore} {local}; rc=$?; rm -f {local}; exit $rc"
+
+    def peer_env(self) -> dict[str, str]:
+        return {**self.env_for(self.opts.transports[0]), **self.pg_env}
 
     # --- compression -------------------------------------------------------------------------------------
 
