@@ -138,7 +138,7 @@ def _build_random(pg: PostgresServer, ds: Dataset) -> None:
         ALTER TABLE random_blobs ALTER COLUMN payload SET STORAGE EXTERNAL;
         INSERT INTO random_blobs
           SELECT g, (SELECT string_agg(uuid_send(gen_random_uuid()), ''::bytea)
-                     FROM generate_series(1, 128 + (g * 7919 % 385)) WHERE g > 0)
+                     FROM generate_series(1, 128 + (g::bigint * 7919 % 385)::int) WHERE g > 0)
           FROM generate_series(1, {blob_rows}) AS g;
         CREATE TABLE random_docs (id bigint PRIMARY KEY, doc jsonb NOT NULL);
         INSERT INTO random_docs
