@@ -100,7 +100,8 @@ def render(r: dict[str, Any]) -> str:  # long because it lays out every section 
         worst_peer = min(v["vs_peer"].median for v in stats.values())
         summary.append(
             f"| backup vs `pg_dump` → /dev/null | ≥ {TARGETS['backup_vs_limit']}x | {_each(stats, 'vs_limit')}"
-            f" (`row_counts: false`: {_each(stats, 'nocount')}) | {verdict(worst >= TARGETS['backup_vs_limit'])} |"
+            f" (`row_counts: false`: {_each(stats, 'nocount')}; `row_counts_mode: serial`:"
+            f" {_each(stats, 'serial')}) | {verdict(worst >= TARGETS['backup_vs_limit'])} |"
         )
         summary.append(
             f"| backup vs `pg_dump \\| upload` (peer) | ≥ {TARGETS['backup_vs_peer']}x | {_each(stats, 'vs_peer')} |"

@@ -31,7 +31,7 @@ from bench import report
 from bench.datasets import Built, CachedPostgresServer, Dataset, build
 from bench.proc import REPO, Proc, log, machine, proc_cpu, run_timed
 from bench.seaweed import SeaweedServer
-from bench.sections import BUCKET, COMPRESSION, NOCOUNT, PART_BYTES, Sections
+from bench.sections import BUCKET, COMPRESSION, NOCOUNT, PART_BYTES, SERIAL_COUNT, Sections
 from chalicelib.config import Settings
 from devstack import pgbin
 from devstack.aws import DUMMY_ENV, MotoServer
@@ -176,10 +176,15 @@ class Bench(Sections):
             os.environ.update(saved)
 
     def _targets(self, secret_arn: str) -> list[dict[str, Any]]:
-        """Each dataset twice: with the product's defaults (compression included), and without the per-table
-        row counts (the one thing pg-lifeboat does that the limit does not: a count(*) of every table)."""
+        """Each dataset three times: with the product's defaults (compression included), without the per-table
+        row counts (the one thing pg-lifeboat does that the limit does not: a count(*) of every table), and with
+        the counts made before pg_dump instead of beside it (row_counts_mode: serial)."""
         datasets = self.opts.datasets() + (self.opts.big_datasets() if self.opts.big else [])
-        variants: list[tuple[str, dict[str, Any]]] = [("", {}), (NOCOUNT, {"row_counts": False})]
+        variants: list[tuple[str, dict[str, Any]]] = [
+            ("", {}),
+            (NOCOUNT, {"row_counts": False}),
+            (SERIAL_COUNT, {"row_counts_mode": "serial"}),
+        ]
         return [
             target(ds.name + suffix, self.pg.port, secret_arn, database=ds.name, user=SUPERUSER, schedule=None, **extra)
             for ds in datasets

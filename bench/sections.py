@@ -40,6 +40,7 @@ COMPRESSIONS = ("gzip:1", "gzip:6", "lz4", "zstd:1", "zstd:3", "zstd:9")
 BUCKET = "lifeboat-bench"
 FIRST_SLOT = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
 NOCOUNT = "-nocount"
+SERIAL_COUNT = "-serialcount"  # logical.row_counts_mode: serial (the default is parallel)
 COMPRESSION_BUDGET = 40.0  # seconds: a (dataset, method) is repeated while its runs total less
 FIXED = "tiny"  # the dataset whose runs are fixed costs, not throughput
 COLDSTART_MODES = ("boto3", "boto3-client", "boto3-clients", "app", "app-backup", "app-api")
@@ -123,7 +124,16 @@ class Sections:
         extra = [f"{v}_{t}" for t in self.opts.transports[1:] for v in ("peer", "lifeboat")]
         if ds.name == FIXED:
             return ["limit", "peer", "lifeboat", *extra]
-        return ["limit", "peer", "lifeboat", "lifeboat_nocount", "sink", "limit_s3_busy", *extra]
+        return [
+            "limit",
+            "peer",
+            "lifeboat",
+            "lifeboat_nocount",
+            "lifeboat_serialcount",
+            "sink",
+            "limit_s3_busy",
+            *extra,
+        ]
 
     def backup_section(self) -> None:
         self.peer, self.results["options"]["peer"] = self.peer_command()
@@ -153,7 +163,7 @@ class Sections:
         if name == "peer":
             return self.measure_peer(ds, rep, transport)
         if name == "lifeboat":
-            target = ds.name + (NOCOUNT if variant == "lifeboat_nocount" else "")
+            target = ds.name + {"lifeboat_nocount": NOCOUNT, "lifeboat_serialcount": SERIAL_COUNT}.get(variant, "")
             weed0, pg0 = proc_cpu(self.seaweed.pid), self.server_cpu()
             env = self.env_for(transport)
             mine, proc = self.worker("backup", "--target", target, "--slot", self.next_slot(), env=env)

@@ -98,16 +98,17 @@ def backup_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Sprea
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     more = [
-        "| dataset | pg-lifeboat, `row_counts: false` | vs limit | limit while the S3 server ingests the same bytes |"
-        " S3 sink ceiling: same bytes, free stream |",
-        "|---|---:|---:|---:|---:|",
+        "| dataset | pg-lifeboat, `row_counts: false` | vs limit | pg-lifeboat, `row_counts_mode: serial` |"
+        " vs limit | limit while the S3 server ingests the same bytes | S3 sink ceiling: same bytes, free stream |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     stats: dict[str, dict[str, Spread]] = {}
     for name, row in measured(r, "backup").items():
         db, dump = r["datasets"][name]["bytes"], med(row["lifeboat"], "bytes")
         vs_limit, vs_peer = ratio_of(row, "limit", "lifeboat"), ratio_of(row, "peer", "lifeboat")
         nocount = ratio_of(row, "limit", "lifeboat_nocount")
-        stats[name] = {"vs_limit": vs_limit, "vs_peer": vs_peer, "nocount": nocount}
+        serial = ratio_of(row, "limit", "lifeboat_serialcount")
+        stats[name] = {"vs_limit": vs_limit, "vs_peer": vs_peer, "nocount": nocount, "serial": serial}
         cells = [timing(row[v], db, fixed_cost(r, "backup", v)) for v in ("limit", "peer", "lifeboat")]
         lines.append(
             f"| {name} | {mb(db)} | {mb(dump)} | {' | '.join(cells)} |"
@@ -120,6 +121,7 @@ def backup_rows(r: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Sprea
         sink_cell = f"{sink.text(unit=' s')}, {dump / MB / sink.median:,.0f} MB/s of dump" if sink.n else "n/a"
         more.append(
             f"| {name} | {sp(row.get('lifeboat_nocount', [])).text(unit=' s')} | {nocount.text(unit='x')} |"
+            f" {sp(row.get('lifeboat_serialcount', [])).text(unit=' s')} | {serial.text(unit='x')} |"
             f" {busy_cell} | {sink_cell} |"
         )
     return [*lines, "", "What the gap is made of:", "", *more], stats
