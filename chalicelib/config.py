@@ -127,7 +127,7 @@ class Logical(_Model):
     exclude_databases: list[str] = Field(default_factory=list)
     lock_wait_timeout_seconds: int = Field(default=60, ge=1, le=3600)
     row_counts: bool = Field(default=True, description="exact per-table counts from the dump's snapshot")
-    row_counts_mode: Literal["serial", "parallel"] = "serial"  # parallel: beside pg_dump (README, Consistent counts)
+    row_counts_mode: Literal["serial", "parallel"] = "parallel"  # beside or before pg_dump (README, Consistent counts)
     # Where the dump (and a logical restore of it) runs: chalicelib.fargate decides "auto".
     runner: Literal["auto", "lambda", "fargate"] = Field(
         default="auto",
