@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.adapters.aws_errors import AWS_ERRORS
 from chalicelib.adapters.pgtools import explain, scrub
 from chalicelib.adapters.session_liveness import TCP_KEEPALIVES, still_usable
-from chalicelib.adapters.snapshot_counts import CountThread, count_error, count_plan
+from chalicelib.adapters.snapshot_counts import (
+    CountThread,
+    count_error,
+    count_plan,
+    count_rows,
+    count_tables,
+    counted_tables,
+    lock_for_counting,
+)
 from chalicelib.errors import ConfigError, DatabaseConnectionError, SecretError
 from chalicelib.observability import logger
 
@@ -416,27 +424,6 @@ def _selected(schema: str, table: str, opts: Logical, visible: bool | None = Non
     return not any(_matches_table(p, schema, table, seen) for p in opts.exclude_tables)
 
 
-def count_rows(conn: psycopg.Connection[Any], keep: Callable[[str, str, bool], bool] | None = None) -> dict[str, int]:
-    """Exact row counts of every ordinary table, keyed "schema.table"."""
-    from psycopg import sql
-
-    tables = conn.execute(
-        "SELECT n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)"
-        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-        " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
-        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
-        " ORDER BY 1, 2"
-    ).fetchall()
-    counts: dict[str, int] = {}
-    for schema, table, visible in tables:
-        if keep is None or keep(schema, table, bool(visible)):
-            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-            row = conn.execute(query).fetchone()
-            counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-    return counts
-
-
 @contextmanager
 def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFacts]:
     """Open a repeatable-read transaction, export its snapshot and, if asked, count rows in it.
@@ -461,9 +448,14 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                 try:
                     snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
                     snapshot_id = str(snap[0]) if snap else None
-                except psycopg.Error:  # e.g. a hot standby that cannot export: dump without --snapshot
+                except psycopg.Error as exc:  # e.g. a hot standby that cannot export: dump without --snapshot
                     conn.rollback()
                     snapshot_id = None
+                    reason = scrub(str(exc).strip(), login.secrets).splitlines()
+                    logger.warning(
+                        "no snapshot exported: pg_dump runs without --snapshot and no rows are counted",
+                        extra={"reason": reason[0] if reason else type(exc).__name__, "database": login.database},
+                    )
                 counts, counting = None, None
                 whose = f"{login.user}'s queries on {login.database}"
                 plan = count_plan(opts.row_counts, opts.row_counts_mode, snapshot_id) if opts else "off"
@@ -473,10 +465,14 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                     except psycopg.Error as exc:
                         raise count_error(exc, whose, login.secrets) from None
                 elif opts is not None and plan == "parallel":
-                    selected = opts
+                    try:  # the tables are locked now, before pg_dump starts: see lock_for_counting
+                        tables = counted_tables(conn, lambda s, t, v: _selected(s, t, opts, v))
+                        lock_for_counting(conn, tables, opts.lock_wait_timeout_seconds)
+                    except psycopg.Error as exc:
+                        raise count_error(exc, whose, login.secrets) from None
                     counting = CountThread(
-                        lambda: count_rows(conn, lambda s, t, v: _selected(s, t, selected, v)),
-                        conn.cancel_safe,
+                        lambda: count_tables(conn, tables),
+                        lambda: conn.cancel_safe(timeout=5),  # a few tries fit in the deadline's margin
                         lambda exc: count_error(exc, whose, login.secrets),
                     )
             except psycopg.Error as exc:

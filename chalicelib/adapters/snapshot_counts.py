@@ -1,10 +1,15 @@
-"""Row counts taken on a thread in the snapshot-exporting transaction while pg_dump streams from that snapshot
-(`logical.row_counts_mode: parallel`), and the choice between that and counting before pg_dump starts.
+"""Row counts in the dump's snapshot: taken before pg_dump starts (`logical.row_counts_mode: serial`), or on a thread
+in the snapshot-exporting transaction while pg_dump streams from that snapshot (`parallel`, the default).
 
 Why this is safe: an exported snapshot stays importable for as long as the transaction that exported it is open,
 and PostgreSQL lets that transaction run other queries after pg_export_snapshot(); the counts only read, so they
 neither end the transaction nor change what pg_dump sees, and they equal the counts taken before pg_dump. The
 transaction ends (commit or rollback) only after the thread is done (`stop`), so pg_dump can always import it.
+
+Both modes hold a share lock on every counted table from before pg_dump starts until the counts are done: serial by
+counting, parallel by `lock_for_counting`. Without it a TRUNCATE (or a table-rewriting ALTER TABLE, which are not
+MVCC-safe) queued behind pg_dump could commit once pg_dump released the table and before the count read it: the
+count would see the table empty in the dump's snapshot, and every restore of that good dump would fail its check.
 
 A psycopg connection has one user at a time: from `start` until `wait` or `stop` returns, the thread is the only
 user of the exporting session; the main thread only asks the server to cancel (libpq allows that from any thread).
@@ -15,13 +20,69 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib.adapters.pgtools import Deadline, scrub
-from chalicelib.errors import PgToolError
+from chalicelib.errors import DeadlineError, PgToolError
 from chalicelib.observability import logger
 
+if TYPE_CHECKING:
+    import psycopg
+
 CountPlan = Literal["off", "serial", "parallel"]
+TableName = tuple[str, str]  # (schema, table)
+KeepTable = Callable[[str, str, bool], bool]  # (schema, table, visible on the search path): does pg_dump dump it?
+WAIT_STEP = 1.0  # seconds between looks at the deadline while waiting for the counts
+
+# Ordinary tables outside the system schemas and extensions (chalicelib.logical.restored_counts counts the same).
+TABLES_SQL = (
+    "SELECT n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+    " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
+    " ORDER BY 1, 2"
+)
+
+
+def counted_tables(conn: psycopg.Connection[Any], keep: KeepTable | None = None) -> list[TableName]:
+    """The tables a backup counts (those `keep` says pg_dump dumps the data of), in name order."""
+    rows = conn.execute(TABLES_SQL).fetchall()
+    return [(str(s), str(t)) for s, t, visible in rows if keep is None or keep(s, t, bool(visible))]
+
+
+def count_tables(conn: psycopg.Connection[Any], tables: list[TableName]) -> dict[str, int]:
+    """Exact row counts, keyed "schema.table"."""
+    from psycopg import sql
+
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def count_rows(conn: psycopg.Connection[Any], keep: KeepTable | None = None) -> dict[str, int]:
+    """Exact row counts of every ordinary table (that `keep` keeps), keyed "schema.table"."""
+    return count_tables(conn, counted_tables(conn, keep))
+
+
+def lock_for_counting(conn: psycopg.Connection[Any], tables: list[TableName], timeout_seconds: int) -> None:
+    """ACCESS SHARE on every table to count, in the exporting transaction (held until it ends), waiting at most
+    `timeout_seconds` (logical.lock_wait_timeout_seconds, pg_dump's own wait): see the module's docstring."""
+    from psycopg import sql
+
+    if not tables:
+        return
+    names = sql.SQL(", ").join(
+        sql.SQL("ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table)) for schema, table in tables
+    )
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_seconds}s",))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+    conn.execute("SELECT set_config('lock_timeout', '0', true)")
+
+
 CANCEL_EVERY = 0.2  # seconds between cancel requests while stopping: one may land between two tables' queries
 NO_DEADLINE_MS = 10**12  # "no time limit" for a watchdog that only waits for the count to fail
 
@@ -42,6 +103,13 @@ def count_error(exc: Exception, whose: str, secrets: tuple[str, ...]) -> BaseExc
         return exc
     text = scrub(str(exc).strip(), secrets)
     reason = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return PgToolError(
+            f"counting rows needs a share lock on every dumped table, and one was not granted within"
+            f" logical.lock_wait_timeout_seconds ({reason}), so no backup was written: a transaction holds or waits"
+            " for an exclusive lock (ALTER TABLE, TRUNCATE, VACUUM FULL, ...); retry once it is done, or raise the"
+            " timeout"
+        )
     return PgToolError(
         f"counting rows in the dump's snapshot failed ({reason}), so no backup was written:"
         f" allow {whose} to run long enough (statement_timeout; pg_dump sets its own), or set"
@@ -69,7 +137,7 @@ class CountThread:
 
     def start(self) -> None:
         with self._lock:
-            if self._future is None:
+            if self._future is None and not self._stopping:  # stopped: the session is being ended
                 pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts")
                 self._future = pool.submit(self._count)
                 self._future.add_done_callback(self._done)
@@ -92,14 +160,26 @@ class CountThread:
         if error is not None:
             raise error
 
-    def wait(self) -> dict[str, int]:
-        """The counts, once the thread is done; its error if it failed."""
+    def wait(self, deadline: Deadline | None = None) -> dict[str, int]:
+        """The counts, once the thread is done; its error if it failed. pg_dump may finish long before the last
+        table is counted: when `deadline` runs out first, the count is cancelled and DeadlineError raised, so the
+        backup's failure is recorded and its upload removed before the function is killed."""
         self.start()
-        assert self._future is not None
-        exc = self._future.exception()  # waits for the count
+        future = self._future
+        assert future is not None, "wait() after stop()"
+        while deadline is not None and not future.done():
+            if deadline.seconds_left() <= 0:
+                self.stop()
+                raise DeadlineError(
+                    f"stopped {deadline.margin_seconds:.0f} s before the time limit while counting rows (pg_dump had"
+                    " finished; its upload was discarded): back up this database on the long-running worker"
+                    " (logical.runner), or set logical.row_counts: false"
+                )
+            wait([future], timeout=WAIT_STEP)
+        exc = future.exception()  # waits for the count
         if exc is not None:
             raise self._describe(exc) if isinstance(exc, Exception) else exc
-        return self._future.result()
+        return future.result()
 
     def stop(self) -> None:
         """Cancel a count still running and wait for its end: afterwards the session has one user again."""

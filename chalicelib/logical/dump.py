@@ -250,7 +250,7 @@ def _backup(
                     facts.counting.stop()
                     facts.counting.check()
                 raise
-            row_counts = facts.counting.wait() if facts.counting is not None else facts.row_counts
+            row_counts = facts.counting.wait(deadline) if facts.counting is not None else facts.row_counts
         if opts.globals and not bid.database:  # a whole-server run dumps the globals once, not per database
             pg_dumpall = svc.toolbox.pick("pg_dumpall", facts.major)
             globals_key = svc.catalog.layout.globals_key(bid)

@@ -2,7 +2,7 @@
 
 Counting after a restore is on the clock of every restore, so it costs two statements whatever the number of tables:
 one lists the tables, one counts them all (a UNION ALL of `count(*)` per table, in batches of COUNT_BATCH), instead of
-a round trip per table. The tables are the ones `adapters.postgres.count_rows` counts at backup time (ordinary
+a round trip per table. The tables are the ones `adapters.snapshot_counts.count_rows` counts at backup time (ordinary
 tables outside the system schemas and extensions), so the two sides compare like with like.
 """
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 COUNT_BATCH = 500  # tables per counting statement: one round trip for any ordinary database, a bounded query text
 
-# The tables adapters.postgres.count_rows counts when the backup is taken.
+# The tables adapters.snapshot_counts.count_rows counts when the backup is taken.
 TABLES_SQL = (
     "SELECT n.nspname, c.relname"
     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"

@@ -14,12 +14,13 @@ import psycopg
 import pytest
 
 from chalicelib.adapters.pgtools import Deadline, child_processes
+from chalicelib.adapters.postgres import Login, exported_snapshot
 from chalicelib.adapters.snapshot_counts import CountThread, count_plan, stop_when_failed
 from chalicelib.config import Logical
-from chalicelib.errors import PgToolError
+from chalicelib.errors import DeadlineError, PgToolError
 from chalicelib.logical.dump import run_logical_backup
 from devstack.local import LocalStack
-from devstack.postgres import PostgresServer
+from devstack.postgres import SUPERUSER, SUPERUSER_PASSWORD, PostgresServer
 from tests.integration.test_backup_failures import assert_failure_reported, assert_nothing_half_done, services
 
 COUNT_DB = "countfail"
@@ -121,3 +122,88 @@ def _wait_for_lock_request(pg: PostgresServer, dbname: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the ACCESS EXCLUSIVE request never queued")
+
+
+LOCKDB = "countlock"
+
+
+@pytest.fixture
+def lock_db(pg: PostgresServer) -> Iterator[str]:
+    """Two tables of 3 and 5 rows, owned by the superuser the tests connect as."""
+    pg.psql(f"DROP DATABASE IF EXISTS {LOCKDB} WITH (FORCE)")
+    pg.psql(f"CREATE DATABASE {LOCKDB}")
+    pg.psql("CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 3);", LOCKDB)
+    pg.psql("CREATE TABLE z (id int); INSERT INTO z SELECT generate_series(1, 5);", LOCKDB)
+    yield LOCKDB
+    pg.psql(f"DROP DATABASE IF EXISTS {LOCKDB} WITH (FORCE)")
+
+
+def _login(pg: PostgresServer, dbname: str) -> Login:
+    return Login("127.0.0.1", pg.port, dbname, SUPERUSER, "disable", password=SUPERUSER_PASSWORD)
+
+
+def test_parallel_counts_hold_every_table_before_pg_dump_starts(pg: PostgresServer, lock_db: str) -> None:
+    """A TRUNCATE is not MVCC-safe: one committed after pg_dump released a table but before the count read it would
+    show the count an empty table in the dump's snapshot. The exporting session holds every table first, so a
+    TRUNCATE waits for the end of the backup's transaction, and the counts are the dump's."""
+    opts = Logical(row_counts_mode="parallel", lock_wait_timeout_seconds=5)
+    other = psycopg.connect(pg.conninfo(lock_db), autocommit=True)
+    try:
+        with exported_snapshot(_login(pg, lock_db), opts) as facts:
+            assert facts.counting is not None and facts.snapshot_id
+            # the count has not started (pg_dump would be starting here), yet the tables are held:
+            other.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute("TRUNCATE z")
+            assert facts.counting.wait() == {"public.a": 3, "public.z": 5}
+        other.execute("TRUNCATE z")  # the transaction is over: granted at once
+    finally:
+        other.close()
+
+
+def test_a_table_held_exclusively_fails_the_backup_before_pg_dump_with_what_to_do(
+    pg: PostgresServer, lock_db: str
+) -> None:
+    holder = psycopg.connect(pg.conninfo(lock_db))
+    holder.execute("LOCK TABLE z IN ACCESS EXCLUSIVE MODE")  # held until rollback, as a long ALTER TABLE would
+    try:
+        opts = Logical(row_counts_mode="parallel", lock_wait_timeout_seconds=1)
+        started = time.monotonic()
+        with (
+            pytest.raises(PgToolError, match=r"share lock on every dumped table.*lock_wait_timeout_seconds"),
+            exported_snapshot(_login(pg, lock_db), opts),
+        ):
+            pass
+        assert time.monotonic() - started < 15
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_waiting_for_the_counts_stops_at_the_deadline_and_cancels_them() -> None:
+    """pg_dump may finish long before the last table is counted: the wait ends with the Lambda's margin, the
+    count cancelled, so the backup's failure is still recorded (and its upload removed) by the caller."""
+    cancelled = threading.Event()
+
+    def slow_count() -> dict[str, int]:
+        if not cancelled.wait(30):
+            return {"public.t": 1}
+        raise psycopg.errors.QueryCanceled("canceling statement due to user request")
+
+    counting = CountThread(slow_count, cancelled.set, lambda exc: PgToolError(str(exc)))
+    counting.start()
+    with pytest.raises(DeadlineError, match="while counting rows"):
+        counting.wait(Deadline(lambda: 59_000, margin_seconds=60))  # the margin is already reached
+    assert cancelled.is_set()
+    counting.check()  # a count cancelled by stop() is not the backup's failure
+
+
+def test_a_count_is_never_started_once_stopped() -> None:
+    """The dump's watchdog may look at its deadline (and so start the count) after the dump failed and stop() ran:
+    the session is being ended then, and must keep one user."""
+    calls: list[str] = []
+    counting = CountThread(lambda: calls.append("count") or {}, lambda: None, lambda exc: exc)
+    counting.stop()
+    counting.start()
+    counting.stop()  # would wait for a count that had been started, so it would have run
+    assert calls == []

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from chalicelib import wiring
-from chalicelib.adapters.postgres import Login, connect, count_rows
+from chalicelib.adapters.postgres import Login, connect
+from chalicelib.adapters.snapshot_counts import count_rows
 from chalicelib.errors import ConflictError
 from chalicelib.logical import restored_counts
 from chalicelib.logical.catalog import Manifest
