@@ -22,6 +22,7 @@ PROBE = """
 import gc, json, sys
 import app
 frozen = gc.get_freeze_count()
+collecting = gc.isenabled()
 
 from pydantic import BaseModel
 
@@ -49,7 +50,7 @@ from chalicelib.logical.catalog import ManifestObject
 ManifestObject(role="dump", key="k", size=1, sha256="0" * 64)
 import boto3
 boto3.client("s3", region_name="eu-west-1")
-print(json.dumps({"after_import": after_import, "after_use": state(), "frozen": frozen}))
+print(json.dumps({"after_import": after_import, "after_use": state(), "frozen": frozen, "collecting": collecting}))
 """
 
 
@@ -76,8 +77,11 @@ def test_import_app_builds_only_the_settings_model_and_no_client_nor_driver() ->
 
 
 def test_import_app_leaves_what_it_imported_out_of_the_collectors_scans() -> None:
-    """app.py ends with gc.freeze(): the first event's clients are built without rescanning the imports."""
-    assert probe()["frozen"] > 10_000
+    """app.py imports with the collector off and ends with gc.freeze(): the first event's clients are built without
+    rescanning the imports, and the collector is on again for everything after."""
+    found = probe()
+    assert found["frozen"] > 10_000
+    assert found["collecting"]
 
 
 def test_the_functions_skip_pydantic_plugin_discovery() -> None:
