@@ -101,5 +101,22 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
         "max_rss_limit": resource.getrlimit(resource.RLIMIT_AS)[0],
     }
+
+
+def commit() -> str:
+    """The measured code: HEAD's short hash, "+changes" when the tree differs from it."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        except OSError:
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "?"
+    return head + ("+changes" if git("status", "--porcelain", "--", ".", ":!BENCHMARKS.md") else "")

@@ -54,8 +54,8 @@ def header(r: dict[str, Any]) -> list[str]:
     lines = [
         "# Benchmarks",
         "",
-        f"Latest `make bench`, {m['date']}: {o['reps']} rounds, interleaved (each dataset's variants once per"
-        " round, in rotated order), every cell the median with min-max.",
+        f"Latest `make bench`, {m['date']}, commit {m.get('commit', '?')}: {o['reps']} rounds, interleaved (each"
+        " dataset's variants once per round, in rotated order), every cell the median with min-max.",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']},"
         f" Python {m['python']}. PostgreSQL {o.get('postgres', '?')} server, {o.get('pg_dump', 'pg_dump ?')}.",
         f"S3: SeaweedFS {o.get('seaweedfs', '?')} on 127.0.0.1 over {s3}{main}. Peer: {o.get('peer', 'not measured')}.",
@@ -66,6 +66,10 @@ def header(r: dict[str, Any]) -> list[str]:
         f" {r['timings'].get('total', 0) / 60:.1f} min.",
         "",
     ]
+    reused = r.get("reused") or {}
+    if reused:
+        earlier = "; ".join(f"{name}: {at['date']}, commit {at['commit']}" for name, at in reused.items())
+        lines += [f"Sections taken from an earlier run (`--reuse`): {earlier}.", ""]
     if o.get("quick"):
         lines += [
             "**`--quick` run: datasets of a few MB, 1-2 rounds. It checks the harness; its numbers mean nothing.**",

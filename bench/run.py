@@ -63,6 +63,7 @@ class Options:
     quick: bool = False
     json: Path | None = None
     pg_cache: Path | None = REPO / ".cache" / "bench" / "pgcache"  # None: a throwaway server, datasets made anew
+    reuse: Path | None = None  # an earlier run's results.json: the sections not measured now come from it
 
     @property
     def transports(self) -> tuple[str, ...]:
@@ -296,6 +297,33 @@ class Bench(Sections):
         return self.results
 
 
+RESULT_KEYS = {  # a section's entries in the results
+    "backup": ("backup", "slow_s3"),
+    "compression": ("compression",),
+    "restore": ("restore",),
+    "coldstart": ("coldstart",),
+    "big": ("big",),
+}
+
+
+def reuse_sections(results: dict[str, Any], earlier: dict[str, Any], measured: set[str]) -> dict[str, Any]:
+    """`results` with every section it did not measure taken from `earlier` (a run's --json), recorded under
+    "reused" with that run's date and commit (the report's header names them)."""
+    merged = dict(results)
+    merged["reused"] = {}
+    for section, keys in RESULT_KEYS.items():
+        if section in measured or not any(earlier.get(k) for k in keys):
+            continue
+        for key in keys:
+            merged[key] = earlier.get(key, merged[key])
+        merged["reused"][section] = {k: earlier["machine"].get(k, "?") for k in ("date", "commit")}
+    merged["datasets"] = {**earlier.get("datasets", {}), **results["datasets"]}
+    for key in ("peer", "payload_signing", "transports"):
+        if key in earlier.get("options", {}) and key not in results["options"]:
+            merged["options"][key] = earlier["options"][key]
+    return merged
+
+
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
@@ -325,6 +353,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         " account); 'none': a throwaway server, datasets generated anew",
     )
     p.add_argument("--profile", action="store_true", help="afterwards, profile a backup, a restore and the cold start")
+    p.add_argument(
+        "--reuse",
+        help="an earlier run's raw measurements (its --json): the sections not measured now are taken from it,"
+        " and the report says so",
+    )
     a = p.parse_args(argv)
     sections = tuple(s for s in a.sections.split(",") if s)
     unknown = set(sections) - set(SECTIONS)
@@ -347,6 +380,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         quick=a.quick,
         json=Path(a.json) if a.json else None,
         pg_cache=None if a.pg_cache == "none" else Path(a.pg_cache),
+        reuse=Path(a.reuse) if a.reuse else None,
     )
     if a.quick:
         for name, value in QUICK.items():
@@ -358,6 +392,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     results = Bench(opts).run()
+    if opts.reuse is not None:
+        measured = set(opts.sections) | ({"big"} if opts.big else set())
+        results = reuse_sections(results, json.loads(opts.reuse.read_text()), measured)
     text = report.render(results)
     print(text)
     if opts.out is not None:

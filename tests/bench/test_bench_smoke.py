@@ -208,3 +208,34 @@ def test_bench_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     for name, row in results["restore"].items():
         assert all(run["verified"] for run in row["lifeboat_1"]), name
     assert set(results["compression"]["random"]) == {"gzip:1", "gzip:6", "lz4", "zstd:1", "zstd:3", "zstd:9"}
+
+
+def test_reuse_takes_the_sections_not_measured_now_and_says_from_when() -> None:
+    from bench.run import reuse_sections
+
+    now = {
+        "machine": {"date": "new", "commit": "b"},
+        "options": {},
+        "datasets": {"tiny": 1},
+        "coldstart": {"app": 2},
+        "backup": {},
+        "slow_s3": [],
+        "compression": {},
+        "restore": {},
+        "big": {},
+    }
+    earlier = {
+        "machine": {"date": "old", "commit": "a"},
+        "options": {"peer": "aws"},
+        "datasets": {"big": 9},
+        "coldstart": {"app": 1},
+        "backup": {"x": 1},
+        "slow_s3": [1],
+        "restore": {},
+        "big": {"y": 2},
+    }
+    merged = reuse_sections(now, earlier, {"coldstart"})
+    assert merged["coldstart"] == {"app": 2} and merged["backup"] == {"x": 1} and merged["slow_s3"] == [1]
+    assert merged["big"] == {"y": 2} and merged["datasets"] == {"big": 9, "tiny": 1}
+    assert merged["reused"] == {"backup": {"date": "old", "commit": "a"}, "big": {"date": "old", "commit": "a"}}
+    assert merged["options"]["peer"] == "aws"
