@@ -15,7 +15,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.adapters.aws_errors import AWS_ERRORS
-from chalicelib.adapters.pgtools import explain, scrub
+from chalicelib.adapters.pgtools import Deadline, explain, scrub
 from chalicelib.adapters.session_liveness import TCP_KEEPALIVES, still_usable
 from chalicelib.adapters.snapshot_counts import (
     CountThread,
@@ -425,7 +425,7 @@ def _selected(schema: str, table: str, opts: Logical, visible: bool | None = Non
 
 
 @contextmanager
-def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFacts]:
+def exported_snapshot(login: Login, opts: Logical | None, deadline: Deadline | None = None) -> Iterator[SourceFacts]:
     """Open a repeatable-read transaction, export its snapshot and, if asked, count rows in it.
 
     The transaction stays open for the duration of the block so pg_dump can attach with --snapshot:
@@ -448,7 +448,7 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                 try:
                     snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
                     snapshot_id = str(snap[0]) if snap else None
-                except psycopg.Error as exc:  # e.g. a hot standby that cannot export: dump without --snapshot
+                except psycopg.Error as exc:  # e.g. a standby before PostgreSQL 10: dump without --snapshot
                     conn.rollback()
                     snapshot_id = None
                     reason = scrub(str(exc).strip(), login.secrets).splitlines()
@@ -467,7 +467,8 @@ def exported_snapshot(login: Login, opts: Logical | None) -> Iterator[SourceFact
                 elif opts is not None and plan == "parallel":
                     try:  # the tables are locked now, before pg_dump starts: see lock_for_counting
                         tables = counted_tables(conn, lambda s, t, v: _selected(s, t, opts, v))
-                        lock_for_counting(conn, tables, opts.lock_wait_timeout_seconds)
+                        wait = opts.lock_wait_timeout_seconds  # and no later than the deadline's margin
+                        lock_for_counting(conn, tables, min(wait, deadline.seconds_left()) if deadline else wait)
                     except psycopg.Error as exc:
                         raise count_error(exc, whose, login.secrets) from None
                     counting = CountThread(

@@ -35,10 +35,12 @@ KeepTable = Callable[[str, str, bool], bool]  # (schema, table, visible on the s
 WAIT_STEP = 1.0  # seconds between looks at the deadline while waiting for the counts
 
 # Ordinary tables outside the system schemas and extensions (chalicelib.logical.restored_counts counts the same).
+# On a hot standby unlogged tables have no data to read (a count fails) and pg_dump skips their data: not counted.
 TABLES_SQL = (
     "SELECT n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)"
     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    " AND (c.relpersistence <> 'u' OR NOT pg_catalog.pg_is_in_recovery())"
     " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
     " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
     " ORDER BY 1, 2"
@@ -68,9 +70,10 @@ def count_rows(conn: psycopg.Connection[Any], keep: KeepTable | None = None) -> 
     return count_tables(conn, counted_tables(conn, keep))
 
 
-def lock_for_counting(conn: psycopg.Connection[Any], tables: list[TableName], timeout_seconds: int) -> None:
+def lock_for_counting(conn: psycopg.Connection[Any], tables: list[TableName], timeout_seconds: float) -> None:
     """ACCESS SHARE on every table to count, in the exporting transaction (held until it ends), waiting at most
-    `timeout_seconds` (logical.lock_wait_timeout_seconds, pg_dump's own wait): see the module's docstring."""
+    `timeout_seconds` for each (logical.lock_wait_timeout_seconds, pg_dump's own wait, within the deadline): see the
+    module's docstring."""
     from psycopg import sql
 
     if not tables:
@@ -78,7 +81,7 @@ def lock_for_counting(conn: psycopg.Connection[Any], tables: list[TableName], ti
     names = sql.SQL(", ").join(
         sql.SQL("ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table)) for schema, table in tables
     )
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_seconds}s",))
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(timeout_seconds * 1000))}ms",))
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
     conn.execute("SELECT set_config('lock_timeout', '0', true)")
 
@@ -88,8 +91,8 @@ NO_DEADLINE_MS = 10**12  # "no time limit" for a watchdog that only waits for th
 
 
 def count_plan(row_counts: bool, mode: str, snapshot_id: str | None) -> CountPlan:
-    """Whether and how a backup counts rows: never without a snapshot (a hot standby cannot export one: counts
-    taken elsewhere would not describe the dump), else as configured."""
+    """Whether and how a backup counts rows: never without a snapshot (a standby before PostgreSQL 10 exports none:
+    counts taken elsewhere would not describe the dump), else as configured."""
     if not row_counts or not snapshot_id:
         return "off"
     return "parallel" if mode == "parallel" else "serial"
@@ -103,6 +106,17 @@ def count_error(exc: Exception, whose: str, secrets: tuple[str, ...]) -> BaseExc
         return exc
     text = scrub(str(exc).strip(), secrets)
     reason = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return PgToolError(
+            f"a table was dropped while the backup was starting ({reason}), so no backup was written: retry (the next"
+            " slot does)"
+        )
+    if isinstance(exc, psycopg.errors.OutOfMemory):
+        return PgToolError(
+            f"counting rows ran out of the server's lock table ({reason}), so no backup was written: the counts hold a"
+            " share lock on every dumped table and its indexes until pg_dump ends; raise max_locks_per_transaction"
+            " on the server, or set logical.row_counts: false"
+        )
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return PgToolError(
             f"counting rows needs a share lock on every dumped table, and one was not granted within"

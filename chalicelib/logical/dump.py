@@ -207,7 +207,7 @@ def _backup(
         if bid.database:
             login = login.with_database(bid.database)
         policy = svc.config.policy_for(target)
-        with exported_snapshot(login, opts) as facts:
+        with exported_snapshot(login, opts, deadline) as facts:
             facts_for_record.update(server_version=facts.server_version, server_version_num=facts.server_version_num)
             pg_dump = svc.toolbox.pick("pg_dump", facts.major, purpose=f"a PostgreSQL {facts.server_version} server")
             compression = effective_compression(opts.compression, pg_dump.major)

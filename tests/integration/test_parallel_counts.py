@@ -4,6 +4,7 @@ count stops the backup cleanly (no manifest, no pg_dump left running, no open up
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from chalicelib.adapters.pgtools import Deadline, child_processes
 from chalicelib.adapters.postgres import Login, exported_snapshot
-from chalicelib.adapters.snapshot_counts import CountThread, count_plan, stop_when_failed
+from chalicelib.adapters.snapshot_counts import CountThread, count_error, count_plan, stop_when_failed
 from chalicelib.config import Logical
 from chalicelib.errors import DeadlineError, PgToolError
 from chalicelib.logical.dump import run_logical_backup
@@ -31,7 +32,21 @@ def test_count_plan_follows_the_setting_and_needs_a_snapshot() -> None:
     assert count_plan(True, "serial", "00000003-1") == "serial"
     assert count_plan(True, "parallel", "00000003-1") == "parallel"
     assert count_plan(False, "parallel", "00000003-1") == "off"
-    assert count_plan(True, "parallel", None) == "off"  # a hot standby exports no snapshot: nothing to count in
+    assert count_plan(True, "parallel", None) == "off"  # no snapshot (a pre-10 standby): nothing to count in
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), "lock_wait_timeout_seconds"),
+        (psycopg.errors.UndefinedTable('relation "public.t" does not exist'), "a table was dropped"),
+        (psycopg.errors.OutOfMemory("out of shared memory"), "raise max_locks_per_transaction"),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), "statement_timeout"),
+    ],
+)
+def test_a_failed_count_says_what_to_change(error: psycopg.Error, advice: str) -> None:
+    described = count_error(error, "lifeboat_backup's queries on shop", ("s3cret",))
+    assert isinstance(described, PgToolError) and advice in str(described) and "no backup was written" in str(described)
 
 
 def test_a_failed_count_ends_the_dumps_time_and_raises_its_own_error() -> None:
@@ -207,3 +222,31 @@ def test_a_count_is_never_started_once_stopped() -> None:
     counting.start()
     counting.stop()  # would wait for a count that had been started, so it would have run
     assert calls == []
+
+
+@pytest.mark.parametrize("mode", ["serial", "parallel"])
+def test_a_hot_standby_counts_what_pg_dump_dumps_there(pg: PostgresServer, lock_db: str, mode: str) -> None:
+    """A standby (PostgreSQL 10+) exports snapshots, but its unlogged tables have no data to read (a count fails:
+    "cannot access temporary or unlogged relations during recovery") and pg_dump skips their data: they are not
+    counted, and the backup of a read replica with an unlogged table works."""
+    pg.psql("CREATE UNLOGGED TABLE scratch (id int); INSERT INTO scratch VALUES (1);", lock_db)
+    standby = PostgresServer(pg.bin_dir, ssl=False)
+    standby.base_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(standby.base_dir, 0o755)  # noqa: S103  # the server runs as postgres and must enter it
+    if os.geteuid() == 0:
+        shutil.chown(standby.base_dir, "postgres", "postgres")
+    source = f"host=127.0.0.1 port={pg.port} user={SUPERUSER} password={SUPERUSER_PASSWORD} sslmode=disable"
+    pg_basebackup = str(pg.bin_dir / "pg_basebackup")
+    standby._as_owner([pg_basebackup, "-d", source, "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast"])
+    with open(standby.data_dir / "postgresql.auto.conf", "a") as conf:
+        conf.write(f"port = {standby.port}\nunix_socket_directories = '{standby.base_dir}'\nssl = off\n")
+    try:
+        standby.pg_ctl_start()
+        assert standby.psql("SELECT pg_is_in_recovery()").strip() == "t"
+        opts = Logical(row_counts_mode=mode)
+        with exported_snapshot(_login(standby, lock_db), opts) as facts:
+            assert facts.snapshot_id
+            counts = facts.counting.wait() if facts.counting is not None else facts.row_counts
+        assert counts == {"public.a": 3, "public.z": 5}
+    finally:
+        standby.destroy()
