@@ -34,7 +34,7 @@ TableName = tuple[str, str]  # (schema, table)
 KeepTable = Callable[[str, str, bool], bool]  # (schema, table, visible on the search path): does pg_dump dump it?
 WAIT_STEP = 1.0  # seconds between looks at the deadline while waiting for the counts
 
-# Ordinary tables outside the system schemas and extensions (chalicelib.logical.restored_counts counts the same).
+# Ordinary tables outside the system schemas and extensions, listed for a backup's counts and a restore's check.
 # On a hot standby unlogged tables have no data to read (a count fails) and pg_dump skips their data: not counted.
 TABLES_SQL = (
     "SELECT n.nspname, c.relname, pg_catalog.pg_table_is_visible(c.oid)"

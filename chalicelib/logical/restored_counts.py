@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.adapters.snapshot_counts import counted_tables
 from chalicelib.logical.selection import Selection
 
 if TYPE_CHECKING:
@@ -17,22 +18,12 @@ if TYPE_CHECKING:
 
 COUNT_BATCH = 500  # tables per counting statement: one round trip for any ordinary database, a bounded query text
 
-# The tables adapters.snapshot_counts.count_rows counts when the backup is taken.
-TABLES_SQL = (
-    "SELECT n.nspname, c.relname"
-    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-    " AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
-    " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
-    " ORDER BY 1, 2"
-)
-
 
 def count_restored_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Exact row counts of every ordinary table, keyed "schema.table": 1 + ceil(tables / COUNT_BATCH) statements."""
     from psycopg import sql
 
-    tables = [(str(schema), str(table)) for schema, table in conn.execute(TABLES_SQL).fetchall()]
+    tables = counted_tables(conn)  # the tables the backup counted, listed by the same query
     counts: dict[str, int] = {}
     for start in range(0, len(tables), COUNT_BATCH):
         batch = tables[start : start + COUNT_BATCH]
