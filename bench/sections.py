@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -185,7 +186,7 @@ class Sections:
         upload = " ".join(a.format(url=f"s3://{BUCKET}/{key}", key=key) for a in self.peer)
         script = f"set -o pipefail; {' '.join(self.pg_dump_cmd(ds.name))} | {upload}"
         weed0 = proc_cpu(self.seaweed.pid)
-        peer = run_timed(["bash", "-c", script], {**self.env_for(transport), **self.pg_env})
+        peer = run_timed(["bash", "-c", script], self.peer_env(transport))
         size = int(self.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
         self.s3.delete_object(Bucket=BUCKET, Key=key)
         return {"seconds": peer.seconds, "cpu": peer.cpu, "bytes": size, "s3_cpu": proc_cpu(self.seaweed.pid) - weed0}
@@ -256,19 +257,18 @@ class Sections:
         db = f"restored_{ds.name.replace('-', '_')}"
         n = variant.rsplit("_", 1)[1]
         # the arguments chalicelib.logical.restore.pg_restore_args gives pg_restore
-        args = ["--exit-on-error", "--no-password", f"--dbname={db}"]
-        args += ["--single-transaction"] if n == "1" else [f"--jobs={n}"]
-        pg_restore = " ".join([str(self.pg_bin / "pg_restore"), *args])
+        pg_restore = [str(self.pg_bin / "pg_restore"), "--exit-on-error", "--no-password", f"--dbname={db}"]
+        pg_restore += ["--single-transaction"] if n == "1" else [f"--jobs={n}"]
         try:
-            if variant.startswith("limit"):
+            if not variant.startswith("lifeboat"):  # pg-lifeboat creates its own database
                 self.psql(f'CREATE DATABASE "{db}"')
-                archive = self.opts.workdir / f"{ds.name}.dump"
-                p = run_timed([*pg_restore.split(), str(archive)], self.pg_env)
+            if variant.startswith("limit"):
+                p = run_timed([*pg_restore, str(self.opts.workdir / f"{ds.name}.dump")], self.pg_env)
                 return {"seconds": p.seconds, "cpu": p.cpu, "maxrss_kib": p.maxrss_kib}
             if variant.startswith("peer"):
-                self.psql(f'CREATE DATABASE "{db}"')
                 url = f"s3://{BUCKET}/{self.backups[ds.name][0]['key']}"
-                p = run_timed(["bash", "-c", self.peer_restore_script(url, pg_restore, n)], self.peer_env())
+                script = self.peer_restore_script(url, pg_restore, n)
+                p = run_timed(["bash", "-c", script], self.peer_env(self.opts.transports[0]))
                 return {"seconds": p.seconds, "cpu": p.cpu}
             backup_id = self.backups[ds.name][0]["backup_id"]
             workdir = str(self.opts.workdir)
@@ -279,19 +279,22 @@ class Sections:
             self.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             self.psql("CHECKPOINT")
 
-    def peer_restore_script(self, url: str, pg_restore: str, jobs: str) -> str:
+    def peer_restore_script(self, url: str, pg_restore: list[str], jobs: str) -> str:
         """The script users write instead: `aws s3 cp` piped into pg_restore (1 job), or to a local file that
         `pg_restore -j` then reads (a parallel restore needs a seekable archive)."""
         aws = self.aws_cli()
         if aws is None:
             raise RuntimeError("the restore peer is `aws s3 cp`: install the aws CLI (requirements-dev.txt, awscli)")
         if jobs == "1":
-            return f"set -o pipefail; {aws} s3 cp {url} - --only-show-errors | {pg_restore}"
-        local = self.opts.workdir / "peer-restore.dump"
-        return f"{aws} s3 cp {url} {local} --only-show-errors && {pg_restore} {local}; rc=$?; rm -f {local}; exit $rc"
+            download = shlex.join([aws, "s3", "cp", url, "-", "--only-show-errors"])
+            return f"set -o pipefail; {download} | {shlex.join(pg_restore)}"
+        local = str(self.opts.workdir / "peer-restore.dump")
+        download = shlex.join([aws, "s3", "cp", url, local, "--only-show-errors"])
+        return f"{download} && {shlex.join([*pg_restore, local])}; rc=$?; rm -f {shlex.quote(local)}; exit $rc"
 
-    def peer_env(self) -> dict[str, str]:
-        return {**self.env_for(self.opts.transports[0]), **self.pg_env}
+    def peer_env(self, transport: str) -> dict[str, str]:
+        """The peer scripts' environment: the S3 transport's and PostgreSQL's."""
+        return {**self.env_for(transport), **self.pg_env}
 
     # --- compression -------------------------------------------------------------------------------------
 
